@@ -1,0 +1,1 @@
+"""Django app exposing raftsync's coordination primitives (locks, queue, cache)."""

@@ -1,0 +1,10 @@
+"""App registration for the coordination surface."""
+
+from django.apps import AppConfig
+
+
+class CoordinationConfig(AppConfig):
+    """Registers the coordination app; its state lives in Raft, not in Django's database."""
+
+    name = "coordination"
+    verbose_name = "Raft coordination"

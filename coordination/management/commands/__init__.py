@@ -1,0 +1,1 @@
+"""Django management commands for running and inspecting raftsync nodes."""

@@ -1,0 +1,126 @@
+"""The Storage contract between the Raft core and the disk, and its in-memory twin.
+
+The core keeps the log since the last compaction in memory (``RaftLog``) and reads storage only
+once, at start-up, through ``load()``. Everything after that flows one way: the host takes each
+``Ready`` and writes its snapshot, entries and hard state with ``save()``, which must be durable
+when it returns (one fsync for the whole batch: group commit). The core never assumes a write
+happened until the host calls ``advance()``.
+
+Why this shape (and not etcd's "storage is also the read path"): a Python core that re-reads
+entries from disk for every AppendEntries would be slow, and compaction keeps the in-memory log
+small anyway. It also makes crash testing simple: the simulator's "disk" is a ``MemoryStorage``
+and a crash is "drop the node object, keep the storage".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from raft_node.messages import EMPTY_HARD_STATE, EMPTY_SNAPSHOT, Entry, HardState, Snapshot
+
+
+class StorageError(Exception):
+    """The storage cannot honour its contract (bad write order, corrupt data, failed fsync)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PersistentState:
+    """What survives a crash: hard state, the latest snapshot and the log entries after it."""
+
+    hard_state: HardState = EMPTY_HARD_STATE
+    snapshot: Snapshot = EMPTY_SNAPSHOT
+    entries: tuple[Entry, ...] = field(default=())
+
+
+class Storage(Protocol):
+    """Durable home of one node's Raft state. Implementations: ``MemoryStorage`` (tests and the
+    simulator) and the durable store used by the node process."""
+
+    def load(self) -> PersistentState:
+        """Everything persisted so far. Entries start right after the snapshot (or earlier, if the
+        host compacted less than it snapshotted; the core drops those)."""
+        ...
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        """Persist a ``Ready`` atomically enough for Raft, then make it durable before returning.
+
+        Order: ``snapshot`` first (it replaces the whole log: a follower installing a snapshot
+        discards every entry it had), then ``entries`` (the first entry's index may be at or below
+        the last stored index: the stored suffix from there on is replaced), then ``hard_state``.
+        """
+        ...
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a snapshot the host took of its own state machine. Entries are kept."""
+        ...
+
+    def compact(self, index: int) -> None:
+        """Drop stored entries with ``entry.index <= index``. ``index`` never exceeds the latest
+        snapshot's index, so nothing unrecoverable is dropped."""
+        ...
+
+
+class MemoryStorage:
+    """In-memory ``Storage``: the reference implementation and the simulator's disk."""
+
+    def __init__(self) -> None:
+        self.hard_state: HardState = EMPTY_HARD_STATE
+        self.snapshot: Snapshot = EMPTY_SNAPSHOT
+        self.entries: list[Entry] = []
+
+    def load(self) -> PersistentState:
+        return PersistentState(self.hard_state, self.snapshot, tuple(self.entries))
+
+    def first_index(self) -> int:
+        return self.entries[0].index if self.entries else self.snapshot.index + 1
+
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else self.snapshot.index
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        if snapshot is not None:
+            self.snapshot = snapshot
+            self.entries = []
+        if entries:
+            self._append(entries)
+        if hard_state is not None:
+            self.hard_state = hard_state
+
+    def _append(self, entries: Sequence[Entry]) -> None:
+        first = entries[0].index
+        if first > self.last_index() + 1:
+            raise StorageError(
+                f"append would leave a gap: last stored index {self.last_index()}, "
+                f"first new index {first}"
+            )
+        if first <= self.snapshot.index:
+            raise StorageError(f"append at {first} overwrites snapshot at {self.snapshot.index}")
+        keep = first - self.first_index()
+        del self.entries[max(keep, 0) :]
+        self.entries.extend(entries)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        if snapshot.index < self.snapshot.index:
+            raise StorageError(
+                f"snapshot at {snapshot.index} is older than stored {self.snapshot.index}"
+            )
+        self.snapshot = snapshot
+
+    def compact(self, index: int) -> None:
+        if index > self.snapshot.index:
+            raise StorageError(f"compact({index}) beyond snapshot at {self.snapshot.index}")
+        drop = index - self.first_index() + 1
+        if drop > 0:
+            del self.entries[:drop]

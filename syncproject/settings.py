@@ -1,0 +1,87 @@
+"""Django settings for raftsync.
+
+Everything deployment-specific comes from ``RAFTSYNC_*`` environment variables so one image serves
+every node; parsing lives in :mod:`syncproject.envconfig` where it is unit tested. Secrets have
+development defaults only when DEBUG is on: without DEBUG an unset SECRET_KEY stays empty and
+Django refuses to use it, rather than running production on a well-known key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from syncproject.envconfig import coordination_settings, env_bool
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool(os.environ, "RAFTSYNC_DEBUG")
+SECRET_KEY = os.environ.get("RAFTSYNC_SECRET_KEY") or (
+    "django-insecure-dev-only-raftsync-key" if DEBUG else ""
+)
+ALLOWED_HOSTS = [
+    host.strip() for host in os.environ.get("RAFTSYNC_ALLOWED_HOSTS", "").split(",") if host.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "coordination",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "syncproject.urls"
+WSGI_APPLICATION = "syncproject.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Only Django's own tables (admin, auth, sessions) live here; coordination state lives in Raft.
+_DEFAULT_DB_PATH = BASE_DIR / "var" / "db.sqlite3"
+DB_PATH = Path(os.environ.get("RAFTSYNC_DB_PATH") or _DEFAULT_DB_PATH)
+if DB_PATH == _DEFAULT_DB_PATH:
+    DB_PATH.parent.mkdir(exist_ok=True)  # var/ is git-ignored, so create it on first use
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DB_PATH}}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+SPECTACULAR_SETTINGS = {"TITLE": "raftsync API", "VERSION": "0.1.0"}
+
+# Raft node and primitives; see envconfig.COORDINATION_SPEC for every key and its meaning.
+COORDINATION = coordination_settings(os.environ, debug=DEBUG)
+
+# In-process broker until the Raft-backed kombu transport lands; then the default becomes raft://.
+CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL", "memory://")
