@@ -3,3 +3,21 @@
 It deliberately imports nothing from Django: the Raft engine's tests must not depend on the web
 layer, and pytest-django configures settings from pyproject.toml on its own.
 """
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("raftsync simulator")
+    group.addoption(
+        "--sim-seeds",
+        type=int,
+        default=3000,
+        help="seeded simulation runs in the default sweep (2/3 on 3 nodes, 1/3 on 5)",
+    )
+    group.addoption("--sim-steps", type=int, default=3000, help="events per simulation run")
+
+
+@pytest.fixture
+def sim_steps(request: pytest.FixtureRequest) -> int:
+    return request.config.getoption("sim_steps")
