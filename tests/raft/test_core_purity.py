@@ -16,6 +16,7 @@ CORE = [
     "read_only",
     "ready",
     "raft",
+    "leader",
     "rawnode",
     "storage",
     "fsm",
