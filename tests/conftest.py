@@ -15,7 +15,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=3000,
         help="seeded simulation runs in the default sweep (2/3 on 3 nodes, 1/3 on 5)",
     )
-    group.addoption("--sim-steps", type=int, default=3000, help="events per simulation run")
+    group.addoption("--sim-steps", type=int, default=4000, help="events per simulation run")
 
 
 @pytest.fixture
