@@ -2,8 +2,12 @@
 
 Implementations must be deterministic: the same entries in the same order give the same results
 and the same snapshot bytes on every node. So no wall clock, no randomness, no I/O and no
-iteration over hash-ordered containers where order matters. Time needed by leases arrives inside
-the command (stamped by the leader when it proposes).
+iteration over hash-ordered containers where order matters.
+
+Time needed by leases and TTLs arrives as ``now_ms``: the leader stamps its clock into each
+command when it proposes it, and ``raft_node.applier`` turns those stamps into a log clock that
+never goes backwards (a new leader's clock may be behind its predecessor's). Every replica sees
+the same ``now_ms`` for the same entry, so expiry decisions replicate exactly.
 """
 
 from __future__ import annotations
@@ -12,8 +16,16 @@ from typing import Any, Protocol
 
 
 class StateMachine(Protocol):
-    def apply(self, index: int, command: bytes) -> Any:
-        """Apply one committed command; the return value goes back to the proposing client."""
+    def apply(self, index: int, command: bytes, now_ms: int) -> Any:
+        """Apply one committed command; the return value goes back to the proposing client.
+
+        Raise ``raft_node.applier.CommandRejected`` for a command that is well-formed but not
+        allowed (the client gets a typed ``Rejected`` error; state must be left unchanged).
+        """
+        ...
+
+    def query(self, query: bytes) -> Any:
+        """Answer a read-only query against the current state (served after ReadIndex)."""
         ...
 
     def snapshot(self) -> bytes:

@@ -1,0 +1,145 @@
+"""The client protocol: request and response shapes on a CLIENT frame, validated both ways.
+
+One authenticated connection carries many requests at once (pipelining); each request has a
+connection-unique ``req_id`` echoed in its response, and responses may come back out of order.
+
+Requests (msgpack arrays)::
+
+    [PROPOSE, req_id, client_id, seq, body]     apply ``body`` via the log, once per (client, seq)
+    [READ,    req_id, query, stale]             query the state machine; linearizable unless stale
+    [STATUS,  req_id]                           this node's Raft status
+    [TRANSFER, req_id, target]                  ask the leader to hand leadership to ``target``
+
+Responses::
+
+    [req_id, OK, value, leader_hint]
+    [req_id, ERR, code, message, leader_hint]
+
+``code`` is one of ``ERROR_CODES``; the client maps it to a typed exception. ``leader_hint`` is
+the ``host:port`` of the leader as this node knows it ('' if unknown), so a client talking to a
+follower learns where to go next time.
+
+A client session (``client_id``) must have at most one PROPOSE outstanding: the state machine's
+duplicate detection remembers only the latest ``seq`` per client. Concurrent callers use several
+client ids (the async client does this for you).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PROPOSE, READ, STATUS, TRANSFER = 1, 2, 3, 4
+OK, ERR = 0, 1
+
+# Error codes (strings on the wire so logs and other-language clients read them).
+NOT_LEADER = "not_leader"  # no leader known, or the request must go elsewhere; retry
+TIMEOUT = "timeout"  # not answered within the server's deadline; outcome unknown; retry
+UNAVAILABLE = "unavailable"  # node is shutting down or has no quorum; retry elsewhere/later
+REJECTED = "rejected"  # the state machine refused the command (sub-code in message)
+BAD_REQUEST = "bad_request"  # malformed request; do not retry
+ERROR_CODES = frozenset({NOT_LEADER, TIMEOUT, UNAVAILABLE, REJECTED, BAD_REQUEST})
+
+MAX_CLIENT_ID = 128
+MAX_BODY_BYTES = 1 << 20
+
+
+class ProtocolError(ValueError):
+    """A request or response that does not follow the shapes above."""
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    req_id: int
+    client_id: str
+    seq: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    req_id: int
+    query: bytes
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    req_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    req_id: int
+    target: str
+
+
+Request = Propose | Read | Status | Transfer
+
+
+def parse_request(obj: Any) -> Request:
+    """Validate a decoded CLIENT frame body. Raises ``ProtocolError`` with a useful message."""
+    if not isinstance(obj, (list, tuple)) or len(obj) < 2:
+        raise ProtocolError("request must be an array [kind, req_id, ...]")
+    kind, req_id = obj[0], obj[1]
+    if not isinstance(req_id, int) or isinstance(req_id, bool) or req_id < 0:
+        raise ProtocolError("req_id must be a non-negative integer")
+    if kind == PROPOSE and len(obj) == 5:
+        _, _, client_id, seq, body = obj
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID:
+            raise ProtocolError(f"client_id must be a string of 1..{MAX_CLIENT_ID} chars")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise ProtocolError("seq must be a positive integer")
+        _check_body(body)
+        return Propose(req_id, client_id, seq, body)
+    if kind == READ and len(obj) == 4:
+        _check_body(obj[2])
+        if not isinstance(obj[3], bool):
+            raise ProtocolError("stale must be a boolean")
+        return Read(req_id, obj[2], obj[3])
+    if kind == STATUS and len(obj) == 2:
+        return Status(req_id)
+    if kind == TRANSFER and len(obj) == 3 and isinstance(obj[2], str):
+        return Transfer(req_id, obj[2])
+    raise ProtocolError(f"unknown request kind {kind!r} with {len(obj)} fields")
+
+
+def _check_body(body: Any) -> None:
+    if not isinstance(body, bytes) or len(body) > MAX_BODY_BYTES:
+        raise ProtocolError(f"body must be bytes of at most {MAX_BODY_BYTES}")
+
+
+def ok(req_id: int, value: Any, leader_hint: str = "") -> list:
+    return [req_id, OK, value, leader_hint]
+
+
+def err(req_id: int, code: str, message: str, leader_hint: str = "") -> list:
+    return [req_id, ERR, code, message, leader_hint]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    req_id: int
+    ok: bool
+    value: Any  # result when ok
+    code: str  # error code when not ok
+    message: str
+    leader_hint: str
+
+
+def parse_response(obj: Any) -> Response:
+    if isinstance(obj, (list, tuple)) and len(obj) == 4 and obj[1] == OK:
+        return Response(obj[0], True, obj[2], "", "", _hint(obj[3]))
+    if (
+        isinstance(obj, (list, tuple))
+        and len(obj) == 5
+        and obj[1] == ERR
+        and obj[2] in ERROR_CODES
+        and isinstance(obj[3], str)
+    ):
+        return Response(obj[0], False, None, obj[2], obj[3], _hint(obj[4]))
+    raise ProtocolError(f"malformed response {obj!r:.200}")
+
+
+def _hint(value: Any) -> str:
+    return value if isinstance(value, str) else ""
