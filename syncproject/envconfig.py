@@ -36,6 +36,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be zero or a positive integer")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:  # also rejects NaN
@@ -57,12 +64,28 @@ COORDINATION_SPEC: dict[str, Setting] = {
     "ELECTION_TICKS": Setting(15, _positive_int, "Base election timeout, in ticks."),
     "HEARTBEAT_TICKS": Setting(2, _positive_int, "Leader heartbeat interval, in ticks."),
     "SNAPSHOT_EVERY": Setting(10000, _positive_int, "Applied entries between snapshots."),
+    "SNAPSHOT_KEEP": Setting(
+        2000,
+        _non_negative_int,
+        "Log entries kept after a snapshot, so slightly lagging followers catch up by appends.",
+    ),
     "MAX_FRAME_BYTES": Setting(4 * 1024 * 1024, _positive_int, "Largest accepted wire frame."),
     "REDIS_URL": Setting("", str, "Redis mirror for the cache; empty = embedded cache only."),
     "TLS_CERT": Setting("", str, "PEM certificate for peer/client TLS; empty = no TLS."),
     "TLS_KEY": Setting("", str, "PEM private key matching TLS_CERT."),
     "TLS_CA": Setting("", str, "PEM CA bundle used to verify peers."),
     "SESSION_TTL": Setting(10.0, _positive_float, "Default client session TTL, in seconds."),
+    "METRICS_PORT": Setting(
+        0, _non_negative_int, "Port of this node's Prometheus /metrics endpoint; 0 = off."
+    ),
+    "STATE_MACHINE": Setting(
+        "raft_node.kvstore.KVStore",
+        str,
+        "Dotted path of the state machine class the node hosts.",
+    ),
+    "REQUEST_TIMEOUT": Setting(
+        5.0, _positive_float, "Server-side deadline for one client request, in seconds."
+    ),
 }
 
 

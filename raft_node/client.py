@@ -1,0 +1,479 @@
+"""Python clients of a raftsync cluster: ``RaftClient`` (blocking, for Django views and Celery
+workers) and ``AsyncRaftClient`` (asyncio, pipelined).
+
+Both keep one authenticated connection, prefer the leader (every response names it), and retry
+across leader changes with jittered exponential backoff until the call's deadline. Errors are
+typed:
+
+- ``Rejected(code, message)``: the state machine refused the command; retrying will not help.
+- ``Timeout``: the deadline passed while the cluster was reachable; the outcome of a write is
+  unknown (it may still be applied; a retry with the same client id and sequence number is safe,
+  and the client does exactly that inside the deadline).
+- ``ClusterUnavailable``: no node could be reached, or no leader was known, until the deadline.
+- ``NotLeader``: only raised to callers that disabled retries (``retry=False``).
+- ``BadRequest``: the request itself is malformed.
+
+Writes carry ``(client_id, seq)``: each lane (a client id with its own sequence counter) has at
+most one write outstanding, so the cluster applies each write once however often it is retried.
+``AsyncRaftClient`` keeps a pool of lanes so many coroutines can write concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import socket
+import ssl as ssl_module
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from raft_node import protocol as p
+from raft_node.auth import AuthError, client_handshake, client_handshake_sync
+from raft_node.codec import decode_payload, encode_payload
+from raft_node.wire import (
+    MAX_FRAME_BYTES,
+    FrameKind,
+    encode_frame,
+    read_frame,
+    read_frame_sync,
+    send_frame_sync,
+)
+
+Address = tuple[str, int]
+
+
+class RaftError(Exception):
+    """Base class of client errors."""
+
+
+class NotLeader(RaftError):
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class Timeout(RaftError):
+    pass
+
+
+class ClusterUnavailable(RaftError):
+    pass
+
+
+class BadRequest(RaftError):
+    pass
+
+
+class AuthenticationFailed(RaftError):
+    """The cluster refused our credentials (wrong cluster secret): not retried."""
+
+
+class Rejected(RaftError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def parse_addresses(spec: str | Iterable[Address] | Iterable[str]) -> list[Address]:
+    """Accepts ``"h:p,h:p"``, ``"n1=h:p,..."`` or a list of ``(host, port)`` / ``"h:p"``."""
+    items: Iterable[Any] = spec.split(",") if isinstance(spec, str) else spec
+    out: list[Address] = []
+    for item in items:
+        if isinstance(item, tuple):
+            out.append((str(item[0]), int(item[1])))
+            continue
+        text = item.strip()
+        if not text:
+            continue
+        text = text.partition("=")[2] or text
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"bad address {item!r}: expected host:port")
+        out.append((host, int(port)))
+    if not out:
+        raise ValueError("no cluster addresses given")
+    return out
+
+
+def _address(text: str) -> Address | None:
+    host, _, port = text.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def _raise_for(resp: p.Response) -> None:
+    if resp.code == p.REJECTED:
+        code, _, message = resp.message.partition(": ")
+        raise Rejected(code, message)
+    if resp.code == p.BAD_REQUEST:
+        raise BadRequest(resp.message)
+
+
+class _Targets:
+    """Which node to talk to next: the known leader, else round-robin over the seeds."""
+
+    def __init__(self, seeds: Sequence[Address]) -> None:
+        self.seeds = list(seeds)
+        self._rotation = itertools.cycle(random.sample(self.seeds, len(self.seeds)))
+        self.current: Address = next(self._rotation)
+
+    def leader_is(self, hint: str) -> bool:
+        """Switch to ``hint`` if it names another node; True if we switched."""
+        addr = _address(hint) if hint else None
+        if addr is not None and addr != self.current:
+            self.current = addr
+            return True
+        return False
+
+    def rotate(self) -> None:
+        self.current = next(self._rotation)
+
+
+class _Backoff:
+    def __init__(self, first: float = 0.02, cap: float = 0.5) -> None:
+        self.delay, self.cap = first, cap
+
+    def next(self) -> float:
+        delay = self.delay * (0.5 + random.random())
+        self.delay = min(self.delay * 2, self.cap)
+        return delay
+
+
+# -- asyncio ---------------------------------------------------------------------------------------
+
+
+class AsyncConnection:
+    """One authenticated connection with pipelined requests matched by ``req_id``."""
+
+    def __init__(
+        self,
+        addr: Address,
+        secret: bytes,
+        name: str,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.addr, self._secret, self._name = addr, secret, name
+        self._ssl, self._max = ssl, max_frame_bytes
+        self._ids = itertools.count(1)
+        self._inflight: dict[int, asyncio.Future[p.Response]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def open(self, timeout: float) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(*self.addr, ssl=self._ssl), timeout
+        )
+        try:
+            await client_handshake(reader, writer, self._secret, my_id=self._name, timeout=timeout)
+        except AuthError as exc:
+            writer.close()
+            raise AuthenticationFailed(str(exc)) from exc
+        except BaseException:
+            writer.close()
+            raise
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._writer = writer
+        self._reader_task = asyncio.create_task(self._read_loop(reader))
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, body = await read_frame(reader, self._max)
+                if kind != FrameKind.CLIENT_RESPONSE:
+                    raise ConnectionError(f"unexpected frame kind {kind}")
+                resp = p.parse_response(decode_payload(body))
+                fut = self._inflight.pop(resp.req_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(resp)
+        except (Exception, asyncio.CancelledError) as exc:
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self.closed = True
+        error = ConnectionError(f"connection to {self.addr} lost: {exc!r}")
+        for fut in self._inflight.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._inflight.clear()
+
+    async def request(self, kind: int, fields: Sequence[Any], timeout: float) -> p.Response:
+        if self.closed or self._writer is None:
+            raise ConnectionError("connection closed")
+        req_id = next(self._ids)
+        fut: asyncio.Future[p.Response] = asyncio.get_running_loop().create_future()
+        self._inflight[req_id] = fut
+        body = encode_payload([kind, req_id, *fields])
+        self._writer.write(encode_frame(FrameKind.CLIENT_REQUEST, body, self._max))
+        try:
+            await self._writer.drain()
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._inflight.pop(req_id, None)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+
+
+class AsyncRaftClient:
+    def __init__(
+        self,
+        addresses: str | Iterable[Address] | Iterable[str],
+        secret: bytes | str,
+        *,
+        timeout: float = 5.0,
+        name: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self._targets = _Targets(parse_addresses(addresses))
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+        self.timeout = timeout
+        self.name = name or f"client-{uuid.uuid4().hex[:12]}"
+        self._ssl, self._max = ssl, max_frame_bytes
+        self._conn: AsyncConnection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._lanes: list[list[Any]] = []  # free lanes: [client_id, seq]
+        self._lane_ids = itertools.count(1)
+
+    async def __aenter__(self) -> AsyncRaftClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    # -- public calls ---------------------------------------------------------------------------
+
+    async def propose(self, body: bytes, *, timeout: float | None = None) -> Any:
+        """Apply ``body`` through the log exactly once; returns the state machine's result."""
+        lane = self._lanes.pop() if self._lanes else [f"{self.name}.{next(self._lane_ids)}", 0]
+        lane[1] += 1
+        try:
+            return await self._call(p.PROPOSE, [lane[0], lane[1], body], timeout)
+        finally:
+            self._lanes.append(lane)
+
+    async def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
+        """Query the state machine; linearizable (ReadIndex) unless ``stale``."""
+        return await self._call(p.READ, [query, stale], timeout)
+
+    async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """Status of the node currently connected to (not necessarily the leader)."""
+        return await self._call(p.STATUS, [], timeout, follow_leader=False)
+
+    async def transfer_leadership(self, target: str, *, timeout: float | None = None) -> Any:
+        return await self._call(p.TRANSFER, [target], timeout)
+
+    # -- machinery ------------------------------------------------------------------------------
+
+    async def _connection(self, budget: float) -> AsyncConnection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            conn = self._conn
+            if conn is not None and not conn.closed and conn.addr == self._targets.current:
+                return conn
+            if conn is not None:
+                await conn.close()
+            self._conn = None
+            conn = AsyncConnection(
+                self._targets.current,
+                self._secret,
+                self.name,
+                ssl=self._ssl,
+                max_frame_bytes=self._max,
+            )
+            await conn.open(min(budget, 2.0))
+            self._conn = conn
+            return conn
+
+    async def _call(
+        self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
+    ) -> Any:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        backoff = _Backoff()
+        reached = False
+        last: str = "no attempt"
+        while True:
+            budget = deadline - time.monotonic()
+            if budget <= 0:
+                break
+            try:
+                conn = await self._connection(budget)
+                reached = True
+                resp = await conn.request(kind, fields, budget)
+            except (OSError, EOFError, asyncio.IncompleteReadError, p.ProtocolError) as exc:
+                last = f"{self._targets.current}: {exc!r}"
+                self._targets.rotate()
+            except TimeoutError:
+                last = f"{self._targets.current}: no answer"
+                if reached:
+                    break
+                self._targets.rotate()
+            else:
+                if resp.ok:
+                    if follow_leader:
+                        self._targets.leader_is(resp.leader_hint)
+                    return resp.value
+                _raise_for(resp)
+                last = f"{resp.code}: {resp.message}"
+                if not self._targets.leader_is(resp.leader_hint) and resp.code != p.TIMEOUT:
+                    self._targets.rotate()
+            await asyncio.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
+        if reached:
+            raise Timeout(f"no result within the deadline (last: {last})")
+        raise ClusterUnavailable(f"no node reachable (last: {last})")
+
+
+# -- blocking --------------------------------------------------------------------------------------
+
+
+class RaftClient:
+    """Blocking client; thread-safe (calls are serialized on one connection)."""
+
+    def __init__(
+        self,
+        addresses: str | Iterable[Address] | Iterable[str],
+        secret: bytes | str,
+        *,
+        timeout: float = 5.0,
+        name: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self._targets = _Targets(parse_addresses(addresses))
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+        self.timeout = timeout
+        self.client_id = name or f"client-{uuid.uuid4().hex[:12]}"
+        self._seq = 0
+        self._ssl, self._max = ssl, max_frame_bytes
+        self._sock: socket.socket | None = None
+        self._sock_addr: Address | None = None
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> RaftClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def propose(self, body: bytes, *, timeout: float | None = None) -> Any:
+        with self._lock:
+            self._seq += 1
+            return self._call(p.PROPOSE, [self.client_id, self._seq, body], timeout)
+
+    def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
+        with self._lock:
+            return self._call(p.READ, [query, stale], timeout)
+
+    def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        with self._lock:
+            return self._call(p.STATUS, [], timeout, follow_leader=False)
+
+    def transfer_leadership(self, target: str, *, timeout: float | None = None) -> Any:
+        with self._lock:
+            return self._call(p.TRANSFER, [target], timeout)
+
+    def _socket(self, budget: float) -> socket.socket:
+        if self._sock is not None and self._sock_addr == self._targets.current:
+            return self._sock
+        self.close()
+        addr = self._targets.current
+        sock = socket.create_connection(addr, timeout=min(budget, 2.0))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_hostname=addr[0])
+            client_handshake_sync(sock, self._secret, my_id=self.client_id, timeout=budget)
+        except AuthError as exc:
+            sock.close()
+            raise AuthenticationFailed(str(exc)) from exc
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._sock_addr = sock, addr
+        return sock
+
+    def _request(
+        self, sock: socket.socket, kind: int, fields: list[Any], budget: float
+    ) -> p.Response:
+        req_id = next(self._ids)
+        sock.settimeout(budget)
+        send_frame_sync(sock, FrameKind.CLIENT_REQUEST, encode_payload([kind, req_id, *fields]))
+        while True:
+            frame_kind, body = read_frame_sync(sock, self._max)
+            if frame_kind != FrameKind.CLIENT_RESPONSE:
+                raise ConnectionError(f"unexpected frame kind {frame_kind}")
+            resp = p.parse_response(decode_payload(body))
+            if resp.req_id == req_id:
+                return resp
+
+    def _call(
+        self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
+    ) -> Any:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        backoff = _Backoff()
+        reached = False
+        last = "no attempt"
+        while True:
+            budget = deadline - time.monotonic()
+            if budget <= 0:
+                break
+            try:
+                sock = self._socket(budget)
+            except (OSError, EOFError) as exc:  # refused, unreachable, connect timeout
+                self.close()
+                last = f"{self._targets.current}: {exc!r}"
+                self._targets.rotate()
+            else:
+                reached = True
+                try:
+                    resp = self._request(sock, kind, fields, budget)
+                except TimeoutError:
+                    self.close()
+                    last = f"{self._targets.current}: no answer"
+                    break
+                except (OSError, EOFError, p.ProtocolError) as exc:
+                    self.close()
+                    last = f"{self._targets.current}: {exc!r}"
+                    self._targets.rotate()
+                else:
+                    if resp.ok:
+                        if follow_leader:
+                            self._targets.leader_is(resp.leader_hint)
+                        return resp.value
+                    _raise_for(resp)
+                    last = f"{resp.code}: {resp.message}"
+                    if not self._targets.leader_is(resp.leader_hint) and resp.code != p.TIMEOUT:
+                        self._targets.rotate()
+            time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
+        if reached:
+            raise Timeout(f"no result within the deadline (last: {last})")
+        raise ClusterUnavailable(f"no node reachable (last: {last})")

@@ -1,0 +1,400 @@
+"""``NodeServer``: the asyncio host that turns the sans-I/O core into a node process.
+
+This is the only place with an event loop, a clock and sockets. One task ticks the core from
+the loop's monotonic clock; the transport feeds peer messages into ``RawNode.step`` and client
+requests into the request handlers (``raft_node.node_requests``); one task handles ``Ready``s in
+the core's documented order:
+
+    send messages_early -> Storage.save in the I/O thread (fsync) -> send messages
+    -> apply committed entries, answer clients, serve reads -> advance -> maybe snapshot
+
+While a ``save`` runs in the I/O thread the loop keeps receiving messages and proposals; they all
+go into the next ``Ready``, so one fsync covers everything that arrived meanwhile (group commit).
+Only one ``save`` is in flight at a time, and the I/O thread is a single worker, so writes reach
+the disk in order. A failed write or fsync is fatal: the node stops (``fatal_error`` is set and
+``run`` returns), because a node that cannot persist must not keep voting or acknowledging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raft_node.applier import Applier, Outcome
+from raft_node.fsm import StateMachine
+from raft_node.messages import NONE, Message, NodeId
+from raft_node.metrics import NodeMetrics
+from raft_node.raft import Config
+from raft_node.rawnode import RawNode
+from raft_node.ready import Ready, Role
+from raft_node.storage import PersistentState, Storage
+from raft_node.transport import TcpTransport
+
+log = logging.getLogger("raft_node.server")
+
+Address = tuple[str, int]
+
+
+def event(level: int, name: str, **fields: Any) -> None:
+    """One structured log line: ``event=name key=value ...`` (fields also in ``extra``)."""
+    text = " ".join(f"{k}={v}" for k, v in fields.items())
+    log.log(level, "event=%s %s", name, text, extra={"event": name, **fields})
+
+
+def parse_cluster(spec: str) -> dict[NodeId, Address]:
+    """``"n1=127.0.0.1:7001,n2=127.0.0.1:7002"`` -> ``{"n1": ("127.0.0.1", 7001), ...}``."""
+    cluster: dict[NodeId, Address] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        node, sep, addr = part.partition("=")
+        host, colon, port = addr.rpartition(":")
+        if not sep or not colon or not node or not host or not port.isdigit():
+            raise ValueError(f"bad cluster member {part!r}: expected id=host:port")
+        if node in cluster:
+            raise ValueError(f"node id {node!r} appears twice in the cluster")
+        cluster[node] = (host, int(port))
+    if not cluster:
+        raise ValueError("cluster is empty")
+    return cluster
+
+
+@dataclass
+class NodeConfig:
+    node_id: NodeId
+    cluster: dict[NodeId, Address]
+    data_dir: Path
+    secret: bytes
+    tick_ms: int = 10
+    election_ticks: int = 15
+    heartbeat_ticks: int = 2
+    snapshot_every: int = 10_000
+    snapshot_keep: int = 2_000
+    max_frame_bytes: int = 4 << 20
+    max_inflight: int = 256
+    fsync: bool = True
+    request_timeout: float = 5.0
+    metrics_port: int | None = None
+    ssl_server: Any = None
+    ssl_client: Any = None
+    listen: Address | None = None  # default: this node's address in ``cluster``
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.cluster:
+            raise ValueError(f"node id {self.node_id!r} is not in the cluster {list(self.cluster)}")
+        if not self.secret:
+            raise ValueError("a cluster secret is required (RAFTSYNC_CLUSTER_SECRET)")
+
+
+class _Preloaded:
+    """Hands the core the state the server already loaded (``load()`` reads the whole log)."""
+
+    def __init__(self, storage: Storage, state: PersistentState) -> None:
+        self._storage, self._state = storage, state
+
+    def load(self) -> PersistentState:
+        return self._state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+
+class NodeServer:
+    def __init__(
+        self,
+        config: NodeConfig,
+        state_machine: StateMachine,
+        storage: Storage | None = None,
+    ) -> None:
+        from raft_node.node_requests import RequestHandler  # request layer sits on top of us
+
+        self.config = config
+        self.id = config.node_id
+        if storage is None:
+            from raft_node.durable import DurableStorage
+
+            storage = DurableStorage(config.data_dir, fsync=config.fsync)
+        self.storage = storage
+        state = storage.load()
+        self.applier = Applier(state_machine)
+        if state.snapshot.index:
+            self.applier.restore(state.snapshot.data)
+        self.raw = RawNode(
+            Config(
+                id=self.id,
+                voters=list(config.cluster),
+                rng=random.Random(),
+                election_tick=config.election_ticks,
+                heartbeat_tick=config.heartbeat_ticks,
+                max_inflight=config.max_inflight,
+            ),
+            _Preloaded(storage, state),
+        )
+        self.metrics = NodeMetrics(self.id)
+        self.requests = RequestHandler(self)
+        self.transport = TcpTransport(
+            self.id,
+            config.cluster,
+            config.secret,
+            self._on_message,
+            on_unreachable=self.raw.report_unreachable,
+            on_snapshot_status=lambda peer, ok: self._report(self.raw.report_snapshot, peer, ok),
+            on_client_frame=self.requests.handle_frame,
+            listen=config.listen,
+            ssl_server=config.ssl_server,
+            ssl_client=config.ssl_client,
+            max_frame_bytes=config.max_frame_bytes,
+        )
+        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._role = self.raw.raft.role
+        self._lead = self.raw.raft.lead
+        self.last_contact: dict[NodeId, float] = {}
+        self.fatal_error: BaseException | None = None
+        self.apply_listeners: list[Callable[[int], None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.transport.start()
+        if self.config.metrics_port is not None:
+            self.metrics.serve(self.config.metrics_port, self.config.cluster[self.id][0])
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name=f"tick-{self.id}"),
+            asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"),
+        ]
+        event(
+            logging.INFO,
+            "node_started",
+            node=self.id,
+            address=self.address_str(self.id),
+            term=self.raw.raft.term,
+            commit=self.raw.raft.log.committed,
+            snapshot=self.raw.raft.log.snapshot.index,
+        )
+
+    async def run(self) -> None:
+        """Start, then serve until ``stop()`` is called or a fatal error happens."""
+        await self.start()
+        await self._stopping.wait()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def graceful_stop(self, timeout: float = 3.0) -> None:
+        """SIGTERM path: hand leadership to the most caught-up follower first."""
+        raft = self.raw.raft
+        if raft.role == Role.LEADER and len(self.config.cluster) > 1:
+            target = max((p for p in raft.prs if p != self.id), key=lambda p: raft.prs[p].match)
+            event(logging.INFO, "transfer_on_shutdown", node=self.id, to=target)
+            self.raw.transfer_leadership(target)
+            self.kick()
+            deadline = time.monotonic() + timeout
+            while raft.role == Role.LEADER and time.monotonic() < deadline:
+                await asyncio.sleep(self.config.tick_ms / 1000)
+        self.stop()
+
+    async def _shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.requests.fail_all("unavailable", "node is shutting down")
+        await self.transport.stop()
+        self._io.shutdown(wait=True)
+        close = getattr(self.storage, "close", None)
+        if close is not None:
+            close()
+        event(logging.INFO, "node_stopped", node=self.id, fatal=self.fatal_error is not None)
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Something may have produced a Ready: let the ready loop look."""
+        self._wake.set()
+
+    def _on_message(self, m: Message) -> None:
+        self.last_contact[m.frm] = time.monotonic()
+        try:
+            self.raw.step(m)
+        except Exception:  # an authenticated peer sent something the core refuses: a bug
+            log.exception("event=step_failed node=%s from=%s type=%s", self.id, m.frm, m.type)
+            return
+        self.kick()
+
+    def _report(self, fn: Callable[[NodeId, bool], None], peer: NodeId, ok: bool) -> None:
+        fn(peer, ok)
+        self.kick()
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.tick_ms / 1000
+        next_at = loop.time() + interval
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            # After a stall (GC, SIGSTOP) tick once and resynchronise rather than bursting.
+            next_at = max(next_at + interval, now + interval / 2)
+            self.raw.tick()
+            self.kick()
+
+    # -- the Ready loop ------------------------------------------------------------------------
+
+    async def _ready_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.raw.has_ready():
+                    await self._handle_ready(loop, self.raw.ready())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.fatal_error = exc
+            log.critical("event=fatal node=%s error=%r", self.id, exc, exc_info=True)
+            self.stop()
+
+    async def _handle_ready(self, loop: asyncio.AbstractEventLoop, rd: Ready) -> None:
+        if rd.messages_early:
+            self.transport.send(rd.messages_early)
+        if rd.must_sync:
+            started = time.perf_counter()
+            await loop.run_in_executor(
+                self._io, self.storage.save, rd.hard_state, rd.entries, rd.snapshot
+            )
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+            if rd.entries:
+                self.metrics.batch_entries.observe(len(rd.entries))
+        if rd.messages:
+            self.transport.send(rd.messages)
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.lead)
+        if rd.snapshot is not None:
+            self.applier.restore(rd.snapshot.data)
+            event(logging.INFO, "snapshot_installed", node=self.id, index=rd.snapshot.index)
+        outcomes: list[Outcome] = []
+        for entry in rd.committed_entries:
+            outcome = self.applier.apply(entry)
+            if outcome is not None:
+                outcomes.append(outcome)
+        self.raw.advance(rd)
+        if outcomes:
+            self.requests.on_outcomes(outcomes)
+        if rd.read_states:
+            self.requests.on_read_states(rd.read_states)
+        if rd.committed_entries or rd.snapshot is not None:
+            self.requests.on_applied(self.applier.applied_index)
+            for listener in self.apply_listeners:
+                listener(self.applier.applied_index)
+        raft = self.raw.raft
+        self.metrics.observe_status(
+            raft.role, raft.term, raft.log.committed, raft.log.applied, raft.log.snapshot.index
+        )
+        await self._maybe_snapshot(loop)
+
+    def _on_soft_state(self, role: Role, lead: NodeId) -> None:
+        if role != self._role:
+            self.metrics.role_changes.inc()
+            if role == Role.LEADER:
+                self.metrics.elections.inc()
+            event(
+                logging.INFO,
+                "role_change",
+                node=self.id,
+                role=role.name,
+                previous=self._role.name,
+                term=self.raw.raft.term,
+            )
+            if self._role == Role.LEADER:
+                self.requests.on_lost_leadership()
+        if lead != self._lead:
+            event(
+                logging.INFO,
+                "leader_change",
+                node=self.id,
+                leader=lead or "none",
+                term=self.raw.raft.term,
+            )
+        self._role, self._lead = role, lead
+
+    async def _maybe_snapshot(self, loop: asyncio.AbstractEventLoop) -> None:
+        log_ = self.raw.raft.log
+        if log_.applied - log_.snapshot.index < self.config.snapshot_every:
+            return
+        started = time.perf_counter()
+        snap = self.raw.compact(log_.applied, self.applier.snapshot(), self.config.snapshot_keep)
+        offset = min(log_.offset, snap.index)
+        await loop.run_in_executor(self._io, self._persist_snapshot, snap, offset)
+        event(
+            logging.INFO,
+            "snapshot_taken",
+            node=self.id,
+            index=snap.index,
+            bytes=len(snap.data),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    def _persist_snapshot(self, snap: Any, offset: int) -> None:
+        self.storage.save_snapshot(snap)
+        self.storage.compact(offset)
+
+    # -- helpers for the request layer ---------------------------------------------------------
+
+    def address_str(self, node: NodeId) -> str:
+        if node == NONE or node not in self.config.cluster:
+            return ""
+        host, port = self.config.cluster[node]
+        return f"{host}:{port}"
+
+    def leader_hint(self) -> str:
+        return self.address_str(self.raw.raft.lead)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raw.raft.role == Role.LEADER
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raw.raft
+        now = time.monotonic()
+        last_index = raft.log.last_index()
+        status: dict[str, Any] = {
+            "id": self.id,
+            "address": self.address_str(self.id),
+            "role": raft.role.name.lower(),
+            "term": raft.term,
+            "leader": raft.lead,
+            "leader_address": self.leader_hint(),
+            "commit": raft.log.committed,
+            "applied": raft.log.applied,
+            "last_index": last_index,
+            "snapshot_index": raft.log.snapshot.index,
+            "last_contact_ms": None,
+            "peers": {},
+        }
+        if raft.lead and raft.lead != self.id and raft.lead in self.last_contact:
+            status["last_contact_ms"] = round((now - self.last_contact[raft.lead]) * 1000)
+        if raft.role == Role.LEADER:
+            for peer, pr in raft.prs.items():
+                if peer == self.id:
+                    continue
+                seen = self.last_contact.get(peer)
+                lag = max(0, last_index - pr.match)
+                self.metrics.follower_lag.labels(peer=peer).set(lag)
+                status["peers"][peer] = {
+                    "match": pr.match,
+                    "lag": lag,
+                    "state": pr.state.name.lower(),
+                    "last_contact_ms": None if seen is None else round((now - seen) * 1000),
+                }
+        return status
