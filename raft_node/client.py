@@ -165,6 +165,7 @@ class AsyncConnection:
         self._inflight: dict[int, asyncio.Future[p.Response]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []
         self.closed = False
 
     async def open(self, timeout: float) -> None:
@@ -210,15 +211,26 @@ class AsyncConnection:
         if self.closed or self._writer is None:
             raise ConnectionError("connection closed")
         req_id = next(self._ids)
-        fut: asyncio.Future[p.Response] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[p.Response] = loop.create_future()
         self._inflight[req_id] = fut
         body = encode_payload([kind, req_id, *fields])
-        self._writer.write(encode_frame(FrameKind.CLIENT_REQUEST, body, self._max))
+        # Requests issued in one loop iteration leave in one write; drain only under pressure.
+        self._out.append(encode_frame(FrameKind.CLIENT_REQUEST, body, self._max))
+        if len(self._out) == 1:
+            loop.call_soon(self._flush)
         try:
-            await self._writer.drain()
-            return await asyncio.wait_for(fut, timeout)
+            if self._writer.transport.get_write_buffer_size() > 1 << 18:
+                await self._writer.drain()
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             self._inflight.pop(req_id, None)
+
+    def _flush(self) -> None:
+        if self._writer is not None and not self.closed:
+            self._writer.write(b"".join(self._out))
+        self._out.clear()
 
     async def close(self) -> None:
         self.closed = True

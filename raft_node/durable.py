@@ -140,6 +140,7 @@ class DurableStorage:
         self._failed: str | None = None
         self._closed = False
         self._lock_fd: int | None = None
+        self._prepared: tuple[int, int] | None = None
         self._fd: int | None = None
         self._segments: list[_Segment] = []
         self._state = LogState()
@@ -166,10 +167,13 @@ class DurableStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
+        *,
+        sync: bool = True,
     ) -> None:
         """One SAVE record, one write, one fsync. With ``snapshot``: the snapshot file first
         (durable), then the record in a new segment. Invalid input raises ``StorageError``
-        before anything is written and leaves the store usable."""
+        before anything is written and leaves the store usable. ``sync=False`` (allowed only
+        for a hard state whose term and vote are unchanged) skips the fsync."""
         self._check_usable()
         state = self._state
         if hard_state == state.hard_state:
@@ -180,7 +184,7 @@ class DurableStorage:
         state.check_save(entries, reset)
         data = b"".join(encode_save(hard_state, entries, reset))
         if snapshot is None:
-            self._append(data)
+            self._append(data, sync=sync or bool(entries))
         else:
             self._write_snapshot_file(snapshot, encode_snapshot_file(snapshot))
             self._rotate(data)
@@ -193,6 +197,16 @@ class DurableStorage:
             self._drop_dead_segments()
             self._prune_snapshots()
 
+    def prepare_snapshot(self, snapshot: Snapshot) -> None:
+        """Write the snapshot file durably, without touching the log.
+
+        Safe to run in another thread while ``save`` runs: it only creates a new file in the
+        snapshot directory. A later ``save_snapshot`` of the same snapshot then only appends the
+        SNAPSHOT mark, so a big snapshot never holds up log writes (or heartbeats)."""
+        self._check_usable()
+        self._write_snapshot_file(snapshot, encode_snapshot_file(snapshot))
+        self._prepared = (snapshot.meta.index, snapshot.meta.term)
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Snapshot file (temp, fsync, rename, directory fsync), then a SNAPSHOT mark."""
         self._check_usable()
@@ -200,7 +214,10 @@ class DurableStorage:
             raise StorageError(
                 f"snapshot at {snapshot.index} is older than stored {self._state.snapshot.index}"
             )
-        self._write_snapshot_file(snapshot, encode_snapshot_file(snapshot))
+        prepared = self._prepared == (snapshot.meta.index, snapshot.meta.term)
+        self._prepared = None
+        if not prepared or not self._snapshot_path(snapshot.meta).exists():
+            self._write_snapshot_file(snapshot, encode_snapshot_file(snapshot))
         self._append(encode_snapshot_mark(snapshot.meta))
         self._state.mark_snapshot(snapshot.meta)
         self._snapshot = snapshot
@@ -383,8 +400,9 @@ class DurableStorage:
 
     # -- segments ----------------------------------------------------------------------------
 
-    def _append(self, data: bytes) -> None:
-        """Write ``data`` to the active segment and fsync once, rotating first if it is full."""
+    def _append(self, data: bytes, sync: bool = True) -> None:
+        """Write ``data`` to the active segment and fsync once (unless ``sync`` is False),
+        rotating first if it is full."""
         active = self._segments[-1]
         if active.size > active.checkpoint_end and active.size + len(data) > self.segment_bytes:
             self._rotate(data)
@@ -393,7 +411,8 @@ class DurableStorage:
         with self._io("log write"):
             self._write_all(self._fd, data)
             active.size += len(data)
-            self._sync_fd(self._fd)
+            if sync:
+                self._sync_fd(self._fd)
 
     def _rotate(self, data: bytes = b"") -> None:
         """Start a new segment: checkpoint of the current state, then ``data``, one fsync, then

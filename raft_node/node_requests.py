@@ -1,8 +1,8 @@
 """Client requests on a node: proposals, reads, status and leadership transfer.
 
 - **Proposals** are accepted by any node. The leader wraps the body in the applier's envelope
-  (client id, sequence number, its clock) and proposes it; the request completes when the entry
-  is applied and the applier reports the outcome for that ``(client_id, seq)``. A follower
+  (client id, sequence number, its clock) and proposes it; the request is answered when the
+  entry is applied and the applier reports the outcome for that ``(client_id, seq)``. A follower
   forwards the request to the leader over one pipelined connection and relays the answer, with
   the leader's address as a hint so the client can go there directly next time.
 - **Linearizable reads** use ReadIndex, batched: while one ReadIndex round is in flight, new
@@ -12,6 +12,11 @@
 - When leadership is lost, waiting proposals are answered ``not_leader``: the client retries with
   the same sequence number, and the applier's dedup makes that safe even if the first copy
   commits after all.
+
+The hot paths (proposal and read on the leader) are callbacks, not tasks: a waiting request is a
+small record answered from ``on_outcomes``/``on_applied``, and one sweeper expires them all, so
+a request costs no task, future or timer of its own. Forwarding and transfer, which wait on the
+network, are coroutines.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import heapq
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from raft_node import protocol as p
 from raft_node.applier import CommandRejected, Outcome, encode_command
@@ -36,21 +43,46 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raft_node.server")
 
+Respond = Callable[[bytes], None]
+MAX_PENDING = 20_000  # waiting proposals + reads per node; beyond it: "unavailable" (overload)
+
+
+class _Waiter:
+    """A request waiting for the log (proposal) or for a read index to be applied (read)."""
+
+    __slots__ = ("deadline", "done", "query", "req_id", "respond", "started")
+
+    def __init__(self, req_id: int, respond: Respond, deadline: float, query: bytes = b"") -> None:
+        self.req_id = req_id
+        self.respond = respond
+        self.deadline = deadline
+        self.started = time.perf_counter()
+        self.query = query
+        self.done = False
+
+    def answer(self, response: list) -> None:
+        if not self.done:
+            self.done = True
+            self.respond(encode_payload(response))
+
 
 class RequestHandler:
     def __init__(self, server: NodeServer) -> None:
         self.server = server
-        self._pending: dict[tuple[str, int], list[asyncio.Future[Outcome | None]]] = {}
+        self._pending: dict[tuple[str, int], list[_Waiter]] = {}
+        self._expiry: deque[_Waiter] = deque()  # every waiter, in deadline order
         self._ctx_ids = itertools.count(1)
         self._round_ctx: bytes | None = None  # ReadIndex round in flight
-        self._round_waiters: list[asyncio.Future[None]] = []
-        self._next_waiters: list[asyncio.Future[None]] = []
-        self._applied_waits: list[tuple[int, int, list[asyncio.Future[None]]]] = []
+        self._round_started = 0.0
+        self._round_waiters: list[_Waiter] = []
+        self._next_waiters: list[_Waiter] = []
+        self._applied_waits: list[tuple[int, int, list[_Waiter]]] = []
         self._forward: dict[NodeId, AsyncConnection] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     # -- entry point from the transport --------------------------------------------------------
 
-    async def handle_frame(self, body: bytes, respond: Any) -> None:
+    def handle_frame(self, body: bytes, respond: Respond) -> Awaitable[None] | None:
         req_id = 0
         try:
             obj = decode_payload(body)
@@ -59,73 +91,98 @@ class RequestHandler:
             req = p.parse_request(obj)
         except (CodecError, p.ProtocolError) as exc:
             respond(encode_payload(p.err(req_id, p.BAD_REQUEST, str(exc))))
-            return
+            return None
+        server = self.server
+        if isinstance(req, p.Status):
+            respond(encode_payload(p.ok(req.req_id, server.status(), server.leader_hint())))
+            return None
+        if len(self._expiry) >= MAX_PENDING:
+            respond(encode_payload(p.err(req.req_id, p.UNAVAILABLE, "node overloaded; retry")))
+            return None
+        if isinstance(req, p.Read):
+            self.read(req, respond)
+            return None
+        if isinstance(req, p.Propose) and server.is_leader:
+            self.propose(req, respond)
+            return None
+        return self._slow(req, respond)
+
+    async def _slow(self, req: p.Request, respond: Respond) -> None:
         try:
-            response = await self._dispatch(req)
+            if isinstance(req, p.Propose):
+                response = await self._forward_to_leader(req)
+            else:
+                assert isinstance(req, p.Transfer)
+                response = await self.transfer(req)
         except Exception as exc:  # never let one request take the connection down silently
             log.exception("event=request_failed node=%s", self.server.id)
             response = p.err(req.req_id, p.UNAVAILABLE, f"internal error: {exc!r}")
         respond(encode_payload(response))
 
-    async def _dispatch(self, req: p.Request) -> list:
-        if isinstance(req, p.Propose):
-            return await self.propose(req)
-        if isinstance(req, p.Read):
-            return await self.read(req)
-        if isinstance(req, p.Status):
-            return p.ok(req.req_id, self.server.status(), self.server.leader_hint())
-        return await self.transfer(req)
+    def _wait(self, req_id: int, respond: Respond, query: bytes = b"") -> _Waiter:
+        deadline = time.monotonic() + self.server.config.request_timeout
+        waiter = _Waiter(req_id, respond, deadline, query)
+        self._expiry.append(waiter)
+        if self._sweeper is None:
+            self._schedule_sweep()
+        return waiter
+
+    def _schedule_sweep(self) -> None:
+        self._sweeper = asyncio.get_running_loop().call_later(0.05, self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        expiry = self._expiry
+        while expiry and (expiry[0].done or expiry[0].deadline <= now):
+            waiter = expiry.popleft()
+            if not waiter.done:
+                self.server.metrics.proposals_failed.inc()
+                waiter.answer(p.err(waiter.req_id, p.TIMEOUT, "no result in time; retry"))
+        if self._round_ctx is not None and now - self._round_started > 1.0:
+            self._restart_round()  # the round was lost (leader change): ask again
+        self._sweeper = None
+        if expiry:
+            self._schedule_sweep()
 
     # -- proposals -----------------------------------------------------------------------------
 
-    async def propose(self, req: p.Propose) -> list:
+    def propose(self, req: p.Propose, respond: Respond) -> None:
         server = self.server
-        if not server.is_leader:
-            return await self._forward_to_leader(req)
         data = encode_command(req.client_id, req.seq, time.time_ns() // 1_000_000, req.body)
         try:
             server.raw.propose(data)
         except ProposalDropped as exc:
-            return p.err(req.req_id, p.NOT_LEADER, str(exc), server.address_str(exc.leader))
-        started = time.perf_counter()
-        fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
-        key = (req.client_id, req.seq)
-        self._pending.setdefault(key, []).append(fut)
+            hint = server.address_str(exc.leader)
+            respond(encode_payload(p.err(req.req_id, p.NOT_LEADER, str(exc), hint)))
+            return
+        waiter = self._wait(req.req_id, respond)
+        self._pending.setdefault((req.client_id, req.seq), []).append(waiter)
         server.metrics.proposals.inc()
         server.kick()
-        try:
-            outcome = await asyncio.wait_for(fut, server.config.request_timeout)
-        except TimeoutError:
-            server.metrics.proposals_failed.inc()
-            return p.err(req.req_id, p.TIMEOUT, "not committed in time; retry with the same seq")
-        finally:
-            waiters = self._pending.get(key)
-            if waiters is not None and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._pending[key]
-        hint = server.leader_hint()
-        if outcome is None:
-            server.metrics.proposals_failed.inc()
-            return p.err(req.req_id, p.NOT_LEADER, "leadership lost; retry", hint)
-        server.metrics.commit_seconds.observe(time.perf_counter() - started)
-        if outcome.ok:
-            return p.ok(req.req_id, outcome.value, hint)
-        code, message = outcome.value
-        return p.err(req.req_id, p.REJECTED, f"{code}: {message}", hint)
 
     def on_outcomes(self, outcomes: list[Outcome]) -> None:
+        if not self._pending:
+            return
+        hint = self.server.leader_hint()
+        observe = self.server.metrics.commit_seconds.observe
+        now = time.perf_counter()
         for outcome in outcomes:
-            for fut in self._pending.pop((outcome.client_id, outcome.seq), ()):
-                if not fut.done():
-                    fut.set_result(outcome)
+            for waiter in self._pending.pop((outcome.client_id, outcome.seq), ()):
+                if waiter.done:
+                    continue
+                observe(now - waiter.started)
+                if outcome.ok:
+                    waiter.answer(p.ok(waiter.req_id, outcome.value, hint))
+                else:
+                    code, message = outcome.value
+                    waiter.answer(p.err(waiter.req_id, p.REJECTED, f"{code}: {message}", hint))
 
     def on_lost_leadership(self) -> None:
         pending, self._pending = self._pending, {}
-        for futs in pending.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_result(None)
+        hint = self.server.leader_hint()
+        for waiters in pending.values():
+            for waiter in waiters:
+                waiter.answer(p.err(waiter.req_id, p.NOT_LEADER, "leadership lost; retry", hint))
 
     async def _forward_to_leader(self, req: p.Propose | p.Transfer) -> list:
         server = self.server
@@ -145,11 +202,11 @@ class RequestHandler:
                 )
                 await conn.open(2.0)
                 self._forward[lead] = conn
+            timeout = server.config.request_timeout
             if isinstance(req, p.Propose):
-                fields: list[Any] = [req.client_id, req.seq, req.body]
-                resp = await conn.request(p.PROPOSE, fields, server.config.request_timeout)
+                resp = await conn.request(p.PROPOSE, [req.client_id, req.seq, req.body], timeout)
             else:
-                resp = await conn.request(p.TRANSFER, [req.target], server.config.request_timeout)
+                resp = await conn.request(p.TRANSFER, [req.target], timeout)
         except TimeoutError:
             return p.err(req.req_id, p.TIMEOUT, "leader did not answer in time", hint)
         except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
@@ -160,43 +217,43 @@ class RequestHandler:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def read(self, req: p.Read) -> list:
+    def read(self, req: p.Read, respond: Respond) -> None:
         server = self.server
-        if not req.stale:
-            if server.raw.raft.lead == NONE:
-                return p.err(req.req_id, p.NOT_LEADER, "no leader known; retry")
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._next_waiters.append(fut)
-            self._maybe_start_round()
-            try:
-                await asyncio.wait_for(fut, server.config.request_timeout)
-            except TimeoutError:
-                return p.err(req.req_id, p.TIMEOUT, "read index not confirmed in time; retry")
-        server.metrics.reads.labels(mode="stale" if req.stale else "linearizable").inc()
+        if req.stale:
+            server.metrics.reads.labels(mode="stale").inc()
+            respond(encode_payload(self._query(req.req_id, req.query)))
+            return
+        if server.raw.raft.lead == NONE:
+            respond(encode_payload(p.err(req.req_id, p.NOT_LEADER, "no leader known; retry")))
+            return
+        self._next_waiters.append(self._wait(req.req_id, respond, req.query))
+        self._maybe_start_round()
+
+    def _query(self, req_id: int, query: bytes) -> list:
         try:
-            value = server.applier.sm.query(req.query)
+            value = self.server.applier.sm.query(query)
         except CommandRejected as exc:
-            return p.err(req.req_id, p.REJECTED, f"{exc.code}: {exc.message}")
-        return p.ok(req.req_id, value, server.leader_hint())
+            return p.err(req_id, p.REJECTED, f"{exc.code}: {exc.message}")
+        return p.ok(req_id, value, self.server.leader_hint())
 
     def _maybe_start_round(self) -> None:
         if self._round_ctx is not None or not self._next_waiters:
             return
-        self._round_ctx = f"{self.server.id}:{next(self._ctx_ids)}".encode()
         self._round_waiters, self._next_waiters = self._next_waiters, []
+        self._send_round()
+
+    def _send_round(self) -> None:
+        self._round_ctx = f"{self.server.id}:{next(self._ctx_ids)}".encode()
+        self._round_started = time.monotonic()
         self.server.raw.read_index(self._round_ctx)
         self.server.kick()
-        # A round lost to a leader change would block later reads: give up on it in time.
-        asyncio.get_running_loop().call_later(
-            self.server.config.request_timeout, self._expire_round, self._round_ctx
-        )
 
-    def _expire_round(self, ctx: bytes) -> None:
-        if self._round_ctx == ctx:
-            for fut in self._round_waiters:
-                if not fut.done():
-                    fut.set_exception(TimeoutError())
-            self._round_ctx, self._round_waiters = None, []
+    def _restart_round(self) -> None:
+        self._round_waiters = [w for w in self._round_waiters if not w.done]
+        if self._round_waiters:
+            self._send_round()
+        else:
+            self._round_ctx = None
             self._maybe_start_round()
 
     def on_read_states(self, states: tuple[ReadState, ...]) -> None:
@@ -205,7 +262,7 @@ class RequestHandler:
                 continue
             waiters, self._round_waiters, self._round_ctx = self._round_waiters, [], None
             if self.server.applier.applied_index >= rs.index:
-                _release(waiters)
+                self._serve_reads(waiters)
             else:
                 heapq.heappush(self._applied_waits, (rs.index, id(waiters), waiters))
         self._maybe_start_round()
@@ -213,7 +270,14 @@ class RequestHandler:
     def on_applied(self, applied: int) -> None:
         waits = self._applied_waits
         while waits and waits[0][0] <= applied:
-            _release(heapq.heappop(waits)[2])
+            self._serve_reads(heapq.heappop(waits)[2])
+
+    def _serve_reads(self, waiters: list[_Waiter]) -> None:
+        reads = self.server.metrics.reads.labels(mode="linearizable")
+        for waiter in waiters:
+            if not waiter.done:
+                reads.inc()
+                waiter.answer(self._query(waiter.req_id, waiter.query))
 
     # -- leadership transfer -------------------------------------------------------------------
 
@@ -236,13 +300,7 @@ class RequestHandler:
         return p.err(req.req_id, p.TIMEOUT, "transfer did not complete", server.leader_hint())
 
     def fail_all(self, code: str, message: str) -> None:
-        self.on_lost_leadership()
-        for fut in [*self._round_waiters, *self._next_waiters]:
-            if not fut.done():
-                fut.set_exception(TimeoutError(message))
-
-
-def _release(waiters: list[asyncio.Future[None]]) -> None:
-    for fut in waiters:
-        if not fut.done():
-            fut.set_result(None)
+        for waiter in self._expiry:
+            waiter.answer(p.err(waiter.req_id, code, message))
+        self._expiry.clear()
+        self._pending.clear()

@@ -136,15 +136,19 @@ class RawNode:
         log = r.log
         soft = SoftState(r.lead, r.role)
         hard = r.hard_state()
+        entries = tuple(log.unstable_entries())
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard != self._prev_hard else None,
             snapshot=log.pending_snapshot,
-            entries=tuple(log.unstable_entries()),
+            entries=entries,
             messages_early=tuple(r.msgs_early),
             messages=tuple(r.msgs),
             committed_entries=tuple(log.next_committed(r.config.max_committed_size_per_ready)),
             read_states=tuple(r.read_states),
+            must_sync=bool(entries)
+            or log.pending_snapshot is not None
+            or (hard.term, hard.vote) != (self._prev_hard.term, self._prev_hard.vote),
         )
         r.msgs = []
         r.msgs_early = []

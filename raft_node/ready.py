@@ -61,8 +61,12 @@ class Ready:
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     read_states: tuple[ReadState, ...]
+    must_sync: bool
+    """Step 2 must fsync: there are entries or a snapshot, or term or vote changed. A hard state
+    whose only change is the commit index may be written without waiting for the disk (as in
+    etcd/raft): a lost commit index is rediscovered from the leader."""
 
     @property
-    def must_sync(self) -> bool:
-        """Whether step 2 writes anything (and so needs an fsync)."""
+    def must_write(self) -> bool:
+        """Whether step 2 has anything to write at all."""
         return bool(self.entries) or self.hard_state is not None or self.snapshot is not None

@@ -48,12 +48,18 @@ class Storage(Protocol):
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
+        *,
+        sync: bool = True,
     ) -> None:
         """Persist a ``Ready`` atomically enough for Raft, then make it durable before returning.
 
         Order: ``snapshot`` first (it replaces the whole log: a follower installing a snapshot
         discards every entry it had), then ``entries`` (the first entry's index may be at or below
         the last stored index: the stored suffix from there on is replaced), then ``hard_state``.
+
+        ``sync=False`` (``Ready.must_sync`` is False) comes only with a hard state whose term
+        and vote did not change: only the commit index moved, which may be lost in a crash (it is
+        rediscovered from the leader), so the write need not wait for the disk.
         """
         ...
 
@@ -64,6 +70,12 @@ class Storage(Protocol):
     def compact(self, index: int) -> None:
         """Drop stored entries with ``entry.index <= index``. ``index`` never exceeds the latest
         snapshot's index, so nothing unrecoverable is dropped."""
+        ...
+
+    def prepare_snapshot(self, snapshot: Snapshot) -> None:
+        """Optional head start for ``save_snapshot``: write the snapshot's data durably, from any
+        thread, without touching the log (the durable store writes the file here, so the node
+        can do it off its event loop). ``save_snapshot`` must still be called afterwards."""
         ...
 
 
@@ -89,6 +101,8 @@ class MemoryStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
+        *,
+        sync: bool = True,
     ) -> None:
         if snapshot is not None:
             self.snapshot = snapshot
@@ -110,6 +124,9 @@ class MemoryStorage:
         keep = first - self.first_index()
         del self.entries[max(keep, 0) :]
         self.entries.extend(entries)
+
+    def prepare_snapshot(self, snapshot: Snapshot) -> None:
+        """Nothing to prepare in memory."""
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         if snapshot.index < self.snapshot.index:

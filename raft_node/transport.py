@@ -29,13 +29,17 @@ whose message is from that peer and to this node; they go to ``on_message``. A c
 (``role="client"``, accepted only if ``on_client_frame`` is set) sends ``CLIENT_REQUEST`` frames;
 each body is passed to the handler together with a ``respond`` function::
 
-    async def on_client_frame(body: bytes, respond: Callable[[bytes], None]) -> None
+    def on_client_frame(body: bytes, respond: Callable[[bytes], None]) -> Awaitable[None] | None
 
 ``respond(b)`` queues one ``CLIENT_RESPONSE`` frame with body ``b`` on that connection (no await;
 calls after the connection closed are ignored); a handler may call it any number of times, also
-later from other tasks. Each request runs in its own task, so a blocking request (a lock wait)
-does not hold up the connection; at most ``max_client_inflight`` run at once per connection
-(reading pauses beyond that). Correlating requests and responses is the client protocol's job.
+later from callbacks or other tasks. All responses queued in one loop iteration go out in one
+write. A handler that answers now, or arranges to answer from a callback, returns None: no task
+is created (the fast path for proposals and reads). One that needs to wait (a forwarded request,
+a lock wait) returns an awaitable (e.g. it is an ``async def``), which runs in its own task so it
+does not hold up the connection; at most ``max_client_inflight`` such tasks run at once per
+connection (reading pauses beyond that). Correlating requests and responses is the client
+protocol's job.
 When the connection closes, its still-running handler tasks are cancelled. A client that does not
 read its responses (more than ``max_client_out_bytes`` buffered) is disconnected.
 
@@ -104,7 +108,7 @@ __all__ = [
 
 log = logging.getLogger("raft_node.transport")
 
-ClientHandler = Callable[[bytes, Callable[[bytes], None]], Awaitable[None]]
+ClientHandler = Callable[[bytes, Callable[[bytes], None]], Awaitable[None] | None]
 Address = tuple[str, int]
 
 READ_CHUNK = 256 * 1024
@@ -168,6 +172,8 @@ class _Peer:
     failures: int = 0
     frames_out: int = 0
     reconnects: int = 0
+    writer: asyncio.StreamWriter | None = None  # set while connected (see _pump)
+    busy: bool = False  # the pump is writing/draining
 
 
 class TcpTransport:
@@ -264,6 +270,7 @@ class TcpTransport:
         peers = self._peers
         stats = self._stats
         max_queue = self.max_queue
+        touched: set[_Peer] = set()
         for m in msgs:
             p = peers.get(m.to)
             if p is None:
@@ -277,7 +284,9 @@ class TcpTransport:
                 if old.type == _SNAP:
                     self._snapshot_status(p.id, False)
             q.append(m)
-            p.wake.set()
+            touched.add(p)
+        for p in touched:
+            self._write_now(p)
 
     async def start(self) -> None:
         if self._running:
@@ -445,9 +454,7 @@ class TcpTransport:
             p.wake.set()
 
         watcher = asyncio.get_running_loop().create_task(watch())
-        stats = self._stats
-        max_body = self.max_frame_bytes - 2
-        header = frame_header
+        p.writer = writer
         try:
             while True:
                 if dead:
@@ -456,54 +463,81 @@ class TcpTransport:
                     p.wake.clear()
                     await p.wake.wait()
                     continue
-                parts: list[bytes] = []
-                size = snaps = 0
-                queue = p.queue
-                while queue and size < MAX_BATCH_BYTES:
-                    m = queue.popleft()
-                    try:
-                        body = encode_message(m)
-                    except CodecError as e:
-                        stats["encode_errors"] += 1
-                        _event(logging.ERROR, "encode_failed", peer=p.id, reason=_reason(e))
-                        continue
-                    if len(body) > max_body:
-                        stats["oversize_drops"] += 1
-                        _event(
-                            logging.ERROR,
-                            "message_too_large",
-                            peer=p.id,
-                            type=m.type.name,
-                            size=len(body),
-                            max_frame_bytes=self.max_frame_bytes,
-                        )
-                        if m.type == _SNAP:
-                            self._snapshot_status(p.id, False)
-                        continue
-                    if m.type == _SNAP:
-                        snaps += 1
-                    parts.append(header(_RAFT, len(body)))
-                    parts.append(body)
-                    size += len(body) + 6
-                if not parts:
-                    continue
-                data = b"".join(parts)
+                p.busy = True
                 try:
-                    writer.write(data)
-                    async with asyncio.timeout(self.write_timeout):
-                        await writer.drain()
-                except BaseException:
+                    snaps = self._write_batch(p, writer)
+                    try:
+                        async with asyncio.timeout(self.write_timeout):
+                            await writer.drain()
+                    except BaseException:
+                        for _ in range(snaps):
+                            self._snapshot_status(p.id, False)
+                        raise
                     for _ in range(snaps):
-                        self._snapshot_status(p.id, False)
-                    raise
-                n = len(parts) // 2
-                p.frames_out += n
-                stats["frames_out"] += n
-                stats["bytes_out"] += len(data)
-                for _ in range(snaps):
-                    self._snapshot_status(p.id, True)
+                        self._snapshot_status(p.id, True)
+                finally:
+                    p.busy = False
         finally:
+            p.writer = None
             watcher.cancel()
+
+    def _write_now(self, p: _Peer) -> None:
+        """``send`` fast path: an idle, connected peer gets its frames written at once (asyncio
+        tries the socket immediately), saving a task switch on every Raft hop. Back-pressure
+        stays with the pump: with data already buffered, we leave it to the pump's drain."""
+        writer = p.writer
+        if writer is None or p.busy or writer.transport.get_write_buffer_size() > MAX_BATCH_BYTES:
+            p.wake.set()
+            return
+        snaps = self._write_batch(p, writer)
+        for _ in range(snaps):
+            self._snapshot_status(p.id, True)
+        if p.queue:
+            p.wake.set()
+
+    def _write_batch(self, p: _Peer, writer: asyncio.StreamWriter) -> int:
+        """Encode queued messages (up to ``MAX_BATCH_BYTES``) into one write; returns how many
+        snapshots it carried."""
+        stats = self._stats
+        max_body = self.max_frame_bytes - 2
+        header = frame_header
+        parts: list[bytes] = []
+        size = snaps = 0
+        queue = p.queue
+        while queue and size < MAX_BATCH_BYTES:
+            m = queue.popleft()
+            try:
+                body = encode_message(m)
+            except CodecError as e:
+                stats["encode_errors"] += 1
+                _event(logging.ERROR, "encode_failed", peer=p.id, reason=_reason(e))
+                continue
+            if len(body) > max_body:
+                stats["oversize_drops"] += 1
+                _event(
+                    logging.ERROR,
+                    "message_too_large",
+                    peer=p.id,
+                    type=m.type.name,
+                    size=len(body),
+                    max_frame_bytes=self.max_frame_bytes,
+                )
+                if m.type == _SNAP:
+                    self._snapshot_status(p.id, False)
+                continue
+            if m.type == _SNAP:
+                snaps += 1
+            parts.append(header(_RAFT, len(body)))
+            parts.append(body)
+            size += len(body) + 6
+        if parts:
+            data = b"".join(parts)
+            writer.write(data)
+            n = len(parts) // 2
+            p.frames_out += n
+            stats["frames_out"] += n
+            stats["bytes_out"] += len(data)
+        return snaps
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -611,6 +645,21 @@ class TcpTransport:
         max_frame = self.max_frame_bytes
         max_out = self.max_client_out_bytes
 
+        out: list[bytes] = []
+        loop = asyncio.get_running_loop()
+
+        def flush() -> None:
+            # All responses produced in one loop iteration leave in one write (one syscall).
+            if closed or transport.is_closing():
+                out.clear()
+                return
+            data = b"".join(out)
+            out.clear()
+            writer.write(data)
+            if transport.get_write_buffer_size() > max_out:
+                slow.append(True)
+                transport.abort()
+
         def respond(body: bytes) -> None:
             if closed or transport.is_closing():
                 return
@@ -619,21 +668,19 @@ class TcpTransport:
             except FrameError as e:
                 _event(logging.ERROR, "response_too_large", size=len(body), reason=_reason(e))
                 return
-            writer.write(frame)
+            out.append(frame)
+            if len(out) == 1:
+                loop.call_soon(flush)
             stats["client_responses"] += 1
             stats["frames_out"] += 1
             stats["bytes_out"] += len(frame)
-            if transport.get_write_buffer_size() > max_out:
-                slow.append(True)
-                transport.abort()
 
         inflight = asyncio.Semaphore(self.max_client_inflight)
         tasks: set[asyncio.Task[None]] = set()
-        loop = asyncio.get_running_loop()
 
-        async def run(body: bytes) -> None:
+        async def run(pending: Awaitable[None]) -> None:
             try:
-                await handler(body, respond)
+                await pending
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -651,8 +698,16 @@ class TcpTransport:
                         if kind != _CLIENT_REQUEST:
                             raise ProtocolViolation(f"frame kind {kind} on a client connection")
                         stats["client_requests"] += 1
+                        try:
+                            pending = handler(body, respond)
+                        except Exception:
+                            stats["callback_errors"] += 1
+                            log.exception("event=callback_error callback=on_client_frame")
+                            continue
+                        if pending is None:
+                            continue  # answered now, or will be via respond() later
                         await inflight.acquire()
-                        t = loop.create_task(run(body))
+                        t = loop.create_task(run(pending))
                         tasks.add(t)
                         t.add_done_callback(tasks.discard)
         finally:

@@ -212,6 +212,7 @@ class Simulation:
         self.checker.on_start(node.id, node.raw.raft, node.disk)
 
     def _crash(self, node: SimNode) -> None:
+        node.disk.crash()
         node.raw = None
         node.sm = None
         for _, op in node.proposals.values():
@@ -253,7 +254,7 @@ class Simulation:
             node.disk.save_torn(rd.entries, rng.randrange(len(rd.entries)))
             return self._crash(node)
         before = node.disk.hard_state
-        node.disk.save(rd.hard_state, rd.entries, rd.snapshot)
+        node.disk.save(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
         role = raw.raft.role if rd.soft_state is None else rd.soft_state.role
         self.checker.on_persisted(node.id, role, rd, node.disk, before)
         if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:

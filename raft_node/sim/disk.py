@@ -24,6 +24,7 @@ class SimDisk(MemoryStorage):
         self._base_hash = base_hash
         self.chain: list[int] = []  # chain[k] is the chain hash of entries[k]
         self.writes = 0
+        self.synced_hard_state = self.hard_state
 
     def chain_at(self, index: int) -> int | None:
         pos = index - self.first_index()
@@ -38,6 +39,8 @@ class SimDisk(MemoryStorage):
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
+        *,
+        sync: bool = True,
     ) -> None:
         self.writes += 1
         if snapshot is not None:
@@ -55,6 +58,15 @@ class SimDisk(MemoryStorage):
                 self.chain.append(prev)
         if hard_state is not None:
             super().save(hard_state, ())
+        if sync:
+            self.synced_hard_state = self.hard_state
+
+    def crash(self) -> None:
+        """Lose what was written without an fsync: only ever a hard state's commit index."""
+        lost = self.hard_state
+        if (lost.term, lost.vote) != (self.synced_hard_state.term, self.synced_hard_state.vote):
+            raise AssertionError(f"term/vote {lost} was written without sync")
+        self.hard_state = self.synced_hard_state
 
     def save_torn(self, entries: Sequence[Entry], keep: int) -> None:
         """A crash in the middle of ``save``: only the first ``keep`` entries reached the disk,
