@@ -79,8 +79,8 @@ class NodeConfig:
     tick_ms: int = 10
     election_ticks: int = 15
     heartbeat_ticks: int = 2
-    snapshot_every: int = 10_000
-    snapshot_keep: int = 2_000
+    snapshot_every: int = 100_000
+    snapshot_keep: int = 5_000
     max_frame_bytes: int = 4 << 20
     max_inflight: int = 256
     fsync: bool = True

@@ -63,9 +63,9 @@ COORDINATION_SPEC: dict[str, Setting] = {
     "TICK_INTERVAL_MS": Setting(10, _positive_int, "Wall-clock length of one Raft tick."),
     "ELECTION_TICKS": Setting(15, _positive_int, "Base election timeout, in ticks."),
     "HEARTBEAT_TICKS": Setting(2, _positive_int, "Leader heartbeat interval, in ticks."),
-    "SNAPSHOT_EVERY": Setting(10000, _positive_int, "Applied entries between snapshots."),
+    "SNAPSHOT_EVERY": Setting(100000, _positive_int, "Applied entries between snapshots."),
     "SNAPSHOT_KEEP": Setting(
-        2000,
+        5000,
         _non_negative_int,
         "Log entries kept after a snapshot, so slightly lagging followers catch up by appends.",
     ),
