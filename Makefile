@@ -20,10 +20,15 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-run:
-	@echo "make run: the local cluster command (3 nodes + web API + Celery worker) arrives" >&2
-	@echo "with the node process (issue \"Raft node process\"). Nothing is started yet." >&2
-	@exit 1
+# Local 3-node cluster (data under var/, secret generated in var/cluster.secret); Ctrl-C stops it.
+run: venv
+	$(VENV)/bin/python manage.py run_cluster --nodes 3
 
 sim: venv
 	$(VENV)/bin/python -m raft_node.sim $(SIM_ARGS)
+
+# Consensus benchmark: raftsync vs PySyncObj (about 5 min); BENCH_ARGS=--quick for a smoke run.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: venv
+	$(VENV)/bin/python bench/bench_raft.py $(BENCH_ARGS)

@@ -1,0 +1,133 @@
+"""The applier's exactly-once rule, the KV state machine and the client protocol's validation."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from raft_node import kvstore
+from raft_node import protocol as p
+from raft_node.applier import Applier, encode_command
+from raft_node.client import parse_addresses
+from raft_node.kvstore import KVStore
+from raft_node.messages import Entry, EntryType
+
+
+def _entry(index: int, client: str, seq: int, body: bytes, stamp: int = 1000) -> Entry:
+    return Entry(1, index, encode_command(client, seq, stamp, body))
+
+
+def test_retried_request_applies_once_and_gets_the_first_result():
+    ap = Applier(KVStore())
+    first = ap.apply(_entry(1, "c", 1, kvstore.incr("x")))
+    again = ap.apply(_entry(2, "c", 1, kvstore.incr("x")))
+    assert first.value == again.value == 1
+    assert ap.sm.data["x"] == b"1"
+    older = ap.apply(_entry(3, "c", 0 + 1, kvstore.incr("x")))
+    assert older.value == 1  # still the same request
+    ap.apply(_entry(4, "c", 2, kvstore.incr("x")))
+    stale = ap.apply(_entry(5, "c", 1, kvstore.incr("x")))
+    assert not stale.ok and stale.value[0] == "duplicate"
+    assert ap.sm.data["x"] == b"2"
+
+
+def test_rejected_command_leaves_state_and_is_remembered():
+    ap = Applier(KVStore())
+    bad = ap.apply(_entry(1, "c", 1, msgpack.packb(("frobnicate",))))
+    assert not bad.ok and bad.value[0] == "bad_command"
+    assert ap.apply(_entry(2, "c", 1, kvstore.put("k", b"v"))).value == bad.value
+
+
+def test_log_clock_never_goes_backwards():
+    ap = Applier(KVStore())
+    ap.apply(_entry(1, "a", 1, kvstore.put("k", b"1"), stamp=5000))
+    ap.apply(_entry(2, "b", 1, kvstore.put("k", b"2"), stamp=4000))  # a new leader, behind
+    assert ap.now_ms == 5000
+
+
+def test_idle_clients_are_forgotten_by_log_time():
+    ap = Applier(KVStore(), client_ttl_ms=1000)
+    ap.apply(_entry(1, "old", 1, kvstore.put("k", b"1"), stamp=0))
+    ap.apply(_entry(2, "new", 1, kvstore.put("k", b"2"), stamp=5000))
+    assert list(ap.clients) == ["new"]
+
+
+def test_snapshot_roundtrip_keeps_dedup_table():
+    ap = Applier(KVStore())
+    ap.apply(_entry(1, "c", 1, kvstore.incr("x")))
+    copy = Applier(KVStore())
+    copy.restore(ap.snapshot())
+    assert copy.apply(_entry(2, "c", 1, kvstore.incr("x"))).value == 1
+    assert copy.sm.data == {"x": b"1"} and copy.now_ms == ap.now_ms
+
+
+def test_noop_entries_produce_no_outcome():
+    assert Applier(KVStore()).apply(Entry(1, 1, b"", EntryType.NOOP)) is None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        kvstore.put("", b"v"),
+        kvstore.put("k" * 2000, b"v"),
+        msgpack.packb(("put", "k", "not-bytes")),
+        msgpack.packb(("cas", "k")),
+        b"\xc1garbage",
+        msgpack.packb(42),
+    ],
+)
+def test_kv_rejects_bad_commands_with_a_code(command: bytes):
+    from raft_node.applier import CommandRejected
+
+    with pytest.raises(CommandRejected) as info:
+        KVStore().apply(1, command, 0)
+    assert info.value.code.startswith("bad_")
+
+
+def test_kv_operations():
+    kv = KVStore()
+    assert kv.apply(1, kvstore.put("a", b"1"), 0) == 1
+    assert kv.apply(2, kvstore.cas("a", b"1", b"2"), 0) is True
+    assert kv.apply(3, kvstore.cas("a", b"1", b"3"), 0) is False
+    assert kv.apply(4, kvstore.incr("a", 5), 0) == 7
+    assert kv.query(kvstore.get("a")) == b"7"
+    assert kv.apply(5, kvstore.delete("a"), 0) is True
+    assert kv.query(kvstore.get("a")) is None
+
+
+@pytest.mark.parametrize(
+    "request_obj",
+    [
+        "nope",
+        [p.PROPOSE],
+        [p.PROPOSE, -1, "c", 1, b""],
+        [p.PROPOSE, 1, "", 1, b""],
+        [p.PROPOSE, 1, "c", 0, b""],
+        [p.PROPOSE, 1, "c", True, b""],
+        [p.PROPOSE, 1, "c", 1, "text"],
+        [p.PROPOSE, 1, "c", 1, b"x" * (p.MAX_BODY_BYTES + 1)],
+        [p.READ, 1, b"", "yes"],
+        [99, 1],
+    ],
+)
+def test_protocol_rejects_malformed_requests(request_obj):
+    with pytest.raises(p.ProtocolError):
+        p.parse_request(request_obj)
+
+
+def test_protocol_accepts_every_request_kind():
+    assert isinstance(p.parse_request([p.PROPOSE, 1, "c", 1, b"x"]), p.Propose)
+    assert isinstance(p.parse_request([p.READ, 2, b"q", False]), p.Read)
+    assert isinstance(p.parse_request([p.STATUS, 3]), p.Status)
+    assert isinstance(p.parse_request([p.TRANSFER, 4, "n2"]), p.Transfer)
+    assert p.parse_response(p.err(5, p.REJECTED, "bad_key: x", "h:1")).leader_hint == "h:1"
+    with pytest.raises(p.ProtocolError):
+        p.parse_response([5, p.ERR, "made-up", "x", ""])
+
+
+def test_parse_addresses_forms():
+    assert parse_addresses("a:1,b:2") == [("a", 1), ("b", 2)]
+    assert parse_addresses("n1=a:1, n2=b:2") == [("a", 1), ("b", 2)]
+    assert parse_addresses([("a", 1), "b:2"]) == [("a", 1), ("b", 2)]
+    with pytest.raises(ValueError):
+        parse_addresses("no-port")

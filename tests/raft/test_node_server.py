@@ -1,0 +1,183 @@
+"""NodeServer + clients in one process: the client protocol end to end over real sockets.
+
+Three ``NodeServer``s share one event loop (fast and deterministic enough for behaviour tests);
+the real-process suite covers crashes and partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from raft_node import kvstore
+from raft_node.client import (
+    AsyncRaftClient,
+    AuthenticationFailed,
+    ClusterUnavailable,
+    RaftClient,
+    Rejected,
+)
+from raft_node.durable import DurableStorage
+from raft_node.kvstore import KVStore
+from raft_node.launcher import free_port
+from raft_node.ready import Role
+from raft_node.server import NodeConfig, NodeServer, parse_cluster
+from raft_node.storage import MemoryStorage
+
+SECRET = b"node-test-secret"
+
+
+def _cluster(n: int = 3) -> dict:
+    return {f"n{i}": ("127.0.0.1", free_port()) for i in range(1, n + 1)}
+
+
+async def _start(cluster: dict, tmp: Path | None = None, **kw) -> list[NodeServer]:
+    servers = []
+    for node in cluster:
+        storage = DurableStorage(tmp / node) if tmp else MemoryStorage()
+        config = NodeConfig(node, cluster, tmp or Path("."), SECRET, **kw)
+        server = NodeServer(config, KVStore(), storage)
+        await server.start()
+        servers.append(server)
+    return servers
+
+
+async def _stop(servers: list[NodeServer]) -> None:
+    for s in servers:
+        s.stop()
+        await s._shutdown()
+
+
+async def _leader(servers: list[NodeServer]) -> NodeServer:
+    for _ in range(500):
+        leaders = [s for s in servers if s.raw.raft.role == Role.LEADER]
+        if leaders:
+            return leaders[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no leader")
+
+
+def test_propose_read_status_and_typed_errors():
+    async def main():
+        cluster = _cluster()
+        servers = await _start(cluster)
+        try:
+            leader = await _leader(servers)
+            follower = next(s for s in servers if s is not leader)
+            # A client that only knows a follower: its writes are forwarded to the leader.
+            async with AsyncRaftClient([cluster[follower.id]], SECRET) as client:
+                assert await client.propose(kvstore.incr("n")) == 1
+                assert await client.read(kvstore.get("n")) == b"1"
+                with pytest.raises(Rejected) as info:
+                    await client.propose(msgpack.packb(("bogus",)))
+                assert info.value.code == "bad_command"
+                status = await client.status()
+                assert status["leader"] == leader.id
+            # Many concurrent writers through one pipelined client.
+            async with AsyncRaftClient(list(cluster.values()), SECRET) as client:
+                await asyncio.gather(*(client.propose(kvstore.incr("c")) for _ in range(200)))
+                assert await client.read(kvstore.get("c")) == b"200"
+            async with AsyncRaftClient([cluster[leader.id]], SECRET) as on_leader:
+                # The leader applied every write it acknowledged: a local read sees them all.
+                assert await on_leader.read(kvstore.get("c"), stale=True) == b"200"
+        finally:
+            await _stop(servers)
+
+    asyncio.run(main())
+
+
+def test_wrong_secret_and_no_cluster_are_distinct_errors():
+    async def main():
+        cluster = _cluster(1)
+        servers = await _start(cluster)
+        try:
+            await _leader(servers)
+            with pytest.raises(AuthenticationFailed):
+                await asyncio.to_thread(
+                    RaftClient(list(cluster.values()), b"wrong", timeout=1).status
+                )
+        finally:
+            await _stop(servers)
+        with pytest.raises(ClusterUnavailable):
+            RaftClient([("127.0.0.1", free_port())], SECRET, timeout=0.3).status()
+
+    asyncio.run(main())
+
+
+def test_leadership_transfer_via_client():
+    async def main():
+        cluster = _cluster()
+        servers = await _start(cluster)
+        try:
+            leader = await _leader(servers)
+            target = next(s.id for s in servers if s is not leader)
+            async with AsyncRaftClient(list(cluster.values()), SECRET) as client:
+                assert await client.transfer_leadership(target) == target
+                new = await _leader(servers)
+                assert new.id == target
+                assert await client.propose(kvstore.put("after", b"1")) > 0
+        finally:
+            await _stop(servers)
+
+    asyncio.run(main())
+
+
+def test_metrics_endpoint_serves_raft_gauges():
+    async def main():
+        cluster = _cluster(1)
+        port = free_port()
+        servers = await _start(cluster, metrics_port=port)
+        try:
+            await _leader(servers)
+            async with AsyncRaftClient(list(cluster.values()), SECRET) as client:
+                await client.propose(kvstore.put("k", b"v"))
+            body = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            )
+        finally:
+            await _stop(servers)
+        for name in (
+            "raft_term",
+            "raft_is_leader 1.0",
+            "raft_commit_index",
+            "raft_fsync_seconds",
+            "raft_proposals_total 1.0",
+            "raft_commit_seconds",
+        ):
+            assert name in body, name
+
+    asyncio.run(main())
+
+
+def test_durable_restart_keeps_state(tmp_path: Path):
+    async def main():
+        cluster = _cluster()
+        servers = await _start(cluster, tmp_path)
+        async with AsyncRaftClient(list(cluster.values()), SECRET) as client:
+            for i in range(50):
+                await client.propose(kvstore.incr(f"k{i}"))
+        await _stop(servers)
+        servers = await _start(cluster, tmp_path)
+        try:
+            await _leader(servers)
+            async with AsyncRaftClient(list(cluster.values()), SECRET) as client:
+                assert await client.read(kvstore.get("k49")) == b"1"
+                assert await client.propose(kvstore.incr("k49")) == 2
+        finally:
+            await _stop(servers)
+
+    asyncio.run(main())
+
+
+def test_node_config_validation():
+    with pytest.raises(ValueError, match="not in the cluster"):
+        NodeConfig("n9", parse_cluster("n1=h:1"), Path("."), SECRET)
+    with pytest.raises(ValueError, match="secret"):
+        NodeConfig("n1", parse_cluster("n1=h:1"), Path("."), b"")
+    for bad in ("", "n1", "n1=h", "n1=h:x", "n1=h:1,n1=h:2"):
+        with pytest.raises(ValueError):
+            parse_cluster(bad)

@@ -1,0 +1,131 @@
+"""``raft_status`` and ``run_cluster`` as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raft_node.client import RaftClient, RaftError
+from raft_node.launcher import LocalCluster
+
+pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+
+ROOT = Path(__file__).resolve().parents[2]
+MANAGE = ROOT / "manage.py"
+
+
+def _manage(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(MANAGE), *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_raft_status_reports_leader_and_fails_without_quorum(tmp_path: Path):
+    with LocalCluster(tmp_path, MANAGE) as c:
+        c.wait_for_leader()
+        spec = ",".join(f"{n}={h}:{p}" for n, (h, p) in c.addresses.items())
+        env = {"RAFTSYNC_CLUSTER_SECRET": c.secret}
+        done = _manage("raft_status", "--cluster", spec, "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["leader"] in c.ids
+        assert {n["id"] for n in report["nodes"]} == set(c.ids)
+        leader_row = next(n for n in report["nodes"] if n["id"] == report["leader"])
+        assert set(leader_row["peers"]) == set(c.ids) - {report["leader"]}
+        table = _manage("raft_status", "--cluster", spec, env=env)
+        assert table.returncode == 0 and "leader:" in table.stdout
+        for node in c.ids[:2]:
+            c.kill(node)
+        time.sleep(1.0)  # the survivor's leader (if it was one) steps down via CheckQuorum
+        done = _manage("raft_status", "--cluster", spec, "--timeout", "0.5", env=env)
+        assert done.returncode == 1
+        assert "unreachable" in done.stdout
+
+
+def _free_run(count: int) -> int:
+    """A base port with ``count`` consecutive free ports after it."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count > 65000:
+            continue
+        try:
+            socks = []
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no run of free ports")
+
+
+def test_run_cluster_restarts_a_killed_node_and_stops_all(tmp_path: Path):
+    base = _free_run(3)
+    env = {"RAFTSYNC_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, str(MANAGE), "run_cluster", "--base-port", str(base)],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    addrs = [("127.0.0.1", base + i) for i in range(3)]
+    try:
+        secret = _wait_for(lambda: (tmp_path / "cluster.secret").read_text().strip())
+        with RaftClient(addrs, secret, timeout=20) as client:
+            assert client.propose(b"\x93\xa3put\xa1k\xc4\x01v") > 0  # msgpack ("put","k",b"v")
+        victim = _node_pid(tmp_path / "n2")
+        os.kill(victim, signal.SIGKILL)
+        new_pid = _wait_for(lambda: _node_pid(tmp_path / "n2", not_pid=victim), timeout=20)
+        assert new_pid != victim
+        with RaftClient([addrs[1]], secret, timeout=20) as client:
+            _wait_for(lambda: client.status()["leader"], timeout=20)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    text = out.decode()
+    assert "restarting" in text and "leader:" in text
+    for node in ("n1", "n2", "n3"):
+        with pytest.raises(OSError):
+            socket.create_connection(addrs[int(node[1]) - 1], timeout=0.5).close()
+
+
+def _node_pid(data_dir: Path, not_pid: int | None = None) -> int | None:
+    out = subprocess.run(
+        ["pgrep", "-f", "--", f"--data-dir {data_dir}"], capture_output=True, text=True
+    )
+    pids = [int(p) for p in out.stdout.split() if int(p) != not_pid]
+    return pids[0] if pids else None
+
+
+def _wait_for(fn, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+        except (OSError, RaftError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(fn)
