@@ -175,7 +175,8 @@ class NodeServer:
         self._loop = asyncio.get_running_loop()
         await self.transport.start()
         if self.config.metrics_port is not None:
-            self.metrics.serve(self.config.metrics_port, self.config.cluster[self.id][0])
+            host = (self.config.listen or self.config.cluster[self.id])[0]
+            self.metrics.serve(self.config.metrics_port, host)
         self._tasks = [asyncio.create_task(self._tick_loop(), name=f"tick-{self.id}")]
         self.kick()
         event(

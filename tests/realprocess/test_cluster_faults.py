@@ -195,3 +195,16 @@ def test_hostile_connections_are_rejected_while_serving(cluster: LocalCluster):
         assert cluster.alive(node)
     log = cluster.log_path(cluster.ids[0]).read_text()
     assert "auth" in log.lower() or "rejected" in log.lower()
+
+
+def test_sigterm_on_leader_hands_over_and_exits_cleanly(cluster: LocalCluster):
+    old = cluster.wait_for_leader()
+    with cluster.client() as c:
+        c.propose(kvstore.incr("before"))
+    cluster.procs[old].send_signal(15)
+    assert cluster.procs[old].wait(timeout=15) == 0
+    new = cluster.wait_for_leader(exclude=old, timeout=5)
+    log = cluster.log_path(old).read_text()
+    assert f"event=transfer_on_shutdown node={old} to={new}" in log
+    with cluster.client([n for n in cluster.ids if n != old]) as c:
+        assert c.read(kvstore.get("before")) == b"1"
