@@ -167,6 +167,8 @@ class RequestHandler:
         observe = self.server.metrics.commit_seconds.observe
         now = time.perf_counter()
         for outcome in outcomes:
+            if outcome.pending:
+                continue  # accepted; answered when the state machine completes it
             for waiter in self._pending.pop((outcome.client_id, outcome.seq), ()):
                 if waiter.done:
                     continue

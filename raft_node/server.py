@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raft_node.applier import Applier, Outcome
+from raft_node.applier import SYSTEM, Applier, Outcome, encode_command
 from raft_node.fsm import StateMachine
+from raft_node.leader import ProposalDropped
 from raft_node.messages import NONE, Message, NodeId
 from raft_node.metrics import NodeMetrics
 from raft_node.raft import Config
@@ -160,6 +161,7 @@ class NodeServer:
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
         self._scheduled = False
         self._snapshotting = False
+        self._tick_index = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -256,6 +258,8 @@ class NodeServer:
             # After a stall (GC, SIGSTOP) tick once and resynchronise rather than bursting.
             next_at = max(next_at + interval, now + interval / 2)
             self.raw.tick()
+            if self.is_leader:
+                self._maybe_propose_tick()
             self.kick()
 
     # -- Ready handling ------------------------------------------------------------------------
@@ -293,9 +297,7 @@ class NodeServer:
             event(logging.INFO, "snapshot_installed", node=self.id, index=rd.snapshot.index)
         outcomes: list[Outcome] = []
         for entry in rd.committed_entries:
-            outcome = self.applier.apply(entry)
-            if outcome is not None:
-                outcomes.append(outcome)
+            outcomes.extend(self.applier.apply(entry))
         self.raw.advance(rd)
         if outcomes:
             self.requests.on_outcomes(outcomes)
@@ -310,7 +312,34 @@ class NodeServer:
             raft.role, raft.term, raft.log.committed, raft.log.applied, raft.log.snapshot.index
         )
 
+    def propose_system(self, body: bytes) -> int | None:
+        """Propose a leader-originated command (no client, no dedup); returns its index."""
+        data = encode_command(SYSTEM, 0, time.time_ns() // 1_000_000, body)
+        try:
+            index, _ = self.raw.propose(data)
+        except ProposalDropped:
+            return None
+        self.kick()
+        return index
+
+    def _maybe_propose_tick(self) -> None:
+        """Time-based changes (session expiry, lease and wait timeouts, TTLs) happen by an entry
+        the leader proposes once its clock passes the state machine's next deadline."""
+        if self._tick_index and self.applier.applied_index < self._tick_index:
+            return  # one tick in flight at a time
+        deadline = self.applier.next_deadline()
+        if deadline is None or deadline > time.time_ns() // 1_000_000:
+            return
+        command = self.applier.tick_command()
+        if command is not None:
+            self._tick_index = self.propose_system(command) or 0
+
     def _on_soft_state(self, role: Role, lead: NodeId) -> None:
+        if role == Role.LEADER and self._role != Role.LEADER:
+            self._tick_index = 0
+            command = self.applier.leader_command()
+            if command is not None:
+                self.propose_system(command)
         if role != self._role:
             self.metrics.role_changes.inc()
             if role == Role.LEADER:

@@ -7,7 +7,7 @@ import pytest
 
 from raft_node import kvstore
 from raft_node import protocol as p
-from raft_node.applier import Applier, encode_command
+from raft_node.applier import Applier, CommandRejected, Pending, encode_command
 from raft_node.client import parse_addresses
 from raft_node.kvstore import KVStore
 from raft_node.messages import Entry, EntryType
@@ -19,23 +19,23 @@ def _entry(index: int, client: str, seq: int, body: bytes, stamp: int = 1000) ->
 
 def test_retried_request_applies_once_and_gets_the_first_result():
     ap = Applier(KVStore())
-    first = ap.apply(_entry(1, "c", 1, kvstore.incr("x")))
-    again = ap.apply(_entry(2, "c", 1, kvstore.incr("x")))
+    first = ap.apply(_entry(1, "c", 1, kvstore.incr("x")))[0]
+    again = ap.apply(_entry(2, "c", 1, kvstore.incr("x")))[0]
     assert first.value == again.value == 1
     assert ap.sm.data["x"] == b"1"
-    older = ap.apply(_entry(3, "c", 0 + 1, kvstore.incr("x")))
+    older = ap.apply(_entry(3, "c", 1, kvstore.incr("x")))[0]
     assert older.value == 1  # still the same request
     ap.apply(_entry(4, "c", 2, kvstore.incr("x")))
-    stale = ap.apply(_entry(5, "c", 1, kvstore.incr("x")))
+    stale = ap.apply(_entry(5, "c", 1, kvstore.incr("x")))[0]
     assert not stale.ok and stale.value[0] == "duplicate"
     assert ap.sm.data["x"] == b"2"
 
 
 def test_rejected_command_leaves_state_and_is_remembered():
     ap = Applier(KVStore())
-    bad = ap.apply(_entry(1, "c", 1, msgpack.packb(("frobnicate",))))
+    bad = ap.apply(_entry(1, "c", 1, msgpack.packb(("frobnicate",))))[0]
     assert not bad.ok and bad.value[0] == "bad_command"
-    assert ap.apply(_entry(2, "c", 1, kvstore.put("k", b"v"))).value == bad.value
+    assert ap.apply(_entry(2, "c", 1, kvstore.put("k", b"v")))[0].value == bad.value
 
 
 def test_log_clock_never_goes_backwards():
@@ -57,12 +57,78 @@ def test_snapshot_roundtrip_keeps_dedup_table():
     ap.apply(_entry(1, "c", 1, kvstore.incr("x")))
     copy = Applier(KVStore())
     copy.restore(ap.snapshot())
-    assert copy.apply(_entry(2, "c", 1, kvstore.incr("x"))).value == 1
+    assert copy.apply(_entry(2, "c", 1, kvstore.incr("x")))[0].value == 1
     assert copy.sm.data == {"x": b"1"} and copy.now_ms == ap.now_ms
 
 
+class Gate:
+    """A toy blocking state machine: "wait" blocks until "open"; ticks time waits out."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, int] = {}  # token -> deadline
+        self.done: list[tuple[int, bool, object]] = []
+
+    def apply(self, index, command, now_ms):
+        if command == b"wait":
+            self.waiting[index] = now_ms + 100
+            return Pending(index)
+        if command == b"open":
+            self.done += [(t, True, "opened") for t in self.waiting]
+            self.waiting.clear()
+            return "ok"
+        if command == b"tick":
+            for t, deadline in list(self.waiting.items()):
+                if deadline <= now_ms:
+                    self.done.append((t, True, "timed out"))
+                    del self.waiting[t]
+            return None
+        raise CommandRejected("bad_command", "?")
+
+    def drain_completions(self):
+        done, self.done = self.done, []
+        return done
+
+    def next_deadline(self):
+        return min(self.waiting.values(), default=None)
+
+    def tick_command(self):
+        return b"tick"
+
+    def query(self, q):
+        return None
+
+    def snapshot(self):
+        return msgpack.packb(sorted(self.waiting.items()))
+
+    def restore(self, data):
+        self.waiting = dict(msgpack.unpackb(data))
+
+
+def test_pending_request_completes_later_and_retries_see_it():
+    ap = Applier(Gate())
+    (first,) = ap.apply(_entry(1, "c", 1, b"wait"))
+    assert first.pending
+    (retry,) = ap.apply(_entry(2, "c", 1, b"wait"))  # retried while still waiting
+    assert retry.pending and ap.sm.waiting == {1: 1100}
+    outs = ap.apply(_entry(3, "other", 1, b"open"))
+    assert [(o.client_id, o.value) for o in outs] == [("other", "ok"), ("c", "opened")]
+    (late,) = ap.apply(_entry(4, "c", 1, b"wait"))  # a retry after completion gets the result
+    assert (late.pending, late.value) == (False, "opened")
+
+
+def test_system_ticks_expire_waits_and_survive_snapshots():
+    ap = Applier(Gate())
+    ap.apply(_entry(1, "c", 1, b"wait", stamp=1000))
+    assert ap.next_deadline() == 1100 and ap.tick_command() == b"tick"
+    copy = Applier(Gate())
+    copy.restore(ap.snapshot())
+    outs = copy.apply(_entry(2, "", 0, b"tick", stamp=1200))  # system command: no dedup
+    assert [(o.client_id, o.seq, o.value) for o in outs] == [("c", 1, "timed out")]
+    assert copy.apply(_entry(3, "", 0, b"bogus", stamp=1300)) == []  # refusals are ignored
+
+
 def test_noop_entries_produce_no_outcome():
-    assert Applier(KVStore()).apply(Entry(1, 1, b"", EntryType.NOOP)) is None
+    assert Applier(KVStore()).apply(Entry(1, 1, b"", EntryType.NOOP)) == []
 
 
 @pytest.mark.parametrize(
