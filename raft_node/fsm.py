@@ -35,3 +35,9 @@ class StateMachine(Protocol):
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's bytes."""
         ...
+
+
+# Optional hooks a state machine may define (found by ``getattr``; see raft_node.applier):
+#   drain_completions() -> [(token, ok, value)]   complete earlier ``Pending`` requests
+#   drain_events() -> [(topic, payload)]          pushed to WATCH subscribers of ``topic``
+#   next_deadline() -> int | None, tick_command() -> bytes, leader_command() -> bytes | None

@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from raft_node import protocol as p
 from raft_node.applier import CommandRejected, Outcome, encode_command
@@ -79,6 +79,7 @@ class RequestHandler:
         self._applied_waits: list[tuple[int, int, list[_Waiter]]] = []
         self._forward: dict[NodeId, AsyncConnection] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._watchers: dict[str, list[tuple[int, Respond]]] = {}
 
     # -- entry point from the transport --------------------------------------------------------
 
@@ -108,6 +109,9 @@ class RequestHandler:
         return self._slow(req, respond)
 
     async def _slow(self, req: p.Request, respond: Respond) -> None:
+        if isinstance(req, p.Watch):
+            await self._watch(req, respond)
+            return
         try:
             if isinstance(req, p.Propose):
                 response = await self._forward_to_leader(req)
@@ -280,6 +284,26 @@ class RequestHandler:
             if not waiter.done:
                 reads.inc()
                 waiter.answer(self._query(waiter.req_id, waiter.query))
+
+    # -- event streams -------------------------------------------------------------------------
+
+    async def _watch(self, req: p.Watch, respond: Respond) -> None:
+        """Subscribe until the connection closes (the transport then cancels this task)."""
+        entry = (req.req_id, respond)
+        self._watchers.setdefault(req.topic, []).append(entry)
+        respond(encode_payload(p.ok(req.req_id, ["subscribed", self.server.applier.applied_index])))
+        try:
+            await asyncio.Event().wait()  # forever: events are pushed by publish()
+        finally:
+            watchers = self._watchers.get(req.topic, [])
+            if entry in watchers:
+                watchers.remove(entry)
+            if not watchers:
+                self._watchers.pop(req.topic, None)
+
+    def publish(self, index: int, topic: str, payload: Any) -> None:
+        for req_id, respond in self._watchers.get(topic, ()):
+            respond(encode_payload(p.ok(req_id, ["event", index, payload])))
 
     # -- leadership transfer -------------------------------------------------------------------
 

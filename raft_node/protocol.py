@@ -9,11 +9,17 @@ Requests (msgpack arrays)::
     [READ,    req_id, query, stale]             query the state machine; linearizable unless stale
     [STATUS,  req_id]                           this node's Raft status
     [TRANSFER, req_id, target]                  ask the leader to hand leadership to ``target``
+    [WATCH,   req_id, topic]                    stream state machine events on ``topic``
 
 Responses::
 
     [req_id, OK, value, leader_hint]
     [req_id, ERR, code, message, leader_hint]
+
+A WATCH is answered first with ``[req_id, OK, ["subscribed", applied_index], hint]`` and then
+with one ``[req_id, OK, ["event", index, payload], hint]`` per event, in log order, until the
+connection closes. Events are emitted by every node as it applies entries, so any node can serve
+a watch; a client that reconnects may have missed events and must resynchronise.
 
 ``code`` is one of ``ERROR_CODES``; the client maps it to a typed exception. ``leader_hint`` is
 the ``host:port`` of the leader as this node knows it ('' if unknown), so a client talking to a
@@ -29,7 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PROPOSE, READ, STATUS, TRANSFER = 1, 2, 3, 4
+PROPOSE, READ, STATUS, TRANSFER, WATCH = 1, 2, 3, 4, 5
+MAX_TOPIC = 200
 OK, ERR = 0, 1
 
 # Error codes (strings on the wire so logs and other-language clients read them).
@@ -74,7 +81,13 @@ class Transfer:
     target: str
 
 
-Request = Propose | Read | Status | Transfer
+@dataclass(frozen=True, slots=True)
+class Watch:
+    req_id: int
+    topic: str
+
+
+Request = Propose | Read | Status | Transfer | Watch
 
 
 def parse_request(obj: Any) -> Request:
@@ -101,6 +114,10 @@ def parse_request(obj: Any) -> Request:
         return Status(req_id)
     if kind == TRANSFER and len(obj) == 3 and isinstance(obj[2], str):
         return Transfer(req_id, obj[2])
+    if kind == WATCH and len(obj) == 3:
+        if not isinstance(obj[2], str) or not 0 < len(obj[2]) <= MAX_TOPIC:
+            raise ProtocolError(f"topic must be a string of 1..{MAX_TOPIC} chars")
+        return Watch(req_id, obj[2])
     raise ProtocolError(f"unknown request kind {kind!r} with {len(obj)} fields")
 
 

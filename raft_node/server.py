@@ -170,6 +170,7 @@ class NodeServer:
         self.last_contact: dict[NodeId, float] = {}
         self.fatal_error: BaseException | None = None
         self.apply_listeners: list[Callable[[int], None]] = []
+        self._drain_events = getattr(state_machine, "drain_events", None)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -296,8 +297,12 @@ class NodeServer:
             self.applier.restore(rd.snapshot.data)
             event(logging.INFO, "snapshot_installed", node=self.id, index=rd.snapshot.index)
         outcomes: list[Outcome] = []
+        drain_events = self._drain_events
         for entry in rd.committed_entries:
             outcomes.extend(self.applier.apply(entry))
+            if drain_events is not None:
+                for topic, payload in drain_events():
+                    self.requests.publish(entry.index, topic, payload)
         self.raw.advance(rd)
         if outcomes:
             self.requests.on_outcomes(outcomes)

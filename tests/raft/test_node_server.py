@@ -181,3 +181,68 @@ def test_node_config_validation():
     for bad in ("", "n1", "n1=h", "n1=h:x", "n1=h:1,n1=h:2"):
         with pytest.raises(ValueError):
             parse_cluster(bad)
+
+
+class Announcer:
+    """A state machine whose every write is announced on a topic (exercises WATCH)."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def apply(self, index, command, now_ms):
+        self.events.append(("news", command.decode()))
+        return index
+
+    def drain_events(self):
+        out, self.events = self.events, []
+        return out
+
+    def query(self, q):
+        return None
+
+    def snapshot(self):
+        return b""
+
+    def restore(self, data):
+        pass
+
+
+def test_watch_streams_events_in_log_order_with_resync():
+    from raft_node.client import Watcher
+
+    async def main():
+        cluster = _cluster()
+        servers = []
+        for node in cluster:
+            config = NodeConfig(node, cluster, Path("."), SECRET)
+            server = NodeServer(config, Announcer(), MemoryStorage())
+            await server.start()
+            servers.append(server)
+        try:
+            await _leader(servers)
+            seen, resyncs = [], []
+            follower = next(s for s in servers if s.raw.raft.role != Role.LEADER)
+            watcher = Watcher(
+                [cluster[follower.id]],
+                SECRET,
+                "news",
+                lambda i, payload: seen.append((i, payload)),
+                lambda: resyncs.append(True),
+            )
+            watcher.start()
+            assert await asyncio.to_thread(watcher.subscribed.wait, 5)
+            async with AsyncRaftClient(list(cluster.values()), SECRET) as client:
+                for i in range(20):
+                    await client.propose(f"m{i}".encode())
+            for _ in range(200):
+                if len(seen) == 20:
+                    break
+                await asyncio.sleep(0.01)
+            watcher.stop()
+            assert [payload for _, payload in seen] == [f"m{i}" for i in range(20)]
+            assert [i for i, _ in seen] == sorted(i for i, _ in seen)
+            assert resyncs == [True]
+        finally:
+            await _stop(servers)
+
+    asyncio.run(main())

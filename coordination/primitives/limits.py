@@ -1,0 +1,76 @@
+"""Explicit limits, checked before a command can change anything (violations raise
+``limit_exceeded`` or ``bad_command`` with the limit named). Documented in the README."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from coordination.primitives.errors import BAD_COMMAND, LIMIT, reject
+
+NAME_MAX_BYTES = 200  # lock, queue and cache key names
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/@+=#{}\[\]-]+")  # printable, no spaces or quotes
+OWNER_MAX_BYTES = 128
+PAYLOAD_MAX_BYTES = 256 * 1024  # one queue message
+VALUE_MAX_BYTES = 1024 * 1024  # one cache value
+BATCH_MAX = 1000  # keys in get_many / set_many
+PRIORITY_MIN, PRIORITY_MAX = 0, 9
+SESSION_TTL_MS = (1_000, 3_600_000)  # 1 s .. 1 h
+WAIT_MS = (0, 300_000)  # lock and queue waits: 0 (try) .. 5 min
+VISIBILITY_MS = (1_000, 12 * 3_600_000)  # queue lease: 1 s .. 12 h
+DELAY_MS = (0, 7 * 24 * 3_600_000)  # delayed delivery: up to 7 days
+CACHE_TTL_MS = (1, 30 * 24 * 3_600_000)  # up to 30 days; None = no expiry
+QUEUE_DEPTH_MAX = 100_000  # messages (ready + delayed + in flight) per queue
+MAX_DELIVERIES = (1, 1000)
+DEDUP_WINDOW_MS = (0, 24 * 3_600_000)
+
+
+def name(value: Any, what: str = "name") -> str:
+    if not isinstance(value, str) or not value:
+        reject(BAD_COMMAND, f"{what} must be a non-empty string")
+    if len(value.encode()) > NAME_MAX_BYTES:
+        reject(LIMIT, f"{what} longer than {NAME_MAX_BYTES} bytes")
+    if not NAME_PATTERN.fullmatch(value):
+        reject(BAD_COMMAND, f"{what} {value[:40]!r} has characters outside {NAME_PATTERN.pattern}")
+    return value
+
+
+def owner(value: Any) -> str:
+    if not isinstance(value, str):
+        reject(BAD_COMMAND, "owner must be a string")
+    if len(value.encode()) > OWNER_MAX_BYTES:
+        reject(LIMIT, f"owner longer than {OWNER_MAX_BYTES} bytes")
+    return value
+
+
+def blob(value: Any, limit: int, what: str) -> bytes:
+    if not isinstance(value, bytes):
+        reject(BAD_COMMAND, f"{what} must be bytes")
+    if len(value) > limit:
+        reject(LIMIT, f"{what} larger than {limit} bytes")
+    return value
+
+
+def integer(value: Any, bounds: tuple[int, int], what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        reject(BAD_COMMAND, f"{what} must be an integer")
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        reject(LIMIT, f"{what} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def optional_integer(value: Any, bounds: tuple[int, int], what: str) -> int | None:
+    return None if value is None else integer(value, bounds, what)
+
+
+def boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        reject(BAD_COMMAND, f"{what} must be a boolean")
+    return value
+
+
+def args(values: list[Any], count: int, op: str) -> list[Any]:
+    if len(values) != count:
+        reject(BAD_COMMAND, f"{op} takes {count} arguments, got {len(values)}")
+    return values
