@@ -33,6 +33,11 @@ class CoordinationMachine:
             self._ops.update(part.ops())
             self._queries.update(part.queries())
         self._completions: list[tuple[int, bool, Any]] = []
+        self._event_sources = [
+            p.drain_events
+            for p in self.parts
+            if hasattr(p, "drain_events")  # type: ignore[attr-defined]
+        ]
 
     def part(self, name: str) -> Part:
         return next(p for p in self.parts if p.name == name)
@@ -64,6 +69,14 @@ class CoordinationMachine:
     def drain_completions(self) -> list[tuple[int, bool, Any]]:
         done, self._completions = self._completions, []
         return done
+
+    def drain_events(self) -> list[tuple[str, Any]]:
+        """Events for WATCH subscribers (e.g. cache invalidations), from every part that has
+        them; the node publishes them after each applied entry."""
+        events: list[tuple[str, Any]] = []
+        for drain in self._event_sources:
+            events.extend(drain())
+        return events
 
     def next_deadline(self) -> int | None:
         deadlines = [d for d in (p.next_deadline() for p in self.parts) if d is not None]

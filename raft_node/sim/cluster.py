@@ -9,9 +9,12 @@ A run has two phases:
 2. Liveness: faults stop and partitions heal; within ``liveness_ms`` of virtual time there must
    be a leader, every client operation must complete, and every node must converge.
 
-The ``Checker`` runs after every event; at the end, every acknowledged write must be in the
-applied log and the client history must be linearizable. Any failure raises ``SimulationFailure``
-whose message carries the seed and the one-line replay command.
+The ``Checker`` runs after every event (Raft safety). What clients do, and what must hold of
+their results, is a pluggable ``Workload``: the default ``KVWorkload`` (``kv_workload.py``) runs
+a replicated register and checks that acknowledged writes survive and the history is
+linearizable; ``coordination.simulation`` runs sessions, locks, queues and cache on the same
+engine. Any failure raises ``SimulationFailure`` whose message carries the seed and the one-line
+replay command.
 """
 
 from __future__ import annotations
@@ -19,27 +22,59 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from raft_node.messages import Message, NodeId
 from raft_node.messages import MessageType as MT
-from raft_node.raft import Config, ProposalDropped, Raft
+from raft_node.raft import Config, Raft
 from raft_node.rawnode import RawNode
 from raft_node.ready import Ready, Role
-from raft_node.sim import kv
-from raft_node.sim.clients import INDEX_READ, LOG_READ, WRITE, Client, ClientOp, history_operations
 from raft_node.sim.disk import SimDisk
 from raft_node.sim.invariants import Checker, Violation
-from raft_node.sim.linearizability import check_operations
-from raft_node.sim.models import RegisterModel
 
 TICK, DELIVER, CLIENT, FAULT = 0, 1, 2, 3
-KEYS = ("a", "b", "c")
-RETRY_AFTER_MS = 500
 
 
 class SimulationFailure(AssertionError):
     pass
+
+
+class Workload(Protocol):
+    """What the simulated clients do and what must hold of their results.
+
+    The engine calls: ``attach`` once (schedule first client events with ``sim.schedule``),
+    ``new_state_machine`` at every node start, ``on_event`` for each scheduled event (``liveness``
+    is True after healing: finish outstanding work, start nothing new), ``apply`` for each Ready
+    (apply committed entries and read states to ``node.sm``, complete client operations),
+    ``on_crash``, ``on_leader``/``on_node_tick`` (host duties of a leader, e.g. proposing
+    ticks), ``settled`` during the liveness phase, and ``final_check``/``check_history`` at the
+    end (raise ``Violation``/``SimulationFailure``)."""
+
+    def attach(self, sim: Simulation) -> None: ...
+
+    def new_state_machine(self) -> Any: ...
+
+    def snapshot(self, sm: Any) -> bytes: ...
+
+    def restore(self, sm: Any, data: bytes) -> None: ...
+
+    def applied_index(self, sm: Any) -> int: ...
+
+    def on_event(self, payload: Any, liveness: bool) -> None: ...
+
+    def apply(self, node: SimNode, rd: Ready) -> None: ...
+
+    def on_crash(self, node: SimNode) -> None: ...
+
+    def on_leader(self, node: SimNode) -> None: ...
+
+    def on_node_tick(self, node: SimNode) -> None: ...
+
+    def settled(self) -> bool: ...
+
+    def final_check(self) -> None: ...
+
+    def check_history(self) -> tuple[int, int]: ...
 
 
 @dataclass(frozen=True)
@@ -72,10 +107,8 @@ class SimNode:
     disk: SimDisk
     tick_ms: int
     raw: RawNode | None = None
-    sm: kv.KVStateMachine | None = None
-    proposals: dict[int, tuple[int, ClientOp]] = field(default_factory=dict)
-    pending_reads: dict[bytes, ClientOp] = field(default_factory=dict)
-    waiting_reads: list[tuple[int, ClientOp]] = field(default_factory=list)
+    sm: Any = None
+    host: dict[str, Any] = field(default_factory=dict)  # the workload's per-incarnation state
 
 
 @dataclass
@@ -100,6 +133,8 @@ class Simulation:
         liveness_ms: int = 8000,
         compact_every: int = 40,
         check_linearizability: bool = True,
+        workload: Workload | None = None,
+        replay: str = "python -m raft_node.sim",
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -119,15 +154,22 @@ class Simulation:
             i: SimNode(i, SimDisk(self.checker.base_hash), self.rng.randrange(9, 12))
             for i in self.ids
         }
-        self.clients = [Client(f"c{i}") for i in range(3)]
+        if workload is None:
+            from raft_node.sim.kv_workload import KVWorkload
+
+            workload = KVWorkload()
+        self.workload = workload
         self.elections = 0
-        self.replay = f"python -m raft_node.sim --seed {seed} --nodes {nodes} --steps {steps}"
+        self.replay = f"{replay} --seed {seed} --nodes {nodes} --steps {steps}"
         for node in self.nodes.values():
             self._start(node)
             self._push(self.rng.randrange(0, node.tick_ms), TICK, node.id)
-        for c in self.clients:
-            self._push(self.rng.randrange(1, 20), CLIENT, c)
+        workload.attach(self)
         self._push(self.faults.fault_every_ms, FAULT, None)
+
+    def schedule(self, delay: int, payload: Any) -> None:
+        """Workloads schedule their client events here (delivered to ``Workload.on_event``)."""
+        self._push(delay, CLIENT, payload)
 
     # -- event queue ---------------------------------------------------------------------------
 
@@ -141,26 +183,23 @@ class Simulation:
             self._heal_all()
             self._run_phase(None, deadline=self.now + self.liveness_ms)
             self._final_checks()
+            operations, states = (0, 0)
+            if self.check_linearizability:
+                operations, states = self.workload.check_history()
         except Violation as exc:
             raise SimulationFailure(self._failure(f"safety violation: {exc}")) from exc
-        ops = history_operations(self.clients)
-        states = 0
-        if self.check_linearizability:
-            result = check_operations(ops, RegisterModel(), max_states=200_000)
-            states = result.states_explored
-            if result.ok is False:
-                raise SimulationFailure(
-                    self._failure(f"history not linearizable: {result.explanation}")
-                )
         return SimResult(
             self.seed,
             self.steps,
             self.now,
             self.elections,
             max(self.checker.applied_term),
-            len(ops),
+            operations,
             states,
         )
+
+    def failure(self, what: str) -> SimulationFailure:
+        return SimulationFailure(self._failure(what))
 
     def _failure(self, what: str) -> str:
         return f"{what}\n  seed={self.seed} at t={self.now}ms\n  replay: {self.replay}"
@@ -182,11 +221,13 @@ class Simulation:
                 self._push(node.tick_ms, TICK, node.id)
                 if node.raw is not None:
                     node.raw.tick()
-                    self._process(node)
+                    if node.raw.raft.role == Role.LEADER:
+                        self.workload.on_node_tick(node)
+                    self.process(node)
             elif kind == DELIVER:
                 self._deliver(payload)
             elif kind == CLIENT:
-                self._client_event(payload, retry_only=deadline is not None)
+                self.workload.on_event(payload, deadline is not None)
             elif kind == FAULT and self.faults.enabled:
                 self._fault()
                 self._push(self.rng.randrange(1, 2 * self.faults.fault_every_ms), FAULT, None)
@@ -206,31 +247,21 @@ class Simulation:
 
     def _start(self, node: SimNode) -> None:
         node.raw = RawNode(self._config(node.id), node.disk, self.raft_class)
-        node.sm = kv.KVStateMachine()
+        node.sm = self.workload.new_state_machine()
+        node.host = {}
         if node.disk.snapshot.index:
-            node.sm.restore(node.disk.snapshot.data)
+            self.workload.restore(node.sm, node.disk.snapshot.data)
         self.checker.on_start(node.id, node.raw.raft, node.disk)
 
     def _crash(self, node: SimNode) -> None:
         node.disk.crash()
         node.raw = None
         node.sm = None
-        for _, op in node.proposals.values():
-            op.needs_retry = True
-        for op in node.pending_reads.values():
-            self._abandon(op)
-        for _, op in node.waiting_reads:
-            self._abandon(op)
-        node.proposals.clear()
-        node.pending_reads.clear()
-        node.waiting_reads.clear()
+        self.workload.on_crash(node)
+        node.host = {}
 
-    def _abandon(self, op: ClientOp) -> None:
-        for c in self.clients:
-            if c.name == op.client:
-                c.abandon(op)
-
-    def _process(self, node: SimNode) -> None:
+    def process(self, node: SimNode) -> None:
+        """Handle the node's pending Readys (call after giving it input)."""
         raw = node.raw
         for _ in range(8):
             if raw is None or node.raw is not raw or not raw.has_ready():
@@ -257,7 +288,8 @@ class Simulation:
         node.disk.save(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
         role = raw.raft.role if rd.soft_state is None else rd.soft_state.role
         self.checker.on_persisted(node.id, role, rd, node.disk, before)
-        if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
+        became_leader = rd.soft_state is not None and rd.soft_state.role == Role.LEADER
+        if became_leader:
             self.elections += 1
             self.checker.on_became_leader(node.id, raw.raft.term, node.disk)
         if not early_first:
@@ -267,48 +299,23 @@ class Simulation:
         self._send_all(rd.messages)
         if crash_at == "after_send":
             return self._crash(node)
-        self._apply(node, rd)
+        if rd.snapshot is not None:
+            self.workload.restore(node.sm, rd.snapshot.data)
+        for e in rd.committed_entries:
+            self.checker.on_applied(node.id, e.index, e.term, node.disk)
+        self.workload.apply(node, rd)
         raw.advance(rd)
+        if became_leader:
+            self.workload.on_leader(node)
         self._maybe_compact(node, raw)
         return None
-
-    def _apply(self, node: SimNode, rd: Ready) -> None:
-        sm = node.sm
-        assert sm is not None
-        if rd.snapshot is not None:
-            sm.restore(rd.snapshot.data)
-        for e in rd.committed_entries:
-            result = sm.apply(e.index, e.data)
-            self.checker.on_applied(node.id, e.index, e.term, node.disk)
-            pending = node.proposals.pop(e.index, None)
-            if pending is None:
-                continue
-            term, op = pending
-            if e.term == term and not op.abandoned and op.ret is None:
-                op.index, op.term = e.index, e.term
-                self._client(op).finish(op, self.now, result)
-            elif op.ret is None:
-                op.needs_retry = True
-        for rs in rd.read_states:
-            op = node.pending_reads.pop(rs.context, None)
-            if op is not None:
-                node.waiting_reads.append((rs.index, op))
-        if node.waiting_reads:
-            still = []
-            for index, op in node.waiting_reads:
-                if sm.applied_index >= index:
-                    if not op.abandoned:
-                        self._client(op).finish(op, self.now, sm.read(op.key))
-                else:
-                    still.append((index, op))
-            node.waiting_reads = still
 
     def _maybe_compact(self, node: SimNode, raw: RawNode) -> None:
         log = raw.raft.log
         if log.applied - log.snapshot.index < self.compact_every:
             return
-        assert node.sm is not None
-        snap = raw.compact(log.applied, node.sm.snapshot(), self.rng.choice((0, 5, 30)))
+        data = self.workload.snapshot(node.sm)
+        snap = raw.compact(log.applied, data, self.rng.choice((0, 5, 30)))
         node.disk.save_snapshot(snap)
         node.disk.compact(min(log.offset, snap.index))
 
@@ -347,78 +354,25 @@ class Simulation:
         if node.raw is None or (m.frm, m.to) in self.blocked:
             return
         node.raw.step(m)
-        self._process(node)
+        self.process(node)
 
-    # -- clients -------------------------------------------------------------------------------
+    # -- for workloads -------------------------------------------------------------------------
 
-    def _client(self, op: ClientOp) -> Client:
-        return self.clients[int(op.client[1:])]
-
-    def _client_event(self, client: Client, retry_only: bool) -> None:
-        self._push(self.rng.randrange(2, 15), CLIENT, client)
-        op = client.current
-        if op is None:
-            if retry_only:
-                return
-            op = self._new_op(client)
-        if op.kind == INDEX_READ:
-            if op.node and self.now - op.call > 300:
-                client.abandon(op)  # lost read: give up, it constrained nothing
-            elif not op.node:
-                self._start_index_read(op)
-            return
-        if op.needs_retry or self.now - op.attempt_at > RETRY_AFTER_MS:
-            # No answer in time (its entry may have been overwritten, or compacted into a
-            # snapshot, on the node we asked): retry; the state machine's dedup makes it safe.
-            self._propose(op)
-
-    def _new_op(self, client: Client) -> ClientOp:
-        r = self.rng.random()
-        key = self.rng.choice(KEYS)
-        if r < 0.45:
-            return client.start(WRITE, key, f"{client.name}.{client.seq + 1}", self.now)
-        if r < 0.6:
-            return client.start(LOG_READ, key, None, self.now)
-        return client.start(INDEX_READ, key, None, self.now)
-
-    def _up_nodes(self) -> list[SimNode]:
+    def up_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.raw is not None]
 
-    def _propose(self, op: ClientOp) -> None:
-        up = self._up_nodes()
+    def pick_node(self, prefer_leader: bool) -> SimNode | None:
+        """A random live node; with ``prefer_leader``, its known leader if that one is up (as a
+        client that follows leader hints would reach)."""
+        up = self.up_nodes()
         if not up:
-            return
+            return None
         node = self.rng.choice(up)
-        assert node.raw is not None
-        if node.raw.raft.role != Role.LEADER:
+        if prefer_leader and node.raw is not None and node.raw.raft.role != Role.LEADER:
             lead = node.raw.raft.lead
             if lead and self.nodes[lead].raw is not None:
                 node = self.nodes[lead]
-        assert node.raw is not None
-        if op.kind == WRITE:
-            cmd = kv.encode_put(op.client, op.seq, op.key, op.value or "")
-        else:
-            cmd = kv.encode_get(op.client, op.seq, op.key)
-        try:
-            index, term = node.raw.propose(cmd)
-        except ProposalDropped:
-            return
-        op.needs_retry = False
-        op.attempt_at = self.now
-        node.proposals[index] = (term, op)
-        self._process(node)
-
-    def _start_index_read(self, op: ClientOp) -> None:
-        up = self._up_nodes()
-        if not up:
-            return
-        node = self.rng.choice(up)
-        assert node.raw is not None
-        ctx = f"{op.client}:{op.seq}".encode()
-        op.node = node.id
-        node.pending_reads[ctx] = op
-        node.raw.read_index(ctx)
-        self._process(node)
+        return node
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -463,7 +417,7 @@ class Simulation:
 
     def _liveness_reached(self) -> bool:
         leader = self._leader()
-        if leader is None or any(c.current is not None for c in self.clients):
+        if leader is None or not self.workload.settled():
             return False
         assert leader.raw is not None
         commit = leader.raw.raft.log.committed
@@ -482,25 +436,11 @@ class Simulation:
                     f"{n.id}: {r.role.name} term={r.term} commit={r.log.committed} "
                     f"applied={r.log.applied} last={r.log.last_index()}"
                 )
-        pending = [c.current for c in self.clients if c.current is not None]
         return (
             f"liveness: no convergence within {self.liveness_ms}ms after healing; "
             + "; ".join(parts)
-            + f"; pending ops: {pending}"
+            + f"; workload: {self.workload}"
         )
 
     def _final_checks(self) -> None:
-        applied_term = self.checker.applied_term
-        for c in self.clients:
-            for op in c.history:
-                acked = op.kind != INDEX_READ and op.ret is not None
-                if acked and applied_term.get(op.index) != op.term:
-                    raise Violation(
-                        f"acknowledged {op.kind} {op.client}#{op.seq} at "
-                        f"({op.index}, term {op.term}) is not in the applied log"
-                    )
-        states = {n.id: n.sm.data for n in self.nodes.values() if n.sm is not None}
-        first = next(iter(states.values()))
-        for nid, data in states.items():
-            if data != first:
-                raise Violation(f"state machines diverged after convergence: {nid}")
+        self.workload.final_check()

@@ -1,0 +1,115 @@
+"""Typed errors of the coordination client. Every rejection code of the primitives maps to one
+class, so callers write ``except Deadlock`` rather than parse messages."""
+
+from __future__ import annotations
+
+from raft_node.client import (
+    AuthenticationFailed,
+    BadRequest,
+    ClusterUnavailable,
+    RaftError,
+    Rejected,
+    Timeout,
+)
+
+__all__ = [
+    "AuthenticationFailed",
+    "BadRequest",
+    "ClusterUnavailable",
+    "CoordinationError",
+    "Deadlock",
+    "LimitExceeded",
+    "LockModeError",
+    "LockNotAcquired",
+    "NotHolder",
+    "NotInteger",
+    "RaftError",
+    "SessionExpired",
+    "StaleToken",
+    "Timeout",
+    "UnknownKey",
+    "UnknownMessage",
+    "UnknownQueue",
+    "UnknownSession",
+]
+
+
+class CoordinationError(Rejected):
+    """A primitive refused the request (``code`` says why)."""
+
+
+class SessionExpired(CoordinationError):
+    """The session timed out (or was closed): its locks, leases and waits are gone."""
+
+
+class UnknownSession(CoordinationError):
+    pass
+
+
+class Deadlock(CoordinationError):
+    """Waiting would have closed a cycle in the wait-for graph; ``message`` names the cycle."""
+
+
+class NotHolder(CoordinationError):
+    pass
+
+
+class LockModeError(CoordinationError):
+    pass
+
+
+class LimitExceeded(CoordinationError):
+    pass
+
+
+class UnknownQueue(CoordinationError):
+    pass
+
+
+class UnknownMessage(CoordinationError):
+    pass
+
+
+class NotInteger(CoordinationError):
+    pass
+
+
+class UnknownKey(CoordinationError):
+    pass
+
+
+class LockNotAcquired(CoordinationError):
+    """``acquire`` gave up (try failed, or the wait timed out)."""
+
+    def __init__(self, name: str, message: str = "") -> None:
+        super().__init__("not_acquired", message or f"lock {name!r} not acquired")
+        self.name = name
+
+
+class StaleToken(CoordinationError):
+    """A fencing token is no longer the lock's current grant (raised by ``require_token``)."""
+
+    def __init__(self, name: str, token: int) -> None:
+        super().__init__("stale_token", f"token {token} is not the current grant of {name!r}")
+
+
+_BY_CODE: dict[str, type[CoordinationError]] = {
+    "session_expired": SessionExpired,
+    "unknown_session": UnknownSession,
+    "deadlock": Deadlock,
+    "not_holder": NotHolder,
+    "lock_mode": LockModeError,
+    "limit_exceeded": LimitExceeded,
+    "unknown_queue": UnknownQueue,
+    "unknown_message": UnknownMessage,
+    "not_integer": NotInteger,
+    "unknown_key": UnknownKey,
+}
+
+
+def typed(exc: Rejected) -> Exception:
+    """The typed exception for a node's rejection (``BadRequest`` for malformed commands)."""
+    if exc.code == "bad_command":
+        return BadRequest(exc.message)
+    cls = _BY_CODE.get(exc.code, CoordinationError)
+    return cls(exc.code, exc.message)

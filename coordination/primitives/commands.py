@@ -1,0 +1,183 @@
+"""Builders for every command and query of ``CoordinationMachine`` (msgpack ``[op, *args]``).
+
+Pure functions, shared by the sync and asyncio clients and by tests and the simulator, so the
+wire shape of each operation is written once. Times are milliseconds (ints) here; the clients
+take seconds (floats) and convert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+
+def _cmd(op: str, *args: Any) -> bytes:
+    return msgpack.packb([op, *args], use_bin_type=True)
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def session_open(ttl_ms: int, label: str = "") -> bytes:
+    return _cmd("session.open", ttl_ms, label)
+
+
+def session_keepalive(session: int) -> bytes:
+    return _cmd("session.keepalive", session)
+
+
+def session_close(session: int) -> bytes:
+    return _cmd("session.close", session)
+
+
+def session_get(session: int) -> bytes:
+    return _cmd("session.get", session)
+
+
+def session_list() -> bytes:
+    return _cmd("session.list")
+
+
+# -- locks --------------------------------------------------------------------------------------
+
+
+def lock_acquire(session: int, name: str, mode: str, owner: str, wait_ms: int) -> bytes:
+    return _cmd("lock.acquire", session, name, mode, owner, wait_ms)
+
+
+def lock_release(session: int, name: str, owner: str) -> bytes:
+    return _cmd("lock.release", session, name, owner)
+
+
+def lock_renew(session: int, name: str, owner: str) -> bytes:
+    return _cmd("lock.renew", session, name, owner)
+
+
+def lock_inspect(name: str) -> bytes:
+    return _cmd("lock.inspect", name)
+
+
+def lock_check_token(name: str, token: int) -> bytes:
+    return _cmd("lock.check_token", name, token)
+
+
+def lock_list() -> bytes:
+    return _cmd("lock.list")
+
+
+def lock_deadlocks() -> bytes:
+    return _cmd("lock.deadlocks")
+
+
+# -- queues -------------------------------------------------------------------------------------
+
+
+def queue_declare(name: str, max_deliveries: int, dedup_window_ms: int, max_depth: int) -> bytes:
+    return _cmd("queue.declare", name, max_deliveries, dedup_window_ms, max_depth)
+
+
+def queue_put(
+    name: str, payload: bytes, priority: int = 0, dedup_id: str | None = None, delay_ms: int = 0
+) -> bytes:
+    return _cmd("queue.put", name, payload, priority, dedup_id, delay_ms)
+
+
+def queue_get(session: int, name: str, wait_ms: int, visibility_ms: int) -> bytes:
+    return _cmd("queue.get", session, name, wait_ms, visibility_ms)
+
+
+def queue_ack(session: int, name: str, msg_id: int) -> bytes:
+    return _cmd("queue.ack", session, name, msg_id)
+
+
+def queue_nack(session: int, name: str, msg_id: int, requeue: bool, delay_ms: int) -> bytes:
+    return _cmd("queue.nack", session, name, msg_id, requeue, delay_ms)
+
+
+def queue_purge(name: str) -> bytes:
+    return _cmd("queue.purge", name)
+
+
+def queue_requeue_dead(name: str, max_count: int) -> bytes:
+    return _cmd("queue.requeue_dead", name, max_count)
+
+
+def queue_stats(name: str) -> bytes:
+    return _cmd("queue.stats", name)
+
+
+def queue_list() -> bytes:
+    return _cmd("queue.list")
+
+
+def queue_peek(name: str, limit: int) -> bytes:
+    return _cmd("queue.peek", name, limit)
+
+
+def queue_dead_letters(name: str, limit: int) -> bytes:
+    return _cmd("queue.dead_letters", name, limit)
+
+
+# -- cache --------------------------------------------------------------------------------------
+
+
+def cache_get(key: str) -> bytes:
+    return _cmd("cache.get", key)
+
+
+def cache_get_many(keys: Iterable[str]) -> bytes:
+    return _cmd("cache.get_many", list(keys))
+
+
+def cache_set(key: str, value: bytes, ttl_ms: int | None) -> bytes:
+    return _cmd("cache.set", key, value, ttl_ms)
+
+
+def cache_add(key: str, value: bytes, ttl_ms: int | None) -> bytes:
+    return _cmd("cache.add", key, value, ttl_ms)
+
+
+def cache_delete(key: str) -> bytes:
+    return _cmd("cache.delete", key)
+
+
+def cache_incr(key: str, delta: int) -> bytes:
+    return _cmd("cache.incr", key, delta)
+
+
+def cache_cas(key: str, expected_version: int | None, value: bytes, ttl_ms: int | None) -> bytes:
+    return _cmd("cache.cas", key, expected_version, value, ttl_ms)
+
+
+def cache_touch(key: str, ttl_ms: int | None) -> bytes:
+    return _cmd("cache.touch", key, ttl_ms)
+
+
+def cache_set_many(items: Iterable[tuple[str, bytes]], ttl_ms: int | None) -> bytes:
+    return _cmd("cache.set_many", [[k, v] for k, v in items], ttl_ms)
+
+
+def cache_delete_many(keys: Iterable[str]) -> bytes:
+    return _cmd("cache.delete_many", list(keys))
+
+
+def cache_clear() -> bytes:
+    return _cmd("cache.clear")
+
+
+def cache_fill(session: int, key: str, lease_ms: int) -> bytes:
+    return _cmd("cache.fill", session, key, lease_ms)
+
+
+def cache_release(session: int, keys: Iterable[str]) -> bytes:
+    return _cmd("cache.release", session, list(keys))
+
+
+def cache_stats() -> bytes:
+    return _cmd("cache.stats")
+
+
+def cache_keys(prefix: str, limit: int) -> bytes:
+    return _cmd("cache.keys", prefix, limit)
