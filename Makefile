@@ -27,7 +27,7 @@ run: venv
 sim: venv
 	$(VENV)/bin/python -m raft_node.sim $(SIM_ARGS)
 
-# Consensus benchmark: raftsync vs PySyncObj (about 5 min); BENCH_ARGS=--quick for a smoke run.
+# Consensus benchmark: raftsync vs PySyncObj (about 3 min); BENCH_ARGS=--quick for a smoke run.
 BENCH_ARGS ?=
 .PHONY: bench
 bench: venv

@@ -41,15 +41,17 @@ SUCCESS = FAIL_REASON.SUCCESS
 
 
 def describe_durability() -> str:
-    """What PySyncObj 0.3.17 does with ``journalFile``, read from its source (journal.py)."""
-    return (
-        f"PySyncObj {VERSION} with journalFile + fullDumpFile: FileJournal copies each log entry into an mmap'd"
-        " file (no msync/fsync on the write path; FileJournal.flush() exists but SyncObj never"
-        " calls it, and this version has no flushJournal option); term/vote go to a .meta file"
-        " by write+rename without fsync before a vote is sent; the commit index is saved once"
-        " a second; the full dump is written on log compaction. So it survives kill -9 (the"
-        " page cache survives) but not an OS crash or power loss; raftsync fsyncs every Ready"
-        " before acknowledging."
+    """What PySyncObj does with ``journalFile``, as read from its source (journal.py)."""
+    return " ".join(
+        [
+            f"PySyncObj {VERSION} with journalFile + fullDumpFile: FileJournal copies each log",
+            "entry into an mmap'd file with no msync/fsync on the write path (FileJournal.flush()",
+            "exists but SyncObj never calls it; this version has no flushJournal option);",
+            "term/vote go to a .meta file by write+rename without fsync before a vote is sent;",
+            "the commit index is saved once a second; the full dump is written on log",
+            "compaction. So its log survives kill -9 (the page cache survives) but not an OS",
+            "crash or power loss; raftsync fsyncs before acknowledging.",
+        ]
     )
 
 
@@ -262,9 +264,7 @@ def main() -> None:
             if cmd == "status":
                 answer(status(obj))
             elif cmd == "load":
-                answer(
-                    run_load(d, int(msg["concurrency"]), float(msg["warmup"]), msg["seconds"])
-                )
+                answer(run_load(d, int(msg["concurrency"]), float(msg["warmup"]), msg["seconds"]))
             elif cmd == "bg_start":
                 bg = Driver(d, int(msg["concurrency"]), slot_base=500_000)
                 bg.start()

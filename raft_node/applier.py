@@ -177,9 +177,14 @@ class Applier:
         return msgpack.packb(state, use_bin_type=True)
 
     def restore(self, data: bytes) -> None:
-        version, applied, now_ms, clients, waits, inner = msgpack.unpackb(data, raw=False)
-        if version != 2:
-            raise ValueError(f"unknown snapshot version {version}")
+        state = msgpack.unpackb(data, raw=False)
+        if state[0] == 1:  # before blocking commands existed: no wait table
+            _, applied, now_ms, clients, inner = state
+            waits = []
+        elif state[0] == 2:
+            _, applied, now_ms, clients, waits, inner = state
+        else:
+            raise ValueError(f"unknown snapshot version {state[0]}")
         self.applied_index, self.now_ms = applied, now_ms
         self.clients = {c[0]: (c[1], c[2], _freeze(c[3]), c[4]) for c in clients}
         self.waits = {t: (c, s) for t, c, s in waits}
