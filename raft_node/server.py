@@ -170,6 +170,7 @@ class NodeServer:
         self.last_contact: dict[NodeId, float] = {}
         self.fatal_error: BaseException | None = None
         self.apply_listeners: list[Callable[[int], None]] = []
+        self.plugins: list[Any] = []  # objects with ``async start()`` / ``async stop()``
         self._drain_events = getattr(state_machine, "drain_events", None)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -181,6 +182,8 @@ class NodeServer:
             host = (self.config.listen or self.config.cluster[self.id])[0]
             self.metrics.serve(self.config.metrics_port, host)
         self._tasks = [asyncio.create_task(self._tick_loop(), name=f"tick-{self.id}")]
+        for plugin in self.plugins:
+            await plugin.start()
         self.kick()
         event(
             logging.INFO,
@@ -219,6 +222,8 @@ class NodeServer:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.requests.fail_all("unavailable", "node is shutting down")
+        for plugin in self.plugins:
+            await plugin.stop()
         await self.transport.stop()
         self._io.shutdown(wait=True)
         close = getattr(self.storage, "close", None)

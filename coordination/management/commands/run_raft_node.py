@@ -38,6 +38,11 @@ class Command(BaseCommand):
         except (ValueError, ImportError, AttributeError, OSError) as exc:
             raise CommandError(str(exc)) from exc
         server = NodeServer(config, sm)
+        redis_url = node_settings.coordination()["REDIS_URL"]
+        if redis_url and hasattr(sm, "part"):
+            from coordination.redis_mirror import RedisMirror
+
+            server.plugins.append(RedisMirror(server, redis_url))
         asyncio.run(_serve(server))
         if server.fatal_error is not None:
             sys.exit(1)
