@@ -332,6 +332,10 @@ class Message:
     def nack(self, requeue: bool = True, delay: float = 0.0) -> None:
         self.queue.nack(self, requeue=requeue, delay=delay)
 
+    def touch(self, visibility: float) -> None:
+        """Keep the lease for ``visibility`` more seconds (a long-running task)."""
+        self.queue.touch(self, visibility)
+
 
 class Queue:
     """A named priority queue (0..9, higher first; FIFO within a priority)."""
@@ -388,6 +392,11 @@ class Queue:
     def nack(self, message: Message, requeue: bool = True, delay: float = 0.0) -> None:
         self.coord.propose(
             c.queue_nack(message.session.id, self.name, message.id, requeue, _ms(delay))
+        )
+
+    def touch(self, message: Message, visibility: float) -> None:
+        self.coord.propose(
+            c.queue_touch(message.session.id, self.name, message.id, _ms(visibility))
         )
 
     def stats(self) -> dict[str, Any]:

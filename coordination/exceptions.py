@@ -18,6 +18,7 @@ __all__ = [
     "ClusterUnavailable",
     "CoordinationError",
     "Deadlock",
+    "Evicted",
     "LimitExceeded",
     "LockModeError",
     "LockNotAcquired",
@@ -78,6 +79,10 @@ class UnknownKey(CoordinationError):
     pass
 
 
+class Evicted(CoordinationError):
+    """The value lives only in the Redis mirror now; read it there and write with ``cas``."""
+
+
 class LockNotAcquired(CoordinationError):
     """``acquire`` gave up (try failed, or the wait timed out)."""
 
@@ -104,6 +109,7 @@ _BY_CODE: dict[str, type[CoordinationError]] = {
     "unknown_message": UnknownMessage,
     "not_integer": NotInteger,
     "unknown_key": UnknownKey,
+    "evicted": Evicted,
 }
 
 

@@ -3,12 +3,14 @@
 The cluster is the source of truth; Redis is a mirror that lets readers find values the cluster
 evicted from memory, and lets tools that speak Redis see the cache. Only the current leader
 mirrors. After every applied batch it asks the cache for ``changes_since(mirrored)`` (the latest
-value of each key written after the last version Redis confirmed) and pushes them with a Lua
-script that refuses to regress: a key's hash ``{v: version, d: data}`` is only replaced by a
-higher version, so replays, duplicate pushes and a slow old leader are all harmless.
+value of each key changed after the last *change sequence number* Redis confirmed: the cache
+numbers its changes, because writes waiting for L1 holders take effect out of version order) and
+pushes them with a Lua script that refuses to regress: a key's hash ``{v: version, d: data}`` is
+only replaced by a higher *version* (per key), so replays, duplicate pushes and a slow old leader
+are all harmless.
 
 Redis down never blocks anything: the push runs in its own asyncio task, commits go on, and when
-Redis is back the next push starts again from the last confirmed version (coalesced: each key
+Redis is back the next push starts again from the last confirmed change (coalesced: each key
 once, with its latest value). If Redis came back empty (restarted without persistence: the
 marker key written after each full sync is gone), the mirror resyncs everything. A new leader
 starts with a full resync too. All of it is idempotent under the version guard.
@@ -61,7 +63,7 @@ class RedisMirror:
         self.prefix = prefix
         self.redis = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.script = self.redis.register_script(GUARDED_WRITE)
-        self.mirrored = 0  # highest cache version Redis has confirmed (this leadership)
+        self.mirrored = 0  # cache change sequence Redis has confirmed (this leadership); 0: all
         self.up = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -80,14 +82,14 @@ class RedisMirror:
         await self.redis.aclose()
 
     def lag(self) -> int:
-        return max(0, self.cache.latest_version() - self.mirrored)
+        return max(0, self.cache.latest_change() - self.mirrored)
 
     def _on_applied(self, index: int) -> None:
         leader = self.server.is_leader
         if leader and not self._was_leader:
             self.mirrored = 0  # others may have written meanwhile: resync (guarded, idempotent)
         self._was_leader = leader
-        if leader and self.cache.latest_version() > self.mirrored:
+        if leader and self.cache.latest_change() > self.mirrored:
             self._wake.set()
 
     # -- pushing --------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ class RedisMirror:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.server.is_leader and self.cache.latest_version() > self.mirrored:
+            while self.server.is_leader and self.cache.latest_change() > self.mirrored:
                 try:
                     await self._push_once()
                 except (RedisError, OSError, TimeoutError) as exc:
@@ -116,11 +118,11 @@ class RedisMirror:
         if self.mirrored and not await self.redis.exists(marker):
             self.mirrored = 0  # Redis lost its data (restart without persistence): resync all
         full = self.mirrored == 0
-        target = self.cache.latest_version()  # everything up to here is in ``changes``
+        target = self.cache.latest_change()  # everything up to here is in ``changes``
         changes = self.cache.changes_since(self.mirrored)
-        if changes is None:  # tombstones trimmed past our watermark: full resync
-            self.mirrored = 0
-            changes = self.cache.changes_since(0) or []
+        if changes is None:  # deletes trimmed past our watermark, or a clear: full resync
+            self.mirrored, full = 0, True
+            changes = self.cache.current_values()
         now_ms = self.server.applier.now_ms
         for start in range(0, len(changes), CHUNK):
             chunk = changes[start : start + CHUNK]
@@ -128,7 +130,8 @@ class RedisMirror:
             for key, value, version, expires_ms in chunk:
                 await self._queue_write(pipe, key, value, version, expires_ms, now_ms)
             await pipe.execute()
-            self.mirrored = max(self.mirrored, max(row[2] for row in chunk))
+        # Changes carry key versions, not change numbers: the watermark moves only once all
+        # chunks are in (a failed push is retried from the previous one, guarded, idempotent).
         self.mirrored = max(self.mirrored, target)
         if full:
             await self.redis.set(marker, str(self.mirrored))

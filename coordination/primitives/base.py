@@ -9,6 +9,10 @@ A part is a small deterministic state machine with:
 - ``session_ended(ctx, session_id)``: release what the session held (locks, leases, waits);
 - ``to_state()`` / ``from_state(state)``: msgpack-able snapshot; identical on every replica.
 
+Optional: ``observe_time(now_ms)`` (called before every applied entry, so queries that depend on
+log time, like cache expiry, use the latest entry's time) and ``drain_events()`` (events for
+WATCH subscribers, e.g. cache invalidations).
+
 Waits: an op that must block returns ``Pending(ctx.index)`` and later calls ``ctx.complete`` or
 ``ctx.fail`` with that token (when granted, delivered, cancelled or timed out). Every wait has a
 deadline; nothing waits forever.

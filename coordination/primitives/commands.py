@@ -74,7 +74,10 @@ def lock_deadlocks() -> bytes:
 # -- queues -------------------------------------------------------------------------------------
 
 
-def queue_declare(name: str, max_deliveries: int, dedup_window_ms: int, max_depth: int) -> bytes:
+def queue_declare(
+    name: str, max_deliveries: int | None, dedup_window_ms: int | None, max_depth: int | None
+) -> bytes:
+    """``None`` keeps a setting as it is (a new queue's defaults: 5, 300000, 100000)."""
     return _cmd("queue.declare", name, max_deliveries, dedup_window_ms, max_depth)
 
 
@@ -94,6 +97,11 @@ def queue_ack(session: int, name: str, msg_id: int) -> bytes:
 
 def queue_nack(session: int, name: str, msg_id: int, requeue: bool, delay_ms: int) -> bytes:
     return _cmd("queue.nack", session, name, msg_id, requeue, delay_ms)
+
+
+def queue_touch(session: int, name: str, msg_id: int, visibility_ms: int) -> bytes:
+    """Extend a lease (long tasks)."""
+    return _cmd("queue.touch", session, name, msg_id, visibility_ms)
 
 
 def queue_purge(name: str) -> bytes:
@@ -171,8 +179,9 @@ def cache_fill(session: int, key: str, lease_ms: int) -> bytes:
     return _cmd("cache.fill", session, key, lease_ms)
 
 
-def cache_release(session: int, keys: Iterable[str]) -> bytes:
-    return _cmd("cache.release", session, list(keys))
+def cache_release(session: int, keys: Iterable[str | tuple[str, int]]) -> bytes:
+    """Keys, or ``(key, registration)`` pairs: drop only the registration that fill made."""
+    return _cmd("cache.release", session, [list(k) if isinstance(k, tuple) else k for k in keys])
 
 
 def cache_stats() -> bytes:

@@ -17,6 +17,8 @@ LOCK_MODE = "lock_mode"  # e.g. reentrant upgrade from shared to exclusive
 UNKNOWN_QUEUE = "unknown_queue"
 UNKNOWN_MESSAGE = "unknown_message"  # ack/nack of a message not leased to the caller
 NOT_INTEGER = "not_integer"  # incr of a cache value that is not an integer
+UNKNOWN_KEY = "unknown_key"  # incr of a cache key that does not exist
+EVICTED = "evicted"  # incr/touch of a cache key whose value now lives only in Redis
 
 CODES = frozenset(
     {
@@ -30,6 +32,8 @@ CODES = frozenset(
         UNKNOWN_QUEUE,
         UNKNOWN_MESSAGE,
         NOT_INTEGER,
+        UNKNOWN_KEY,
+        EVICTED,
     }
 )
 

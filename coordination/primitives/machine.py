@@ -33,6 +33,11 @@ class CoordinationMachine:
             self._ops.update(part.ops())
             self._queries.update(part.queries())
         self._completions: list[tuple[int, bool, Any]] = []
+        self._clock_watchers = [
+            p.observe_time
+            for p in self.parts
+            if hasattr(p, "observe_time")  # type: ignore[attr-defined]
+        ]
         self._event_sources = [
             p.drain_events
             for p in self.parts
@@ -45,6 +50,8 @@ class CoordinationMachine:
     # -- StateMachine ---------------------------------------------------------------------------
 
     def apply(self, index: int, command: bytes, now_ms: int) -> Any:
+        for observe in self._clock_watchers:
+            observe(now_ms)  # parts answering queries by log time see every entry's time
         op, args = _decode(command)
         ctx = Ctx(index, now_ms, self._completions)
         if op == "tick":

@@ -1,0 +1,476 @@
+"""Named work queues: priority 0..9 then FIFO, leases, redelivery, dead letters, blocking gets.
+
+Design notes (the contract the clients and the kombu transport rely on):
+
+- **Ids and order.** A message's id is the index of the entry that put it: unique, increasing,
+  never reused, and the same after a move to or from the dead-letter queue. Ready messages are
+  delivered highest priority first (9 before 0), lowest id first within a priority. A message
+  requeued by ``nack``, a lease expiry or its consumer's session ending goes back under its own
+  id, so it is retried before newer messages; a delayed message becomes ready in id order too.
+- **One place at a time.** Until it is acked, purged or dropped, a message is in exactly one
+  queue and there in exactly one of ready, delayed or in flight (leased to one session until a
+  deadline). So no message is ever delivered to two consumers at once; duplicates happen only as
+  redeliveries, each counted by ``delivery_count`` (1 on the first delivery).
+- **Leases end** by ``ack`` (gone), ``nack`` (requeue, optionally delayed, or dead-letter), the
+  lease deadline passing (tick) or the session ending. A lease ending without an ack is a
+  redelivery, except that a message whose ``delivery_count`` reached ``max_deliveries`` goes to
+  the dead-letter queue instead (reason ``max_deliveries``; ``nack(requeue=False)`` gives
+  ``rejected``). This includes ``nack(requeue=True)``, so a poison message that is always
+  nacked cannot loop forever.
+- **Dead-letter queue** ``name + ".dlq"``: an ordinary queue, created on first use, whose
+  messages carry ``dead_letter = {"reason", "from_queue", "delivery_count", "original_id"}`` and
+  restart at ``delivery_count`` 0. A queue whose name ends in ``.dlq`` has no DLQ of its own
+  (its default ``max_deliveries`` is the maximum): what it would dead-letter is dropped and
+  counted in ``dropped``; so is a dead letter arriving at a full DLQ. Memory stays bounded.
+- **Depth** (ready + delayed + in flight) is limited per queue by ``max_depth``; a put beyond it
+  is rejected, ``requeue_dead`` stops at it. Requeues never need room (the message is already
+  counted).
+- **Dedup.** A put with a ``dedup_id`` seen in the same queue less than ``dedup_window_ms`` ago
+  (log time) returns the first id with ``duplicate: True`` and changes nothing, even if that
+  message is gone already. Entries are forgotten when the window passes (tick), and at most
+  ``DEDUP_MAX_ENTRIES`` per queue are kept (oldest forgotten first). A window of 0 disables it.
+- **Blocking gets.** ``get`` on an empty queue with ``wait_ms > 0`` returns ``Pending(index)``.
+  Waiters of a queue are served FIFO as soon as a message is ready (a put, a delayed message
+  becoming visible, a requeue), completed with ``None`` when the wait runs out, failed with
+  ``session_expired`` when their session ends. Invariant between entries: a queue never has both
+  ready messages and waiters (every entry point ends with ``_flush``).
+- **Time.** One ``Deadlines`` heap, keys ``("d", queue, id)`` delayed message visible,
+  ``("l", queue, id)`` lease expiry, ``("w", token)`` wait timeout, ``("x", queue, dedup_id)``
+  dedup expiry. A tick handles due keys in deadline order (ties: d, l, w, x) and serves waiters
+  before timing any out, so a message that became visible before a wait's deadline is delivered
+  even if the tick comes late.
+- **Determinism.** No iteration over hash order that matters: dicts iterate in insertion order
+  (restored in the same order), and session cleanup sorts what it releases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordination.primitives import limits
+from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
+from coordination.primitives.errors import (
+    BAD_COMMAND,
+    LIMIT,
+    SESSION_EXPIRED,
+    UNKNOWN_MESSAGE,
+    UNKNOWN_QUEUE,
+    reject,
+)
+from coordination.primitives.queues_state import DLQ_SUFFIX, QueueState, is_dlq
+from coordination.primitives.sessions import Sessions
+
+DEFAULT_MAX_DELIVERIES = 5
+DEFAULT_DEDUP_WINDOW_MS = 300_000
+DEDUP_MAX_ENTRIES = 100_000  # per queue
+REASON_MAX_DELIVERIES = "max_deliveries"
+REASON_REJECTED = "rejected"
+
+__all__ = ["DEDUP_MAX_ENTRIES", "DEFAULT_DEDUP_WINDOW_MS", "DEFAULT_MAX_DELIVERIES", "Queues"]
+
+
+def _queue_name(value: Any) -> str:
+    name = limits.name(value, "queue name")
+    if not is_dlq(name) and len(name.encode()) + len(DLQ_SUFFIX) > limits.NAME_MAX_BYTES:
+        reject(
+            LIMIT,
+            f"queue name longer than {limits.NAME_MAX_BYTES - len(DLQ_SUFFIX)} bytes "
+            f"(its dead-letter queue name needs {len(DLQ_SUFFIX)} more)",
+        )
+    return name
+
+
+def _dedup_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        reject(BAD_COMMAND, "dedup_id must be a non-empty string or null")
+    if len(value.encode()) > limits.NAME_MAX_BYTES:
+        reject(LIMIT, f"dedup_id longer than {limits.NAME_MAX_BYTES} bytes")
+    return value
+
+
+def _msg_id(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        reject(BAD_COMMAND, "message id must be an integer")
+    return value
+
+
+def _defaults(name: str) -> tuple[int, int, int]:
+    """(max_deliveries, dedup_window_ms, max_depth) of a queue created implicitly."""
+    deliveries = limits.MAX_DELIVERIES[1] if is_dlq(name) else DEFAULT_MAX_DELIVERIES
+    return deliveries, DEFAULT_DEDUP_WINDOW_MS, limits.QUEUE_DEPTH_MAX
+
+
+class Queues:
+    name = "queues"
+
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+        self.queues: dict[str, QueueState] = {}  # creation order
+        self.waiters: dict[int, list[Any]] = {}  # token -> [session, queue, deadline, visibility]
+        self._leases_by_session: dict[int, dict[tuple[str, int], None]] = {}
+        self._waits_by_session: dict[int, dict[int, None]] = {}
+        self._deadlines = Deadlines()
+        self._dirty: dict[str, None] = {}  # queues that may have both ready messages and waiters
+
+    def ops(self) -> dict[str, Op]:
+        return {
+            "queue.declare": self.declare,
+            "queue.put": self.put,
+            "queue.get": self.get,
+            "queue.ack": self.ack,
+            "queue.nack": self.nack,
+            "queue.touch": self.touch,
+            "queue.purge": self.purge,
+            "queue.requeue_dead": self.requeue_dead,
+        }
+
+    def queries(self) -> dict[str, Query]:
+        return {
+            "queue.stats": self.stats,
+            "queue.list": self.list,
+            "queue.peek": self.peek,
+            "queue.dead_letters": self.dead_letters,
+        }
+
+    # -- ops ------------------------------------------------------------------------------------
+
+    def declare(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
+        """``[name, max_deliveries, dedup_window_ms, max_depth]`` -> config. Creates or updates;
+        a ``None`` setting keeps the current value (the default for a new queue)."""
+        name, deliveries, window, depth = limits.args(args, 4, "queue.declare")
+        name = _queue_name(name)
+        deliveries = limits.optional_integer(deliveries, limits.MAX_DELIVERIES, "max_deliveries")
+        window = limits.optional_integer(window, limits.DEDUP_WINDOW_MS, "dedup_window_ms")
+        depth = limits.optional_integer(depth, (1, limits.QUEUE_DEPTH_MAX), "max_depth")
+        q = self.queues.get(name) or self._create(name)
+        if deliveries is not None:
+            q.max_deliveries = deliveries
+        if window is not None:
+            q.dedup_window_ms = window
+        if depth is not None:
+            q.max_depth = depth
+        return q.config()
+
+    def put(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
+        """``[name, payload, priority, dedup_id, delay_ms]`` -> ``{"id", "duplicate"}``."""
+        name, payload, priority, dedup_id, delay = limits.args(args, 5, "queue.put")
+        name = _queue_name(name)
+        payload = limits.blob(payload, limits.PAYLOAD_MAX_BYTES, "payload")
+        priority = limits.integer(priority, (limits.PRIORITY_MIN, limits.PRIORITY_MAX), "priority")
+        dedup_id = _dedup_id(dedup_id)
+        delay = limits.integer(delay, limits.DELAY_MS, "delay_ms")
+        q = self.queues.get(name)
+        if q is not None:
+            if dedup_id is not None:
+                seen = q.dedup.get(dedup_id)
+                if seen is not None and seen[1] > ctx.now_ms:
+                    return {"id": seen[0], "duplicate": True}
+            if len(q.messages) >= q.max_depth:
+                reject(LIMIT, f"queue {name!r} is full ({q.max_depth} messages)")
+        else:
+            q = self._create(name)
+        mid = ctx.index
+        q.messages[mid] = [payload, priority, 0, None]
+        q.total_put += 1
+        self._enqueue(q, mid, ctx.now_ms, delay)
+        if dedup_id is not None and q.dedup_window_ms > 0:
+            q.dedup.pop(dedup_id, None)
+            expires = ctx.now_ms + q.dedup_window_ms
+            q.dedup[dedup_id] = [mid, expires]
+            self._deadlines.push(expires, ("x", name, dedup_id))
+            while len(q.dedup) > DEDUP_MAX_ENTRIES:
+                del q.dedup[next(iter(q.dedup))]
+        self._flush(ctx)
+        return {"id": mid, "duplicate": False}
+
+    def get(self, ctx: Ctx, args: list[Any]) -> dict[str, Any] | Pending | None:
+        """``[session, name, wait_ms, visibility_ms]`` -> message dict, ``None`` (empty, no
+        wait) or ``Pending`` (completed later with a message dict or ``None``)."""
+        sid, name, wait, visibility = limits.args(args, 4, "queue.get")
+        name = _queue_name(name)
+        wait = limits.integer(wait, limits.WAIT_MS, "wait_ms")
+        visibility = limits.integer(visibility, limits.VISIBILITY_MS, "visibility_ms")
+        sid = self._sessions.require(sid)
+        q = self._require(name)
+        if q.ready:
+            return self._lease(ctx, q, sid, visibility)
+        if wait == 0:
+            return None
+        token, deadline = ctx.index, ctx.now_ms + wait
+        self.waiters[token] = [sid, name, deadline, visibility]
+        q.waiters[token] = None
+        self._waits_by_session.setdefault(sid, {})[token] = None
+        self._deadlines.push(deadline, ("w", token))
+        return Pending(token)
+
+    def ack(self, ctx: Ctx, args: list[Any]) -> bool:
+        """``[session, name, id]`` -> True; the message is gone."""
+        sid, name, mid = limits.args(args, 3, "queue.ack")
+        q, mid = self._leased(sid, name, mid)
+        self._unlease(q, mid)
+        del q.messages[mid]
+        q.total_acked += 1
+        return True
+
+    def nack(self, ctx: Ctx, args: list[Any]) -> bool:
+        """``[session, name, id, requeue, delay_ms]`` -> True. ``requeue`` puts it back (after
+        ``delay_ms``), or dead-letters it if it has had ``max_deliveries``; ``requeue=False``
+        dead-letters it now."""
+        sid, name, mid, requeue, delay = limits.args(args, 5, "queue.nack")
+        requeue = limits.boolean(requeue, "requeue")
+        delay = limits.integer(delay, limits.DELAY_MS, "delay_ms")
+        q, mid = self._leased(sid, name, mid)
+        self._unlease(q, mid)
+        if requeue:
+            self._redeliver(ctx, q, mid, delay)
+        else:
+            self._dead_letter(q, mid, REASON_REJECTED)
+        self._flush(ctx)
+        return True
+
+    def touch(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
+        """``[session, name, id, visibility_ms]`` -> ``{"id", "lease_expires_ms"}``: the lease
+        now ends ``visibility_ms`` from now (a long-running consumer extends it)."""
+        sid, name, mid, visibility = limits.args(args, 4, "queue.touch")
+        visibility = limits.integer(visibility, limits.VISIBILITY_MS, "visibility_ms")
+        q, mid = self._leased(sid, name, mid)
+        lease = q.inflight[mid]
+        lease[1] = ctx.now_ms + visibility
+        self._deadlines.push(lease[1], ("l", q.name, mid))
+        return {"id": mid, "lease_expires_ms": lease[1]}
+
+    def purge(self, ctx: Ctx, args: list[Any]) -> int:
+        """``[name]`` -> how many ready and delayed messages were removed (leases stay)."""
+        (name,) = limits.args(args, 1, "queue.purge")
+        q = self._require(_queue_name(name))
+        removed = [*q.clear_ready(), *q.delayed]
+        q.delayed = {}
+        for mid in removed:
+            del q.messages[mid]
+        return len(removed)
+
+    def requeue_dead(self, ctx: Ctx, args: list[Any]) -> int:
+        """``[name, max_count]`` -> how many ready messages of ``name.dlq`` moved back to
+        ``name`` (in the DLQ's delivery order, ``delivery_count`` reset to 0, stopping when
+        ``name`` is full)."""
+        name, max_count = limits.args(args, 2, "queue.requeue_dead")
+        q = self._require(_queue_name(name))
+        max_count = limits.integer(max_count, (1, limits.QUEUE_DEPTH_MAX), "max_count")
+        dlq = self.queues.get(name + DLQ_SUFFIX)
+        moved = 0
+        while dlq is not None and dlq.ready and moved < max_count and len(q.messages) < q.max_depth:
+            mid = dlq.pop_ready()
+            payload, priority, _, _ = dlq.messages.pop(mid)
+            q.messages[mid] = [payload, priority, 0, None]
+            q.push_ready(mid)
+            moved += 1
+        if moved:
+            self._dirty[q.name] = None
+        self._flush(ctx)
+        return moved
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def stats(self, args: list[Any]) -> dict[str, Any]:
+        (name,) = limits.args(args, 1, "queue.stats")
+        return self._stats(self._require(_queue_name(name)))
+
+    def list(self, args: list[Any]) -> list[dict[str, Any]]:
+        limits.args(args, 0, "queue.list")
+        return [self._stats(self.queues[name]) for name in sorted(self.queues)]
+
+    def peek(self, args: list[Any]) -> list[dict[str, Any]]:
+        """``[name, limit]`` -> up to ``limit`` ready messages in delivery order, not leased."""
+        name, limit = limits.args(args, 2, "queue.peek")
+        q = self._require(_queue_name(name))
+        limit = limits.integer(limit, (1, limits.BATCH_MAX), "limit")
+        return [q.view(mid) for mid in q.ready_in_order(limit)]
+
+    def dead_letters(self, args: list[Any]) -> list[dict[str, Any]]:
+        """``[name, limit]`` -> up to ``limit`` ready messages of ``name.dlq`` in its order."""
+        name, limit = limits.args(args, 2, "queue.dead_letters")
+        self._require(_queue_name(name))
+        limit = limits.integer(limit, (1, limits.BATCH_MAX), "limit")
+        dlq = self.queues.get(name + DLQ_SUFFIX)
+        return [] if dlq is None else [dlq.view(mid) for mid in dlq.ready_in_order(limit)]
+
+    def _stats(self, q: QueueState) -> dict[str, Any]:
+        dlq = None if q.is_dlq else self.queues.get(q.name + DLQ_SUFFIX)
+        return q.stats(len(dlq.messages) if dlq is not None else 0)
+
+    # -- time and sessions ----------------------------------------------------------------------
+
+    def _deadline_of(self, key: tuple[Any, ...]) -> int | None:
+        if key[0] == "w":
+            waiter = self.waiters.get(key[1])
+            return waiter[2] if waiter is not None else None
+        q = self.queues.get(key[1])
+        if q is None:
+            return None
+        if key[0] == "d":
+            return q.delayed.get(key[2])
+        record = (q.inflight if key[0] == "l" else q.dedup).get(key[2])
+        return record[1] if record is not None else None
+
+    def next_deadline(self) -> int | None:
+        return self._deadlines.next(self._deadline_of)
+
+    def tick(self, ctx: Ctx) -> None:
+        now = ctx.now_ms
+        for key in self._deadlines.due(now, self._deadline_of):
+            kind = key[0]
+            if kind == "w":
+                self._flush(ctx)  # what became ready before this deadline goes to waiters first
+                waiter = self.waiters.get(key[1])
+                if waiter is not None and waiter[2] <= now:
+                    self._drop_waiter(key[1])
+                    ctx.complete(key[1], None)
+                continue
+            q, mid = self.queues[key[1]], key[2]
+            if kind == "d":
+                at = q.delayed.get(mid)
+                if at is not None and at <= now:
+                    del q.delayed[mid]
+                    q.push_ready(mid)
+                    self._dirty[q.name] = None
+            elif kind == "l":
+                lease = q.inflight.get(mid)
+                if lease is not None and lease[1] <= now:
+                    self._unlease(q, mid)
+                    self._redeliver(ctx, q, mid, 0)
+            else:  # "x": mid is the dedup id
+                seen = q.dedup.get(mid)
+                if seen is not None and seen[1] <= now:
+                    del q.dedup[mid]
+        self._flush(ctx)
+
+    def session_ended(self, ctx: Ctx, session_id: int) -> None:
+        for token in sorted(self._waits_by_session.get(session_id, ())):
+            queue = self.waiters[token][1]
+            self._drop_waiter(token)
+            ctx.fail(token, SESSION_EXPIRED, f"session {session_id} ended waiting on {queue!r}")
+        for name, mid in sorted(self._leases_by_session.get(session_id, ())):
+            q = self.queues[name]
+            self._unlease(q, mid)
+            self._redeliver(ctx, q, mid, 0)
+        self._flush(ctx)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _create(self, name: str) -> QueueState:
+        q = self.queues[name] = QueueState(name, *_defaults(name))
+        return q
+
+    def _require(self, name: str) -> QueueState:
+        q = self.queues.get(name)
+        if q is None:
+            reject(UNKNOWN_QUEUE, f"no queue {name!r} (declare it or put to it first)")
+        return q
+
+    def _leased(self, sid: Any, name: Any, mid: Any) -> tuple[QueueState, int]:
+        """The queue and id of a message leased to the live session ``sid``, or a rejection."""
+        name, mid = _queue_name(name), _msg_id(mid)
+        sid = self._sessions.require(sid)
+        q = self._require(name)
+        lease = q.inflight.get(mid)
+        if lease is None or lease[0] != sid:
+            reject(UNKNOWN_MESSAGE, f"message {mid} of {name!r} is not leased to session {sid}")
+        return q, mid
+
+    def _enqueue(self, q: QueueState, mid: int, now_ms: int, delay: int) -> None:
+        if delay > 0:
+            q.delayed[mid] = now_ms + delay
+            self._deadlines.push(now_ms + delay, ("d", q.name, mid))
+        else:
+            q.push_ready(mid)
+            self._dirty[q.name] = None
+
+    def _lease(self, ctx: Ctx, q: QueueState, sid: int, visibility: int) -> dict[str, Any]:
+        mid = q.pop_ready()
+        q.messages[mid][2] += 1
+        deadline = ctx.now_ms + visibility
+        q.inflight[mid] = [sid, deadline]
+        self._leases_by_session.setdefault(sid, {})[(q.name, mid)] = None
+        self._deadlines.push(deadline, ("l", q.name, mid))
+        return q.view(mid)
+
+    def _unlease(self, q: QueueState, mid: int) -> None:
+        sid = q.inflight.pop(mid)[0]
+        leases = self._leases_by_session[sid]
+        del leases[(q.name, mid)]
+        if not leases:
+            del self._leases_by_session[sid]
+
+    def _redeliver(self, ctx: Ctx, q: QueueState, mid: int, delay: int) -> None:
+        """A message whose lease ended without an ack: back to the queue, or dead-lettered."""
+        if q.messages[mid][2] >= q.max_deliveries:
+            self._dead_letter(q, mid, REASON_MAX_DELIVERIES)
+        else:
+            self._enqueue(q, mid, ctx.now_ms, delay)
+
+    def _dead_letter(self, q: QueueState, mid: int, reason: str) -> None:
+        payload, priority, count, _ = q.messages.pop(mid)
+        q.total_dead_lettered += 1
+        if q.is_dlq:
+            q.dropped += 1
+            return
+        dlq_name = q.name + DLQ_SUFFIX
+        dlq = self.queues.get(dlq_name) or self._create(dlq_name)
+        if len(dlq.messages) >= dlq.max_depth:
+            q.dropped += 1
+            return
+        dead = {"reason": reason, "from_queue": q.name, "delivery_count": count, "original_id": mid}
+        dlq.messages[mid] = [payload, priority, 0, dead]
+        dlq.push_ready(mid)
+        self._dirty[dlq_name] = None
+
+    def _drop_waiter(self, token: int) -> None:
+        sid, name, _, _ = self.waiters.pop(token)
+        del self.queues[name].waiters[token]
+        waits = self._waits_by_session[sid]
+        del waits[token]
+        if not waits:
+            del self._waits_by_session[sid]
+
+    def _flush(self, ctx: Ctx) -> None:
+        """Serve blocked gets of every queue that got ready messages (FIFO among waiters)."""
+        dirty, self._dirty = self._dirty, {}
+        for name in sorted(dirty):
+            q = self.queues[name]
+            while q.waiters and q.ready:
+                token = next(iter(q.waiters))
+                sid, visibility = self.waiters[token][0], self.waiters[token][3]
+                self._drop_waiter(token)
+                ctx.complete(token, self._lease(ctx, q, sid, visibility))
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def to_state(self) -> Any:
+        return [
+            [q.to_state() for q in self.queues.values()],
+            [[token, *waiter] for token, waiter in self.waiters.items()],
+        ]
+
+    def from_state(self, state: Any) -> None:
+        queues, waiters = state
+        self.queues = {}
+        for row in queues:
+            q = QueueState.from_state(row)
+            self.queues[q.name] = q
+        self.waiters = {row[0]: list(row[1:]) for row in waiters}
+        self._leases_by_session, self._waits_by_session, self._dirty = {}, {}, {}
+        deadlines: list[tuple[int, Any]] = []
+        for q in self.queues.values():
+            for mid, at in q.delayed.items():
+                deadlines.append((at, ("d", q.name, mid)))
+            for mid, (sid, until) in q.inflight.items():
+                self._leases_by_session.setdefault(sid, {})[(q.name, mid)] = None
+                deadlines.append((until, ("l", q.name, mid)))
+            for dedup_id, (_, expires) in q.dedup.items():
+                deadlines.append((expires, ("x", q.name, dedup_id)))
+        for token, (sid, _, until, _) in self.waiters.items():
+            self._waits_by_session.setdefault(sid, {})[token] = None
+            deadlines.append((until, ("w", token)))
+        self._deadlines.rebuild(deadlines)

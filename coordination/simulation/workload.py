@@ -1,0 +1,376 @@
+"""Simulated clients of the coordination primitives, and what must hold of what they see.
+
+Each node hosts ``Applier(CoordinationMachine())`` exactly as ``NodeServer`` does: client
+commands travel in ``(client_id, seq)`` envelopes stamped with the proposing leader's (skewed)
+clock; a new leader proposes the grace command; a leader proposes a tick once log time passes
+the machine's next deadline. Clients each own a session, keep it alive (except while "paused",
+which lets it expire), and loop over lock and queue operations; every request is retried with
+the same ``seq`` until it completes, and blocking requests stay pending across retries.
+
+Checks:
+
+- **Mutual exclusion** in the replicated state after every applied entry: never two exclusive
+  holders of a lock, never a writer beside a reader.
+- **Fencing**: exclusive grant tokens strictly increase per lock in log order. Clients write to a
+  fenced resource (rejects any token below the highest it has seen) while they believe they hold
+  the lock, including after a pause; every accepted write carries a token the cluster really
+  granted to that client, and the resource never accepts a write from a holder whose grant was
+  superseded by a later grant that has already written.
+- **Queue accounting** at the end: every acknowledged put is either acked by a consumer or still
+  in the queue (ready, delayed, in flight or dead-lettered); nothing is delivered that was never
+  put; a message delivered again carries a higher ``delivery_count``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from coordination.primitives import commands as c
+from coordination.primitives.machine import CoordinationMachine
+from raft_node.applier import SYSTEM, Applier, encode_command
+from raft_node.raft import ProposalDropped
+from raft_node.ready import Ready, Role
+from raft_node.sim.invariants import Violation
+
+if TYPE_CHECKING:
+    from raft_node.sim.cluster import SimNode, Simulation
+
+LOCKS = ("alpha", "beta")
+QUEUES = ("jobs",)
+SESSION_TTL_MS = 1_500
+RETRY_AFTER_MS = 400
+
+
+@dataclass
+class Request:
+    client: SimClient
+    seq: int
+    body: bytes
+    kind: str
+    info: dict[str, Any]
+    sent_at: int = -(10**9)
+    done: bool = False
+
+
+@dataclass
+class SimClient:
+    name: str
+    session: int | None = None
+    seq: int = 0
+    current: Request | None = None
+    paused_until: int = 0
+    next_keepalive: int = 0
+    held: dict[str, int] = field(default_factory=dict)  # lock -> token (as the client believes)
+    leased: list[dict[str, Any]] = field(default_factory=list)  # queue messages it holds
+    finished: bool = False  # liveness phase: session closed, nothing more to do
+
+
+class CoordinationWorkload:
+    def __init__(
+        self, clients: int = 4, machine: Callable[[], CoordinationMachine] = CoordinationMachine
+    ) -> None:
+        self.machine = machine  # tests pass a deliberately broken machine here
+        self.clients = [SimClient(f"k{i}") for i in range(clients)]
+        self.sim: Simulation | None = None
+        self.resource_max: dict[str, int] = defaultdict(int)  # fenced resource per lock
+        self.resource_writes: list[tuple[str, str, int, bool]] = []
+        self.grants: dict[str, list[tuple[int, str]]] = defaultdict(list)  # lock -> (token, client)
+        self.client_grants: set[tuple[str, str, int]] = set()
+        self.last_exclusive_token: dict[str, int] = {}
+        self.checked_index = 0
+        self.puts: dict[bytes, int] = {}  # payload -> id (acknowledged puts)
+        self.acked: set[int] = set()
+        self.deliveries: dict[int, int] = {}  # id -> highest delivery_count seen
+        self.payload_seq = 0
+
+    def __repr__(self) -> str:
+        return f"pending {[cl.current.kind for cl in self.clients if cl.current]}"
+
+    # -- engine hooks --------------------------------------------------------------------------
+
+    def attach(self, sim: Simulation) -> None:
+        self.sim = sim
+        for cl in self.clients:
+            sim.schedule(sim.rng.randrange(1, 30), cl)
+
+    def new_state_machine(self) -> Applier:
+        return Applier(self.machine())
+
+    def snapshot(self, sm: Applier) -> bytes:
+        return sm.snapshot()
+
+    def restore(self, sm: Applier, data: bytes) -> None:
+        sm.restore(data)
+
+    def applied_index(self, sm: Applier) -> int:
+        return sm.applied_index
+
+    def _clock(self, node: SimNode) -> int:
+        assert self.sim is not None
+        return self.sim.now + (node.tick_ms - 10) * 7  # a little skew between node clocks
+
+    def _propose_system(self, node: SimNode, body: bytes) -> int | None:
+        assert node.raw is not None
+        try:
+            index, _ = node.raw.propose(encode_command(SYSTEM, 0, self._clock(node), body))
+        except ProposalDropped:
+            return None
+        return index
+
+    def on_leader(self, node: SimNode) -> None:
+        self._propose_system(node, node.sm.leader_command())
+
+    def on_node_tick(self, node: SimNode) -> None:
+        host = node.host
+        if host.get("tick_index", 0) > node.sm.applied_index:
+            return
+        deadline = node.sm.next_deadline()
+        if deadline is not None and deadline <= self._clock(node):
+            host["tick_index"] = self._propose_system(node, node.sm.tick_command()) or 0
+
+    def on_crash(self, node: SimNode) -> None:
+        pass  # clients retry on their own after RETRY_AFTER_MS
+
+    def settled(self) -> bool:
+        """Clients done, and no message still delayed (so the final accounting sees all)."""
+        if not all(cl.finished for cl in self.clients) or not self.puts:
+            return all(cl.finished for cl in self.clients)
+        assert self.sim is not None
+        for node in self.sim.nodes.values():
+            if node.raw is not None and node.raw.raft.role == Role.LEADER:
+                stats = node.sm.sm.query(msgpack.packb(["queue.stats", QUEUES[0]]))
+                return not stats["delayed"]
+        return False
+
+    def apply(self, node: SimNode, rd: Ready) -> None:
+        waiters: dict[tuple[str, int], Request] = node.host.setdefault("waiters", {})
+        for entry in rd.committed_entries:
+            outcomes = node.sm.apply(entry)
+            self._check_state(node, entry.index)
+            for outcome in outcomes:
+                if outcome.pending:
+                    continue
+                req = waiters.pop((outcome.client_id, outcome.seq), None)
+                if req is not None and not req.done:
+                    self._finish(req, outcome.ok, outcome.value)
+
+    # -- client loop ---------------------------------------------------------------------------
+
+    def on_event(self, cl: SimClient, liveness: bool) -> None:
+        sim = self.sim
+        assert sim is not None
+        sim.schedule(sim.rng.randrange(5, 25), cl)
+        if cl.finished or sim.now < cl.paused_until:
+            return
+        if cl.paused_until:
+            cl.paused_until = 0
+            for name in sorted(cl.held):  # resumed from a pause: write at once, as it would
+                self._write_resource(cl, name)
+        req = cl.current
+        if req is not None:
+            if sim.now - req.sent_at >= RETRY_AFTER_MS:
+                self._send(req)
+            return
+        if cl.session is None:
+            self._start(cl, c.session_open(SESSION_TTL_MS, cl.name), "open", {})
+        elif sim.now >= cl.next_keepalive:
+            self._start(cl, c.session_keepalive(cl.session), "keepalive", {})
+        elif liveness:
+            self._wind_down(cl)
+        else:
+            self._next_op(cl)
+
+    def _wind_down(self, cl: SimClient) -> None:
+        """After healing: give back what we hold, then close the session."""
+        assert cl.session is not None
+        if cl.held:
+            name = next(iter(cl.held))
+            self._start(cl, c.lock_release(cl.session, name, ""), "release", {"lock": name})
+        elif cl.leased:
+            msg = cl.leased.pop(0)
+            self._start(cl, c.queue_ack(cl.session, msg["queue"], msg["id"]), "ack", {"msg": msg})
+        else:
+            self._start(cl, c.session_close(cl.session), "close", {})
+
+    def _next_op(self, cl: SimClient) -> None:
+        sim = self.sim
+        assert sim is not None and cl.session is not None
+        rng = sim.rng
+        r = rng.random()
+        if r < 0.03:
+            cl.paused_until = sim.now + rng.randrange(500, 3_000)  # GC pause / SIGSTOP
+            return
+        if cl.held and r < 0.4:
+            name = rng.choice(sorted(cl.held))
+            if rng.random() < 0.5:
+                self._write_resource(cl, name)
+                return
+            self._start(cl, c.lock_release(cl.session, name, ""), "release", {"lock": name})
+        elif r < 0.45:
+            name = rng.choice(LOCKS)
+            if name in cl.held:
+                return
+            mode = "exclusive" if rng.random() < 0.7 else "shared"
+            wait = rng.choice((0, 200, 1_000))
+            body = c.lock_acquire(cl.session, name, mode, "", wait)
+            self._start(cl, body, "acquire", {"lock": name, "mode": mode})
+        elif cl.leased and r < 0.65:
+            msg = cl.leased.pop(0)
+            if rng.random() < 0.8:
+                self._start(
+                    cl, c.queue_ack(cl.session, msg["queue"], msg["id"]), "ack", {"msg": msg}
+                )
+            else:
+                body = c.queue_nack(cl.session, msg["queue"], msg["id"], True, 0)
+                self._start(cl, body, "nack", {"msg": msg})
+        elif r < 0.8:
+            self.payload_seq += 1
+            payload = f"{cl.name}/{self.payload_seq}".encode()
+            prio = rng.randrange(0, 10)
+            body = c.queue_put(QUEUES[0], payload, prio, None, rng.choice((0, 0, 300)))
+            self._start(cl, body, "put", {"payload": payload})
+        else:
+            body = c.queue_get(cl.session, QUEUES[0], rng.choice((0, 300)), 1_000)
+            self._start(cl, body, "get", {})
+
+    def _start(self, cl: SimClient, body: bytes, kind: str, info: dict[str, Any]) -> None:
+        cl.seq += 1
+        cl.current = Request(cl, cl.seq, body, kind, info)
+        self._send(cl.current)
+
+    def _send(self, req: Request) -> None:
+        sim = self.sim
+        assert sim is not None
+        req.sent_at = sim.now
+        node = sim.pick_node(prefer_leader=True)
+        if node is None or node.raw is None or node.raw.raft.role != Role.LEADER:
+            return
+        data = encode_command(req.client.name, req.seq, self._clock(node), req.body)
+        try:
+            node.raw.propose(data)
+        except ProposalDropped:
+            return
+        node.host.setdefault("waiters", {})[(req.client.name, req.seq)] = req
+        sim.process(node)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _finish(self, req: Request, ok: bool, value: Any) -> None:
+        sim = self.sim
+        assert sim is not None
+        cl = req.client
+        req.done = True
+        cl.current = None
+        kind, info = req.kind, req.info
+        if not ok:
+            code = value[0]
+            if code in ("session_expired", "unknown_session"):
+                self._session_lost(cl)
+            elif code not in (
+                "not_holder",
+                "unknown_message",
+                "deadlock",
+                "lock_mode",
+                "unknown_queue",
+            ):
+                raise Violation(f"{cl.name} {kind} rejected unexpectedly: {value}")
+            if kind == "release":
+                cl.held.pop(info["lock"], None)
+            return
+        if kind == "open":
+            cl.session = value["session"]
+            cl.next_keepalive = sim.now + SESSION_TTL_MS // 3
+        elif kind == "keepalive":
+            cl.next_keepalive = sim.now + SESSION_TTL_MS // 3
+        elif kind == "close":
+            cl.session, cl.held, cl.leased = None, {}, []
+            cl.finished = True
+        elif kind == "acquire" and value.get("acquired"):
+            token = value["token"]
+            cl.held[info["lock"]] = token
+            self.client_grants.add((info["lock"], cl.name, token))
+        elif kind == "release":
+            if value.get("count", 0) == 0:
+                cl.held.pop(info["lock"], None)
+        elif kind == "put":
+            self.puts[info["payload"]] = value["id"]
+        elif kind == "get" and value:
+            self._delivered(cl, value)
+        elif kind == "ack":
+            self.acked.add(info["msg"]["id"])
+
+    def _session_lost(self, cl: SimClient) -> None:
+        """The cluster expired our session: start over with a new one. (The locks we think we
+        hold are gone; we keep writing with their tokens for a while, as a paused client
+        would, to exercise fencing.)"""
+        cl.session = None
+        cl.leased = []
+
+    def _delivered(self, cl: SimClient, msg: dict[str, Any]) -> None:
+        payload, mid, count = msg["payload"], msg["id"], msg["delivery_count"]
+        if self.puts.get(payload, mid) != mid and not payload.startswith(b"k"):
+            raise Violation(f"delivered message {mid} with payload {payload!r} never put")
+        previous = self.deliveries.get(mid)
+        if previous is not None and count <= previous:
+            raise Violation(f"message {mid} delivered again without a higher delivery_count")
+        self.deliveries[mid] = count
+        cl.leased.append(msg)
+
+    def _write_resource(self, cl: SimClient, name: str) -> None:
+        token = cl.held[name]
+        accepted = token >= self.resource_max[name]
+        if accepted:
+            if (name, cl.name, token) not in self.client_grants:
+                raise Violation(f"{cl.name} wrote {name} with token {token} never granted to it")
+            self.resource_max[name] = token
+        self.resource_writes.append((name, cl.name, token, accepted))
+        if cl.session is None:
+            cl.held.pop(name, None)  # a lost session stops writing after one attempt
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _check_state(self, node: SimNode, index: int) -> None:
+        if index <= self.checked_index:
+            return  # every replica holds the same state at an index: check it once
+        self.checked_index = index
+        machine = node.sm.sm
+        for name in LOCKS:
+            info = machine.query(msgpack.packb(["lock.inspect", name]))
+            holders = info.get("holders", []) if info else []
+            modes = [h["mode"] for h in holders]
+            if modes.count("exclusive") > 1 or ("exclusive" in modes and len(modes) > 1):
+                raise Violation(f"mutual exclusion broken on {name} at index {index}: {holders}")
+            for h in holders:
+                if h["mode"] == "exclusive":
+                    last = self.last_exclusive_token.get(name, 0)
+                    if h["token"] < last:
+                        raise Violation(f"{name} token went back: {last} -> {h['token']}")
+                    self.last_exclusive_token[name] = h["token"]
+
+    def final_check(self) -> None:
+        sim = self.sim
+        assert sim is not None
+        leader = next(n for n in sim.nodes.values() if n.raw and n.raw.raft.role == Role.LEADER)
+        machine = leader.sm.sm
+        remaining: set[int] = set()
+        for name in QUEUES:
+            if not self.puts:
+                break  # nothing was ever put: the queue does not exist
+            for group in ("queue.peek", "queue.dead_letters"):
+                rows = machine.query(msgpack.packb([group, name, 1_000]))
+                remaining |= {row.get("original_id", row["id"]) for row in rows}
+            stats = machine.query(msgpack.packb(["queue.stats", name]))
+            if stats and stats.get("in_flight"):
+                raise Violation(f"{stats['in_flight']} messages still in flight after wind-down")
+        lost = [mid for mid in self.puts.values() if mid not in self.acked and mid not in remaining]
+        if lost:
+            raise Violation(f"acknowledged puts lost: {sorted(lost)[:10]}")
+
+    def check_history(self) -> tuple[int, int]:
+        writes = [w for w in self.resource_writes if w[3]]
+        return len(writes) + len(self.puts), 0

@@ -1,0 +1,970 @@
+"""The queue primitive, driven through ``CoordinationMachine`` with msgpack commands at increasing
+indexes and a hand-moved log clock: directed transcripts for every op, a snapshot/restore
+replay, and a stateful property test against a naive reference model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from coordination.primitives import errors, limits
+from coordination.primitives import queues as queues_module
+from coordination.primitives.machine import CoordinationMachine
+from coordination.primitives.queues import DEFAULT_MAX_DELIVERIES, Queues
+from raft_node.applier import SYSTEM, Applier, CommandRejected, Pending, encode_command
+from raft_node.messages import Entry
+
+VIS = 30_000
+
+
+class Node:
+    """One replica's state machine, fed by hand."""
+
+    def __init__(self, machine: CoordinationMachine | None = None) -> None:
+        self.m = machine or CoordinationMachine()
+        self.index = 0
+        self.now = 1_000
+
+    @property
+    def queues(self) -> Queues:
+        part = self.m.part("queues")
+        assert isinstance(part, Queues)
+        return part
+
+    def do(self, op: str, *args: Any) -> Any:
+        self.index += 1
+        return self.m.apply(self.index, msgpack.packb([op, *args], use_bin_type=True), self.now)
+
+    def query(self, op: str, *args: Any) -> Any:
+        return self.m.query(msgpack.packb([op, *args], use_bin_type=True))
+
+    def tick(self, advance_ms: int = 0, drain: bool = True) -> dict[int, tuple[bool, Any]]:
+        self.now += advance_ms
+        self.index += 1
+        self.m.apply(self.index, self.m.tick_command(), self.now)
+        return self.done() if drain else {}
+
+    def done(self) -> dict[int, tuple[bool, Any]]:
+        return {token: (ok, value) for token, ok, value in self.m.drain_completions()}
+
+    def rejected(self, code: str, op: str, *args: Any) -> str:
+        with pytest.raises(CommandRejected) as info:
+            self.do(op, *args)
+        assert info.value.code == code, info.value.message
+        return info.value.message
+
+    def session(self, ttl_ms: int = 600_000) -> int:
+        return self.do("session.open", ttl_ms, "worker")["session"]
+
+    def put(self, name: str, payload: bytes = b"x", priority: int = 0, **kw: Any) -> int:
+        result = self.do("queue.put", name, payload, priority, kw.get("dedup"), kw.get("delay", 0))
+        return result["id"]
+
+    def get(self, sid: int, name: str, wait: int = 0, vis: int = VIS) -> Any:
+        return self.do("queue.get", sid, name, wait, vis)
+
+    def stats(self, name: str) -> dict[str, Any]:
+        return self.query("queue.stats", name)
+
+
+def check_invariants(part: Queues) -> None:
+    """Every message in exactly one place; indexes agree with the tables."""
+    owner: dict[int, str] = {}
+    leases: dict[int, set[tuple[str, int]]] = {}
+    for name, q in part.queues.items():
+        ready = [mid for _, mid in q.ready]
+        places = [set(ready), set(q.delayed), set(q.inflight)]
+        assert len(ready) == len(places[0]), "a message twice in the ready heap"
+        assert sum(map(len, places)) == len(set().union(*places)), "a message in two places"
+        assert set().union(*places) == set(q.messages), "a message in no place"
+        for mid in q.messages:
+            assert owner.setdefault(mid, name) == name, f"message {mid} in two queues"
+        counts = [0] * 10
+        for mid in ready:
+            counts[q.messages[mid][1]] += 1
+        assert counts == q.ready_by_priority
+        assert not (q.ready and q.waiters), "ready messages while consumers wait"
+        for mid, (sid, _) in q.inflight.items():
+            leases.setdefault(sid, set()).add((name, mid))
+        for token in q.waiters:
+            assert part.waiters[token][1] == name
+    assert {s: set(v) for s, v in part._leases_by_session.items()} == leases
+    assert sum(len(q.waiters) for q in part.queues.values()) == len(part.waiters)
+    by_session: dict[int, set[int]] = {}
+    for token, waiter in part.waiters.items():
+        by_session.setdefault(waiter[0], set()).add(token)
+    assert {s: set(v) for s, v in part._waits_by_session.items()} == by_session
+
+
+def queue_state(machine: CoordinationMachine) -> bytes:
+    """The sessions' and queues' snapshot bytes (the other parts are tested on their own)."""
+    parts = [machine.part(name).to_state() for name in ("sessions", "queues")]
+    return msgpack.packb(parts, use_bin_type=True)
+
+
+@pytest.fixture
+def node() -> Node:
+    return Node()
+
+
+# -- put / get / order ------------------------------------------------------------------------
+
+
+def test_priority_first_then_fifo(node: Node) -> None:
+    sid = node.session()
+    ids = {}
+    for label, prio in [("a0", 0), ("b9", 9), ("c5", 5), ("d9", 9), ("e0", 0), ("f5", 5)]:
+        ids[label] = node.put("jobs", label.encode(), prio)
+    assert [m["payload"] for m in node.query("queue.peek", "jobs", 10)] == [
+        b"b9",
+        b"d9",
+        b"c5",
+        b"f5",
+        b"a0",
+        b"e0",
+    ]
+    got = [node.get(sid, "jobs") for _ in range(6)]
+    assert [m["payload"] for m in got] == [b"b9", b"d9", b"c5", b"f5", b"a0", b"e0"]
+    first = got[0]
+    assert first == {
+        "id": ids["b9"],
+        "payload": b"b9",
+        "priority": 9,
+        "delivery_count": 1,
+        "queue": "jobs",
+        "dead_letter": None,
+        "lease_expires_ms": node.now + VIS,
+    }
+    assert node.get(sid, "jobs") is None
+    stats = node.stats("jobs")
+    assert (stats["ready"], stats["in_flight"], stats["total_put"]) == (0, 6, 6)
+    check_invariants(node.queues)
+
+
+def test_declare_is_idempotent_and_updates(node: Node) -> None:
+    config = node.do("queue.declare", "q", 3, 1000, 10)
+    assert config == {"name": "q", "max_deliveries": 3, "dedup_window_ms": 1000, "max_depth": 10}
+    assert node.do("queue.declare", "q", 3, 1000, 10) == config
+    assert node.do("queue.declare", "q", None, None, 20)["max_deliveries"] == 3
+    assert node.stats("q")["max_depth"] == 20
+    auto = node.do("queue.declare", "other", None, None, None)
+    assert auto["max_deliveries"] == DEFAULT_MAX_DELIVERIES
+    assert auto["max_depth"] == limits.QUEUE_DEPTH_MAX
+    assert node.do("queue.declare", "x.dlq", None, None, None)["max_deliveries"] == 1000
+    assert [s["name"] for s in node.query("queue.list")] == ["other", "q", "x.dlq"]
+
+
+def test_dedup_within_and_after_window(node: Node) -> None:
+    node.do("queue.declare", "q", None, 5_000, None)
+    first = node.do("queue.put", "q", b"one", 0, "k", 0)
+    assert first["duplicate"] is False
+    node.now += 4_999
+    assert node.do("queue.put", "q", b"two", 7, "k", 0) == {"id": first["id"], "duplicate": True}
+    assert node.stats("q")["ready"] == 1
+    node.do("queue.put", "q", b"other-key", 0, "k2", 0)
+    assert node.queues.next_deadline() == 1_000 + 5_000
+    node.tick(1)  # window of "k" over: forgotten
+    assert "k" not in node.queues.queues["q"].dedup
+    again = node.do("queue.put", "q", b"three", 0, "k", 0)
+    assert again["duplicate"] is False and again["id"] != first["id"]
+    # an expired entry not yet ticked away does not count either (the window is half-open)
+    node.now += 4_998  # "k2" was put at 5_999: a duplicate until 10_999
+    assert node.do("queue.put", "q", b"late", 0, "k2", 0)["duplicate"] is True
+    node.now += 1
+    assert node.do("queue.put", "q", b"late", 0, "k2", 0)["duplicate"] is False
+    # a duplicate of an acked message is still a duplicate; window 0 disables dedup
+    sid = node.session()
+    node.do("queue.purge", "q")
+    acked = node.put("q", dedup="z")
+    node.do("queue.ack", sid, "q", node.get(sid, "q")["id"])
+    assert node.do("queue.put", "q", b"x", 0, "z", 0) == {"id": acked, "duplicate": True}
+    node.do("queue.declare", "nodedup", None, 0, None)
+    assert node.do("queue.put", "nodedup", b"1", 0, "k", 0)["duplicate"] is False
+    assert node.do("queue.put", "nodedup", b"2", 0, "k", 0)["duplicate"] is False
+
+
+def test_dedup_of_full_queue_is_still_a_duplicate(node: Node) -> None:
+    node.do("queue.declare", "q", None, None, 1)
+    first = node.do("queue.put", "q", b"1", 0, "k", 0)
+    assert node.do("queue.put", "q", b"1", 0, "k", 0) == {"id": first["id"], "duplicate": True}
+    node.rejected(errors.LIMIT, "queue.put", "q", b"2", 0, "k2", 0)
+
+
+def test_dedup_memory_is_bounded(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queues_module, "DEDUP_MAX_ENTRIES", 3)
+    ids = [node.put("q", dedup=f"k{i}") for i in range(4)]
+    assert list(node.queues.queues["q"].dedup) == ["k1", "k2", "k3"]  # oldest forgotten
+    assert node.do("queue.put", "q", b"x", 0, "k0", 0)["duplicate"] is False
+    assert node.do("queue.put", "q", b"x", 0, "k3", 0) == {"id": ids[3], "duplicate": True}
+
+
+def test_full_dead_letter_queue_drops_and_counts(node: Node) -> None:
+    sid = node.session()
+    node.do("queue.declare", "q.dlq", None, None, 1)
+    first, second = node.put("q"), node.put("q")
+    for mid in (first, second):
+        assert node.get(sid, "q")["id"] == mid
+        node.do("queue.nack", sid, "q", mid, False, 0)
+    stats = node.stats("q")
+    assert (stats["dead_letters"], stats["dropped"], stats["total_dead_lettered"]) == (1, 1, 2)
+    assert [m["id"] for m in node.query("queue.dead_letters", "q", 10)] == [first]
+    check_invariants(node.queues)
+
+
+def test_delayed_message_invisible_until_due(node: Node) -> None:
+    sid = node.session()
+    late = node.put("q", b"late", 9, delay=2_000)
+    node.put("q", b"now", 0)
+    assert node.stats("q")["delayed"] == 1
+    assert node.get(sid, "q")["payload"] == b"now"
+    assert node.get(sid, "q") is None
+    assert node.queues.next_deadline() == node.now + 2_000
+    node.tick(1_999)
+    assert node.get(sid, "q") is None
+    node.tick(1)
+    msg = node.get(sid, "q")
+    assert (msg["id"], msg["payload"]) == (late, b"late")
+
+
+def test_blocking_get_served_by_later_put(node: Node) -> None:
+    s1, s2 = node.session(), node.session()
+    node.do("queue.declare", "q", None, None, None)
+    p1 = node.get(s1, "q", wait=10_000)
+    p2 = node.get(s2, "q", wait=10_000)
+    assert isinstance(p1, Pending) and p1.token == node.index - 1
+    assert node.stats("q")["consumers_waiting"] == 2
+    check_invariants(node.queues)
+    node.now += 100
+    mid = node.put("q", b"hello")
+    done = node.done()
+    assert list(done) == [p1.token]  # FIFO among waiters
+    ok, msg = done[p1.token]
+    assert ok and msg["id"] == mid and msg["delivery_count"] == 1
+    assert msg["lease_expires_ms"] == node.now + VIS
+    assert node.queues.queues["q"].inflight[mid][0] == s1
+    node.put("q", b"second")
+    assert node.done()[p2.token][1]["payload"] == b"second"
+    assert node.stats("q")["consumers_waiting"] == 0
+    check_invariants(node.queues)
+
+
+def test_get_times_out_via_tick(node: Node) -> None:
+    sid = node.session()
+    node.do("queue.declare", "q", None, None, None)
+    pending = node.get(sid, "q", wait=5_000)
+    assert node.queues.next_deadline() == node.now + 5_000
+    assert node.tick(4_999) == {}
+    assert node.tick(1) == {pending.token: (True, None)}
+    assert node.queues.waiters == {}
+    assert node.queues.next_deadline() is None
+
+
+def test_waiter_gets_delayed_message_that_became_visible_before_its_deadline(node: Node) -> None:
+    sid = node.session()
+    node.put("q", b"d", delay=1_000)
+    pending = node.get(sid, "q", wait=2_000)
+    # the leader's tick comes late, after both deadlines: the message was visible first
+    done = node.tick(5_000)
+    assert done[pending.token][0] and done[pending.token][1]["payload"] == b"d"
+
+
+def test_ack_and_unknown_message(node: Node) -> None:
+    s1, s2 = node.session(), node.session()
+    mid = node.put("q")
+    msg = node.get(s1, "q")
+    node.rejected(errors.UNKNOWN_MESSAGE, "queue.ack", s2, "q", mid)  # not leased to s2
+    assert node.do("queue.ack", s1, "q", msg["id"]) is True
+    node.rejected(errors.UNKNOWN_MESSAGE, "queue.ack", s1, "q", mid)  # already acked
+    node.rejected(errors.UNKNOWN_MESSAGE, "queue.ack", s1, "q", 12345)
+    node.rejected(errors.UNKNOWN_MESSAGE, "queue.nack", s1, "q", mid, True, 0)
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.ack", s1, "nope", mid)
+    node.rejected(errors.UNKNOWN_SESSION, "queue.ack", 999_999, "q", mid)
+    node.rejected(errors.BAD_COMMAND, "queue.ack", s1, "q", "1")
+    stats = node.stats("q")
+    assert (stats["depth"], stats["total_acked"]) == (0, 1)
+    assert node.queues.next_deadline() is None  # the acked lease's deadline is stale
+
+
+def test_nack_requeue_keeps_position_and_counts(node: Node) -> None:
+    sid = node.session()
+    old = node.put("q", b"old")
+    msg = node.get(sid, "q")
+    node.put("q", b"new")
+    assert node.do("queue.nack", sid, "q", old, True, 0) is True
+    again = node.get(sid, "q")
+    assert (again["id"], again["delivery_count"]) == (old, 2)
+    assert msg["delivery_count"] == 1
+    # with a delay: invisible until then, then still ahead of newer messages
+    node.do("queue.nack", sid, "q", old, True, 3_000)
+    assert node.stats("q")["delayed"] == 1
+    assert node.get(sid, "q")["payload"] == b"new"
+    node.put("q", b"newer")
+    node.tick(3_000)
+    third = node.get(sid, "q")
+    assert (third["id"], third["delivery_count"]) == (old, 3)
+
+
+def test_nack_without_requeue_dead_letters(node: Node) -> None:
+    sid = node.session()
+    mid = node.put("q", b"poison", 4)
+    node.get(sid, "q")
+    node.do("queue.nack", sid, "q", mid, False, 0)
+    stats = node.stats("q")
+    assert (stats["depth"], stats["dead_letters"], stats["total_dead_lettered"]) == (0, 1, 1)
+    [dead] = node.query("queue.dead_letters", "q", 10)
+    assert dead["queue"] == "q.dlq" and dead["payload"] == b"poison" and dead["priority"] == 4
+    assert dead["delivery_count"] == 0
+    assert dead["dead_letter"] == {
+        "reason": "rejected",
+        "from_queue": "q",
+        "delivery_count": 1,
+        "original_id": mid,
+    }
+    # the DLQ is an ordinary queue; rejecting there drops (a DLQ has no DLQ)
+    got = node.get(sid, "q.dlq")
+    assert got["id"] == mid and got["delivery_count"] == 1 and got["dead_letter"]["reason"]
+    node.do("queue.nack", sid, "q.dlq", mid, False, 0)
+    dlq = node.stats("q.dlq")
+    assert (dlq["depth"], dlq["dropped"], dlq["dead_letters"]) == (0, 1, 0)
+    assert "q.dlq.dlq" not in node.queues.queues
+
+
+def test_lease_expiry_redelivers_then_dead_letters(node: Node) -> None:
+    sid = node.session(ttl_ms=3_600_000)
+    node.do("queue.declare", "q", 2, None, None)
+    mid = node.put("q", b"slow", 3)
+    first = node.get(sid, "q", vis=1_000)
+    assert node.queues.next_deadline() == node.now + 1_000
+    node.tick(999)
+    assert node.stats("q")["in_flight"] == 1
+    node.tick(1)
+    assert node.stats("q")["ready"] == 1
+    node.rejected(errors.UNKNOWN_MESSAGE, "queue.ack", sid, "q", mid)  # lease is gone
+    second = node.get(sid, "q", vis=1_000)
+    assert (first["delivery_count"], second["delivery_count"]) == (1, 2)
+    node.tick(1_000)  # 2 deliveries == max_deliveries: dead-lettered
+    stats = node.stats("q")
+    assert (stats["depth"], stats["dead_letters"]) == (0, 1)
+    [dead] = node.query("queue.dead_letters", "q", 1)
+    assert dead["dead_letter"] == {
+        "reason": "max_deliveries",
+        "from_queue": "q",
+        "delivery_count": 2,
+        "original_id": mid,
+    }
+    # nack(requeue=True) at max_deliveries dead-letters too (no poison-message loop)
+    mid2 = node.put("q", b"nacked")
+    node.get(sid, "q")
+    node.do("queue.nack", sid, "q", mid2, True, 0)
+    node.get(sid, "q")
+    node.do("queue.nack", sid, "q", mid2, True, 0)
+    assert node.stats("q")["dead_letters"] == 2
+    check_invariants(node.queues)
+
+
+def test_lease_expiry_requeue_serves_a_waiter(node: Node) -> None:
+    s1, s2 = node.session(), node.session()
+    node.put("q", b"m")
+    node.get(s1, "q", vis=1_000)
+    pending = node.get(s2, "q", wait=60_000)
+    done = node.tick(1_000)
+    ok, msg = done[pending.token]
+    assert ok and msg["delivery_count"] == 2
+    assert node.queues.queues["q"].inflight[msg["id"]][0] == s2
+
+
+def test_touch_extends_lease(node: Node) -> None:
+    sid = node.session()
+    mid = node.put("q")
+    node.get(sid, "q", vis=1_000)
+    node.now += 900
+    assert node.do("queue.touch", sid, "q", mid, 5_000) == {
+        "id": mid,
+        "lease_expires_ms": node.now + 5_000,
+    }
+    node.tick(1_000)
+    assert node.stats("q")["in_flight"] == 1
+    node.tick(4_000)
+    assert node.stats("q")["ready"] == 1
+
+
+def test_session_end_redelivers_leases_and_fails_waits(node: Node) -> None:
+    dying, other = node.session(ttl_ms=5_000), node.session(ttl_ms=3_600_000)
+    node.do("queue.declare", "q", 1, None, None)
+    node.do("queue.declare", "r", None, None, None)
+    a, b = node.put("q", b"a"), node.put("r", b"b")
+    node.get(dying, "q")
+    node.get(dying, "r")
+    node.do("queue.declare", "w", None, None, None)
+    waiting = node.get(dying, "w", wait=60_000)
+    serve_me = node.get(other, "w", wait=60_000)
+    done = node.tick(5_000)  # session expires: everything it held is released
+    assert done[waiting.token][0] is False
+    assert done[waiting.token][1][0] == errors.SESSION_EXPIRED
+    assert node.stats("q")["dead_letters"] == 1  # max_deliveries 1: straight to the DLQ
+    got = node.get(other, "r")
+    assert (got["id"], got["delivery_count"]) == (b, 2)
+    node.rejected(errors.SESSION_EXPIRED, "queue.ack", dying, "r", b)
+    node.rejected(errors.SESSION_EXPIRED, "queue.get", dying, "r", 0, VIS)
+    assert node.query("queue.dead_letters", "q", 5)[0]["id"] == a
+    node.put("w", b"w")
+    assert node.done()[serve_me.token][0] is True
+    # explicit close also releases
+    node.do("session.close", other)
+    assert node.stats("r")["ready"] == 1 and node.stats("w")["ready"] == 1
+    check_invariants(node.queues)
+
+
+def test_purge_keeps_leases(node: Node) -> None:
+    sid = node.session()
+    leased = node.put("q", b"1")
+    node.get(sid, "q")
+    node.put("q", b"2", 5)
+    node.put("q", b"3", delay=10_000)
+    assert node.do("queue.purge", "q") == 2
+    stats = node.stats("q")
+    assert (stats["ready"], stats["delayed"], stats["in_flight"]) == (0, 0, 1)
+    assert stats["depth_by_priority"]["5"] == 0
+    node.tick(10_000)  # the purged delayed message's deadline is stale
+    assert node.stats("q")["ready"] == 0
+    assert node.do("queue.ack", sid, "q", leased) is True
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.purge", "nope")
+
+
+def test_requeue_dead(node: Node) -> None:
+    sid = node.session()
+    node.do("queue.declare", "q", 1, None, 4)
+    ids = [node.put("q", bytes([i]), i) for i in range(3)]
+    for _ in ids:
+        msg = node.get(sid, "q")
+        node.do("queue.nack", sid, "q", msg["id"], False, 0)
+    assert node.stats("q")["dead_letters"] == 3
+    assert node.do("queue.requeue_dead", "q", 2) == 2  # DLQ order: priority 2, then 1
+    assert [m["id"] for m in node.query("queue.peek", "q", 10)] == [ids[2], ids[1]]
+    assert node.query("queue.peek", "q", 1)[0]["delivery_count"] == 0
+    assert node.query("queue.peek", "q", 1)[0]["dead_letter"] is None
+    node.put("q")
+    node.put("q")  # depth 4 == max_depth: nothing more fits
+    assert node.do("queue.requeue_dead", "q", 10) == 0
+    assert node.stats("q")["dead_letters"] == 1
+    again = node.get(sid, "q")
+    assert (again["id"], again["delivery_count"]) == (ids[2], 1)
+    node.put("fresh")
+    assert node.do("queue.requeue_dead", "fresh", 5) == 0  # no DLQ yet
+    assert node.query("queue.dead_letters", "fresh", 5) == []
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.requeue_dead", "never", 1)
+
+
+def test_requeued_dead_letter_serves_a_waiter(node: Node) -> None:
+    sid = node.session()
+    mid = node.put("q")
+    node.get(sid, "q")
+    node.do("queue.nack", sid, "q", mid, False, 0)
+    pending = node.get(sid, "q", wait=10_000)
+    node.do("queue.requeue_dead", "q", 1)
+    assert node.done()[pending.token][1]["id"] == mid
+
+
+def test_blocking_get_on_dlq_served_by_dead_letter(node: Node) -> None:
+    sid = node.session()
+    mid = node.put("q")
+    node.get(sid, "q")
+    node.do("queue.nack", sid, "q", mid, False, 0)
+    node.get(sid, "q.dlq")  # now known (and empty again)
+    pending = node.get(sid, "q.dlq", wait=10_000)
+    mid2 = node.put("q")
+    node.get(sid, "q")
+    node.do("queue.nack", sid, "q", mid2, False, 0)
+    assert node.done()[pending.token][1]["dead_letter"]["original_id"] == mid2
+
+
+def test_stats_shape(node: Node) -> None:
+    sid = node.session()
+    node.put("q", priority=3)
+    node.put("q", priority=3)
+    node.put("q", priority=9, delay=100)
+    node.get(sid, "q")
+    stats = node.stats("q")
+    assert stats == {
+        "name": "q",
+        "max_deliveries": 5,
+        "dedup_window_ms": 300_000,
+        "max_depth": limits.QUEUE_DEPTH_MAX,
+        "depth": 3,
+        "depth_by_priority": {str(p): (1 if p == 3 else 0) for p in range(10)},
+        "ready": 1,
+        "delayed": 1,
+        "in_flight": 1,
+        "dead_letters": 0,
+        "consumers_waiting": 0,
+        "total_put": 3,
+        "total_acked": 0,
+        "total_dead_lettered": 0,
+        "dropped": 0,
+    }
+    assert node.query("queue.list") == [stats]
+    msgpack.packb(node.query("queue.list"))  # wire-friendly
+    with pytest.raises(CommandRejected) as info:
+        node.query("queue.stats", "nope")
+    assert info.value.code == errors.UNKNOWN_QUEUE
+
+
+def test_limits_and_bad_arguments(node: Node) -> None:
+    sid = node.session()
+    r = node.rejected
+    too_big = b"x" * (limits.PAYLOAD_MAX_BYTES + 1)
+    r(errors.LIMIT, "queue.put", "q", too_big, 0, None, 0)
+    r(errors.LIMIT, "queue.put", "q", b"x", 10, None, 0)
+    r(errors.LIMIT, "queue.put", "q", b"x", -1, None, 0)
+    r(errors.BAD_COMMAND, "queue.put", "q", "text", 0, None, 0)
+    r(errors.BAD_COMMAND, "queue.put", "q", b"x", True, None, 0)
+    r(errors.BAD_COMMAND, "queue.put", "bad name", b"x", 0, None, 0)
+    r(errors.BAD_COMMAND, "queue.put", "", b"x", 0, None, 0)
+    r(errors.BAD_COMMAND, "queue.put", 7, b"x", 0, None, 0)
+    r(errors.LIMIT, "queue.put", "n" * 201, b"x", 0, None, 0)
+    r(errors.LIMIT, "queue.put", "n" * 197, b"x", 0, None, 0)  # no room for ".dlq"
+    node.put("n" * 196)
+    r(errors.LIMIT, "queue.put", "q", b"x", 0, None, limits.DELAY_MS[1] + 1)
+    r(errors.BAD_COMMAND, "queue.put", "q", b"x", 0, 5, 0)
+    r(errors.LIMIT, "queue.put", "q", b"x", 0, "d" * 201, 0)
+    r(errors.BAD_COMMAND, "queue.put", "q", b"x", 0, None)
+    r(errors.LIMIT, "queue.declare", "q", 0, None, None)
+    r(errors.LIMIT, "queue.declare", "q", None, None, limits.QUEUE_DEPTH_MAX + 1)
+    r(errors.LIMIT, "queue.declare", "q", None, limits.DEDUP_WINDOW_MS[1] + 1, None)
+    assert "q" not in node.queues.queues  # nothing was created by rejected commands
+    node.put("q")
+    r(errors.LIMIT, "queue.get", sid, "q", limits.WAIT_MS[1] + 1, VIS)
+    r(errors.LIMIT, "queue.get", sid, "q", 0, 999)
+    r(errors.BAD_COMMAND, "queue.get", "s", "q", 0, VIS)
+    r(errors.BAD_COMMAND, "queue.nack", sid, "q", 1, "yes", 0)
+    r(errors.LIMIT, "queue.requeue_dead", "q", 0)
+    with pytest.raises(CommandRejected):
+        node.query("queue.peek", "q", limits.BATCH_MAX + 1)
+    assert node.stats("q")["ready"] == 1  # the rejected gets leased nothing
+
+
+def test_depth_limit(node: Node) -> None:
+    sid = node.session()
+    node.do("queue.declare", "q", None, None, 3)
+    node.put("q")
+    node.put("q", delay=1_000)
+    node.put("q")
+    node.get(sid, "q")
+    message = node.rejected(errors.LIMIT, "queue.put", "q", b"x", 0, None, 0)
+    assert "full" in message
+    msg = node.get(sid, "q")
+    node.do("queue.ack", sid, "q", msg["id"])
+    node.put("q")
+
+
+def test_unknown_queue_on_get(node: Node) -> None:
+    sid = node.session()
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.get", sid, "never", 0, VIS)
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.get", sid, "never", 1_000, VIS)
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.get", sid, "never.dlq", 0, VIS)
+    node.do("queue.declare", "never", None, None, None)
+    assert node.get(sid, "never") is None
+
+
+def test_through_the_applier_a_pending_get_completes_later() -> None:
+    machine = CoordinationMachine()
+    applier = Applier(machine)
+    index = 0
+
+    def propose(client: str, seq: int, now: int, *command: Any) -> list[Any]:
+        nonlocal index
+        index += 1
+        body = msgpack.packb(list(command), use_bin_type=True)
+        entry = Entry(term=1, index=index, data=encode_command(client, seq, now, body))
+        return applier.apply(entry)
+
+    [opened] = propose("c1", 1, 1_000, "session.open", 60_000, "w")
+    sid = opened.value["session"]
+    propose("c1", 2, 1_000, "queue.declare", "q", None, None, None)
+    [waiting] = propose("c1", 3, 1_000, "queue.get", sid, "q", 10_000, VIS)
+    assert waiting.pending
+    [retry] = propose("c1", 3, 1_100, "queue.get", sid, "q", 10_000, VIS)
+    assert retry.pending  # a retried pending request is not applied twice
+    put, delivered = propose("c2", 1, 1_200, "queue.put", "q", b"hi", 0, None, 0)
+    assert put.ok and delivered.client_id == "c1" and delivered.seq == 3
+    assert delivered.value["payload"] == b"hi"
+    [timed_wait] = propose("c1", 4, 1_300, "queue.get", sid, "q", 1_000, VIS)
+    assert timed_wait.pending
+    [timeout] = propose(SYSTEM, 0, 2_300, "tick")
+    assert (timeout.seq, timeout.ok, timeout.value) == (4, True, None)
+
+
+# -- snapshots --------------------------------------------------------------------------------
+
+
+def _script_before(node: Node) -> dict[str, int]:
+    s1 = node.session(ttl_ms=20_000)
+    s2 = node.session(ttl_ms=3_600_000)
+    node.do("queue.declare", "q", 2, 10_000, 50)
+    node.do("queue.declare", "idle", None, None, None)
+    for i in range(6):
+        node.put("q", bytes([i]), i % 3, dedup=f"k{i}", delay=(2_000 if i == 4 else 0))
+    node.get(s1, "q", vis=5_000)
+    node.get(s1, "q", vis=1_000)
+    msg = node.get(s2, "q")
+    node.do("queue.nack", s2, "q", msg["id"], False, 0)
+    node.get(s2, "idle", wait=30_000)
+    node.get(s1, "idle", wait=60_000)
+    node.tick(1_500)  # one lease expired
+    return {"s1": s1, "s2": s2}
+
+
+def _script_after(node: Node, sessions: dict[str, int]) -> list[Any]:
+    s1, s2 = sessions["s1"], sessions["s2"]
+    out: list[Any] = []
+
+    def step(fn: Any, *args: Any) -> None:
+        try:
+            out.append(fn(*args))
+        except CommandRejected as exc:
+            out.append(("rejected", exc.code))
+        out.append(node.done())
+        out.append(node.queues.next_deadline())
+
+    step(node.do, "queue.put", "q", b"dup", 0, "k1", 0)
+    step(node.get, s1, "q", 0, 60_000)
+    step(node.do, "queue.put", "idle", b"wake", 0, None, 0)
+    step(node.tick, 1_000)
+    for _ in range(4):
+        step(node.get, s2, "q", 0, 3_000)
+    step(node.tick, 5_000)
+    step(node.tick, 20_000)  # s1 expires
+    step(node.do, "queue.requeue_dead", "q", 10)
+    for _ in range(3):
+        step(node.get, s2, "q", 0, 3_000)
+    step(node.query, "queue.list")
+    step(node.query, "queue.dead_letters", "q", 10)
+    step(node.tick, 60_000)
+    step(node.do, "queue.put", "q", b"k1-again", 0, "k1", 0)
+    return out
+
+
+def test_snapshot_restore_mid_way_then_identical_behaviour() -> None:
+    original = Node()
+    sessions = _script_before(original)
+    check_invariants(original.queues)
+    snapshot = original.m.snapshot()
+    replica = Node()
+    replica.m.restore(snapshot)
+    replica.index, replica.now = original.index, original.now
+    assert queue_state(replica.m) == queue_state(original.m)
+    assert replica.queues.next_deadline() == original.queues.next_deadline()
+    expected = _script_after(original, sessions)
+    assert _script_after(replica, sessions) == expected
+    assert queue_state(replica.m) == queue_state(original.m)
+    check_invariants(replica.queues)
+    assert any(isinstance(item, dict) and item for item in expected)  # completions happened
+
+
+# -- stateful property test against a reference model -------------------------------------------
+
+CONFIG = {"a": (2, 5_000, 8), "b": (3, 0, 5)}  # max_deliveries, dedup_window_ms, max_depth
+ATTEMPTS = 1000  # a DLQ's max_deliveries
+
+
+@dataclass
+class MMsg:
+    id: int
+    queue: str
+    priority: int
+    payload: bytes
+    count: int = 0
+    state: str = "ready"  # ready | delayed | inflight
+    at: int = 0  # visible at (delayed) or lease deadline (inflight)
+    holder: int | None = None
+    dead: tuple[Any, ...] | None = None
+
+
+class QueueModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.node = Node()
+        for name, (deliveries, window, depth) in CONFIG.items():
+            self.node.do("queue.declare", name, deliveries, window, depth)
+        self.sessions = [self.node.session(3_600_000), self.node.session(3_600_000)]
+        self.known = set(CONFIG)
+        self.msgs: dict[int, MMsg] = {}
+        self.put_ids: set[int] = set()
+        self.finished: set[int] = set()  # acked, purged or dropped
+        self.dedup: dict[tuple[str, str], tuple[int, int]] = {}
+        self.waiters: list[list[Any]] = []  # [token, session, queue, deadline, visibility]
+        self.expected: dict[int, tuple[bool, Any]] = {}
+        self.counter = 0
+
+    # -- the model's own rules --------------------------------------------------------------
+
+    def max_deliveries(self, queue: str) -> int:
+        return CONFIG[queue][0] if queue in CONFIG else ATTEMPTS
+
+    def ready(self, queue: str) -> list[MMsg]:
+        ready = [m for m in self.msgs.values() if m.queue == queue and m.state == "ready"]
+        return sorted(ready, key=lambda m: (-m.priority, m.id))
+
+    def depth(self, queue: str) -> int:
+        return sum(1 for m in self.msgs.values() if m.queue == queue)
+
+    def lease(self, queue: str, sid: int, visibility: int) -> tuple[Any, ...]:
+        m = self.ready(queue)[0]
+        m.count += 1
+        m.state, m.holder, m.at = "inflight", sid, self.node.now + visibility
+        return summary_of_model(m)
+
+    def serve(self) -> None:
+        for queue in sorted(self.known):
+            for waiter in [w for w in self.waiters if w[2] == queue]:
+                if not self.ready(queue):
+                    break
+                self.waiters.remove(waiter)
+                self.expected[waiter[0]] = (True, self.lease(queue, waiter[1], waiter[4]))
+
+    def redeliver(self, m: MMsg, delay: int) -> None:
+        m.holder = None
+        if m.count >= self.max_deliveries(m.queue):
+            self.dead_letter(m, "max_deliveries")
+        elif delay:
+            m.state, m.at = "delayed", self.node.now + delay
+        else:
+            m.state = "ready"
+
+    def dead_letter(self, m: MMsg, reason: str) -> None:
+        m.holder = None
+        if m.queue.endswith(".dlq"):
+            del self.msgs[m.id]
+            self.finished.add(m.id)
+            return
+        m.dead = (reason, m.queue, m.count, m.id)
+        m.queue += ".dlq"
+        self.known.add(m.queue)
+        m.count, m.state = 0, "ready"
+
+    # -- rules ------------------------------------------------------------------------------
+
+    @rule(
+        queue=st.sampled_from(["a", "b"]),
+        priority=st.sampled_from([0, 1, 5, 9]),
+        delay=st.sampled_from([0, 0, 0, 1_500]),
+        dedup=st.sampled_from([None, None, "k1", "k2"]),
+    )
+    def put(self, queue: str, priority: int, delay: int, dedup: str | None) -> None:
+        self.counter += 1
+        payload = b"p%d" % self.counter
+        seen = self.dedup.get((queue, dedup)) if dedup else None
+        args = (queue, payload, priority, dedup, delay)
+        if seen is not None and seen[1] > self.node.now:
+            assert self.node.do("queue.put", *args) == {"id": seen[0], "duplicate": True}
+            return
+        if self.depth(queue) >= CONFIG[queue][2]:
+            self.node.rejected(errors.LIMIT, "queue.put", *args)
+            return
+        mid = self.node.index + 1
+        assert self.node.do("queue.put", *args) == {"id": mid, "duplicate": False}
+        self.put_ids.add(mid)
+        m = self.msgs[mid] = MMsg(mid, queue, priority, payload)
+        if delay:
+            m.state, m.at = "delayed", self.node.now + delay
+        if dedup and CONFIG[queue][1]:
+            self.dedup[(queue, dedup)] = (mid, self.node.now + CONFIG[queue][1])
+        self.serve()
+
+    @rule(
+        slot=st.integers(0, 1),
+        queue=st.sampled_from(["a", "b", "a", "b", "a.dlq"]),
+        wait=st.sampled_from([0, 0, 2_500, 10_000]),
+        visibility=st.sampled_from([1_000, 4_000]),
+    )
+    def get(self, slot: int, queue: str, wait: int, visibility: int) -> None:
+        sid = self.sessions[slot]
+        if queue not in self.known:
+            self.node.rejected(errors.UNKNOWN_QUEUE, "queue.get", sid, queue, wait, visibility)
+            return
+        result = self.node.get(sid, queue, wait, visibility)
+        if self.ready(queue):
+            assert summary_of(result) == self.lease(queue, sid, visibility)
+        elif wait == 0:
+            assert result is None
+        else:
+            assert result == Pending(self.node.index)
+            self.waiters.append([self.node.index, sid, queue, self.node.now + wait, visibility])
+
+    def pick(self, data: st.DataObject) -> tuple[int, str]:
+        leased = sorted(m.id for m in self.msgs.values() if m.state == "inflight")
+        if leased and data.draw(st.booleans()):
+            mid = data.draw(st.sampled_from(leased))
+            return mid, self.msgs[mid].queue
+        mid = data.draw(st.sampled_from(sorted(self.put_ids) or [1]))
+        m = self.msgs.get(mid)
+        return mid, (m.queue if m is not None else "a")
+
+    def leased_to(self, mid: int, queue: str, sid: int) -> bool:
+        m = self.msgs.get(mid)
+        return m is not None and m.queue == queue and m.state == "inflight" and m.holder == sid
+
+    @rule(slot=st.integers(0, 1), data=st.data())
+    def ack(self, slot: int, data: st.DataObject) -> None:
+        sid = self.sessions[slot]
+        mid, queue = self.pick(data)
+        if not self.leased_to(mid, queue, sid):
+            self.node.rejected(errors.UNKNOWN_MESSAGE, "queue.ack", sid, queue, mid)
+            return
+        assert self.node.do("queue.ack", sid, queue, mid) is True
+        del self.msgs[mid]
+        self.finished.add(mid)
+
+    @rule(
+        slot=st.integers(0, 1),
+        data=st.data(),
+        requeue=st.booleans(),
+        delay=st.sampled_from([0, 0, 1_200]),
+    )
+    def nack(self, slot: int, data: st.DataObject, requeue: bool, delay: int) -> None:
+        sid = self.sessions[slot]
+        mid, queue = self.pick(data)
+        args = (sid, queue, mid, requeue, delay)
+        if not self.leased_to(mid, queue, sid):
+            self.node.rejected(errors.UNKNOWN_MESSAGE, "queue.nack", *args)
+            return
+        assert self.node.do("queue.nack", *args) is True
+        m = self.msgs[mid]
+        if requeue:
+            self.redeliver(m, delay)
+        else:
+            self.dead_letter(m, "rejected")
+        self.serve()
+
+    @rule(advance=st.sampled_from([300, 1_000, 2_500, 5_000]))
+    def tick(self, advance: int) -> None:
+        self.node.now += advance
+        now = self.node.now
+        events: list[tuple[int, int, int]] = []
+        for m in self.msgs.values():
+            if m.state != "ready" and m.at <= now:
+                events.append((m.at, 0 if m.state == "delayed" else 1, m.id))
+        events += [(w[3], 2, w[0]) for w in self.waiters if w[3] <= now]
+        for _, kind, key in sorted(events):
+            if kind == 0:
+                self.msgs[key].state = "ready"
+            elif kind == 1:
+                self.redeliver(self.msgs[key], 0)
+            else:
+                self.serve()
+                waiter = next((w for w in self.waiters if w[0] == key), None)
+                if waiter is not None:
+                    self.waiters.remove(waiter)
+                    self.expected[key] = (True, None)
+        self.dedup = {k: v for k, v in self.dedup.items() if v[1] > now}
+        self.serve()
+        self.node.tick(drain=False)
+
+    @rule(slot=st.integers(0, 1))
+    def close_session(self, slot: int) -> None:
+        sid = self.sessions[slot]
+        self.node.do("session.close", sid)
+        for waiter in sorted(w for w in self.waiters if w[1] == sid):
+            self.waiters.remove(waiter)
+            self.expected[waiter[0]] = (False, errors.SESSION_EXPIRED)
+        held = sorted((m.queue, m.id) for m in self.msgs.values() if m.holder == sid)
+        for _, mid in held:
+            self.redeliver(self.msgs[mid], 0)
+        self.serve()
+        self.sessions[slot] = self.node.session(3_600_000)
+
+    @rule(queue=st.sampled_from(["a", "b"]))
+    def purge(self, queue: str) -> None:
+        gone = [m.id for m in self.msgs.values() if m.queue == queue and m.state != "inflight"]
+        assert self.node.do("queue.purge", queue) == len(gone)
+        for mid in gone:
+            del self.msgs[mid]
+        self.finished.update(gone)
+
+    @rule(queue=st.sampled_from(["a", "b"]), count=st.integers(1, 3))
+    def requeue_dead(self, queue: str, count: int) -> None:
+        moved = 0
+        for m in self.ready(queue + ".dlq"):
+            if moved == count or self.depth(queue) >= CONFIG[queue][2]:
+                break
+            m.queue, m.count, m.dead = queue, 0, None
+            moved += 1
+        assert self.node.do("queue.requeue_dead", queue, count) == moved
+        self.serve()
+
+    # -- checks after every step --------------------------------------------------------------
+
+    @invariant()
+    def matches_model(self) -> None:
+        part = self.node.queues
+        check_invariants(part)
+        done = self.node.done()
+        got = {t: (ok, summary_of(v) if ok else v[0]) for t, (ok, v) in done.items()}
+        assert got == self.expected
+        self.expected = {}
+        actual: dict[int, tuple[Any, ...]] = {}
+        for name, q in part.queues.items():
+            for mid, (_, _, count, dead) in q.messages.items():
+                lease = q.inflight.get(mid)
+                state = "inflight" if lease else "delayed" if mid in q.delayed else "ready"
+                holder = lease[0] if lease else None
+                dead = tuple(dead.values()) if dead else None
+                at = lease[1] if lease else q.delayed.get(mid, 0)
+                actual[mid] = (name, state, count, holder, dead, at)
+        model = {
+            m.id: (m.queue, m.state, m.count, m.holder, m.dead, m.at if m.state != "ready" else 0)
+            for m in self.msgs.values()
+        }
+        assert actual == model
+        # no acknowledged put lost: every put is still somewhere, or was acked/purged/dropped
+        assert self.put_ids == set(self.msgs) | self.finished
+        assert set(part.queues) == self.known
+        for name in CONFIG:
+            stats = self.node.stats(name)
+            assert stats["depth"] <= CONFIG[name][2]
+            assert stats["consumers_waiting"] == sum(1 for w in self.waiters if w[2] == name)
+        deadlines = [m.at for m in self.msgs.values() if m.state != "ready"]
+        deadlines += [w[3] for w in self.waiters] + [v[1] for v in self.dedup.values()]
+        assert part.next_deadline() == (min(deadlines) if deadlines else None)
+
+    @invariant()
+    def survives_snapshot(self) -> None:
+        if self.node.index % 7:
+            return
+        replica = CoordinationMachine()
+        snapshot = self.node.m.snapshot()
+        replica.restore(snapshot)
+        assert queue_state(replica) == queue_state(self.node.m)
+
+
+def summary_of(message: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    if message is None:
+        return None
+    dead = message["dead_letter"]
+    return (
+        message["id"],
+        message["queue"],
+        message["priority"],
+        message["payload"],
+        message["delivery_count"],
+        None if dead is None else tuple(dead.values()),
+    )
+
+
+def summary_of_model(m: MMsg) -> tuple[Any, ...]:
+    return (m.id, m.queue, m.priority, m.payload, m.count, m.dead)
+
+
+QueueModel.TestCase.settings = settings(
+    max_examples=400,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestQueueModel = QueueModel.TestCase

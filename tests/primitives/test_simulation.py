@@ -1,0 +1,55 @@
+"""The Raft simulator running the coordination primitives, and proofs its checks can fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordination.primitives import locks, queues
+from coordination.simulation.workload import CoordinationWorkload
+from raft_node.sim.cluster import Simulation, SimulationFailure
+
+REPLAY = "python -m coordination.simulation"
+CHUNK = 25
+
+
+def _sweep(seeds: range, **kw) -> list[str]:
+    failures = []
+    for seed in seeds:
+        sim = Simulation(
+            seed, workload=CoordinationWorkload(), replay=REPLAY, liveness_ms=15_000, **kw
+        )
+        try:
+            sim.run()
+        except SimulationFailure as exc:
+            failures.append(str(exc))
+    return failures
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "prim_chunk" in metafunc.fixturenames:
+        total = max(CHUNK, metafunc.config.getoption("sim_seeds") // 10)
+        chunks = [
+            range(500_000 + lo, 500_000 + min(lo + CHUNK, total)) for lo in range(0, total, CHUNK)
+        ]
+        metafunc.parametrize("prim_chunk", chunks, ids=[f"{c.start}-{c.stop - 1}" for c in chunks])
+
+
+def test_primitives_under_faults(prim_chunk: range, sim_steps: int) -> None:
+    failures = _sweep(prim_chunk, steps=sim_steps)
+    assert not failures, "\n".join(failures)
+
+
+def test_mutual_exclusion_check_catches_a_lock_that_admits_everyone(monkeypatch) -> None:
+    monkeypatch.setattr(locks._Lock, "admits", lambda self, mode: True)
+    failures = _sweep(range(40))
+    assert any("mutual exclusion broken" in f for f in failures), failures[:2]
+    assert f"replay: {REPLAY} --seed" in failures[0]
+
+
+def test_queue_accounting_catches_a_queue_that_drops_expired_leases(monkeypatch) -> None:
+    def drop(self, ctx, q, mid, delay):
+        del q.messages[mid]  # the bug: an expired lease loses the message
+
+    monkeypatch.setattr(queues.Queues, "_redeliver", drop)
+    failures = _sweep(range(60))
+    assert any("acknowledged puts lost" in f for f in failures), failures[:2]

@@ -1,0 +1,126 @@
+"""The cache client's L1 against real node processes: hits, invalidation, modes, Redis read-back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from coordination.cache_client import BOUNDED, Cache
+from coordination.client import Coordinator
+from raft_node.launcher import LocalCluster
+
+pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+
+ROOT = Path(__file__).resolve().parents[2]
+MACHINE = "coordination.primitives.machine.CoordinationMachine"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = LocalCluster(
+        tmp_path_factory.mktemp("cache"), ROOT / "manage.py", settings={"STATE_MACHINE": MACHINE}
+    )
+    c.start()
+    c.wait_for_leader()
+    yield c
+    c.stop()
+
+
+def _cache(c: LocalCluster, **kw) -> tuple[Coordinator, Cache]:
+    coord = Coordinator(list(c.addresses.values()), c.secret)
+    return coord, Cache(coord, **kw)
+
+
+def test_l1_hits_and_cross_process_invalidation(cluster):
+    coord_a, a = _cache(cluster, lease=5.0)
+    coord_b, b = _cache(cluster, lease=5.0)
+    try:
+        b.set("shared", b"v1")
+        assert a.get("shared") == b"v1"  # miss: filled and registered
+        for _ in range(20):
+            assert a.get("shared") == b"v1"  # L1 hits, no round trip
+        assert a.stats()["hits"] == 20
+        started = time.monotonic()
+        b.set("shared", b"v2")  # completes only after a dropped its copy
+        assert time.monotonic() - started < 3.0  # the invalidation round trip, not the lease
+        assert a.get("shared") == b"v2"  # never the old value once the write returned
+        assert b.get("shared") == b"v2"
+    finally:
+        a.close()
+        b.close()
+        coord_a.close()
+        coord_b.close()
+
+
+def test_no_reader_sees_an_old_value_after_a_write_returned(cluster):
+    """A writer bumps a counter; readers loop on their L1. Once a write of n returned, no read
+    that starts afterwards may return less than n."""
+    coord_w, writer = _cache(cluster)
+    readers = [_cache(cluster, lease=2.0) for _ in range(2)]
+    writer.set("seq", b"0")
+    acked = [0]
+    violations: list[str] = []
+    stop = threading.Event()
+
+    def read_loop(cache: Cache) -> None:
+        while not stop.is_set():
+            floor = acked[0]
+            value = int(cache.get("seq") or b"0")
+            if value < floor:
+                violations.append(f"read {value} after write {floor} returned")
+
+    threads = [threading.Thread(target=read_loop, args=(r,), daemon=True) for _, r in readers]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(1, 30):
+            writer.set("seq", str(n).encode())
+            acked[0] = n
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        for coord, cache in [(coord_w, writer), *readers]:
+            cache.close()
+            coord.close()
+    assert not violations, violations[:5]
+    assert sum(r.stats()["hits"] for _, r in readers) > 0
+
+
+def test_bounded_mode_reads_without_registration(cluster):
+    coord, cache = _cache(cluster, mode=BOUNDED, staleness=0.5)
+    try:
+        cache.set("b", b"1")
+        assert cache.get("b") == b"1" and cache.get("b") == b"1"
+        assert cache.stats()["hits"] == 1
+        assert cache.cluster_stats()["l1_holders"] == 0
+    finally:
+        cache.close()
+        coord.close()
+
+
+def test_cache_operations_and_typed_errors(cluster):
+    from coordination.exceptions import NotInteger, UnknownKey
+
+    coord, cache = _cache(cluster)
+    try:
+        version = cache.set("ops", b"10", ttl=30)
+        assert cache.add("ops", b"x") is None
+        assert cache.incr("ops", 5) == 15
+        assert cache.cas("ops", version, b"stale") is False
+        assert cache.get_many(["ops", "missing"]) == {"ops": b"15"}
+        assert cache.delete("ops") is True and cache.get("ops") is None
+        with pytest.raises(UnknownKey):
+            cache.incr("missing")
+        cache.set("text", b"abc")
+        with pytest.raises(NotInteger):
+            cache.incr("text")
+        assert cache.set_many({"m1": b"1", "m2": b"2"})
+        assert cache.delete_many(["m1", "m2", "m3"]) == 2
+    finally:
+        cache.close()
+        coord.close()
