@@ -52,6 +52,7 @@ class LocalCluster:
             "TICK_INTERVAL_MS": 10,
             "ELECTION_TICKS": 15,
             "HEARTBEAT_TICKS": 2,
+            "STATE_MACHINE": "raft_node.kvstore.KVStore",  # the engine's tests and benchmark
             **(settings or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

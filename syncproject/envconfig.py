@@ -79,7 +79,7 @@ COORDINATION_SPEC: dict[str, Setting] = {
         0, _non_negative_int, "Port of this node's Prometheus /metrics endpoint; 0 = off."
     ),
     "STATE_MACHINE": Setting(
-        "raft_node.kvstore.KVStore",
+        "coordination.primitives.machine.CoordinationMachine",
         str,
         "Dotted path of the state machine class the node hosts.",
     ),

@@ -23,7 +23,11 @@ NEEDS_CLUSTER = "# needs a running cluster"
 
 @pytest.fixture(scope="module")
 def cluster_env(tmp_path_factory: pytest.TempPathFactory):
-    cluster = LocalCluster(tmp_path_factory.mktemp("readme"), ROOT / "manage.py")
+    cluster = LocalCluster(  # what ``make run`` hosts
+        tmp_path_factory.mktemp("readme"),
+        ROOT / "manage.py",
+        settings={"STATE_MACHINE": "coordination.primitives.machine.CoordinationMachine"},
+    )
     cluster.start()
     try:
         cluster.wait_for_leader()

@@ -122,14 +122,10 @@ def _decode(raw: bytes) -> tuple[str, list[Any]]:
 
 
 def _default_parts(sessions: Sessions) -> list[Part]:
-    """The product's parts, each imported lazily so a missing part fails loudly here."""
-    parts: list[Part] = []
-    for module, cls in (("locks", "Locks"), ("queues", "Queues"), ("cache", "Cache")):
-        try:
-            mod = __import__(f"coordination.primitives.{module}", fromlist=[cls])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"coordination.primitives.{module}":
-                raise
-            continue  # part not built yet
-        parts.append(getattr(mod, cls)(sessions))
-    return parts
+    """The product's parts. The cache's memory budget is fixed here (not a per-node setting):
+    eviction is part of the replicated state, so every replica must use the same budget."""
+    from coordination.primitives.cache import Cache
+    from coordination.primitives.locks import Locks
+    from coordination.primitives.queues import Queues
+
+    return [Locks(sessions), Queues(sessions), Cache(sessions)]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from coordination.primitives.commands import session_open
 from raft_node.client import RaftClient, RaftError
 from raft_node.launcher import LocalCluster
 
@@ -92,7 +93,7 @@ def test_run_cluster_restarts_a_killed_node_and_stops_all(tmp_path: Path):
     try:
         secret = _wait_for(lambda: (tmp_path / "cluster.secret").read_text().strip())
         with RaftClient(addrs, secret, timeout=20) as client:
-            assert client.propose(b"\x93\xa3put\xa1k\xc4\x01v") > 0  # msgpack ("put","k",b"v")
+            assert client.propose(session_open(5_000, "test"))["session"] > 0
         victim = _node_pid(tmp_path / "n2")
         os.kill(victim, signal.SIGKILL)
         new_pid = _wait_for(lambda: _node_pid(tmp_path / "n2", not_pid=victim), timeout=20)
