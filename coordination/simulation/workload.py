@@ -16,6 +16,8 @@ Checks:
   the lock, including after a pause; every accepted write carries a token the cluster really
   granted to that client, and the resource never accepts a write from a holder whose grant was
   superseded by a later grant that has already written.
+- **Cache linearizability, L1 included** (``cache_clients``): every cache read (L1 hits too) and
+  write goes into a history checked per key against a register model.
 - **Queue accounting** at the end: every acknowledged put is either acked by a consumer or still
   in the queue (ready, delayed, in flight or dead-lettered); nothing is delivered that was never
   put; a message delivered again carries a higher ``delivery_count``.
@@ -32,6 +34,7 @@ import msgpack
 
 from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
+from coordination.simulation.cache_clients import CacheClients
 from raft_node.applier import SYSTEM, Applier, encode_command
 from raft_node.raft import ProposalDropped
 from raft_node.ready import Ready, Role
@@ -53,6 +56,7 @@ class Request:
     body: bytes
     kind: str
     info: dict[str, Any]
+    started: int = 0  # first sent (the invocation time in histories)
     sent_at: int = -(10**9)
     done: bool = False
 
@@ -68,6 +72,9 @@ class SimClient:
     held: dict[str, int] = field(default_factory=dict)  # lock -> token (as the client believes)
     leased: list[dict[str, Any]] = field(default_factory=list)  # queue messages it holds
     finished: bool = False  # liveness phase: session closed, nothing more to do
+    l1: dict[str, tuple[Any, int, int]] = field(default_factory=dict)  # value, reg, deadline
+    watch: str | None = None  # node whose event stream it follows
+    release_seq: int = 0
 
 
 class CoordinationWorkload:
@@ -87,6 +94,7 @@ class CoordinationWorkload:
         self.acked: set[int] = set()
         self.deliveries: dict[int, int] = {}  # id -> highest delivery_count seen
         self.payload_seq = 0
+        self.cache = CacheClients(self)
 
     def __repr__(self) -> str:
         return f"pending {[cl.current.kind for cl in self.clients if cl.current]}"
@@ -110,14 +118,14 @@ class CoordinationWorkload:
     def applied_index(self, sm: Applier) -> int:
         return sm.applied_index
 
-    def _clock(self, node: SimNode) -> int:
+    def clock(self, node: SimNode) -> int:
         assert self.sim is not None
         return self.sim.now + (node.tick_ms - 10) * 7  # a little skew between node clocks
 
     def _propose_system(self, node: SimNode, body: bytes) -> int | None:
         assert node.raw is not None
         try:
-            index, _ = node.raw.propose(encode_command(SYSTEM, 0, self._clock(node), body))
+            index, _ = node.raw.propose(encode_command(SYSTEM, 0, self.clock(node), body))
         except ProposalDropped:
             return None
         return index
@@ -130,11 +138,11 @@ class CoordinationWorkload:
         if host.get("tick_index", 0) > node.sm.applied_index:
             return
         deadline = node.sm.next_deadline()
-        if deadline is not None and deadline <= self._clock(node):
+        if deadline is not None and deadline <= self.clock(node):
             host["tick_index"] = self._propose_system(node, node.sm.tick_command()) or 0
 
     def on_crash(self, node: SimNode) -> None:
-        pass  # clients retry on their own after RETRY_AFTER_MS
+        self.cache.node_crashed(node)  # clients retry their requests on their own
 
     def settled(self) -> bool:
         """Clients done, and no message still delayed (so the final accounting sees all)."""
@@ -151,6 +159,7 @@ class CoordinationWorkload:
         waiters: dict[tuple[str, int], Request] = node.host.setdefault("waiters", {})
         for entry in rd.committed_entries:
             outcomes = node.sm.apply(entry)
+            self.cache.events(node, node.sm.sm.drain_events())
             self._check_state(node, entry.index)
             for outcome in outcomes:
                 if outcome.pending:
@@ -161,9 +170,12 @@ class CoordinationWorkload:
 
     # -- client loop ---------------------------------------------------------------------------
 
-    def on_event(self, cl: SimClient, liveness: bool) -> None:
+    def on_event(self, cl: Any, liveness: bool) -> None:
         sim = self.sim
         assert sim is not None
+        if isinstance(cl, tuple):  # ("invalidate", client, key): an event reached a client
+            self.cache.deliver(cl[1], cl[2])
+            return
         sim.schedule(sim.rng.randrange(5, 25), cl)
         if cl.finished or sim.now < cl.paused_until:
             return
@@ -177,9 +189,9 @@ class CoordinationWorkload:
                 self._send(req)
             return
         if cl.session is None:
-            self._start(cl, c.session_open(SESSION_TTL_MS, cl.name), "open", {})
+            self.start(cl, c.session_open(SESSION_TTL_MS, cl.name), "open", {})
         elif sim.now >= cl.next_keepalive:
-            self._start(cl, c.session_keepalive(cl.session), "keepalive", {})
+            self.start(cl, c.session_keepalive(cl.session), "keepalive", {})
         elif liveness:
             self._wind_down(cl)
         else:
@@ -190,12 +202,12 @@ class CoordinationWorkload:
         assert cl.session is not None
         if cl.held:
             name = next(iter(cl.held))
-            self._start(cl, c.lock_release(cl.session, name, ""), "release", {"lock": name})
+            self.start(cl, c.lock_release(cl.session, name, ""), "release", {"lock": name})
         elif cl.leased:
             msg = cl.leased.pop(0)
-            self._start(cl, c.queue_ack(cl.session, msg["queue"], msg["id"]), "ack", {"msg": msg})
+            self.start(cl, c.queue_ack(cl.session, msg["queue"], msg["id"]), "ack", {"msg": msg})
         else:
-            self._start(cl, c.session_close(cl.session), "close", {})
+            self.start(cl, c.session_close(cl.session), "close", {})
 
     def _next_op(self, cl: SimClient) -> None:
         sim = self.sim
@@ -204,13 +216,17 @@ class CoordinationWorkload:
         r = rng.random()
         if r < 0.03:
             cl.paused_until = sim.now + rng.randrange(500, 3_000)  # GC pause / SIGSTOP
+            cl.l1.clear()  # a paused client's local lease clock keeps running
+            return
+        if r > 0.7:
+            self.cache.next_op(cl)
             return
         if cl.held and r < 0.4:
             name = rng.choice(sorted(cl.held))
             if rng.random() < 0.5:
                 self._write_resource(cl, name)
                 return
-            self._start(cl, c.lock_release(cl.session, name, ""), "release", {"lock": name})
+            self.start(cl, c.lock_release(cl.session, name, ""), "release", {"lock": name})
         elif r < 0.45:
             name = rng.choice(LOCKS)
             if name in cl.held:
@@ -218,29 +234,30 @@ class CoordinationWorkload:
             mode = "exclusive" if rng.random() < 0.7 else "shared"
             wait = rng.choice((0, 200, 1_000))
             body = c.lock_acquire(cl.session, name, mode, "", wait)
-            self._start(cl, body, "acquire", {"lock": name, "mode": mode})
+            self.start(cl, body, "acquire", {"lock": name, "mode": mode})
         elif cl.leased and r < 0.65:
             msg = cl.leased.pop(0)
             if rng.random() < 0.8:
-                self._start(
+                self.start(
                     cl, c.queue_ack(cl.session, msg["queue"], msg["id"]), "ack", {"msg": msg}
                 )
             else:
                 body = c.queue_nack(cl.session, msg["queue"], msg["id"], True, 0)
-                self._start(cl, body, "nack", {"msg": msg})
+                self.start(cl, body, "nack", {"msg": msg})
         elif r < 0.8:
             self.payload_seq += 1
             payload = f"{cl.name}/{self.payload_seq}".encode()
             prio = rng.randrange(0, 10)
             body = c.queue_put(QUEUES[0], payload, prio, None, rng.choice((0, 0, 300)))
-            self._start(cl, body, "put", {"payload": payload})
+            self.start(cl, body, "put", {"payload": payload})
         else:
             body = c.queue_get(cl.session, QUEUES[0], rng.choice((0, 300)), 1_000)
-            self._start(cl, body, "get", {})
+            self.start(cl, body, "get", {})
 
-    def _start(self, cl: SimClient, body: bytes, kind: str, info: dict[str, Any]) -> None:
+    def start(self, cl: SimClient, body: bytes, kind: str, info: dict[str, Any]) -> None:
+        assert self.sim is not None
         cl.seq += 1
-        cl.current = Request(cl, cl.seq, body, kind, info)
+        cl.current = Request(cl, cl.seq, body, kind, info, started=self.sim.now)
         self._send(cl.current)
 
     def _send(self, req: Request) -> None:
@@ -250,7 +267,7 @@ class CoordinationWorkload:
         node = sim.pick_node(prefer_leader=True)
         if node is None or node.raw is None or node.raw.raft.role != Role.LEADER:
             return
-        data = encode_command(req.client.name, req.seq, self._clock(node), req.body)
+        data = encode_command(req.client.name, req.seq, self.clock(node), req.body)
         try:
             node.raw.propose(data)
         except ProposalDropped:
@@ -267,6 +284,11 @@ class CoordinationWorkload:
         req.done = True
         cl.current = None
         kind, info = req.kind, req.info
+        if kind in ("cset", "fill"):
+            self.cache.finished(req, ok, value)
+            if not ok and value[0] in ("session_expired", "unknown_session"):
+                self._session_lost(cl)
+            return
         if not ok:
             code = value[0]
             if code in ("session_expired", "unknown_session"):
@@ -310,6 +332,7 @@ class CoordinationWorkload:
         would, to exercise fencing.)"""
         cl.session = None
         cl.leased = []
+        self.cache.session_lost(cl)
 
     def _delivered(self, cl: SimClient, msg: dict[str, Any]) -> None:
         payload, mid, count = msg["payload"], msg["id"], msg["delivery_count"]
@@ -372,5 +395,6 @@ class CoordinationWorkload:
             raise Violation(f"acknowledged puts lost: {sorted(lost)[:10]}")
 
     def check_history(self) -> tuple[int, int]:
+        operations, states = self.cache.check()
         writes = [w for w in self.resource_writes if w[3]]
-        return len(writes) + len(self.puts), 0
+        return operations + len(writes) + len(self.puts), states

@@ -53,3 +53,13 @@ def test_queue_accounting_catches_a_queue_that_drops_expired_leases(monkeypatch)
     monkeypatch.setattr(queues.Queues, "_redeliver", drop)
     failures = _sweep(range(60))
     assert any("acknowledged puts lost" in f for f in failures), failures[:2]
+
+
+def test_cache_linearizability_check_catches_writes_that_skip_l1_holders(monkeypatch) -> None:
+    """The old rule (a write takes effect at once, only its answer waits for L1 holders) lets a
+    process serve an old value from its L1 after another saw the new one in the cluster."""
+    from coordination.primitives import cache
+
+    monkeypatch.setattr(cache.Cache, "waits_for_holders", False)
+    failures = _sweep(range(60))
+    assert any("cache history not linearizable" in f for f in failures), failures[:2]

@@ -1,0 +1,151 @@
+"""The cache side of the simulated clients: an L1 that follows the real client's protocol.
+
+Each client watches one node's event stream (``session:<id>``), as ``cache_client.Cache`` does.
+A read is an L1 hit while the local lease lasts, else a ``cache.fill`` through the log that may
+register a lease. An invalidation event, delivered after a random delay by the watched node,
+drops the key and sends a release naming the fill's registration, on a separate lane without
+retries (as the real client's releaser does: a lost release only delays writers until the
+lease ends). If the watched node crashes, events may have been lost: the L1 is dropped. Writes
+are ``cache.set`` of unique values. Every read (hits included) and write goes into a history
+checked for linearizability per key with a register model: the L1 included, under faults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from coordination.primitives import commands as c
+from raft_node.applier import encode_command
+from raft_node.raft import ProposalDropped
+from raft_node.ready import Role
+from raft_node.sim.linearizability import Operation, check_operations
+from raft_node.sim.models import RegisterModel
+
+if TYPE_CHECKING:
+    from coordination.simulation.workload import CoordinationWorkload, Request, SimClient
+    from raft_node.sim.cluster import SimNode
+
+CACHE_KEYS = ("ck1", "ck2")
+LEASE_MS = 400
+LEASE_SAFETY = 0.8
+
+
+class CacheClients:
+    def __init__(self, workload: CoordinationWorkload) -> None:
+        self.w = workload
+        self.history: list[Operation] = []
+        self.values = 0
+        self.hits = 0
+        self.invalidations = 0
+
+    # -- starting operations --------------------------------------------------------------------
+
+    def next_op(self, cl: SimClient) -> None:
+        sim = self.w.sim
+        assert sim is not None and cl.session is not None
+        key = sim.rng.choice(CACHE_KEYS)
+        if sim.rng.random() < 0.35:
+            self.values += 1
+            value = f"{cl.name}:{self.values}".encode()
+            self.w.start(cl, c.cache_set(key, value, None), "cset", {"key": key, "value": value})
+            return
+        entry = cl.l1.get(key)
+        if entry is not None and entry[2] > sim.now:
+            self.hits += 1
+            self.history.append(Operation(cl.name, key, "read", None, entry[0], sim.now, sim.now))
+            return
+        cl.l1.pop(key, None)
+        if cl.watch is None or sim.nodes[cl.watch].raw is None:
+            self._watch(cl)
+        self.w.start(cl, c.cache_fill(cl.session, key, LEASE_MS), "fill", {"key": key})
+
+    def _watch(self, cl: SimClient) -> None:
+        """(Re)subscribe to a live node; a new stream may have missed events: drop the L1."""
+        sim = self.w.sim
+        assert sim is not None
+        node = sim.pick_node(prefer_leader=False)
+        cl.watch = node.id if node is not None else None
+        cl.l1.clear()
+
+    # -- results --------------------------------------------------------------------------------
+
+    def finished(self, req: Request, ok: bool, value: Any) -> None:
+        sim = self.w.sim
+        assert sim is not None
+        cl, key = req.client, req.info["key"]
+        if not ok:
+            return  # an error carries no information about the register
+        if req.kind == "cset":
+            self.history.append(
+                Operation(cl.name, key, "write", req.info["value"], None, req.started, sim.now)
+            )
+            return
+        self.history.append(
+            Operation(cl.name, key, "read", None, value["value"], req.started, sim.now)
+        )
+        reg = value.get("registration")
+        if reg is not None and value.get("lease_ms"):
+            deadline = req.sent_at + int(value["lease_ms"] * LEASE_SAFETY)
+            if deadline > sim.now and cl.watch is not None:
+                cl.l1[key] = (value["value"], reg, deadline)
+                return
+        if reg is not None:
+            self._release(cl, key, reg)
+
+    # -- invalidations --------------------------------------------------------------------------
+
+    def events(self, node: SimNode, events: list[tuple[str, Any]]) -> None:
+        sim = self.w.sim
+        assert sim is not None
+        for topic, payload in events:
+            if payload[0] != "invalidate":
+                continue
+            for cl in self.w.clients:
+                if (
+                    cl.session is not None
+                    and topic == f"session:{cl.session}"
+                    and cl.watch == node.id
+                ):
+                    sim.schedule(sim.rng.randrange(1, 40), ("invalidate", cl, payload[1]))
+
+    def deliver(self, cl: SimClient, key: str) -> None:
+        self.invalidations += 1
+        entry = cl.l1.pop(key, None)
+        if entry is not None:
+            self._release(cl, key, entry[1])
+
+    def _release(self, cl: SimClient, key: str, reg: int) -> None:
+        """Fire-and-forget on the client's release lane (its own client id and sequence)."""
+        sim = self.w.sim
+        assert sim is not None
+        if cl.session is None:
+            return  # the session is gone, and its registrations with it
+        node = sim.pick_node(prefer_leader=True)
+        if node is None or node.raw is None or node.raw.raft.role != Role.LEADER:
+            return
+        cl.release_seq += 1
+        body = c.cache_release(cl.session, [(key, reg)])
+        data = encode_command(f"{cl.name}/release", cl.release_seq, self.w.clock(node), body)
+        # May run inside the engine's Ready handling: no process() here; the node's next tick
+        # (or the Ready loop already running) picks the proposal up.
+        with contextlib.suppress(ProposalDropped):
+            node.raw.propose(data)
+
+    def node_crashed(self, node: SimNode) -> None:
+        for cl in self.w.clients:
+            if cl.watch == node.id:
+                cl.watch = None
+                cl.l1.clear()  # events may be lost with the stream: trust nothing cached
+
+    def session_lost(self, cl: SimClient) -> None:
+        cl.l1.clear()
+
+    # -- the check ------------------------------------------------------------------------------
+
+    def check(self) -> tuple[int, int]:
+        result = check_operations(self.history, RegisterModel(), max_states=500_000)
+        if result.ok is False:
+            assert self.w.sim is not None
+            raise self.w.sim.failure(f"cache history not linearizable: {result.explanation}")
+        return len(self.history), result.states_explored
