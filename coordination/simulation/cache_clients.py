@@ -86,7 +86,9 @@ class CacheClients:
         )
         reg = value.get("registration")
         if reg is not None and value.get("lease_ms"):
-            deadline = req.sent_at + int(value["lease_ms"] * LEASE_SAFETY)
+            # From the FIRST send: a retried fill is answered from the dedup table with the
+            # registration the first attempt made, whose lease started back then.
+            deadline = req.started + int(value["lease_ms"] * LEASE_SAFETY)
             if deadline > sim.now and cl.watch is not None:
                 cl.l1[key] = (value["value"], reg, deadline)
                 return

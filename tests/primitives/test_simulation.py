@@ -27,7 +27,7 @@ def _sweep(seeds: range, **kw) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "prim_chunk" in metafunc.fixturenames:
-        total = max(CHUNK, metafunc.config.getoption("sim_seeds") // 10)
+        total = max(CHUNK, metafunc.config.getoption("sim_seeds") // 5)
         chunks = [
             range(500_000 + lo, 500_000 + min(lo + CHUNK, total)) for lo in range(0, total, CHUNK)
         ]
