@@ -13,8 +13,11 @@ main connection never starves them. If keepalives fail for a whole TTL, the sess
 fencing tokens before writing to protected resources.
 
 Thread safety: a ``Coordinator`` is safe to share; calls take a connection from a small pool.
-Lock handles default their ``owner`` to the calling thread, so two threads sharing a session do
-not re-enter each other's locks.
+Its default session is per thread: a session is one client's unit of liveness, and the
+deadlock detector reasons about sessions, so two threads of one process wait for each other
+like any two clients (and a cycle between them is reported). Owners within one explicitly shared
+session do not wait on each other: such a wait is refused as a deadlock (the session would wait
+for itself). Lock handles default their ``owner`` to the calling thread.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ class Coordinator:
         self.name = name or f"coord-{os.getpid()}"
         self._pool: queue_module.LifoQueue[RaftClient] = queue_module.LifoQueue(pool_size)
         self._ids = itertools.count(1)
-        self._default: Session | None = None
-        self._default_lock = threading.Lock()
+        self._local = threading.local()  # per-thread default session
+        self._sessions: list[Session] = []
+        self._sessions_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> Coordinator:
@@ -129,9 +133,10 @@ class Coordinator:
                 raise typed(exc) from None
 
     def close(self) -> None:
-        if self._default is not None:
-            self._default.close()
-            self._default = None
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
         while True:
             try:
                 self._pool.get_nowait().close()
@@ -152,11 +157,13 @@ class Coordinator:
 
     @property
     def default_session(self) -> Session:
-        """A shared session opened on first use and reopened if it was lost."""
-        with self._default_lock:
-            if self._default is None or self._default.lost:
-                self._default = self.session()
-            return self._default
+        """This thread's session, opened on first use and reopened if it was lost."""
+        session = getattr(self._local, "session", None)
+        if session is None or session.lost:
+            session = self._local.session = self.session()
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
 
     # -- locks ----------------------------------------------------------------------------------
 

@@ -46,7 +46,9 @@ SYSTEM = ""  # client id of leader-proposed system commands
 
 
 class CommandRejected(Exception):
-    """A well-formed command that the state machine refuses (state unchanged)."""
+    """A command the state machine refuses. The refused operation changes nothing a client
+    can observe through it (bookkeeping such as a replicated log of refused deadlocks may
+    record it, deterministically on every replica)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

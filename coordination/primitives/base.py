@@ -78,11 +78,15 @@ class Deadlines:
         heapq.heappush(self._heap, (deadline, key))
 
     def due(self, now_ms: int, current: Callable[[Any], int | None]) -> list[Any]:
-        out = []
+        """Keys whose current deadline has passed, each once (a key pushed again with the same
+        deadline, e.g. by a keepalive that did not move it, has two identical heap entries)."""
+        out: list[Any] = []
+        seen: set[Any] = set()
         heap = self._heap
         while heap and heap[0][0] <= now_ms:
             deadline, key = heapq.heappop(heap)
-            if current(key) == deadline:
+            if current(key) == deadline and key not in seen:
+                seen.add(key)
                 out.append(key)
         return out
 

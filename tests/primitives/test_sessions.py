@@ -100,3 +100,13 @@ def test_snapshot_restore_keeps_sessions_and_deadlines():
         m.apply(d.index + 1, TICK, d.now)
         assert [s["session"] for s in m.query(msgpack.packb(["session.list"]))] == [b]
     assert a != b
+
+
+def test_keepalive_that_does_not_move_the_deadline_expires_once():
+    """Regression: a second identical deadline entry must not end the session twice."""
+    d = Driver()
+    sid = d.apply("session.open", 1_000, "")["session"]
+    d.apply("session.keepalive", sid)  # same log time: same deadline, pushed again
+    d.now += 1_000
+    d.tick()  # used to raise KeyError inside apply (fatal for a node)
+    assert d.query("session.get", sid) is None

@@ -190,3 +190,24 @@ def test_async_client_locks_queues_and_sessions(cluster):
             assert (await queue.stats())["in_flight"] == 0
 
     asyncio.run(main())
+
+
+def test_threads_of_one_process_wait_for_each_other(cluster):
+    """Each thread gets its own default session, so contention is ordinary waiting."""
+    with _coordinator(cluster) as coord:
+        order: list[str] = []
+        holding = threading.Event()
+
+        def first() -> None:
+            with coord.lock("threads"):
+                holding.set()
+                time.sleep(0.5)
+                order.append("first done")
+
+        t = threading.Thread(target=first)
+        t.start()
+        holding.wait(10)
+        with coord.lock("threads", wait=10):  # waits; no Deadlock
+            order.append("second in")
+        t.join(10)
+        assert order == ["first done", "second in"]
