@@ -15,18 +15,11 @@ from raft_node.launcher import LocalCluster
 pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
 
 ROOT = Path(__file__).resolve().parents[2]
-MACHINE = "coordination.primitives.machine.CoordinationMachine"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    c = LocalCluster(
-        tmp_path_factory.mktemp("cache"), ROOT / "manage.py", settings={"STATE_MACHINE": MACHINE}
-    )
-    c.start()
-    c.wait_for_leader()
-    yield c
-    c.stop()
+@pytest.fixture
+def cluster(coordination_cluster: LocalCluster) -> LocalCluster:
+    return coordination_cluster
 
 
 def _cache(c: LocalCluster, **kw) -> tuple[Coordinator, Cache]:

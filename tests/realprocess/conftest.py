@@ -1,0 +1,25 @@
+"""A module-scoped 3-node cluster hosting the coordination primitives (real processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raft_node.launcher import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+MACHINE = "coordination.primitives.machine.CoordinationMachine"
+
+
+@pytest.fixture(scope="module")
+def coordination_cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = LocalCluster(
+        tmp_path_factory.mktemp("coordination"),
+        ROOT / "manage.py",
+        settings={"STATE_MACHINE": MACHINE},
+    )
+    c.start()
+    c.wait_for_leader()
+    yield c
+    c.stop()
