@@ -144,6 +144,61 @@ class _Backoff:
         return delay
 
 
+class _Attempts:
+    """The retry policy both clients follow for one call, until its deadline.
+
+    A node that cannot be reached (or answers garbage) is skipped for the next one; a
+    ``not_leader``/``unavailable`` answer moves to the leader it names, or the next node; a
+    server-side ``timeout`` retries the same node with the same request (a pending blocking
+    operation stays pending); a rejection or bad request is raised at once. At the deadline:
+    ``Timeout`` if some node was reached (the outcome of a write is unknown), else
+    ``ClusterUnavailable``.
+    """
+
+    def __init__(self, targets: _Targets, timeout: float, follow_leader: bool) -> None:
+        self.targets = targets
+        self.deadline = time.monotonic() + timeout
+        self.follow_leader = follow_leader
+        self.backoff = _Backoff()
+        self.reached = False
+        self.last = "no attempt"
+
+    def budget(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def unreachable(self, exc: BaseException) -> None:
+        self.last = f"{self.targets.current}: {exc!r}"
+        self.targets.rotate()
+
+    def no_answer(self) -> bool:
+        """The request went out but no answer came in time: True to stop (deadline)."""
+        self.last = f"{self.targets.current}: no answer"
+        if self.reached:
+            return True
+        self.targets.rotate()
+        return False
+
+    def answered(self, resp: p.Response) -> bool:
+        """True if ``resp`` is the result; raises for rejections; else prepares a retry."""
+        if resp.ok:
+            if self.follow_leader:
+                self.targets.leader_is(resp.leader_hint)
+            return True
+        _raise_for(resp)
+        self.last = f"{resp.code}: {resp.message}"
+        if not self.targets.leader_is(resp.leader_hint) and resp.code != p.TIMEOUT:
+            self.targets.rotate()
+        return False
+
+    def pause(self) -> float:
+        return min(self.backoff.next(), max(0.0, self.budget()))
+
+    def give_up(self) -> RaftError:
+        if self.reached:
+            return Timeout(f"no result within the deadline (last: {self.last})")
+        return ClusterUnavailable(f"no node reachable (last: {self.last})")
+
+
 # -- asyncio ---------------------------------------------------------------------------------------
 
 
@@ -322,39 +377,24 @@ class AsyncRaftClient:
     async def _call(
         self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
     ) -> Any:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        backoff = _Backoff()
-        reached = False
-        last: str = "no attempt"
-        while True:
-            budget = deadline - time.monotonic()
-            if budget <= 0:
-                break
+        tries = _Attempts(
+            self._targets, self.timeout if timeout is None else timeout, follow_leader
+        )
+        while (budget := tries.budget()) > 0:
             try:
                 conn = await self._connection(budget)
-                reached = True
+                tries.reached = True
                 resp = await conn.request(kind, fields, budget)
             except (OSError, EOFError, asyncio.IncompleteReadError, p.ProtocolError) as exc:
-                last = f"{self._targets.current}: {exc!r}"
-                self._targets.rotate()
+                tries.unreachable(exc)
             except TimeoutError:
-                last = f"{self._targets.current}: no answer"
-                if reached:
+                if tries.no_answer():
                     break
-                self._targets.rotate()
             else:
-                if resp.ok:
-                    if follow_leader:
-                        self._targets.leader_is(resp.leader_hint)
+                if tries.answered(resp):
                     return resp.value
-                _raise_for(resp)
-                last = f"{resp.code}: {resp.message}"
-                if not self._targets.leader_is(resp.leader_hint) and resp.code != p.TIMEOUT:
-                    self._targets.rotate()
-            await asyncio.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
-        if reached:
-            raise Timeout(f"no result within the deadline (last: {last})")
-        raise ClusterUnavailable(f"no node reachable (last: {last})")
+            await asyncio.sleep(tries.pause())
+        raise tries.give_up()
 
 
 # -- blocking --------------------------------------------------------------------------------------
@@ -450,45 +490,31 @@ class RaftClient:
     def _call(
         self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
     ) -> Any:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        backoff = _Backoff()
-        reached = False
-        last = "no attempt"
-        while True:
-            budget = deadline - time.monotonic()
-            if budget <= 0:
-                break
+        tries = _Attempts(
+            self._targets, self.timeout if timeout is None else timeout, follow_leader
+        )
+        while (budget := tries.budget()) > 0:
             try:
                 sock = self._socket(budget)
             except (OSError, EOFError) as exc:  # refused, unreachable, connect timeout
                 self.close()
-                last = f"{self._targets.current}: {exc!r}"
-                self._targets.rotate()
+                tries.unreachable(exc)
             else:
-                reached = True
+                tries.reached = True
                 try:
                     resp = self._request(sock, kind, fields, budget)
                 except TimeoutError:
                     self.close()
-                    last = f"{self._targets.current}: no answer"
+                    tries.no_answer()
                     break
                 except (OSError, EOFError, p.ProtocolError) as exc:
                     self.close()
-                    last = f"{self._targets.current}: {exc!r}"
-                    self._targets.rotate()
+                    tries.unreachable(exc)
                 else:
-                    if resp.ok:
-                        if follow_leader:
-                            self._targets.leader_is(resp.leader_hint)
+                    if tries.answered(resp):
                         return resp.value
-                    _raise_for(resp)
-                    last = f"{resp.code}: {resp.message}"
-                    if not self._targets.leader_is(resp.leader_hint) and resp.code != p.TIMEOUT:
-                        self._targets.rotate()
-            time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
-        if reached:
-            raise Timeout(f"no result within the deadline (last: {last})")
-        raise ClusterUnavailable(f"no node reachable (last: {last})")
+            time.sleep(tries.pause())
+        raise tries.give_up()
 
 
 # -- event streams ---------------------------------------------------------------------------------
