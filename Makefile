@@ -32,3 +32,8 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: venv
 	$(VENV)/bin/python bench/bench_raft.py $(BENCH_ARGS)
+
+# Coordination-primitives benchmark: locks, queue, cache vs redis-py (about 2 min); BENCH_ARGS=--quick for a smoke run.
+.PHONY: bench-primitives
+bench-primitives: venv
+	$(VENV)/bin/python bench/bench_primitives.py $(BENCH_ARGS)
