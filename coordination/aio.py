@@ -7,6 +7,13 @@
 
 One pipelined connection serves every call (``AsyncRaftClient``); sessions keep themselves
 alive from a task of their own.
+
+All tasks share the coordinator's default session. The cluster's deadlock detector reasons about
+sessions, so two tasks of one session contending for a lock would look like a session waiting
+for itself; instead, tasks using the default session take turns per lock name locally (an
+``asyncio.Lock`` per name, reentrant per owner) before asking the cluster. Tasks that need
+independent liveness, or shared-mode locks held concurrently within the process, open their
+own sessions with ``session()``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ class AsyncCoordinator:
         self._client = AsyncRaftClient(addresses, secret, timeout=timeout, ssl=ssl)
         self._default: AsyncSession | None = None
         self._default_lock = asyncio.Lock()
+        self._gates: dict[str, asyncio.Lock] = {}
+        self._gate_holders: dict[str, list[Any]] = {}  # name -> [owner, count]
 
     async def __aenter__(self) -> AsyncCoordinator:
         return self
@@ -92,6 +101,33 @@ class AsyncCoordinator:
 
     def queue(self, name: str) -> AsyncQueue:
         return AsyncQueue(self, name)
+
+    async def _enter_gate(self, name: str, owner: str, wait: float) -> bool:
+        """Take this process's turn for ``name`` on the default session (see module doc)."""
+        holder = self._gate_holders.get(name)
+        if holder is not None and holder[0] == owner:
+            holder[1] += 1  # reentrant
+            return True
+        gate = self._gates.setdefault(name, asyncio.Lock())
+        if wait <= 0:
+            if gate.locked():
+                return False
+            await gate.acquire()
+        else:
+            try:
+                async with asyncio.timeout(wait):
+                    await gate.acquire()
+            except TimeoutError:
+                return False
+        self._gate_holders[name] = [owner, 1]
+        return True
+
+    def _leave_gate(self, name: str) -> None:
+        holder = self._gate_holders[name]
+        holder[1] -= 1
+        if holder[1] == 0:
+            del self._gate_holders[name]
+            self._gates[name].release()
 
 
 class AsyncSession:
@@ -153,28 +189,48 @@ class AsyncLock:
         self.owner = owner if owner is not None else f"task-{id(task)}"
         self.wait = wait
         self.token: int | None = None
+        self._gated = False
 
     @property
     def lost(self) -> bool:
         return self.session is not None and self.session.lost
 
     async def acquire(self, wait: float | None = None) -> bool:
-        if self.session is None:
+        gated = self.session is None
+        if gated:
             self.session = await self.coord.default_session()
-        wait = self.wait if wait is None else wait
-        result = await self.coord.propose(
-            c.lock_acquire(self.session.id, self.name, self.mode, self.owner, _ms(wait or 0.0)),
-            timeout=max(self.coord.timeout, (wait or 0.0) + WAIT_MARGIN),
-        )
+        wait = (self.wait if wait is None else wait) or 0.0
+        started = time.monotonic()
+        if gated and not await self.coord._enter_gate(self.name, self.owner, wait):
+            return False
+        self._gated = gated
+        wait = max(0.0, wait - (time.monotonic() - started))
+        assert self.session is not None
+        try:
+            result = await self.coord.propose(
+                c.lock_acquire(self.session.id, self.name, self.mode, self.owner, _ms(wait)),
+                timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
+            )
+        except BaseException:
+            if gated:
+                self.coord._leave_gate(self.name)
+            raise
         if not result or not result.get("acquired"):
+            if gated:
+                self.coord._leave_gate(self.name)
             return False
         self.token = result["token"]
         return True
 
     async def release(self) -> None:
         assert self.session is not None
-        await self.coord.propose(c.lock_release(self.session.id, self.name, self.owner))
-        self.token = None
+        try:
+            await self.coord.propose(c.lock_release(self.session.id, self.name, self.owner))
+        finally:
+            self.token = None
+            if self._gated:
+                self._gated = False
+                self.coord._leave_gate(self.name)
 
     async def __aenter__(self) -> AsyncLock:
         if not await self.acquire():
@@ -184,11 +240,21 @@ class AsyncLock:
     async def __aexit__(self, *exc: object) -> None:
         if not self.lost:
             await self.release()
+        elif self._gated:
+            self._gated = False
+            self.coord._leave_gate(self.name)
 
 
 class AsyncQueue:
     def __init__(self, coord: AsyncCoordinator, name: str) -> None:
         self.coord, self.name = coord, name
+
+    async def declare(
+        self, max_deliveries: int = 5, dedup_window: float = 300.0, max_depth: int = 100_000
+    ) -> dict[str, Any]:
+        return await self.coord.propose(
+            c.queue_declare(self.name, max_deliveries, _ms(dedup_window), max_depth)
+        )
 
     async def put(
         self, payload: bytes, *, priority: int = 0, dedup_id: str | None = None, delay: float = 0.0

@@ -204,3 +204,31 @@ def test_threads_of_one_process_wait_for_each_other(cluster):
             order.append("second in")
         t.join(10)
         assert order == ["first done", "second in"]
+
+
+def test_async_tasks_sharing_the_default_session_take_turns(cluster):
+    """Tasks on the default session contend like separate clients, not as a 'deadlock'."""
+    import asyncio
+
+    from coordination.aio import AsyncCoordinator
+
+    async def main():
+        async with AsyncCoordinator(list(cluster.addresses.values()), cluster.secret) as coord:
+            inside = [0]
+            peak = [0]
+
+            async def worker() -> None:
+                for _ in range(3):
+                    async with coord.lock("aio-shared-session", wait=20):
+                        inside[0] += 1
+                        peak[0] = max(peak[0], inside[0])
+                        await asyncio.sleep(0.01)
+                        inside[0] -= 1
+
+            await asyncio.gather(*(worker() for _ in range(4)))
+            assert peak[0] == 1
+            outer, inner = coord.lock("aio-reentrant"), coord.lock("aio-reentrant")
+            async with outer, inner:  # the same task (owner) re-enters
+                assert inner.token == outer.token
+
+    asyncio.run(main())
