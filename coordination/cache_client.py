@@ -240,8 +240,25 @@ class Cache:
     # -- writes ---------------------------------------------------------------------------------
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        """Write ``key``; in linearizable mode a popular key stays in this process's L1 with
+        the value just written (``cache.set_hold``), instead of being dropped."""
         self._forget(key)
-        return self.coord.propose(c.cache_set(key, value, _ms(ttl)), timeout=self._write_timeout)
+        if self.mode != LINEARIZABLE or self.session is None or not self._admissible(key):
+            return self.coord.propose(
+                c.cache_set(key, value, _ms(ttl)), timeout=self._write_timeout
+            )
+        started = time.monotonic()
+        result = self.coord.propose(
+            c.cache_set_hold(self.session.id, key, value, _ms(ttl), _ms(self.lease)),
+            timeout=self._write_timeout,
+        )
+        if result["registration"] is not None:
+            remaining = started + result["lease_ms"] / 1000 * LEASE_SAFETY - time.monotonic()
+            if remaining > 0:
+                self._remember(key, value, result["version"], remaining, result["registration"])
+            else:
+                self._release([(key, result["registration"])])
+        return result["version"]
 
     def add(self, key: str, value: bytes, ttl: float | None = None) -> int | None:
         self._forget(key)

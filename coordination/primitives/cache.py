@@ -88,7 +88,7 @@ from typing import Any
 
 from coordination.primitives import limits
 from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
-from coordination.primitives.cache_l1 import L1Registry, lease
+from coordination.primitives.cache_l1 import HOLDS_PER_SESSION_MAX, L1Registry, lease
 from coordination.primitives.cache_queue import WriteQueue
 from coordination.primitives.errors import (
     BAD_COMMAND,
@@ -143,6 +143,7 @@ class Cache:
         self._pushes = 0
         self._evals = {
             "set": self._eval_set,
+            "set_hold": self._eval_set_hold,
             "add": self._eval_add,
             "delete": self._eval_delete,
             "incr": self._eval_incr,
@@ -156,6 +157,7 @@ class Cache:
     def ops(self) -> dict[str, Op]:
         return {
             "cache.set": self.set,
+            "cache.set_hold": self.set_hold,
             "cache.add": self.add,
             "cache.delete": self.delete,
             "cache.incr": self.incr,
@@ -316,7 +318,8 @@ class Cache:
                 self.queue.check_room(keys)
                 result = self._enqueue(ctx, kind, args, keys, None if keys is None else changes)
             elif changes or keys is None:
-                self._evals[kind](ctx, ctx.index, args, True)
+                # Same answer as the dry run, except set_hold, which registers on commit.
+                result, _ = self._evals[kind](ctx, ctx.index, args, True)
                 if held:  # the old behaviour (waits_for_holders False): just tell them
                     self._notify(ctx, ctx.index, changes if keys is not None else None)
         self._finish(ctx)
@@ -413,6 +416,27 @@ class Cache:
             self._put(key, value, _expires(ctx, ttl), version)
         return version, [key]
 
+    def _eval_set_hold(self, ctx: Ctx, version: int, args: list[Any], commit: bool) -> Any:
+        key, value, ttl, sid, lease_ms = args
+        answer = {"version": version, "registration": None, "lease_ms": 0}
+        if not commit:
+            return answer, [key]
+        expires = _expires(ctx, ttl)
+        self._put(key, value, expires, version)
+        room = len(self.l1.by_session.get(sid, ())) < HOLDS_PER_SESSION_MAX
+        if sid in self.sessions.live and self.queue.head(key) is None and room:
+            until = (
+                ctx.now_ms + lease_ms if expires is None else min(ctx.now_ms + lease_ms, expires)
+            )
+            if until > ctx.now_ms:
+                self.l1.register(sid, key, until, version)
+                answer = {
+                    "version": version,
+                    "registration": version,
+                    "lease_ms": until - ctx.now_ms,
+                }
+        return answer, [key]
+
     def _eval_add(self, ctx: Ctx, version: int, args: list[Any], commit: bool) -> Any:
         key, value, ttl = args
         if self._version(key) is not None:
@@ -497,6 +521,18 @@ class Cache:
         key, value, ttl = limits.args(args, 3, "cache.set")
         key, value, ttl = _entry(key, value, ttl)
         return self._write(ctx, "set", [key, value, ttl], [key])
+
+    def set_hold(self, ctx: Ctx, args: list[Any]) -> Any:
+        """``[session, key, value, ttl_ms, lease_ms]``: a set after which the writer holds the
+        new value in its L1 (registered when the write takes effect, lease from then), so a
+        process does not lose what it just wrote. Answers ``{version, registration, lease_ms}``
+        (registration None, lease 0 when it could not register: session gone, or more writes
+        queued on the key)."""
+        self._begin(ctx)
+        sid, key, value, ttl, lease_ms = limits.args(args, 5, "cache.set_hold")
+        sid = self.sessions.require(sid)
+        key, value, ttl = _entry(key, value, ttl)
+        return self._write(ctx, "set_hold", [key, value, ttl, sid, lease(lease_ms)], [key])
 
     def add(self, ctx: Ctx, args: list[Any]) -> Any:
         self._begin(ctx)

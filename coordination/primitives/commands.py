@@ -143,6 +143,13 @@ def cache_set(key: str, value: bytes, ttl_ms: int | None) -> bytes:
     return _cmd("cache.set", key, value, ttl_ms)
 
 
+def cache_set_hold(
+    session: int, key: str, value: bytes, ttl_ms: int | None, lease_ms: int
+) -> bytes:
+    """A set after which the writer's session holds the new value in its L1."""
+    return _cmd("cache.set_hold", session, key, value, ttl_ms, lease_ms)
+
+
 def cache_add(key: str, value: bytes, ttl_ms: int | None) -> bytes:
     return _cmd("cache.add", key, value, ttl_ms)
 

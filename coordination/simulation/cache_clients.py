@@ -48,7 +48,12 @@ class CacheClients:
         if sim.rng.random() < 0.35:
             self.values += 1
             value = f"{cl.name}:{self.values}".encode()
-            self.w.start(cl, c.cache_set(key, value, None), "cset", {"key": key, "value": value})
+            self._drop_own(cl, key)  # as the real client does before writing
+            if sim.rng.random() < 0.5:  # write and keep the value in our L1
+                body = c.cache_set_hold(cl.session, key, value, None, LEASE_MS)
+            else:
+                body = c.cache_set(key, value, None)
+            self.w.start(cl, body, "cset", {"key": key, "value": value})
             return
         entry = cl.l1.get(key)
         if entry is not None and entry[2] > sim.now:
@@ -80,6 +85,12 @@ class CacheClients:
             self.history.append(
                 Operation(cl.name, key, "write", req.info["value"], None, req.started, sim.now)
             )
+            if isinstance(value, dict) and value.get("registration") is not None:
+                deadline = req.started + int(value["lease_ms"] * LEASE_SAFETY)
+                if deadline > sim.now and cl.watch is not None:
+                    cl.l1[key] = (req.info["value"], value["registration"], deadline)
+                else:
+                    self._release(cl, key, value["registration"])
             return
         self.history.append(
             Operation(cl.name, key, "read", None, value["value"], req.started, sim.now)
@@ -110,6 +121,11 @@ class CacheClients:
                     and cl.watch == node.id
                 ):
                     sim.schedule(sim.rng.randrange(1, 40), ("invalidate", cl, payload[1]))
+
+    def _drop_own(self, cl: SimClient, key: str) -> None:
+        entry = cl.l1.pop(key, None)
+        if entry is not None:
+            self._release(cl, key, entry[1])
 
     def deliver(self, cl: SimClient, key: str) -> None:
         self.invalidations += 1

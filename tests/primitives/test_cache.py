@@ -1455,3 +1455,23 @@ def test_the_old_immediate_effect_is_caught_by_the_checker():
         is False
     ]
     assert len(failures) >= 10, failures
+
+
+def test_set_hold_keeps_the_writer_as_holder_of_its_own_value():
+    d = Driver()
+    s1, s2 = d.session(), d.session()  # 1, 2
+    got = d.apply("cache.set_hold", s1, "k", b"v", None, 1_000)  # 3
+    assert got == {"version": 3, "registration": 3, "lease_ms": 1_000}
+    assert d.stats()["l1_holders"] == 1
+    # Another writer now waits for the holder, who is told, as after a fill.
+    assert d.apply("cache.set", "k", b"w", None) == Pending(4)
+    assert d.events() == [(f"session:{s1}", ["invalidate", "k", 4])]
+    assert d.get("k") == _rec(b"v", 3)
+    assert d.apply("cache.release", s1, [["k", 3]]) == 1
+    assert d.done() == [(4, True, 4)]
+    # A set_hold queued behind a held key registers when it takes effect.
+    d.apply("cache.fill", s2, "k", 1_000)  # 6
+    assert d.apply("cache.set_hold", s1, "k", b"x", None, 1_000) == Pending(7)
+    d.apply("cache.release", s2, ["k"])  # 8: lets it go
+    ((token, ok, value),) = d.done()
+    assert (token, ok) == (7, True) and value["registration"] == 7
