@@ -18,6 +18,8 @@ Checks:
   superseded by a later grant that has already written.
 - **Cache linearizability, L1 included** (``cache_clients``): every cache read (L1 hits too) and
   write goes into a history checked per key against a register model.
+- **Priority order**: a ``queue.get`` served at once leaves no ready message of a higher
+  priority behind it.
 - **Queue accounting** at the end: every acknowledged put is either acked by a consumer or still
   in the queue (ready, delayed, in flight or dead-lettered); nothing is delivered that was never
   put; every delivery of a message carries a different ``delivery_count``.
@@ -35,7 +37,7 @@ import msgpack
 from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
 from coordination.simulation.cache_clients import CacheClients
-from raft_node.applier import SYSTEM, Applier, encode_command
+from raft_node.applier import SYSTEM, Applier, decode_command, encode_command
 from raft_node.raft import ProposalDropped
 from raft_node.ready import Ready, Role
 from raft_node.sim.invariants import Violation
@@ -94,6 +96,7 @@ class CoordinationWorkload:
         self.acked: set[int] = set()
         self.deliveries: dict[int, int] = {}  # id -> highest delivery_count seen
         self.delivery_counts: dict[int, set[int]] = {}
+        self._gets_checked: set[tuple[str, int]] = set()
         self.payload_seq = 0
         self.cache = CacheClients(self)
 
@@ -162,6 +165,7 @@ class CoordinationWorkload:
             outcomes = node.sm.apply(entry)
             self.cache.events(node, node.sm.sm.drain_events())
             self._check_state(node, entry.index)
+            self._check_priority(node, entry, outcomes)
             for outcome in outcomes:
                 if outcome.pending:
                     continue
@@ -379,6 +383,31 @@ class CoordinationWorkload:
                     if h["token"] < last:
                         raise Violation(f"{name} token went back: {last} -> {h['token']}")
                     self.last_exclusive_token[name] = h["token"]
+
+    def _check_priority(self, node: SimNode, entry: Any, outcomes: list[Any]) -> None:
+        """A ``queue.get`` served at once took the highest-priority ready message: nothing of a
+        higher priority is left ready after it (checked once per index)."""
+        if entry.index != self.checked_index or not entry.data:
+            return
+        client_id, _, _, body = decode_command(entry.data)
+        is_get = bool(client_id) and msgpack.unpackb(body)[0] == "queue.get"
+        for outcome in outcomes:
+            msg = outcome.value
+            if not outcome.ok or not isinstance(msg, dict) or "priority" not in msg:
+                continue
+            key = (outcome.client_id, outcome.seq)
+            if key in self._gets_checked:
+                continue  # a retry answered from the dedup table: an earlier delivery
+            self._gets_checked.add(key)
+            if not is_get or outcome.client_id != client_id:
+                continue  # a waiter served by a put or a tick: served in its own order
+            stats = node.sm.sm.query(msgpack.packb(["queue.stats", msg["queue"]]))
+            ready = [int(p) for p, n in stats["depth_by_priority"].items() if n]
+            if ready and max(ready) > msg["priority"]:
+                raise Violation(
+                    f"priority order: delivered priority {msg['priority']} while priority "
+                    f"{max(ready)} was ready (index {entry.index})"
+                )
 
     def final_check(self) -> None:
         sim = self.sim

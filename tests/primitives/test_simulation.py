@@ -63,3 +63,20 @@ def test_cache_linearizability_check_catches_writes_that_skip_l1_holders(monkeyp
     monkeypatch.setattr(cache.Cache, "waits_for_holders", False)
     failures = _sweep(range(60))
     assert any("cache history not linearizable" in f for f in failures), failures[:2]
+
+
+def test_priority_check_catches_a_queue_that_serves_fifo_regardless_of_priority(monkeypatch):
+    import heapq
+
+    from coordination.primitives import queues_state
+
+    def fifo_pop(self) -> int:  # the bug: oldest message first, whatever its priority
+        entry = min(self.ready, key=lambda item: item[1])
+        self.ready.remove(entry)
+        heapq.heapify(self.ready)
+        self.ready_by_priority[self.messages[entry[1]][1]] -= 1
+        return entry[1]
+
+    monkeypatch.setattr(queues_state.QueueState, "pop_ready", fifo_pop)
+    failures = _sweep(range(80))
+    assert any("priority order" in f for f in failures), failures[:2]
