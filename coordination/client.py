@@ -158,9 +158,16 @@ class Coordinator:
     @property
     def default_session(self) -> Session:
         """This thread's session, opened on first use and reopened if it was lost."""
-        session = getattr(self._local, "session", None)
+        return self.thread_session()
+
+    def thread_session(self, ttl: float | None = None) -> Session:
+        """This thread's session with that TTL (default ``session_ttl``), opened on first use
+        and reopened if it was lost."""
+        ttl = self.session_ttl if ttl is None else ttl
+        sessions = self._local.__dict__.setdefault("sessions", {})
+        session = sessions.get(ttl)
         if session is None or session.lost:
-            session = self._local.session = self.session()
+            session = sessions[ttl] = self.session(ttl)
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
