@@ -85,3 +85,14 @@ COORDINATION = coordination_settings(os.environ, debug=DEBUG)
 
 # In-process broker until the Raft-backed kombu transport lands; then the default becomes raft://.
 CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL", "memory://")
+
+# The replicated cache is its own alias: the default cache stays local, so throttling and
+# sessions do not depend on the cluster being reachable.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "coordination": {
+        "BACKEND": "coordination.cache_backend.RaftCache",
+        "TIMEOUT": 300,
+        "OPTIONS": {"L1_SIZE": 1000, "MODE": "linearizable", "LEASE": 5.0},
+    },
+}

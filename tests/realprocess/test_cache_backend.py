@@ -1,0 +1,95 @@
+"""The Django cache backend against real node processes: Django's cache contract."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from coordination.cache_backend import RaftCache, cluster_key, decode_value, encode_value
+from raft_node.launcher import LocalCluster
+
+pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+
+
+@pytest.fixture
+def cache(coordination_cluster: LocalCluster):
+    location = ",".join(f"{h}:{p}" for h, p in coordination_cluster.addresses.values())
+    backend = RaftCache(
+        location,
+        {"TIMEOUT": 60, "KEY_PREFIX": "t", "OPTIONS": {"SECRET": coordination_cluster.secret}},
+    )
+    backend.clear()
+    yield backend
+    backend.client.close()
+    backend.client.coord.close()
+
+
+def test_basic_contract(cache):
+    assert cache.get("missing") is None and cache.get("missing", "d") == "d"
+    cache.set("k", {"a": [1, 2]})
+    assert cache.get("k") == {"a": [1, 2]}
+    assert cache.add("k", "other") is False and cache.add("new", 0) is True
+    assert cache.get("new") == 0
+    assert cache.has_key("k") and not cache.has_key("nope")
+    assert cache.delete("k") is True and cache.delete("k") is False
+    assert cache.get_or_set("gs", lambda: "computed") == "computed"
+    assert cache.get_or_set("gs", "ignored") == "computed"
+
+
+def test_incr_decr_are_atomic_on_the_cluster(cache):
+    cache.set("n", 10)
+    assert cache.incr("n") == 11 and cache.incr("n", 5) == 16 and cache.decr("n", 6) == 10
+    with pytest.raises(ValueError):
+        cache.incr("absent")
+
+
+def test_many_versions_and_awkward_keys(cache):
+    cache.set_many({"a": 1, "b": "two", "with space/ü": [3]})
+    assert cache.get_many(["a", "b", "with space/ü", "z"]) == {
+        "a": 1,
+        "b": "two",
+        "with space/ü": [3],
+    }
+    cache.delete_many(["a", "b"])
+    assert cache.get_many(["a", "b"]) == {}
+    cache.set("v", "one", version=1)
+    cache.set("v", "two", version=2)
+    assert cache.get("v", version=1) == "one" and cache.get("v", version=2) == "two"
+    long_key = "x" * 500
+    cache.set(long_key, "long")
+    assert cache.get(long_key) == "long"
+
+
+def test_timeouts_none_zero_and_touch(cache):
+    cache.set("forever", 1, timeout=None)
+    cache.set("gone", 1, timeout=0)
+    assert cache.get("forever") == 1 and cache.get("gone") is None
+    cache.set("short", "s", timeout=1)
+    assert cache.touch("short", timeout=None) is True
+    assert cache.touch("missing") is False
+    cache.set("expiring", "e", timeout=1)
+    time.sleep(1.6)  # expiry is by the leader's clock; reads see it as absent at once
+    assert cache.get("expiring") is None
+    assert cache.get("short") == "s"
+
+
+def test_clear_and_async_variants(cache):
+    async def main():
+        await cache.aset("ak", "av")
+        assert await cache.aget("ak") == "av"
+        assert await cache.ahas_key("ak")
+        assert await cache.aadd("ak", "x") is False
+
+    asyncio.run(main())
+    cache.clear()
+    assert cache.get("ak") is None
+
+
+def test_value_and_key_encoding():
+    for value in (0, -5, 2**62, "text", b"bytes", 1.5, None, True, [1, "x"], {"k": (1, 2)}):
+        assert decode_value(encode_value(value)) == value
+        assert type(decode_value(encode_value(value))) is type(value)
+    assert cluster_key("prefix:1:simple") == "prefix:1:simple"
+    assert cluster_key("has space") != cluster_key("has_space")
