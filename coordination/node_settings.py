@@ -83,6 +83,7 @@ def node_config(
         snapshot_every=conf["SNAPSHOT_EVERY"],
         snapshot_keep=conf["SNAPSHOT_KEEP"],
         max_frame_bytes=conf["MAX_FRAME_BYTES"],
+        max_peer_frame_bytes=conf["MAX_PEER_FRAME_BYTES"],
         request_timeout=conf["REQUEST_TIMEOUT"],
         metrics_port=port or None,
         ssl_server=server_ssl,

@@ -83,6 +83,7 @@ class NodeConfig:
     snapshot_every: int = 100_000
     snapshot_keep: int = 5_000
     max_frame_bytes: int = 4 << 20
+    max_peer_frame_bytes: int = 512 << 20  # snapshots travel as one peer message
     max_inflight: int = 256
     fsync: bool = True
     request_timeout: float = 5.0
@@ -157,6 +158,7 @@ class NodeServer:
             ssl_server=config.ssl_server,
             ssl_client=config.ssl_client,
             max_frame_bytes=config.max_frame_bytes,
+            max_peer_frame_bytes=config.max_peer_frame_bytes,
         )
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
         self._scheduled = False

@@ -193,6 +193,7 @@ class TcpTransport:
         ssl_server: ssl.SSLContext | None = None,
         ssl_client: ssl.SSLContext | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        max_peer_frame_bytes: int | None = None,
         max_queue: int = 4096,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         connect_timeout: float = 2.0,
@@ -221,6 +222,8 @@ class TcpTransport:
         self._ssl_server = ssl_server
         self._ssl_client = ssl_client
         self.max_frame_bytes = max_frame_bytes
+        # Authenticated peers may send bigger frames: a snapshot travels as one message.
+        self.max_peer_frame_bytes = max(max_peer_frame_bytes or max_frame_bytes, max_frame_bytes)
         self.max_queue = max_queue
         self.handshake_timeout = handshake_timeout
         self.connect_timeout = connect_timeout
@@ -499,7 +502,7 @@ class TcpTransport:
         """Encode queued messages (up to ``MAX_BATCH_BYTES``) into one write; returns how many
         snapshots it carried."""
         stats = self._stats
-        max_body = self.max_frame_bytes - 2
+        max_body = self.max_peer_frame_bytes - 2
         header = frame_header
         parts: list[bytes] = []
         size = snaps = 0
@@ -520,7 +523,7 @@ class TcpTransport:
                     peer=p.id,
                     type=m.type.name,
                     size=len(body),
-                    max_frame_bytes=self.max_frame_bytes,
+                    max_frame_bytes=self.max_peer_frame_bytes,
                 )
                 if m.type == _SNAP:
                     self._snapshot_status(p.id, False)
@@ -602,11 +605,11 @@ class TcpTransport:
             self._handshaking -= 1
         return None
 
-    def _batches(self, reader: asyncio.StreamReader) -> Any:
+    def _batches(self, reader: asyncio.StreamReader, limit: int | None = None) -> Any:
         return contextlib.aclosing(
             frame_batches(
                 reader,
-                self.max_frame_bytes,
+                limit or self.max_frame_bytes,
                 frame_timeout=self.frame_timeout,
                 idle_timeout=self.idle_timeout,
                 chunk_size=READ_CHUNK,
@@ -617,7 +620,7 @@ class TcpTransport:
         me, peer = self.node_id, who.id
         on_message = self._on_message
         stats = self._stats
-        async with self._batches(reader) as batches:
+        async with self._batches(reader, self.max_peer_frame_bytes) as batches:
             async for frames in batches:
                 stats["frames_in"] += len(frames)
                 for kind, body in frames:

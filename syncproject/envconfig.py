@@ -70,6 +70,11 @@ COORDINATION_SPEC: dict[str, Setting] = {
         "Log entries kept after a snapshot, so slightly lagging followers catch up by appends.",
     ),
     "MAX_FRAME_BYTES": Setting(4 * 1024 * 1024, _positive_int, "Largest accepted wire frame."),
+    "MAX_PEER_FRAME_BYTES": Setting(
+        512 * 1024 * 1024,
+        _positive_int,
+        "Largest frame from an authenticated peer (a snapshot travels as one message).",
+    ),
     "REDIS_URL": Setting("", str, "Redis mirror for the cache; empty = embedded cache only."),
     "TLS_CERT": Setting("", str, "PEM certificate for peer/client TLS; empty = no TLS."),
     "TLS_KEY": Setting("", str, "PEM private key matching TLS_CERT."),

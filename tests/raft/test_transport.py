@@ -28,6 +28,7 @@ from raft_node.transport import TcpTransport
 from raft_node.wire import (
     FrameKind,
     encode_frame,
+    frame_header,
     read_frame,
     read_frame_sync,
     send_frame_sync,
@@ -192,6 +193,28 @@ def test_snapshot_status_and_oversized_message_dropped() -> None:
         assert b.got == [small, app(7)]
         assert sorted(a.snap_status) == [("b", False), ("b", True)]
         assert a.t.stats()["oversize_drops"] == 1
+        await a.t.stop()
+        await b.t.stop()
+
+    run(main())
+
+
+def test_peers_may_send_frames_larger_than_clients() -> None:
+    """A snapshot bigger than the client frame limit still reaches a peer."""
+
+    async def main() -> None:
+        a, b = await linked(
+            max_frame_bytes=4096, max_peer_frame_bytes=1 << 20, on_client_frame=echo
+        )
+        big = Message(
+            MessageType.SNAP, "b", "a", snapshot=Snapshot(SnapshotMeta(2, 1), b"s" * 200_000)
+        )
+        a.t.send([big])
+        await until(lambda: len(b.got) == 1)
+        assert b.got == [big] and a.snap_status == [("b", True)]
+        reader, writer = await open_client(b.t)  # clients keep the small limit
+        writer.write(frame_header(FrameKind.CLIENT_REQUEST, 5000) + b"x" * 5000)
+        await assert_closed(reader)
         await a.t.stop()
         await b.t.stop()
 
