@@ -48,6 +48,7 @@ from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
 from coordination.primitives.errors import (
     BAD_COMMAND,
     DEADLOCK,
+    LIMIT,
     LOCK_MODE,
     NOT_HOLDER,
     SESSION_EXPIRED,
@@ -170,6 +171,9 @@ class Locks:
                         f"session {sid} owner {owner!r} already waits for lock "
                         f"{self.waits[token].name} (one wait at a time per owner)",
                     )
+        lock = self.locks.get(name)
+        if lock is not None and len(lock.queue) >= limits.LOCK_WAITERS_MAX:
+            reject(LIMIT, f"lock {name} already has {limits.LOCK_WAITERS_MAX} waiters")
         cycle = find_cycle(self.locks, self.waits, self._waits_of, sid, name, mode, ctx.index)
         if cycle is not None:
             message = "deadlock: " + " -> ".join(

@@ -1059,3 +1059,29 @@ def test_sessions_ending_together_in_one_tick_match_the_model(ttls, requests, ju
         machine.d.tick()
         machine._completed(machine.model.tick(machine.d.index, machine.d.now))
         machine.matches_the_model_and_keeps_the_invariants()
+
+
+def test_waiters_per_lock_are_capped(monkeypatch):
+    """A hot lock cannot grow an unbounded queue (memory, and the deadlock search)."""
+    import msgpack
+
+    from coordination.primitives import limits
+    from coordination.primitives.machine import CoordinationMachine
+    from raft_node.applier import CommandRejected
+
+    monkeypatch.setattr(limits, "LOCK_WAITERS_MAX", 2)
+    m = CoordinationMachine()
+    index = 0
+
+    def apply(*cmd):
+        nonlocal index
+        index += 1
+        return m.apply(index, msgpack.packb(list(cmd)), 1_000)
+
+    sessions = [apply("session.open", 10_000, "")["session"] for _ in range(4)]
+    assert apply("lock.acquire", sessions[0], "hot", "exclusive", "", 0)["acquired"]
+    apply("lock.acquire", sessions[1], "hot", "exclusive", "", 5_000)
+    apply("lock.acquire", sessions[2], "hot", "exclusive", "", 5_000)
+    with pytest.raises(CommandRejected) as info:
+        apply("lock.acquire", sessions[3], "hot", "exclusive", "", 5_000)
+    assert info.value.code == "limit_exceeded"
