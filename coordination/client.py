@@ -216,6 +216,15 @@ class Coordinator:
     def queues(self) -> Any:
         return self.query(c.queue_list())
 
+    def propose_ack(self, session: Session, queue: str, msg_id: int) -> None:
+        """Ack by ids (transports that keep ids rather than ``Message`` objects)."""
+        self.propose(c.queue_ack(session.id, queue, msg_id))
+
+    def propose_nack(
+        self, session: Session, queue: str, msg_id: int, *, requeue: bool = True
+    ) -> None:
+        self.propose(c.queue_nack(session.id, queue, msg_id, requeue, 0))
+
 
 class Session:
     def __init__(self, coord: Coordinator, ttl: float, label: str) -> None:

@@ -6,7 +6,10 @@ import os
 
 from celery import Celery
 
+from coordination.celery_transport import register
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "syncproject.settings")
+register()  # CELERY_BROKER_URL = "raft://host:port;raft://host:port;..." (the replicated queue)
 
 app = Celery("syncproject")
 app.config_from_object("django.conf:settings", namespace="CELERY")

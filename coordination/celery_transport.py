@@ -1,0 +1,146 @@
+"""``raft://``: a kombu transport on the replicated queue, so Celery needs no external broker.
+
+    CELERY_BROKER_URL = "raft://127.0.0.1:7001;raft://127.0.0.1:7002;raft://127.0.0.1:7003"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+
+Messages are kombu's JSON envelopes stored in the queue primitive, so every guarantee of the
+queue holds: a message is leased to the consuming channel's session for ``visibility_timeout``
+seconds; an ack removes it; a worker that dies (or whose session expires) without acking gets
+its messages redelivered with ``delivery_count + 1``; ``basic_reject(requeue=True)`` is a nack.
+Unacked messages are deliberately *not* re-published when a channel closes (kombu's default for
+virtual transports): their leases return them, exactly once each.
+
+Priorities: Celery's ``priority`` 0..9 maps to the queue's priority 0..9, and **higher is served
+first** (as with RabbitMQ; the opposite of kombu's Redis transport). The cluster addresses come
+from the URL (``;``-separated alternates) or ``transport_options["addresses"]``; the secret from
+``transport_options["secret"]``, else the Django ``COORDINATION`` settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from queue import Empty
+from typing import Any
+
+from kombu.transport import virtual
+
+from coordination.client import Coordinator, Session
+from coordination.exceptions import UnknownMessage, UnknownQueue
+
+DEFAULT_VISIBILITY = 3600.0
+
+
+class Channel(virtual.Channel):
+    do_restore = False  # leases bring unacked messages back; re-publishing would duplicate them
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        options = connection.client.transport_options or {}
+        self.visibility = float(options.get("visibility_timeout", DEFAULT_VISIBILITY))
+        self.coord = _coordinator(connection.client, options)
+        self.session: Session = self.coord.session(float(options.get("session_ttl", 30.0)))
+        self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
+
+    # -- virtual transport hooks ----------------------------------------------------------------
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        self.coord.queue(queue).declare()
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        try:
+            self.coord.queue(queue).stats()
+        except UnknownQueue:
+            return False
+        return True
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        priority = message.get("properties", {}).get("priority") or 0
+        priority = max(0, min(9, int(priority)))
+        self.coord.queue(queue).put(json.dumps(message).encode(), priority=priority)
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        try:
+            msg = self.coord.queue(queue).get(
+                wait=0, visibility=self.visibility, session=self.session
+            )
+        except UnknownQueue:
+            raise Empty() from None
+        if msg is None:
+            raise Empty()
+        message = json.loads(msg.payload)
+        props = message.setdefault("properties", {})
+        if msg.delivery_count > 1:
+            message["redelivered"] = True
+        self._leases[props["delivery_tag"]] = (queue, msg.id)
+        return message
+
+    def _size(self, queue: str) -> int:
+        try:
+            stats = self.coord.queue(queue).stats()
+        except UnknownQueue:
+            return 0
+        return stats["ready"] + stats["delayed"]
+
+    def _purge(self, queue: str) -> int:
+        try:
+            return self.coord.queue(queue).purge()
+        except UnknownQueue:
+            return 0
+
+    # -- acknowledgements -----------------------------------------------------------------------
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        lease = self._leases.pop(delivery_tag, None)
+        if lease is not None:
+            # UnknownMessage: the lease ran out first; it will be (or was) delivered again.
+            with contextlib.suppress(UnknownMessage):
+                self.coord.propose_ack(self.session, *lease)
+        super().basic_ack(delivery_tag, multiple)
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        lease = self._leases.pop(delivery_tag, None)
+        if lease is not None:
+            with contextlib.suppress(UnknownMessage):
+                self.coord.propose_nack(self.session, *lease, requeue=requeue)
+        self.qos._quick_ack(delivery_tag)  # our nack did the requeue: no local re-publish
+
+    def close(self) -> None:
+        super().close()
+        self.session.close()  # leases of anything still unacked expire and redeliver
+
+
+class Transport(virtual.Transport):
+    Channel = Channel
+    default_port = 7001
+    driver_type = "raftsync"
+    driver_name = "raftsync"
+    polling_interval = 0.05
+    implements = virtual.Transport.implements.extend(asynchronous=False, exchange_type={"direct"})
+
+    def driver_version(self) -> str:
+        return "1"
+
+
+def _coordinator(conninfo: Any, options: dict[str, Any]) -> Coordinator:
+    addresses = options.get("addresses")
+    if not addresses:
+        hosts = []
+        for url in [conninfo.as_uri(), *(getattr(conninfo, "alt", None) or [])]:
+            rest = url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2]
+            if rest and rest not in hosts:
+                hosts.append(rest)
+        addresses = ",".join(h if ":" in h else f"{h}:{Transport.default_port}" for h in hosts)
+    secret = options.get("secret")
+    if secret is None:
+        from coordination import node_settings
+
+        secret = node_settings.cluster_secret()
+    return Coordinator(addresses, secret)
+
+
+def register() -> None:
+    """Make ``raft://`` URLs resolve to this transport (idempotent)."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    TRANSPORT_ALIASES.setdefault("raft", "coordination.celery_transport:Transport")
