@@ -27,6 +27,7 @@ from kombu.transport import virtual
 
 from coordination.client import Coordinator, Session
 from coordination.exceptions import UnknownMessage, UnknownQueue
+from raft_node.client import ClusterUnavailable, Timeout
 
 DEFAULT_VISIBILITY = 3600.0
 
@@ -116,6 +117,8 @@ class Transport(virtual.Transport):
     driver_type = "raftsync"
     driver_name = "raftsync"
     polling_interval = 0.05
+    # The cluster being unreachable is a connection problem: Celery reconnects, with backoff.
+    connection_errors = (*virtual.Transport.connection_errors, ClusterUnavailable, Timeout, OSError)
     implements = virtual.Transport.implements.extend(asynchronous=False, exchange_type={"direct"})
 
     def driver_version(self) -> str:

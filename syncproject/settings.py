@@ -85,6 +85,10 @@ COORDINATION = coordination_settings(os.environ, debug=DEBUG)
 
 # In-process broker until the Raft-backed kombu transport lands; then the default becomes raft://.
 CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL", "memory://")
+# On raft:// a delivered task is leased to the worker's session: ack after it ran, one at a time.
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 
 # The replicated cache is its own alias: the default cache stays local, so throttling and
 # sessions do not depend on the cluster being reachable.

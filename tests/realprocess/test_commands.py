@@ -83,7 +83,16 @@ def test_run_cluster_restarts_a_killed_node_and_stops_all(tmp_path: Path):
     base = _free_run(3)
     env = {"RAFTSYNC_DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, str(MANAGE), "run_cluster", "--base-port", str(base)],
+        [
+            sys.executable,
+            str(MANAGE),
+            "run_cluster",
+            "--base-port",
+            str(base),
+            "--web",
+            "off",
+            "--no-worker",
+        ],
         env={**os.environ, **env},
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -130,3 +139,61 @@ def _wait_for(fn, timeout: float = 20.0):
             return value
         time.sleep(0.1)
     raise TimeoutError(fn)
+
+
+def test_run_cluster_brings_up_web_and_a_worker_on_the_raft_broker(tmp_path: Path):
+    import urllib.error
+    import urllib.request
+
+    from raft_node.launcher import free_port
+
+    base, web = _free_run(3), free_port()
+    env = {"RAFTSYNC_DATA_DIR": str(tmp_path), "RAFTSYNC_DB_PATH": str(tmp_path / "db.sqlite3")}
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(MANAGE),
+                "run_cluster",
+                "--base-port",
+                str(base),
+                "--web",
+                f"127.0.0.1:{web}",
+            ],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def admin_status():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{web}/admin/").status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert _wait_for(admin_status, timeout=30) in (200, 302)
+        broker = ";".join(f"raft://127.0.0.1:{base + i}" for i in range(3))
+        send = (
+            "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', "
+            "'syncproject.settings'); django.setup(); from syncproject.celery import app; "
+            "print(app.send_task('coordination.ping').id)"
+        )
+        sent = subprocess.run(
+            [sys.executable, "-c", send],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env, "RAFTSYNC_CELERY_BROKER_URL": broker},
+        )
+        task_id = sent.stdout.strip()
+        assert task_id, sent.stderr
+        _wait_for(lambda: f"{task_id}] succeeded" in log.read_text(), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert "Traceback" not in log.read_text()

@@ -1,8 +1,10 @@
 """``manage.py run_cluster``: a local development cluster in one terminal.
 
-Starts ``--nodes`` ``run_raft_node`` processes on consecutive ports (data under ``var/``),
-restarts any that dies (with backoff), and stops them all on Ctrl-C or SIGTERM (SIGTERM first, so
-a leader hands over; SIGKILL after a grace period). The cluster secret comes from settings/env,
+Starts ``--nodes`` ``run_raft_node`` processes on consecutive ports (data under ``var/``), the
+Django web server (``--web``, default 127.0.0.1:8000, SQLite migrated first) and a Celery worker
+on the ``raft://`` broker (``--worker``), so nothing outside this repository is needed. Any
+process that dies is restarted (with backoff); Ctrl-C or SIGTERM stops them all (SIGTERM first,
+so a leader hands over; SIGKILL after a grace period). The cluster secret comes from settings/env,
 or is generated once and kept in ``var/cluster.secret`` so restarts and other commands agree.
 """
 
@@ -59,6 +61,10 @@ class Command(BaseCommand):
             help="node i serves /metrics on this port + i - 1 (0 = off)",
         )
         parser.add_argument("--no-restart", action="store_true")
+        parser.add_argument(
+            "--web", default="127.0.0.1:8000", help="address of the web server; 'off' to run none"
+        )
+        parser.add_argument("--no-worker", action="store_true", help="run no Celery worker")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         data_dir = Path(opts["data_dir"] or settings.COORDINATION["DATA_DIR"])
@@ -86,6 +92,9 @@ class Command(BaseCommand):
             if opts["metrics_base_port"]:
                 argv += ["--metrics-port", str(opts["metrics_base_port"] + i)]
             children.append(Child(node, argv, env))
+        broker = ";".join(f"raft://{opts['host']}:{ports[n]}" for n in ids)
+        env["RAFTSYNC_CELERY_BROKER_URL"] = broker
+        children += self._services(opts, env)
         self.stdout.write(f"starting {len(ids)} nodes: {cluster}")
         self.stdout.write(f"cluster secret in {data_dir / 'cluster.secret'}; Ctrl-C stops all")
         stop = _StopFlag()
@@ -95,6 +104,37 @@ class Command(BaseCommand):
             self._supervise(children, cluster, secret, stop, restart=not opts["no_restart"])
         finally:
             _stop_all(children)
+
+    def _services(self, opts: dict[str, Any], env: dict[str, str]) -> list[Child]:
+        """The web server and the Celery worker, both on this cluster."""
+        services = []
+        if opts["web"] != "off":
+            subprocess.run(
+                [sys.executable, str(MANAGE), "migrate", "--noinput", "-v", "0"],
+                env=env,
+                check=True,
+            )
+            argv = [sys.executable, str(MANAGE), "runserver", opts["web"], "--noreload"]
+            services.append(Child("web", argv, {**env, "RAFTSYNC_DEBUG": "1"}))  # dev server
+            self.stdout.write(f"web: http://{opts['web']}/admin/")
+        if not opts["no_worker"]:
+            argv = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "syncproject",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "INFO",
+            ]
+            services.append(Child("worker", argv, env))
+            self.stdout.write(f"celery worker on {env['RAFTSYNC_CELERY_BROKER_URL']}")
+        return services
 
     def _supervise(
         self, children: list[Child], cluster: str, secret: str, stop: _StopFlag, restart: bool
@@ -144,6 +184,13 @@ def _leader(cluster: str, secret: str) -> str | None:
 
 
 def _stop_all(children: list[Child], grace: float = 10.0) -> None:
+    """The cluster's clients (web, worker) first, so they do not see it vanish under them."""
+    services = [c for c in children if c.name in ("web", "worker")]
+    for group in (services, [c for c in children if c not in services]):
+        _stop_group(group, grace)
+
+
+def _stop_group(children: list[Child], grace: float) -> None:
     for c in children:
         if c.alive():
             assert c.proc is not None
