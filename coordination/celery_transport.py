@@ -10,6 +10,10 @@ its messages redelivered with ``delivery_count + 1``; ``basic_reject(requeue=Tru
 Unacked messages are deliberately *not* re-published when a channel closes (kombu's default for
 virtual transports): their leases return them, exactly once each.
 
+An empty queue is not polled: each fetch is a blocking get served by the leader for up to
+``polling_wait`` seconds (default 1), so an idle worker costs about two log entries per second
+(the get, and the tick that ends its wait) instead of a stream of empty polls.
+
 Priorities: Celery's ``priority`` 0..9 maps to the queue's priority 0..9, and **higher is served
 first** (as with RabbitMQ; the opposite of kombu's Redis transport). The cluster addresses come
 from the URL (``;``-separated alternates) or ``transport_options["addresses"]``; the secret from
@@ -39,6 +43,8 @@ class Channel(virtual.Channel):
         super().__init__(connection, **kwargs)
         options = connection.client.transport_options or {}
         self.visibility = float(options.get("visibility_timeout", DEFAULT_VISIBILITY))
+        # A get is a log entry (it leases): wait for a message on the leader rather than poll.
+        self.wait = float(options.get("polling_wait", 1.0))
         self.coord = _coordinator(connection.client, options)
         self.session: Session = self.coord.session(float(options.get("session_ttl", 30.0)))
         self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
@@ -63,7 +69,7 @@ class Channel(virtual.Channel):
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         try:
             msg = self.coord.queue(queue).get(
-                wait=0, visibility=self.visibility, session=self.session
+                wait=self.wait, visibility=self.visibility, session=self.session
             )
         except UnknownQueue:
             raise Empty() from None
@@ -116,7 +122,7 @@ class Transport(virtual.Transport):
     default_port = 7001
     driver_type = "raftsync"
     driver_name = "raftsync"
-    polling_interval = 0.05
+    polling_interval = 0.0  # the blocking get in _get is the wait
     # The cluster being unreachable is a connection problem: Celery reconnects, with backoff.
     connection_errors = (*virtual.Transport.connection_errors, ClusterUnavailable, Timeout, OSError)
     implements = virtual.Transport.implements.extend(asynchronous=False, exchange_type={"direct"})
