@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from raft_node.sim.bugs import BUGS
 from raft_node.sim.cluster import Simulation, SimulationFailure
@@ -20,8 +22,15 @@ def _seed_range(text: str) -> range:
     return range(int(lo), int(hi)) if hi else range(int(lo), int(lo) + 1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raft_node.sim", description=__doc__)
+def main(
+    argv: list[str] | None = None,
+    *,
+    prog: str = "python -m raft_node.sim",
+    simulation_kwargs: Callable[[], dict[str, Any]] = dict,
+) -> int:
+    """Run seeds; ``simulation_kwargs`` adds ``Simulation`` arguments per seed (e.g. another
+    workload: ``coordination.simulation`` runs the primitives through this same CLI)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--seed", type=int, help="run one seed")
     group.add_argument("--seeds", type=_seed_range, default=range(0, 100), help="LO:HI range")
@@ -31,16 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
     args = parser.parse_args(argv)
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds
-    raft_class = BUGS[args.bug] if args.bug else None
+    extra: dict[str, Any] = {"replay": prog}
+    if args.bug:
+        extra["raft_class"] = BUGS[args.bug]
     failures = 0
     started = time.perf_counter()
     for seed in seeds:
-        sim = Simulation(
-            seed,
-            nodes=args.nodes,
-            steps=args.steps,
-            **({"raft_class": raft_class} if raft_class else {}),
-        )
+        sim = Simulation(seed, nodes=args.nodes, steps=args.steps, **extra, **simulation_kwargs())
         try:
             result = sim.run()
         except SimulationFailure as exc:
