@@ -58,3 +58,23 @@ def test_cluster_setting_names_every_node_service():
     cluster = services["node1"]["environment"]["RAFTSYNC_CLUSTER"]
     hosts = {member.split("=")[1].split(":")[0] for member in cluster.split(",")}
     assert hosts <= set(services)
+
+
+def test_web_and_worker_services_run_this_project():
+    import importlib
+    import shutil
+
+    services = _compose()["services"]
+    web = " ".join(services["web"]["command"])
+    assert "manage.py migrate" in web
+    module, _, attr = web.split("gunicorn ", 1)[1].split()[0].partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))  # the WSGI application
+    assert shutil.which("gunicorn", path=str(ROOT / ".venv" / "bin")) or importlib.import_module(
+        "gunicorn"
+    )
+    worker = services["worker"]
+    assert worker["command"][:4] == ["python", "-m", "celery", "-A"]
+    app = importlib.import_module(f"{worker['command'][4]}.celery").app
+    assert app.main == "syncproject"
+    broker = worker["environment"]["RAFTSYNC_CELERY_BROKER_URL"]
+    assert broker.startswith("raft://") and broker.count("raft://") == 3
