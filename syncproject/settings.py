@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "drf_spectacular",
     "coordination",
 ]
@@ -99,4 +100,24 @@ CACHES = {
         "TIMEOUT": 300,
         "OPTIONS": {"L1_SIZE": 1000, "MODE": "linearizable", "LEASE": 5.0},
     },
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"anon": "30/min", "user": "6000/min"},
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "coordination.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "raftsync coordination API",
+    "DESCRIPTION": "Sessions, fenced locks, queues and the replicated cache over HTTP.",
+    "VERSION": "1",
 }

@@ -1,8 +1,10 @@
-"""URL routes. Only the admin exists yet; the coordination API is mounted when it lands."""
+"""URL routes: the admin, and the coordination REST API with its OpenAPI schema (/api/schema/)
+and Swagger UI (/api/docs/)."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("coordination.api.urls")),
 ]

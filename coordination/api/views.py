@@ -1,0 +1,303 @@
+"""REST views: validate, call the coordination client, shape the answer. No logic of their own.
+
+HTTP is stateless, so clients hold sessions explicitly: ``POST /api/sessions/`` opens one,
+``.../keepalive/`` renews it (every TTL/3), and locks and queue leases name it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from coordination.api import serializers as s
+from coordination.api.permissions import OperateCluster, UsePrimitives
+from coordination.client import Coordinator
+from coordination.primitives import commands as c
+from raft_node.client import RaftClient, RaftError
+
+_coord: Coordinator | None = None
+_coord_lock = threading.Lock()
+
+
+def coordinator() -> Coordinator:
+    """The process's coordinator (from ``COORDINATION``), created on first use."""
+    global _coord
+    with _coord_lock:
+        if _coord is None:
+            _coord = Coordinator.from_settings()
+        return _coord
+
+
+def reset_coordinator() -> None:
+    """Forget the process's coordinator (tests that point it at another cluster)."""
+    global _coord
+    with _coord_lock:
+        if _coord is not None:
+            _coord.close()
+        _coord = None
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)  # 400 with field errors
+    return serializer.validated_data
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", errors="replace")
+
+
+class Primitive(APIView):
+    permission_classes = (UsePrimitives,)
+
+
+# -- cluster --------------------------------------------------------------------------------------
+
+
+class ClusterView(APIView):
+    @extend_schema(summary="Every node's Raft status and the leader")
+    def get(self, request: Request) -> Response:
+        from coordination import node_settings
+
+        secret = node_settings.cluster_secret()
+        nodes = []
+        for node, addr in node_settings.cluster_addresses().items():
+            try:
+                with RaftClient([addr], secret, timeout=1.0) as client:
+                    nodes.append(client.status())
+            except RaftError as exc:
+                nodes.append({"id": node, "address": f"{addr[0]}:{addr[1]}", "error": str(exc)})
+        leaders = [n["id"] for n in nodes if n.get("role") == "leader"]
+        return Response({"leader": leaders[0] if len(leaders) == 1 else None, "nodes": nodes})
+
+
+class TransferView(APIView):
+    permission_classes = (OperateCluster,)
+
+    @extend_schema(request=s.Transfer, summary="Hand leadership to another node")
+    def post(self, request: Request) -> Response:
+        data = _valid(s.Transfer, request)
+        with coordinator().new_client() as client:
+            leader = client.transfer_leadership(data["to"])
+        return Response({"leader": leader})
+
+
+# -- sessions -------------------------------------------------------------------------------------
+
+
+class SessionsView(Primitive):
+    @extend_schema(request=s.SessionOpen, summary="Open a session (renew it every TTL/3)")
+    def post(self, request: Request) -> Response:
+        data = _valid(s.SessionOpen, request)
+        result = coordinator().propose(c.session_open(_ms(data["ttl"]), data["label"]))
+        return Response(result, status=status.HTTP_201_CREATED)
+
+    @extend_schema(operation_id="sessions_list")
+    def get(self, request: Request) -> Response:
+        return Response(coordinator().query(c.session_list()))
+
+
+class SessionView(Primitive):
+    def get(self, request: Request, session: int) -> Response:
+        found = coordinator().query(c.session_get(session))
+        if found is None:
+            return Response({"code": "unknown_session", "detail": "no such session"}, 404)
+        return Response(found)
+
+    def delete(self, request: Request, session: int) -> Response:
+        coordinator().propose(c.session_close(session))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class KeepaliveView(Primitive):
+    @extend_schema(request=None)
+    def post(self, request: Request, session: int) -> Response:
+        return Response(coordinator().propose(c.session_keepalive(session)))
+
+
+# -- locks ----------------------------------------------------------------------------------------
+
+
+class LockView(Primitive):
+    @extend_schema(summary="Holders, waiters and the last fencing token of a lock")
+    def get(self, request: Request, name: str) -> Response:
+        return Response(coordinator().query(c.lock_inspect(name)))
+
+
+class LockAcquireView(Primitive):
+    @extend_schema(request=s.LockAcquire, summary="Acquire (409 if busy, 423 on deadlock)")
+    def post(self, request: Request, name: str) -> Response:
+        data = _valid(s.LockAcquire, request)
+        coord = coordinator()
+        result = coord.propose(
+            c.lock_acquire(data["session"], name, data["mode"], data["owner"], _ms(data["wait"])),
+            timeout=coord.timeout + data["wait"],
+        )
+        if not result.get("acquired"):
+            return Response({"acquired": False, **result}, status=status.HTTP_409_CONFLICT)
+        return Response(result)
+
+
+class LockReleaseView(Primitive):
+    @extend_schema(request=s.LockHolder)
+    def post(self, request: Request, name: str) -> Response:
+        data = _valid(s.LockHolder, request)
+        return Response(coordinator().propose(c.lock_release(data["session"], name, data["owner"])))
+
+
+class LockRenewView(Primitive):
+    @extend_schema(request=s.LockHolder)
+    def post(self, request: Request, name: str) -> Response:
+        data = _valid(s.LockHolder, request)
+        token = coordinator().propose(c.lock_renew(data["session"], name, data["owner"]))
+        return Response({"token": token})
+
+
+class LockCheckView(Primitive):
+    @extend_schema(summary="Whether ?token=N is the current grant (fencing check)")
+    def get(self, request: Request, name: str) -> Response:
+        try:
+            token = int(request.query_params["token"])
+        except (KeyError, ValueError):
+            return Response({"token": ["an integer token is required"]}, status=400)
+        return Response({"current": bool(coordinator().query(c.lock_check_token(name, token)))})
+
+
+# -- queues ---------------------------------------------------------------------------------------
+
+
+class QueueView(Primitive):
+    @extend_schema(summary="Depth by priority, in flight, dead letters (404 if unknown)")
+    def get(self, request: Request, name: str) -> Response:
+        return Response(coordinator().query(c.queue_stats(name)))
+
+
+class QueueMessagesView(Primitive):
+    @extend_schema(request=s.QueuePut, summary="Put a message (201 with its id)")
+    def post(self, request: Request, name: str) -> Response:
+        data = _valid(s.QueuePut, request)
+        result = coordinator().propose(
+            c.queue_put(
+                name,
+                data["payload"].encode(),
+                data["priority"],
+                data["dedup_id"],
+                _ms(data["delay"]),
+            )
+        )
+        return Response(result, status=status.HTTP_201_CREATED)
+
+
+class QueueGetView(Primitive):
+    @extend_schema(request=s.QueueGet, summary="Lease the next message (204 if none)")
+    def post(self, request: Request, name: str) -> Response:
+        data = _valid(s.QueueGet, request)
+        coord = coordinator()
+        msg = coord.propose(
+            c.queue_get(data["session"], name, _ms(data["wait"]), _ms(data["visibility"])),
+            timeout=coord.timeout + data["wait"],
+        )
+        if not msg:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response({**msg, "payload": _text(msg["payload"])})
+
+
+class QueueAckView(Primitive):
+    @extend_schema(request=s.QueueAck)
+    def post(self, request: Request, name: str, msg_id: int) -> Response:
+        data = _valid(s.QueueAck, request)
+        coordinator().propose(c.queue_ack(data["session"], name, msg_id))
+        return Response({"acked": True})
+
+
+class QueueNackView(Primitive):
+    @extend_schema(request=s.QueueNack)
+    def post(self, request: Request, name: str, msg_id: int) -> Response:
+        data = _valid(s.QueueNack, request)
+        coordinator().propose(
+            c.queue_nack(data["session"], name, msg_id, data["requeue"], _ms(data["delay"]))
+        )
+        return Response({"nacked": True})
+
+
+class QueueDeadLettersView(Primitive):
+    def get(self, request: Request, name: str) -> Response:
+        rows = coordinator().query(c.queue_dead_letters(name, 100))
+        return Response([{**row, "payload": _text(row["payload"])} for row in rows])
+
+
+class QueuePurgeView(APIView):
+    permission_classes = (OperateCluster,)
+
+    @extend_schema(request=None)
+    def post(self, request: Request, name: str) -> Response:
+        return Response({"purged": coordinator().propose(c.queue_purge(name))})
+
+
+class QueueRequeueDeadView(APIView):
+    permission_classes = (OperateCluster,)
+
+    @extend_schema(request=None)
+    def post(self, request: Request, name: str) -> Response:
+        return Response({"requeued": coordinator().propose(c.queue_requeue_dead(name, 1000))})
+
+
+# -- cache ----------------------------------------------------------------------------------------
+
+
+class CacheView(Primitive):
+    def get(self, request: Request, key: str) -> Response:
+        found = coordinator().query(c.cache_get(key))
+        if not found or found.get("evicted"):
+            return Response({"code": "unknown_key", "detail": "no such key"}, status=404)
+        return Response({**found, "value": _text(found["value"])})
+
+    @extend_schema(request=s.CacheSet)
+    def put(self, request: Request, key: str) -> Response:
+        data = _valid(s.CacheSet, request)
+        coord = coordinator()
+        version = coord.propose(
+            c.cache_set(key, data["value"].encode(), _ms(data["ttl"])), timeout=coord.timeout + 65
+        )
+        return Response({"version": version})
+
+    def delete(self, request: Request, key: str) -> Response:
+        coord = coordinator()
+        existed = coord.propose(c.cache_delete(key), timeout=coord.timeout + 65)
+        return Response(status=204 if existed else 404)
+
+
+class CacheIncrView(Primitive):
+    @extend_schema(request=s.CacheIncr)
+    def post(self, request: Request, key: str) -> Response:
+        data = _valid(s.CacheIncr, request)
+        coord = coordinator()
+        value = coord.propose(c.cache_incr(key, data["delta"]), timeout=coord.timeout + 65)
+        return Response({"value": value})
+
+
+def _describe_responses() -> None:
+    """These views answer JSON objects shaped by the primitives (documented in the README);
+    declare that, so the OpenAPI schema covers every view instead of skipping them."""
+    from drf_spectacular.types import OpenApiTypes
+
+    for view in (obj for obj in list(globals().values()) if isinstance(obj, type)):
+        if not issubclass(view, APIView) or view in (APIView, Primitive):
+            continue
+        for method in ("get", "post", "put", "delete"):
+            handler = view.__dict__.get(method)
+            if handler is not None:
+                setattr(view, method, extend_schema(responses=OpenApiTypes.OBJECT)(handler))
+
+
+_describe_responses()

@@ -1,0 +1,167 @@
+"""The REST API against real node processes: auth, permissions, validation, error mapping."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from coordination.api.views import reset_coordinator
+from raft_node.launcher import LocalCluster
+
+pytestmark = [
+    pytest.mark.realprocess,
+    pytest.mark.xdist_group("realprocess"),
+    pytest.mark.django_db,
+]
+
+
+@pytest.fixture
+def api_settings(coordination_cluster: LocalCluster, settings):
+    spec = ",".join(f"{n}={h}:{p}" for n, (h, p) in coordination_cluster.addresses.items())
+    settings.COORDINATION = {
+        **settings.COORDINATION,
+        "CLUSTER": spec,
+        "CLUSTER_SECRET": coordination_cluster.secret,
+    }
+    reset_coordinator()
+    yield
+    reset_coordinator()
+
+
+def _client(*perms: str) -> APIClient:
+    user = User.objects.create_user(f"user{User.objects.count()}")
+    for perm in perms:
+        user.user_permissions.add(Permission.objects.get(codename=perm))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+def test_auth_and_permissions(api_settings):
+    assert APIClient().get("/api/cluster/").status_code in (401, 403)
+    reader = _client()
+    assert reader.get("/api/cluster/").json()["leader"]
+    assert reader.post("/api/sessions/", {"ttl": 5}, format="json").status_code == 403
+    user = _client("use_primitives")
+    user.post("/api/queues/q-perm/messages/", {"payload": "x"}, format="json")
+    assert user.post("/api/queues/q-perm/purge/").status_code == 403
+    assert _client("operate_cluster").post("/api/queues/q-perm/purge/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)  # a second thread makes requests too
+def test_sessions_and_locks(api_settings):
+    api = _client("use_primitives")
+    second = _client("use_primitives")
+    a = api.post("/api/sessions/", {"ttl": 10}, format="json").json()["session"]
+    b = api.post("/api/sessions/", {"ttl": 10}, format="json").json()["session"]
+    got = api.post("/api/locks/res/acquire/", {"session": a}, format="json")
+    assert got.status_code == 200 and got.json()["acquired"]
+    token = got.json()["token"]
+    busy = api.post("/api/locks/res/acquire/", {"session": b}, format="json")
+    assert busy.status_code == 409
+    assert api.get(f"/api/locks/res/check/?token={token}").json() == {"current": True}
+    assert api.get("/api/locks/res/").json()["holders"][0]["session"] == a
+    assert api.post("/api/locks/res/release/", {"session": b}, format="json").status_code == 409
+    assert api.post("/api/locks/res/renew/", {"session": a}, format="json").json() == {
+        "token": token
+    }
+    assert api.post(f"/api/sessions/{a}/keepalive/").status_code == 200
+    assert api.post("/api/locks/res/release/", {"session": a}, format="json").status_code == 200
+    # Deadlock: a holds x, b holds y, a waits for y (in a thread), b asks for x -> 423.
+    api.post("/api/locks/x/acquire/", {"session": a}, format="json")
+    api.post("/api/locks/y/acquire/", {"session": b}, format="json")
+    waiter = threading.Thread(
+        target=lambda: second.post(
+            "/api/locks/y/acquire/", {"session": a, "wait": 10}, format="json"
+        ),
+        daemon=True,
+    )
+    waiter.start()
+    for _ in range(100):
+        if api.get("/api/locks/y/").json()["waiters"]:
+            break
+        threading.Event().wait(0.05)
+    cycle = api.post("/api/locks/x/acquire/", {"session": b, "wait": 10}, format="json")
+    assert cycle.status_code == 423 and "deadlock" in cycle.json()["detail"]
+    assert api.delete(f"/api/sessions/{a}/").status_code == 204
+    assert api.delete(f"/api/sessions/{b}/").status_code == 204
+    waiter.join(10)
+    assert api.get(f"/api/sessions/{a}/").status_code == 404
+
+
+def test_queues(api_settings):
+    api = _client("use_primitives")
+    assert api.get("/api/queues/nope/").status_code == 404
+    session = api.post("/api/sessions/", {"ttl": 10}, format="json").json()["session"]
+    put = api.post("/api/queues/jobs-api/messages/", {"payload": "low"}, format="json")
+    assert put.status_code == 201
+    api.post("/api/queues/jobs-api/messages/", {"payload": "high", "priority": 9}, format="json")
+    msg = api.post("/api/queues/jobs-api/get/", {"session": session}, format="json").json()
+    assert (msg["payload"], msg["priority"]) == ("high", 9)
+    ack = api.post(
+        f"/api/queues/jobs-api/messages/{msg['id']}/ack/", {"session": session}, format="json"
+    )
+    assert ack.status_code == 200
+    again = api.post(
+        f"/api/queues/jobs-api/messages/{msg['id']}/ack/", {"session": session}, format="json"
+    )
+    assert again.status_code == 409
+    low = api.post("/api/queues/jobs-api/get/", {"session": session}, format="json").json()
+    api.post(
+        f"/api/queues/jobs-api/messages/{low['id']}/nack/",
+        {"session": session, "requeue": False},
+        format="json",
+    )
+    assert [m["payload"] for m in api.get("/api/queues/jobs-api/dead-letters/").json()] == ["low"]
+    empty = api.post("/api/queues/jobs-api/get/", {"session": session}, format="json")
+    assert empty.status_code == 204
+    stats = api.get("/api/queues/jobs-api/").json()
+    assert stats["dead_letters"] == 1 and stats["in_flight"] == 0
+
+
+def test_cache_and_validation(api_settings):
+    api = _client("use_primitives")
+    assert api.get("/api/cache/k-api/").status_code == 404
+    assert api.put("/api/cache/k-api/", {"value": "41"}, format="json").json()["version"] > 0
+    assert api.post("/api/cache/k-api/incr/", {"delta": 1}, format="json").json() == {"value": 42}
+    assert api.get("/api/cache/k-api/").json()["value"] == "42"
+    assert api.delete("/api/cache/k-api/").status_code == 204
+    bad = api.post(
+        "/api/queues/jobs-api/messages/", {"payload": "x", "priority": 10}, format="json"
+    )
+    assert bad.status_code == 400 and "priority" in bad.json()
+    limit = api.put(f"/api/cache/{'k' * 300}/", {"value": "v"}, format="json")
+    assert limit.status_code == 400 and limit.json()["code"] == "limit_exceeded"
+
+
+def test_unavailable_cluster_is_503_with_retry_after(settings):
+    from raft_node.launcher import free_port
+
+    settings.COORDINATION = {
+        **settings.COORDINATION,
+        "CLUSTER": f"n1=127.0.0.1:{free_port()}",
+        "CLUSTER_SECRET": "x",
+        "REQUEST_TIMEOUT": 0.5,
+    }
+    reset_coordinator()
+    try:
+        got = _client("use_primitives").post("/api/sessions/", {"ttl": 5}, format="json")
+    finally:
+        reset_coordinator()
+    assert got.status_code == 503 and got["Retry-After"] == "1"
+
+
+def test_schema_lists_every_endpoint(api_settings):
+    schema = _client().get("/api/schema/?format=json").json()
+    for route in (
+        "/api/locks/{name}/acquire/",
+        "/api/queues/{name}/get/",
+        "/api/cache/{key}/",
+        "/api/sessions/",
+        "/api/cluster/",
+    ):
+        assert route in schema["paths"], route
