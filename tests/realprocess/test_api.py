@@ -42,7 +42,8 @@ def _client(*perms: str) -> APIClient:
 
 
 def test_auth_and_permissions(api_settings):
-    assert APIClient().get("/api/cluster/").status_code in (401, 403)
+    anonymous = APIClient().get("/api/cluster/")
+    assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"] == "Token"
     reader = _client()
     assert reader.get("/api/cluster/").json()["leader"]
     assert reader.post("/api/sessions/", {"ttl": 5}, format="json").status_code == 403
