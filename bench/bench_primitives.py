@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prim_redis
 import redis
-from bench_raft import fmt_ms, log, machine_info, sh
+from bench_raft import fmt_ms, log, machine_info, note_if_head_moved, run_contenders
 from prim_zipf import ideal_hit_rate, simulate, workload
 
 from raft_node.launcher import LocalCluster
@@ -754,23 +753,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="prim-bench-", dir=args.data_dir) as tmp:
         base = Path(tmp)
         info = machine_info(base)
-        for name, fn, res, skip in (
+        contenders = [
             ("raftsync", run_ours, ours, args.skip_ours),
             ("redis-py", run_redis, theirs, args.skip_redis),
-        ):
-            if skip:
-                continue
-            try:
-                fn(args, base, res)
-            except KeyboardInterrupt:
-                log("interrupted; processes stopped")
-                return 130
-            except Exception as exc:
-                res["error"] = repr(exc)
-                log(f"{name}: benchmark failed: {exc!r}\n{traceback.format_exc()}")
-    head_now = sh(["git", "rev-parse", "--short", "HEAD"]).strip()
-    if head_now and not info["commit"].startswith(head_now):
-        info["commit"] += f" at start; HEAD moved to {head_now} during the run"
+        ]
+        if not run_contenders(contenders, args, base):
+            return 130
+    note_if_head_moved(info)
     info["duration"] = f"{time.monotonic() - t_start:.0f} s"
     with contextlib.suppress(OSError):
         info["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])

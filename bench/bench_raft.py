@@ -476,6 +476,33 @@ def machine_info(data_dir: Path) -> dict[str, str]:
     }
 
 
+def run_contenders(
+    contenders: list[tuple[str, Any, dict[str, Any], bool]], args, base: Path
+) -> bool:
+    """Run each (name, fn, results, skip) in turn. A contender that fails records its error in
+    its results and the others still run, so one broken peer does not void the comparison.
+    Returns False when interrupted (Ctrl-C), after the contender's processes are stopped."""
+    for name, fn, res, skip in contenders:
+        if skip:
+            continue
+        try:
+            fn(args, base, res)
+        except KeyboardInterrupt:
+            log("interrupted; processes stopped")
+            return False
+        except Exception as exc:
+            res["error"] = repr(exc)
+            log(f"{name}: benchmark failed: {exc!r}\n{traceback.format_exc()}")
+    return True
+
+
+def note_if_head_moved(info: dict[str, str]) -> None:
+    """A report must name the code it measured: say so if HEAD changed while the run went on."""
+    head_now = sh(["git", "rev-parse", "--short", "HEAD"]).strip()
+    if head_now and not info["commit"].startswith(head_now):
+        info["commit"] += f" at start; HEAD moved to {head_now} during the run"
+
+
 def durability_peer() -> str:
     from pysyncobj_peer import describe_durability
 
@@ -583,23 +610,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="raft-bench-", dir=args.data_dir) as tmp:
         base = Path(tmp)
         info = machine_info(base)
-        for name, fn, res, skip in (
+        contenders = [
             ("raftsync", run_ours, ours, args.skip_ours),
             ("PySyncObj", run_peer, peer, args.skip_peer),
-        ):
-            if skip:
-                continue
-            try:
-                fn(args, base, res)
-            except KeyboardInterrupt:
-                log("interrupted; processes stopped")
-                return 130
-            except Exception as exc:
-                res["error"] = repr(exc)
-                log(f"{name}: benchmark failed: {exc!r}\n{traceback.format_exc()}")
-    head_now = sh(["git", "rev-parse", "--short", "HEAD"]).strip()
-    if head_now and not info["commit"].startswith(head_now):
-        info["commit"] += f" at start; HEAD moved to {head_now} during the run"
+        ]
+        if not run_contenders(contenders, args, base):
+            return 130
+    note_if_head_moved(info)
     report = render(args, info, ours, peer, cmdline)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

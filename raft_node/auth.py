@@ -226,6 +226,15 @@ async def server_handshake(
         return Identity(role, ident)
 
 
+def _check_client_args(secret: bytes, role: str, my_id: str) -> bytes:
+    """Reject a bad secret, role or id before a byte goes on the wire; returns the secret."""
+    secret = check_secret(secret)
+    if role not in _ROLES:
+        raise AuthError(f"unknown role {role!r}")
+    _check_id(my_id)
+    return secret
+
+
 async def client_handshake(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -237,10 +246,7 @@ async def client_handshake(
     timeout: float = HANDSHAKE_TIMEOUT,
 ) -> str:
     """Authenticate to the server of a connection we opened, and it to us; returns its node id."""
-    secret = check_secret(secret)
-    if role not in _ROLES:
-        raise AuthError(f"unknown role {role!r}")
-    _check_id(my_id)
+    secret = _check_client_args(secret, role, my_id)
     async with asyncio.timeout(timeout):
         server_nonce = await _read_hello(reader)
         client_nonce = os.urandom(NONCE_BYTES)
@@ -282,10 +288,7 @@ def client_handshake_sync(
     timeout: float = HANDSHAKE_TIMEOUT,
 ) -> str:
     """Blocking ``client_handshake``; the socket's previous timeout is restored afterwards."""
-    secret = check_secret(secret)
-    if role not in _ROLES:
-        raise AuthError(f"unknown role {role!r}")
-    _check_id(my_id)
+    secret = _check_client_args(secret, role, my_id)
     previous = sock.gettimeout()
     sock.settimeout(timeout)
     try:
