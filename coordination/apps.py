@@ -8,3 +8,8 @@ class CoordinationConfig(AppConfig):
 
     name = "coordination"
     verbose_name = "Raft coordination"
+
+    def ready(self) -> None:
+        from coordination import celery_worker
+
+        celery_worker.connect()

@@ -15,7 +15,9 @@ An empty queue is not polled: each fetch is a blocking get served by the leader 
 (the get, and the tick that ends its wait) instead of a stream of empty polls.
 
 Priorities: Celery's ``priority`` 0..9 maps to the queue's priority 0..9, and **higher is served
-first** (as with RabbitMQ; the opposite of kombu's Redis transport). The cluster addresses come
+first** (as with RabbitMQ; the opposite of kombu's Redis transport). ETA and countdown tasks
+are stored as delayed messages and handed out only when due (up to 7 days ahead), so a long
+countdown is never redelivered while a worker waits on it. The cluster addresses come
 from the URL (``;``-separated alternates) or ``transport_options["addresses"]``; the secret from
 ``transport_options["secret"]``, else the Django ``COORDINATION`` settings.
 """
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+from datetime import datetime
 from queue import Empty
 from typing import Any
 
@@ -31,9 +35,11 @@ from kombu.transport import virtual
 
 from coordination.client import Coordinator, Session
 from coordination.exceptions import UnknownMessage, UnknownQueue
+from coordination.primitives import limits
 from raft_node.client import ClusterUnavailable, Timeout
 
 DEFAULT_VISIBILITY = 3600.0
+MAX_ETA = limits.DELAY_MS[1] / 1000  # the queue's longest delayed delivery (7 days)
 
 
 class Channel(virtual.Channel):
@@ -64,7 +70,8 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = message.get("properties", {}).get("priority") or 0
         priority = max(0, min(9, int(priority)))
-        self.coord.queue(queue).put(json.dumps(message).encode(), priority=priority)
+        delay = eta_delay(message.get("headers") or {})
+        self.coord.queue(queue).put(json.dumps(message).encode(), priority=priority, delay=delay)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         try:
@@ -129,6 +136,27 @@ class Transport(virtual.Transport):
 
     def driver_version(self) -> str:
         return "1"
+
+
+def eta_delay(headers: dict[str, Any], now: float | None = None) -> float:
+    """Seconds until a task's ``eta`` (Celery's ``countdown`` is sent as an eta), else 0.
+
+    The queue holds the message as *delayed* until then, so no worker reserves it early. A
+    worker holding an ETA task would otherwise keep it leased past ``visibility_timeout`` and
+    the cluster would deliver it a second time (the duplicate-ETA problem of Redis brokers).
+    A naive eta is local time, as Celery sends it with ``enable_utc = False``.
+    """
+    eta = headers.get("eta")
+    if not eta:
+        return 0.0
+    try:
+        moment = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+        seconds = moment.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError(f"task eta {eta!r} is not an ISO 8601 time") from None
+    if seconds > MAX_ETA:
+        raise ValueError(f"task eta {eta} is more than {MAX_ETA / 86400:.0f} days away")
+    return max(0.0, seconds)
 
 
 def _coordinator(conninfo: Any, options: dict[str, Any]) -> Coordinator:

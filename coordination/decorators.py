@@ -12,8 +12,10 @@
 - The lock is taken when the function runs (for a task: when the worker runs it, not when it is
   queued) and released when it returns or raises, including Celery's ``Retry``. A worker killed
   with -9 loses its session; the cluster releases the lock after ``ttl`` seconds.
-- ``ttl`` is the session TTL: how long a dead or frozen process keeps the lock. The session is
-  kept alive in the background while the function runs.
+- ``ttl`` is the session TTL: how long a dead or frozen process keeps the lock (default: the
+  ``COORDINATION["SESSION_TTL"]`` setting, 10 s). The session is kept alive in the background;
+  in a Celery worker it is the session each worker process opens at start and closes at
+  shutdown (``coordination.celery_worker``), so a clean shutdown releases locks at once.
 - On conflict (not acquired within ``wait`` seconds): ``"retry"`` (the default for Celery tasks)
   retries the task with ``countdown``; ``"skip"`` returns None and logs; ``"raise"`` (the
   default for plain functions) raises ``LockNotAcquired``.
@@ -31,6 +33,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -55,7 +58,7 @@ def distributed_lock(
     key: str | Callable[..., str],
     *,
     mode: str = "exclusive",
-    ttl: float = 30.0,
+    ttl: float | None = None,
     wait: float = 0.0,
     on_conflict: str | None = None,
     countdown: float = 5.0,
@@ -143,15 +146,28 @@ def _running_task() -> Any:
     return task if task is not None and getattr(task, "request", None) is not None else None
 
 
-def _coordinator(ttl: float) -> Any:
-    """One coordinator per process (after a fork, a new one: sockets are not shared)."""
-    import os
+def _coordinator(ttl: float | None) -> Any:
+    return process_coordinator() if ttl is None else process_coordinator(session_ttl=ttl)
 
+
+def process_coordinator(**options: Any) -> Any:
+    """This process's coordinator, from the Django settings, created on first use with
+    ``options`` (after a fork, a new one: sockets and sessions are not shared)."""
     from coordination.client import Coordinator
 
     pid = os.getpid()
     with _coordinators_lock:
         coord = _coordinators.get(pid)
         if coord is None:
-            coord = _coordinators[pid] = Coordinator.from_settings(session_ttl=ttl)
+            coord = _coordinators[pid] = Coordinator.from_settings(**options)
         return coord
+
+
+def close_process_coordinator() -> bool:
+    """Close this process's coordinator and its sessions (locks held are released)."""
+    with _coordinators_lock:
+        coord = _coordinators.pop(os.getpid(), None)
+    if coord is None:
+        return False
+    coord.close()
+    return True

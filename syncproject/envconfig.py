@@ -131,3 +131,10 @@ def coordination_settings(
     if not result["CLUSTER_SECRET"] and debug:
         result["CLUSTER_SECRET"] = DEV_CLUSTER_SECRET
     return result
+
+
+def raft_broker_url(cluster: str) -> str:
+    """``raft://`` broker URL for every member of a ``CLUSTER`` value (``id=host:port,...``):
+    Celery then needs no broker setting of its own and no external service."""
+    members = [part.split("=", 1)[-1].strip() for part in cluster.split(",") if part.strip()]
+    return ";".join(f"raft://{member}" for member in members)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from syncproject.envconfig import coordination_settings, env_bool
+from syncproject.envconfig import coordination_settings, env_bool, raft_broker_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -84,8 +84,10 @@ SPECTACULAR_SETTINGS = {"TITLE": "raftsync API", "VERSION": "0.1.0"}
 # Raft node and primitives; see envconfig.COORDINATION_SPEC for every key and its meaning.
 COORDINATION = coordination_settings(os.environ, debug=DEBUG)
 
-# In-process broker until the Raft-backed kombu transport lands; then the default becomes raft://.
-CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL", "memory://")
+# Celery's broker is the cluster itself (coordination/celery_transport.py) unless overridden.
+CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL") or raft_broker_url(
+    COORDINATION["CLUSTER"]
+)
 # On raft:// a delivered task is leased to the worker's session: ack after it ran, one at a time.
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -9,6 +9,7 @@ from syncproject.envconfig import (
     DEV_CLUSTER_SECRET,
     coordination_settings,
     env_bool,
+    raft_broker_url,
 )
 
 
@@ -65,3 +66,9 @@ def test_env_bool() -> None:
     assert env_bool({}, "X", default=True) is True
     with pytest.raises(ValueError, match="X"):
         env_bool({"X": "maybe"}, "X")
+
+
+def test_celery_broker_defaults_to_every_cluster_member() -> None:
+    assert raft_broker_url("n1=10.0.0.1:7001, n2=10.0.0.2:7001,n3=h3:7003") == (
+        "raft://10.0.0.1:7001;raft://10.0.0.2:7001;raft://h3:7003"
+    )

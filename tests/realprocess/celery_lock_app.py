@@ -1,0 +1,50 @@
+"""A Django-configured Celery app run by worker *subprocesses* in test_celery_worker.py.
+
+It loads the project's settings (so the ``coordination`` app connects its worker hooks), takes
+the cluster from ``RAFTSYNC_CLUSTER``/``RAFTSYNC_CLUSTER_SECRET`` like a deployed worker, and
+records what its tasks do as lines ``event tag key token pid time`` in ``RAFTSYNC_TEST_MARKERS``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "syncproject.test_settings")
+django.setup()
+
+from celery import Celery  # noqa: E402
+
+from coordination.celery_transport import register  # noqa: E402
+from coordination.decorators import current_lock, distributed_lock  # noqa: E402
+
+register()
+app = Celery("raft-locks")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.broker_transport_options = {
+    "visibility_timeout": float(os.environ.get("RAFTSYNC_TEST_VISIBILITY", "60")),
+    "session_ttl": float(os.environ.get("RAFTSYNC_TEST_BROKER_TTL", "30")),
+}
+
+
+def record(event: str, tag: str, key: str = "-", token: int = 0) -> None:
+    line = f"{event} {tag} {key} {token} {os.getpid()} {time.time():.3f}\n"
+    with (Path(os.environ["RAFTSYNC_TEST_MARKERS"]) / "events").open("a") as f:
+        f.write(line)
+
+
+@app.task(bind=True, name="lock_test.hold", max_retries=None)
+@distributed_lock(key="job:{key}", countdown=0.5)
+def hold(self, key: str, tag: str, seconds: float) -> None:
+    token = current_lock().token
+    record("start", tag, key, token)
+    time.sleep(min(seconds, float(os.environ.get("RAFTSYNC_TEST_MAX_SLEEP", "inf"))))
+    record("end", tag, key, token)
+
+
+@app.task(name="lock_test.mark")
+def mark(tag: str) -> None:
+    record("ran", tag)
