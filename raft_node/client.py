@@ -153,21 +153,38 @@ class _Attempts:
     operation stays pending); a rejection or bad request is raised at once. At the deadline:
     ``Timeout`` if some node was reached (the outcome of a write is unknown), else
     ``ClusterUnavailable``.
+
+    A call may have a deadline far beyond the client's timeout (a blocking get, a cache write
+    waiting for L1 holders). That extra time is for a leader to *work* on it, not for finding
+    one: after ``patience`` (the client's timeout) with no node reachable or no leader known,
+    the call ends early, so a minority partition answers in seconds rather than minutes.
     """
 
-    def __init__(self, targets: _Targets, timeout: float, follow_leader: bool) -> None:
+    def __init__(
+        self, targets: _Targets, timeout: float, follow_leader: bool, patience: float
+    ) -> None:
         self.targets = targets
         self.deadline = time.monotonic() + timeout
         self.follow_leader = follow_leader
+        self.patience = min(patience, timeout)
+        self.leaderless_since: float | None = None
         self.backoff = _Backoff()
         self.reached = False
         self.last = "no attempt"
 
     def budget(self) -> float:
-        return self.deadline - time.monotonic()
+        now = time.monotonic()
+        if self.leaderless_since is not None and now - self.leaderless_since >= self.patience:
+            return 0.0  # no leader for the client's own timeout: stop waiting out a long call
+        return self.deadline - now
+
+    def _leaderless(self) -> None:
+        if self.leaderless_since is None:
+            self.leaderless_since = time.monotonic()
 
     def unreachable(self, exc: BaseException) -> None:
         self.last = f"{self.targets.current}: {exc!r}"
+        self._leaderless()
         self.targets.rotate()
 
     def no_answer(self) -> bool:
@@ -186,14 +203,20 @@ class _Attempts:
             return True
         _raise_for(resp)
         self.last = f"{resp.code}: {resp.message}"
-        if not self.targets.leader_is(resp.leader_hint) and resp.code != p.TIMEOUT:
-            self.targets.rotate()
+        if resp.code == p.TIMEOUT:
+            self.leaderless_since = None  # a leader holds the call (a blocking operation)
+        else:
+            self._leaderless()
+            if not self.targets.leader_is(resp.leader_hint):
+                self.targets.rotate()
         return False
 
     def pause(self) -> float:
         return min(self.backoff.next(), max(0.0, self.budget()))
 
     def give_up(self) -> RaftError:
+        if self.leaderless_since is not None:
+            self.last = f"no leader for {self.patience:g} s; last: {self.last}"
         if self.reached:
             return Timeout(f"no result within the deadline (last: {self.last})")
         return ClusterUnavailable(f"no node reachable (last: {self.last})")
@@ -378,7 +401,7 @@ class AsyncRaftClient:
         self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
     ) -> Any:
         tries = _Attempts(
-            self._targets, self.timeout if timeout is None else timeout, follow_leader
+            self._targets, self.timeout if timeout is None else timeout, follow_leader, self.timeout
         )
         while (budget := tries.budget()) > 0:
             try:
@@ -491,7 +514,7 @@ class RaftClient:
         self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
     ) -> Any:
         tries = _Attempts(
-            self._targets, self.timeout if timeout is None else timeout, follow_leader
+            self._targets, self.timeout if timeout is None else timeout, follow_leader, self.timeout
         )
         while (budget := tries.budget()) > 0:
             try:

@@ -7,6 +7,7 @@ the real-process suite covers crashes and partitions.
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from raft_node.client import (
     ClusterUnavailable,
     RaftClient,
     Rejected,
+    Timeout,
 )
 from raft_node.durable import DurableStorage
 from raft_node.kvstore import KVStore
@@ -104,6 +106,34 @@ def test_wrong_secret_and_no_cluster_are_distinct_errors():
             await _stop(servers)
         with pytest.raises(ClusterUnavailable):
             RaftClient([("127.0.0.1", free_port())], SECRET, timeout=0.3).status()
+
+    asyncio.run(main())
+
+
+def test_a_long_call_without_a_leader_ends_after_the_client_timeout():
+    """A deadline far past the client's timeout is time for a leader to work on the call, not
+    for looking for one: one node of three (no quorum, no leader) answers within ~timeout."""
+
+    async def main():
+        cluster = _cluster()  # only n1 runs
+        server = NodeServer(
+            NodeConfig("n1", cluster, Path("."), SECRET), KVStore(), MemoryStorage()
+        )
+        await server.start()
+        try:
+            for client in (
+                RaftClient([cluster["n1"]], SECRET, timeout=0.5),
+                AsyncRaftClient([cluster["n1"]], SECRET, timeout=0.5),
+            ):
+                started = time.monotonic()
+                with pytest.raises((Timeout, ClusterUnavailable), match="no leader"):
+                    if isinstance(client, RaftClient):
+                        await asyncio.to_thread(client.propose, kvstore.incr("x"), timeout=60)
+                    else:
+                        await client.propose(kvstore.incr("x"), timeout=60)
+                assert time.monotonic() - started < 5
+        finally:
+            await _stop([server])
 
     asyncio.run(main())
 
