@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 
 LINEARIZABLE, BOUNDED = "linearizable", "bounded"
 LEASE_SAFETY = 0.8  # use 80% of the granted lease locally
+
+# Every open cache client of this process, for ``process_stats`` (weak: never keeps one alive).
+_open_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
+_open_lock = threading.Lock()
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -89,6 +94,8 @@ class Cache:
             )
             self._watcher.start()
             self._watcher.subscribed.wait(5.0)
+        with _open_lock:
+            _open_caches.add(self)
 
     # -- L1 coherence ---------------------------------------------------------------------------
 
@@ -320,9 +327,29 @@ class Cache:
         return self.coord.query(c.cache_stats())
 
     def close(self) -> None:
+        with _open_lock:
+            _open_caches.discard(self)
         if self._watcher is not None:
             self._watcher.stop()
         if self._releaser is not None:
             self._releaser.close()
         if self._redis is not None:
             self._redis.close()
+
+
+def process_stats() -> dict[str, Any]:
+    """L1 counters summed over this process's open cache clients (Django's cache handler makes
+    one per thread, so a web process usually has several): what a process's readers were served
+    from memory, without a cluster round trip."""
+    with _open_lock:
+        caches = list(_open_caches)
+    hits = sum(cache.hits for cache in caches)
+    misses = sum(cache.misses for cache in caches)
+    return {
+        "clients": len(caches),
+        "l1_keys": sum(len(cache._l1) for cache in caches),
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": hits / (hits + misses) if hits + misses else None,
+        "redis_hits": sum(cache.redis_hits for cache in caches),
+    }

@@ -172,6 +172,10 @@ class Coordinator:
                 self._sessions.append(session)
         return session
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every live session (id, label, TTL, deadline and time left by log time)."""
+        return self.query(c.session_list())
+
     # -- locks ----------------------------------------------------------------------------------
 
     def lock(
@@ -202,8 +206,10 @@ class Coordinator:
     def inspect_lock(self, name: str) -> dict[str, Any]:
         return self.query(c.lock_inspect(name))
 
-    def locks(self) -> Any:
-        return self.query(c.lock_list())
+    def locks(self, prefix: str = "", limit: int | None = None) -> Any:
+        """Locks with holders or waiters, by name: ``{name, mode, holders, waiters, last_token}``
+        with counts (``inspect_lock`` has the details)."""
+        return self.query(c.lock_list(prefix, limit))
 
     def deadlocks(self) -> Any:
         return self.query(c.lock_deadlocks())
@@ -224,6 +230,15 @@ class Coordinator:
         self, session: Session, queue: str, msg_id: int, *, requeue: bool = True
     ) -> None:
         self.propose(c.queue_nack(session.id, queue, msg_id, requeue, 0))
+
+    # -- cache (the L1 client is ``cache_client.Cache``) -------------------------------------------
+
+    def cache_keys(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """Keys held in cluster memory, by key: ``{key, version, size, expires_ms}``."""
+        return self.query(c.cache_keys(prefix, limit))
+
+    def cache_stats(self) -> dict[str, Any]:
+        return self.query(c.cache_stats())
 
 
 class Session:

@@ -15,11 +15,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coordination import inspection
 from coordination.api import serializers as s
 from coordination.api.permissions import OperateCluster, UsePrimitives
 from coordination.client import Coordinator
 from coordination.primitives import commands as c
-from raft_node.client import RaftClient, RaftError
 
 _coord: Coordinator | None = None
 _coord_lock = threading.Lock()
@@ -67,16 +67,7 @@ class Primitive(APIView):
 class ClusterView(APIView):
     @extend_schema(summary="Every node's Raft status and the leader")
     def get(self, request: Request) -> Response:
-        from coordination import node_settings
-
-        secret = node_settings.cluster_secret()
-        nodes = []
-        for node, addr in node_settings.cluster_addresses().items():
-            try:
-                with RaftClient([addr], secret, timeout=1.0) as client:
-                    nodes.append(client.status())
-            except RaftError as exc:
-                nodes.append({"id": node, "address": f"{addr[0]}:{addr[1]}", "error": str(exc)})
+        nodes = inspection.node_statuses()
         leaders = [n["id"] for n in nodes if n.get("role") == "leader"]
         return Response({"leader": leaders[0] if len(leaders) == 1 else None, "nodes": nodes})
 

@@ -76,7 +76,8 @@ query ``cache.get [key]``                              {value, version, expires_
                                                        {evicted: True, version, expires_ms}
 query ``cache.get_many [[key, ...]]``                  [one ``get`` answer per key]
 query ``cache.keys [prefix, limit]``                   [{key, version, size, expires_ms}] by key
-query ``cache.stats []``                               counters
+query ``cache.stats []``                               counters (sizes, evictions, expiries,
+                                                       fills and how many found the key)
 =====================================================  ==========================================
 """
 
@@ -137,6 +138,11 @@ class Cache:
         self.now_ms = 0
         self.evictions = 0  # totals, for stats
         self.expirations = 0
+        # L1 misses filled from the cluster (every linearizable client's admitted misses), and
+        # how many found the value in memory or only an evicted version (the reader goes to
+        # Redis). Counted in the log, so identical on every replica; plain ``cache.get`` reads
+        # are queries, not entries, and are not counted.
+        self.fills = self.fill_hits = self.fill_evicted = 0
         self.l1 = L1Registry()
         self.queue = WriteQueue()
         self._ttl = Deadlines()
@@ -611,6 +617,12 @@ class Cache:
             if current["expires_ms"] is not None:
                 until = min(until, current["expires_ms"])  # an L1 copy never outlives the key
             self.l1.register(sid, key, until, ctx.index)
+        self.fills += 1  # after every check that may reject: a rejected fill changes nothing
+        if current["version"] is not None:
+            if current.get("evicted"):
+                self.fill_evicted += 1
+            else:
+                self.fill_hits += 1
         self._finish(ctx)
         return {
             "value": None,
@@ -724,6 +736,9 @@ class Cache:
             "evicted": len(self.evicted),
             "evictions_total": self.evictions,
             "expirations_total": self.expirations,
+            "fills_total": self.fills,
+            "fill_hits_total": self.fill_hits,
+            "fill_evicted_total": self.fill_evicted,
             "l1_holders": self.l1.count(),
             "pending_writes": len(self.queue),
             "tombstones": len(self.tombstones),
@@ -738,7 +753,13 @@ class Cache:
             "evicted": [[k, v, self.evicted_expires.get(k)] for k, v in self.evicted.items()],
             "tombstones": [[key, *rec] for key, rec in self.tombstones.items()],
             "counters": [self.floor, self.seq, self.bytes, self.now_ms],
-            "totals": [self.evictions, self.expirations],
+            "totals": [
+                self.evictions,
+                self.expirations,
+                self.fills,
+                self.fill_hits,
+                self.fill_evicted,
+            ],
             "l1": self.l1.to_state(),
             "queue": self.queue.to_state(),
         }
@@ -749,7 +770,8 @@ class Cache:
         self.evicted_expires = {key: exp for key, _, exp in state["evicted"] if exp is not None}
         self.tombstones = {row[0]: list(row[1:]) for row in state["tombstones"]}
         self.floor, self.seq, self.bytes, self.now_ms = state["counters"]
-        self.evictions, self.expirations = state["totals"]
+        totals = [*state["totals"], 0, 0, 0]  # snapshots before fill counters had two
+        self.evictions, self.expirations, self.fills, self.fill_hits, self.fill_evicted = totals[:5]
         self.l1.from_state(state["l1"])
         self.queue.from_state(state["queue"])
         self._rebuild_ttl()

@@ -63,8 +63,12 @@ def lock_check_token(name: str, token: int) -> bytes:
     return _cmd("lock.check_token", name, token)
 
 
-def lock_list() -> bytes:
-    return _cmd("lock.list")
+def lock_list(prefix: str = "", limit: int | None = None) -> bytes:
+    """Locks with holders or waiters, by name; a ``limit`` (1..1000) narrows it to the first
+    ones starting with ``prefix``."""
+    if limit is None and not prefix:
+        return _cmd("lock.list")
+    return _cmd("lock.list", prefix, 1000 if limit is None else limit)
 
 
 def lock_deadlocks() -> bytes:

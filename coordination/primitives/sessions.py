@@ -31,6 +31,7 @@ class Sessions:
         self.live: dict[int, list[Any]] = {}
         self.expired: dict[int, None] = {}  # recently expired ids, oldest first
         self._deadlines = Deadlines()
+        self.now_ms = 0  # log time of the last applied entry (0: none since start or restore)
 
     # -- used by the other parts ----------------------------------------------------------------
 
@@ -90,6 +91,11 @@ class Sessions:
 
     # -- time -----------------------------------------------------------------------------------
 
+    def observe_time(self, now_ms: int) -> None:
+        """Called before every applied entry, so queries can say how long a session has left
+        (as of the last applied entry: log time stands still while nothing is applied)."""
+        self.now_ms = max(self.now_ms, now_ms)
+
     def _deadline_of(self, sid: int) -> int | None:
         record = self.live.get(sid)
         return record[1] if record is not None else None
@@ -115,7 +121,13 @@ class Sessions:
         record = self.live.get(sid)
         if record is None:
             return None
-        return {"session": sid, "ttl_ms": record[0], "expires_ms": record[1], "label": record[2]}
+        return {
+            "session": sid,
+            "ttl_ms": record[0],
+            "expires_ms": record[1],
+            "expires_in_ms": max(0, record[1] - self.now_ms) if self.now_ms else None,
+            "label": record[2],
+        }
 
     def list(self, args: list[Any]) -> list[dict[str, Any]]:
         limits.args(args, 0, "session.list")

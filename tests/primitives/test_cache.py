@@ -215,6 +215,37 @@ def test_keys_listing_and_stats():
     assert info.value.code == "limit_exceeded"
 
 
+def test_fill_counters_count_found_evicted_and_missing_keys_and_survive_snapshots():
+    """The admin's cluster-side hit rate: fills (L1 misses) that found the key in memory, found
+    only an evicted version, or found nothing; rejected fills count nothing."""
+    d = Driver(max_bytes=2 * (len("k1") + 10 + cache_mod.ENTRY_OVERHEAD))
+    s = d.session()
+    d.apply("cache.set", "k1", b"0123456789", None)
+    d.apply("cache.fill", s, "k1", 1_000)  # found in memory
+    d.apply("cache.fill", s, "nope", 1_000)  # absent
+    d.apply("cache.set", "k2", b"0123456789", None)
+    d.apply("cache.set", "k3", b"0123456789", None)  # over budget: k1 is evicted
+    assert d.get("k1")["evicted"] is True
+    d.apply("cache.fill", s, "k1", 1_000)  # only an evicted version: the reader goes to Redis
+    assert d.code("cache.fill", 999_999, "k2", 1_000) == "unknown_session"
+    assert d.code("cache.fill", s, "k2", 1) == "limit_exceeded"  # lease below the minimum
+    stats = d.stats()
+    assert (stats["fills_total"], stats["fill_hits_total"], stats["fill_evicted_total"]) == (
+        3,
+        1,
+        1,
+    )
+    copy = d.restored()
+    assert copy.stats() == stats
+    # A snapshot from before the counters existed (two totals) restores them as zero.
+    state = msgpack.unpackb(d.m.snapshot(), strict_map_key=False)
+    state[1]["cache"]["totals"] = state[1]["cache"]["totals"][:2]
+    old = Driver()
+    old.m.restore(msgpack.packb(state, use_bin_type=True))
+    assert old.stats()["fills_total"] == 0
+    assert old.stats()["evictions_total"] == stats["evictions_total"]
+
+
 # -- TTL by log time ----------------------------------------------------------------------------
 
 

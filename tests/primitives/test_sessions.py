@@ -110,3 +110,16 @@ def test_keepalive_that_does_not_move_the_deadline_expires_once():
     d.now += 1_000
     d.tick()  # used to raise KeyError inside apply (fatal for a node)
     assert d.query("session.get", sid) is None
+
+
+def test_session_rows_say_how_long_is_left_by_log_time():
+    d = Driver()
+    sid = d.apply("session.open", 5_000, "w")["session"]
+    assert d.query("session.get", sid)["expires_in_ms"] == 5_000
+    d.now += 1_500
+    d.apply("session.open", 5_000, "other")  # any applied entry moves log time
+    assert d.query("session.get", sid)["expires_in_ms"] == 3_500
+    assert [row["expires_in_ms"] for row in d.query("session.list")] == [3_500, 5_000]
+    copy = CoordinationMachine()  # restored, nothing applied since: log time is unknown
+    copy.restore(d.m.snapshot())
+    assert copy.query(msgpack.packb(["session.get", sid]))["expires_in_ms"] is None

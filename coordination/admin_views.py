@@ -1,0 +1,197 @@
+"""Views of the admin's live cluster pages (routed and guarded in ``coordination.admin``).
+
+Thin on purpose: read through ``coordination.inspection`` (which asks the cluster through the
+process's ``Coordinator``), render, and for the operator actions check the permission, call the
+client (which proposes through Raft) and report the outcome with a message. When the cluster
+cannot answer, a page says so with status 503 instead of failing with a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+
+from coordination import inspection
+from coordination.api.views import coordinator
+from coordination.client import Coordinator
+from coordination.exceptions import RaftError, Rejected, Timeout, UnknownQueue
+from coordination.primitives.queues_state import DLQ_SUFFIX
+
+log = logging.getLogger(__name__)
+
+OPERATE = "coordination.operate_cluster"
+PAGES = [  # (url name, tab label), in tab order
+    ("coordination_coordination_changelist", "Nodes"),
+    ("coordination_sessions", "Sessions"),
+    ("coordination_locks", "Locks"),
+    ("coordination_queues", "Queues"),
+    ("coordination_cache", "Cache"),
+]
+
+
+class Unavailable(Exception):
+    """The cluster could not be asked: unreachable, no quorum, or not configured."""
+
+
+def _ask(read: Callable[[], Any]) -> Any:
+    """``read()``, with every way of not getting an answer made ``Unavailable`` (ValueError is
+    how the settings adapter reports a missing cluster secret or a bad CLUSTER). Rejections
+    (``Rejected`` and its typed subclasses, e.g. ``UnknownQueue``) pass through: they are
+    answers."""
+    try:
+        return read()
+    except Rejected:
+        raise
+    except (RaftError, OSError, ValueError) as exc:
+        raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _render(
+    model_admin: Any,
+    request: HttpRequest,
+    template: str,
+    title: str,
+    read: Callable[[], dict[str, Any]],
+    *,
+    tab: str | None = None,
+    **context: Any,
+) -> TemplateResponse:
+    status, error, data = 200, None, {}
+    try:
+        data = _ask(read)
+    except Unavailable as exc:
+        status, error = 503, str(exc)
+    return TemplateResponse(
+        request,
+        f"admin/coordination/{template}",
+        {
+            **model_admin.admin_site.each_context(request),
+            "opts": model_admin.model._meta,
+            "title": title,
+            "pages": PAGES,
+            "tab": tab or title,
+            "cluster_error": error,
+            "can_operate": request.user.has_perm(OPERATE),
+            **data,
+            **context,
+        },
+        status=status,
+    )
+
+
+def nodes(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    """Every node's own status; one that does not answer is shown with its error."""
+    return _render(model_admin, request, "nodes.html", "Nodes", inspection.cluster)
+
+
+def sessions(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    return _render(
+        model_admin,
+        request,
+        "sessions.html",
+        "Sessions",
+        lambda: inspection.sessions(coordinator()),
+    )
+
+
+def locks(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    prefix = request.GET.get("prefix", "")
+    return _render(
+        model_admin,
+        request,
+        "locks.html",
+        "Locks",
+        lambda: inspection.locks(coordinator(), prefix),
+        prefix=prefix,
+    )
+
+
+def queues(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    return _render(
+        model_admin,
+        request,
+        "queues.html",
+        "Queues",
+        lambda: {"queues": inspection.queues(coordinator())},
+    )
+
+
+# action -> (what it does to which queue, message on success)
+ACTIONS: dict[str, tuple[Callable[[Coordinator, str], int], str]] = {
+    "requeue_dead": (
+        lambda coord, name: coord.queue(name).requeue_dead(),
+        "Re-queued {n} dead letter(s) into {name}.",
+    ),
+    "purge_dead": (
+        lambda coord, name: coord.queue(name + DLQ_SUFFIX).purge(),
+        "Purged {n} dead letter(s) of {name}.",
+    ),
+    "purge": (
+        lambda coord, name: coord.queue(name).purge(),
+        "Purged {n} ready or delayed message(s) from {name}; messages in flight stay leased.",
+    ),
+}
+
+
+def queue(model_admin: Any, request: HttpRequest, name: str) -> HttpResponse:
+    """One queue; POST runs an operator action on it (``ACTIONS``), then shows it again."""
+    if request.method == "POST":
+        return _act(request, name)
+    try:
+        response = _render(
+            model_admin,
+            request,
+            "queue.html",
+            f"Queue {name}",
+            lambda: inspection.queue(coordinator(), name),
+            tab="Queues",
+            name=name,
+        )
+    except UnknownQueue as exc:
+        raise Http404(f"no queue {name!r}") from exc
+    return response
+
+
+def _act(request: HttpRequest, name: str) -> HttpResponse:
+    if not request.user.has_perm(OPERATE):
+        raise PermissionDenied("requeue and purge need the coordination.operate_cluster permission")
+    action = ACTIONS.get(request.POST.get("action", ""))
+    if action is None:
+        messages.error(request, "Unknown action.")
+        return redirect("admin:coordination_queue", name=name)
+    run, done = action
+    try:
+        count = _ask(lambda: run(coordinator(), name))
+    except Unavailable as exc:
+        cause = exc.__cause__
+        if isinstance(cause, Timeout):  # the proposal may still commit: say we do not know
+            messages.error(request, f"No answer in time; the action may or may not have run: {exc}")
+        else:
+            messages.error(request, f"Not done, the cluster is unavailable: {exc}")
+    except Rejected as exc:  # e.g. unknown_queue
+        messages.error(request, f"Refused by the cluster: {exc}")
+    else:
+        log.info(
+            "admin %s on queue %r by %s: %d", request.POST["action"], name, request.user, count
+        )
+        messages.success(request, done.format(n=count, name=name))
+    return redirect("admin:coordination_queue", name=name)
+
+
+def cache(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    prefix = request.GET.get("prefix", "")
+    return _render(
+        model_admin,
+        request,
+        "cache.html",
+        "Cache",
+        lambda: inspection.cache(coordinator(), prefix),
+        prefix=prefix,
+    )
