@@ -17,7 +17,12 @@ An empty queue is not polled: each fetch is a blocking get served by the leader 
 Priorities: Celery's ``priority`` 0..9 maps to the queue's priority 0..9, and **higher is served
 first** (as with RabbitMQ; the opposite of kombu's Redis transport). ETA and countdown tasks
 are stored as delayed messages and handed out only when due (up to 7 days ahead), so a long
-countdown is never redelivered while a worker waits on it. The cluster addresses come
+countdown is never redelivered while a worker waits on it. Remote control works (``celery inspect``, ``control.ping``, ``revoke``): bindings are shared
+through the cluster as session-held locks (``celery_bindings``), so a broadcast reaches every live
+worker's control queue and replies reach the caller's reply queue. A worker's control queue is
+checked without blocking every ``broadcast_poll_interval`` seconds (default 0.5).
+
+The cluster addresses come
 from the URL (``;``-separated alternates) or ``transport_options["addresses"]``; the secret from
 ``transport_options["secret"]``, else the Django ``COORDINATION`` settings.
 """
@@ -33,8 +38,9 @@ from typing import Any
 
 from kombu.transport import virtual
 
+from coordination import celery_bindings
 from coordination.client import Coordinator, Session
-from coordination.exceptions import UnknownMessage, UnknownQueue
+from coordination.exceptions import SessionExpired, UnknownMessage, UnknownQueue, UnknownSession
 from coordination.primitives import limits
 from raft_node.client import ClusterUnavailable, Timeout
 
@@ -44,6 +50,7 @@ MAX_ETA = limits.DELAY_MS[1] / 1000  # the queue's longest delayed delivery (7 d
 
 class Channel(virtual.Channel):
     do_restore = False  # leases bring unacked messages back; re-publishing would duplicate them
+    supports_fanout = True  # bindings are shared through the cluster (celery_bindings)
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -54,6 +61,11 @@ class Channel(virtual.Channel):
         self.coord = _coordinator(connection.client, options)
         self.session: Session = self.coord.session(float(options.get("session_ttl", 30.0)))
         self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
+        # Queues this channel bound to a fanout exchange (a worker's remote-control "pidbox"):
+        # checked without blocking, at most every ``broadcast_poll_interval`` seconds, so a
+        # worker's blocking get on its task queue is not held up by an idle control queue.
+        self.broadcast_poll = float(options.get("broadcast_poll_interval", 0.5))
+        self._broadcast_queues: dict[str, float] = {}  # queue -> when it is next polled
 
     # -- virtual transport hooks ----------------------------------------------------------------
 
@@ -74,9 +86,16 @@ class Channel(virtual.Channel):
         self.coord.queue(queue).put(json.dumps(message).encode(), priority=priority, delay=delay)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        wait = self.wait
+        next_poll = self._broadcast_queues.get(queue)
+        if next_poll is not None:
+            if time.monotonic() < next_poll:
+                raise Empty()
+            self._broadcast_queues[queue] = time.monotonic() + self.broadcast_poll
+            wait = 0.0
         try:
             msg = self.coord.queue(queue).get(
-                wait=self.wait, visibility=self.visibility, session=self.session
+                wait=wait, visibility=self.visibility, session=self.session
             )
         except UnknownQueue:
             raise Empty() from None
@@ -95,6 +114,30 @@ class Channel(virtual.Channel):
         except UnknownQueue:
             return 0
         return stats["ready"] + stats["delayed"]
+
+    # -- bindings shared through the cluster (fanout, replies to another process's queue) --------
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        celery_bindings.register(self.coord, self.session, exchange, queue, routing_key)
+        if self.typeof(exchange).type == "fanout":
+            self._broadcast_queues.setdefault(queue, 0.0)
+
+    def get_table(self, exchange: str) -> list[tuple[str, str, str]]:
+        """This process's bindings, plus the cluster's when they matter: always for a fanout
+        exchange, and for another exchange this process has no binding of (a reply queue)."""
+        try:
+            local = super().get_table(exchange)
+        except KeyError:
+            local = []
+        if local and self.typeof(exchange).type != "fanout":
+            return local
+        return celery_bindings.merge(local, celery_bindings.bindings(self.coord, exchange))
+
+    def _put_fanout(
+        self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
+    ) -> None:
+        for queue in sorted({row[2] for row in self.get_table(exchange)}):
+            self._put(queue, message)
 
     def _purge(self, queue: str) -> int:
         try:
@@ -131,8 +174,19 @@ class Transport(virtual.Transport):
     driver_name = "raftsync"
     polling_interval = 0.0  # the blocking get in _get is the wait
     # The cluster being unreachable is a connection problem: Celery reconnects, with backoff.
-    connection_errors = (*virtual.Transport.connection_errors, ClusterUnavailable, Timeout, OSError)
-    implements = virtual.Transport.implements.extend(asynchronous=False, exchange_type={"direct"})
+    # So is losing the channel's session (e.g. cut off for longer than its TTL): reconnecting
+    # opens a new one and binds again.
+    connection_errors = (
+        *virtual.Transport.connection_errors,
+        ClusterUnavailable,
+        Timeout,
+        OSError,
+        SessionExpired,
+        UnknownSession,
+    )
+    implements = virtual.Transport.implements.extend(
+        asynchronous=False, exchange_type={"direct", "fanout"}
+    )
 
     def driver_version(self) -> str:
         return "1"

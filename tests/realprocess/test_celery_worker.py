@@ -244,3 +244,29 @@ def test_no_acknowledged_task_is_lost_when_the_leader_is_killed(
         assert len(sent) >= 55, failed  # the client rides out the election
     finally:
         _stop(worker)
+
+
+def test_remote_control_reaches_workers_and_revoke_ends_a_locked_task(
+    coordination_cluster, coord, tmp_path
+):
+    """Broadcasts (fanout) and replies cross processes through bindings held in the cluster:
+    ping and inspect answer, and revoke with terminate stops a running task, whose lock is
+    then released (at the latest when the killed process's session expires)."""
+    app = _producer(coordination_cluster, "control-producer")
+    worker = _worker(coordination_cluster, tmp_path, session_ttl=3.0, queues="ctlq")
+    try:
+        _wait_for(lambda: len(_worker_sessions(coord, worker)) == 3, 60, "worker start")
+        replies: list = []
+        _wait_for(lambda: replies.extend(app.control.ping(timeout=1.0)) or replies, 30, "pong")
+        assert next(iter(replies[0].values())) == {"ok": "pong"}
+
+        result = app.send_task("lock_test.hold", args=("revoked", "r1", 600), queue="ctlq")
+        _wait_for(lambda: any(e[0] == "start" for e in _events(tmp_path)), 60, "task start")
+        active = app.control.inspect(timeout=2.0).active() or {}
+        assert [t["id"] for tasks in active.values() for t in tasks] == [result.id]
+
+        app.control.revoke(result.id, terminate=True)
+        _wait_for(lambda: not coord.inspect_lock("job:revoked")["holders"], 30, "lock release")
+        assert not any(e[0] == "end" for e in _events(tmp_path))
+    finally:
+        _stop(worker)
