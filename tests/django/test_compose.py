@@ -78,3 +78,14 @@ def test_web_and_worker_services_run_this_project():
     assert app.main == "syncproject"
     broker = worker["environment"]["RAFTSYNC_CELERY_BROKER_URL"]
     assert broker.startswith("raft://") and broker.count("raft://") == 3
+
+
+def test_web_and_worker_have_their_own_healthchecks():
+    services = _compose()["services"]
+    web = " ".join(services["web"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/admin/login/" in web
+    worker = services["worker"]["healthcheck"]["test"]
+    assert worker[0] == "CMD-SHELL"
+    argv = shlex.split(worker[1].replace("$$", "$"))
+    assert argv[:5] == ["celery", "-A", "syncproject", "inspect", "ping"]
+    assert "--destination" in argv and argv[argv.index("--destination") + 1] == "celery@$HOSTNAME"
