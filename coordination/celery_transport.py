@@ -17,14 +17,16 @@ An empty queue is not polled: each fetch is a blocking get served by the leader 
 Priorities: Celery's ``priority`` 0..9 maps to the queue's priority 0..9, and **higher is served
 first** (as with RabbitMQ; the opposite of kombu's Redis transport). ETA and countdown tasks
 are stored as delayed messages and handed out only when due (up to 7 days ahead), so a long
-countdown is never redelivered while a worker waits on it. Remote control works (``celery inspect``, ``control.ping``, ``revoke``): bindings are shared
-through the cluster as session-held locks (``celery_bindings``), so a broadcast reaches every live
-worker's control queue and replies reach the caller's reply queue. A worker's control queue is
-checked without blocking every ``broadcast_poll_interval`` seconds (default 0.5).
+countdown is never redelivered while a worker waits on it.
 
-The cluster addresses come
-from the URL (``;``-separated alternates) or ``transport_options["addresses"]``; the secret from
-``transport_options["secret"]``, else the Django ``COORDINATION`` settings.
+Remote control works (``celery inspect``, ``control.ping``, ``revoke``): bindings are shared
+through the cluster as session-held locks (``celery_bindings``), so a broadcast reaches every
+live worker's control queue and replies reach the caller's reply queue. A worker's control queue
+is checked without blocking every ``broadcast_poll_interval`` seconds (default 0.5).
+
+The cluster addresses come from the URL (``;``-separated alternates) or
+``transport_options["addresses"]``; the secret from ``transport_options["secret"]``, else the
+Django ``COORDINATION`` settings.
 """
 
 from __future__ import annotations

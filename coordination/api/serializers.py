@@ -59,3 +59,7 @@ class CacheIncr(serializers.Serializer):
 
 class Transfer(serializers.Serializer):
     to = serializers.CharField(max_length=64)
+
+
+class QueuePeek(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)

@@ -188,6 +188,13 @@ class QueueMessagesView(Primitive):
         )
         return Response(result, status=status.HTTP_201_CREATED)
 
+    @extend_schema(parameters=[s.QueuePeek], summary="The next ready messages (not leased)")
+    def get(self, request: Request, name: str) -> Response:
+        query = s.QueuePeek(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        rows = coordinator().query(c.queue_peek(name, query.validated_data["limit"]))
+        return Response([{**row, "payload": _text(row["payload"])} for row in rows])
+
 
 class QueueGetView(Primitive):
     @extend_schema(request=s.QueueGet, summary="Lease the next message (204 if none)")

@@ -166,3 +166,33 @@ def test_schema_lists_every_endpoint(api_settings):
         "/api/cluster/",
     ):
         assert route in schema["paths"], route
+
+
+def test_operator_endpoints_requeue_dead_letters_and_transfer_leadership(
+    api_settings, coordination_cluster
+):
+    api = _client("use_primitives")
+    operator = _client("operate_cluster")
+    session = api.post("/api/sessions/", {"ttl": 10}, format="json").json()["session"]
+    api.post("/api/queues/ops-api/messages/", {"payload": "poison"}, format="json")
+    msg = api.post("/api/queues/ops-api/get/", {"session": session}, format="json").json()
+    api.post(
+        f"/api/queues/ops-api/messages/{msg['id']}/nack/",
+        {"session": session, "requeue": False},
+        format="json",
+    )
+    assert api.post("/api/queues/ops-api/requeue-dead/").status_code == 403
+    assert operator.post("/api/queues/ops-api/requeue-dead/").json() == {"requeued": 1}
+    assert [m["payload"] for m in api.get("/api/queues/ops-api/messages/").json()] == ["poison"]
+    assert api.get("/api/queues/ops-api/messages/?limit=0").status_code == 400
+
+    leader = coordination_cluster.wait_for_leader()
+    target = next(n for n in coordination_cluster.ids if n != leader)
+    assert api.post("/api/cluster/transfer/", {"to": target}, format="json").status_code == 403
+    bad = operator.post("/api/cluster/transfer/", {"to": ""}, format="json")
+    assert bad.status_code == 400 and "to" in bad.json()
+    moved = operator.post("/api/cluster/transfer/", {"to": target}, format="json")
+    assert moved.status_code == 200 and moved.json() == {"leader": target}
+    assert coordination_cluster.wait_for_leader() == target
+    unknown = operator.post("/api/cluster/transfer/", {"to": "n9"}, format="json")
+    assert unknown.status_code == 400, unknown.content
