@@ -37,3 +37,8 @@ bench: venv
 .PHONY: bench-primitives
 bench-primitives: venv
 	$(VENV)/bin/python bench/bench_primitives.py $(BENCH_ARGS)
+
+# Celery end-to-end benchmark: raft:// vs redis:// with a real prefork worker (about 1 min); BENCH_ARGS=--quick for a smoke run.
+.PHONY: bench-celery
+bench-celery: venv
+	$(VENV)/bin/python bench/bench_celery.py $(BENCH_ARGS)

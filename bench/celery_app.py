@@ -1,0 +1,148 @@
+"""The Celery app of the end-to-end benchmark, shared by the worker subprocess and the producer.
+
+    celery -A celery_app worker --pool prefork --concurrency 2 ...   (started by bench_celery.py)
+
+Everything comes from one JSON document in ``BENCH_CELERY_CONFIG`` (``make_app`` takes the same
+dict in the producer), so the worker and the producer of a contender cannot disagree and the two
+contenders differ only in ``broker_url`` and ``broker_transport_options``.
+
+Completion is recorded without the broker and without a result backend: the task appends
+``rep seq task_id time.time()`` to a file of its own process under ``marks_dir`` (one ``write``
+per line, so nothing is lost in a buffer and no lock is shared between processes). The same code
+runs for both brokers; the orchestrator reads the files.
+
+With ``profile`` set, the worker's main process times the transport channel's ``_get`` (raft://
+fetches through it; kombu's Redis transport reads BRPOP replies in its event loop instead, so it
+has no such call on the consume path) and ``basic_ack``, and writes the samples to
+``marks_dir/profile-worker-<pid>.jsonl`` at shutdown; the producer does the same for ``_put``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+
+TASK_NAME = "bench.noop"
+CONFIG_ENV = "BENCH_CELERY_CONFIG"
+
+_marks: Any = None  # this process's completion file, opened on first use
+_samples: list[tuple[str, float, float, str]] = []  # (method, wall start, seconds, thread)
+_samples_lock = threading.Lock()
+
+
+def make_app(config: dict[str, Any]) -> Celery:
+    """The app for one contender; identical Celery settings whatever the broker."""
+    if config["broker_url"].startswith("raft://"):
+        from coordination.celery_transport import register
+
+        register()  # before the app creates its first connection
+    app = Celery("bench-celery", broker=config["broker_url"], set_as_current=True)
+    app.conf.update(
+        broker_transport_options=config["transport_options"],
+        broker_connection_retry_on_startup=True,
+        task_default_queue=config["queue"],
+        task_acks_late=True,
+        task_ignore_result=True,  # no result backend: completion is recorded by the task itself
+        worker_prefetch_multiplier=config["prefetch_multiplier"],
+        worker_enable_remote_control=False,  # no pidbox consumer next to the task queue
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=False,
+    )
+
+    @app.task(name=TASK_NAME, bind=True)
+    def noop(self: Any, rep: int, seq: int) -> None:
+        record_done(config["marks_dir"], rep, seq, self.request.id)
+
+    return app
+
+
+def record_done(marks_dir: str, rep: int, seq: int, task_id: str) -> None:
+    """Append this task's completion instant to the process's own file (unbuffered)."""
+    global _marks
+    if _marks is None:
+        _marks = open(  # noqa: SIM115 - lives as long as the pool process
+            Path(marks_dir) / f"done-{os.getpid()}.log", "a", buffering=1
+        )
+    _marks.write(f"{rep} {seq} {task_id} {time.time():.6f}\n")
+
+
+# -- optional profiling of the transport calls (worker and producer) -------------------------------
+
+
+def _timed(name: str, fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start, t0 = time.time(), time.perf_counter()
+        ok = "ok"
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            ok = type(exc).__name__  # raft:// _get raises queue.Empty after an empty wait
+            raise
+        finally:
+            sample = (
+                f"{name}:{ok}",
+                start,
+                time.perf_counter() - t0,
+                threading.current_thread().name,
+            )
+            with _samples_lock:
+                _samples.append(sample)
+
+    return wrapper
+
+
+def install_profiling(app: Celery, methods: tuple[str, ...]) -> None:
+    """Wrap these methods of the transport's channel class with timers (once per process)."""
+    with app.connection_for_read() as conn:  # not connected: only its transport class is used
+        channel_cls = conn.transport.Channel
+    for name in methods:
+        fn = getattr(channel_cls, name)
+        if not getattr(fn, "_bench_timed", False):
+            wrapped = _timed(name, fn)
+            wrapped._bench_timed = True  # type: ignore[attr-defined]
+            setattr(channel_cls, name, wrapped)
+
+
+def dump_profile(marks_dir: str, role: str) -> None:
+    """Write (and forget) this process's samples to ``profile-<role>-<pid>.jsonl``."""
+    with _samples_lock:
+        rows = list(_samples)
+        _samples.clear()
+    path = Path(marks_dir) / f"profile-{role}-{os.getpid()}.jsonl"
+    with path.open("w") as f:
+        for method, start, seconds, thread in rows:
+            f.write(json.dumps({"m": method, "t": start, "s": seconds, "th": thread}) + "\n")
+
+
+def _from_env() -> Celery | None:
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        return None  # imported by the orchestrator, which calls make_app itself
+    config = json.loads(raw)
+    worker_app = make_app(config)
+    marks_dir = config["marks_dir"]
+
+    @signals.worker_ready.connect(weak=False)
+    def on_ready(**_: Any) -> None:
+        (Path(marks_dir) / f"ready-{os.getpid()}").write_text(str(time.time()))
+
+    if config.get("profile"):
+        install_profiling(worker_app, ("_get", "basic_ack"))
+
+        @signals.worker_shutdown.connect(weak=False)
+        def on_shutdown(**_: Any) -> None:
+            dump_profile(marks_dir, "worker")
+
+    return worker_app
+
+
+app = _from_env()
