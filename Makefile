@@ -38,7 +38,9 @@ bench: venv
 bench-primitives: venv
 	$(VENV)/bin/python bench/bench_primitives.py $(BENCH_ARGS)
 
-# Celery end-to-end benchmark: raft:// vs redis:// with a real prefork worker (about 1 min); BENCH_ARGS=--quick for a smoke run.
+# Celery end-to-end benchmark: raft:// vs redis:// with a real prefork worker, with one producer
+# thread and with eight (about 2 min); BENCH_ARGS=--quick for a smoke run.
 .PHONY: bench-celery
 bench-celery: venv
 	$(VENV)/bin/python bench/bench_celery.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/bench_celery.py --producers 8 $(BENCH_ARGS)

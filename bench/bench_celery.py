@@ -10,7 +10,8 @@ For each broker, in turn (raft:// first; its cluster is stopped before Redis is 
    backend, ``--prefetch-multiplier``), and wait for its ``worker_ready`` signal;
 2. warm up with ``--warmup-tasks`` tasks (pool processes forked, connections and queue declared);
 3. ``--reps`` times: enqueue ``--tasks`` no-op tasks from this process, one ``send_task`` after
-   the other, and wait until every one has recorded its completion;
+   the other in each of ``--producers`` threads (default 1; ``make bench-celery`` also runs 8,
+   like a threaded web server), and wait until every one has recorded its completion;
 4. split phase (unless ``--no-split``): stop the worker, enqueue ``--tasks`` with no consumer,
    then start a new worker and time it draining that backlog, to see which side bounds the rate.
 
@@ -38,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -181,44 +183,64 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return predicate()
 
 
-def enqueue(app: Any, rep: int, n: int) -> tuple[list[float], list[float]]:
-    """Send ``n`` tasks one after the other; (start, end) wall instants of each send."""
-    starts, ends = [], []
-    for seq in range(n):
-        starts.append(time.time())
-        app.send_task(TASK_NAME, args=(rep, seq))
-        ends.append(time.time())
+def enqueue(app: Any, rep: int, n: int, producers: int = 1) -> tuple[list[float], list[float]]:
+    """Send ``n`` tasks, one after the other from each of ``producers`` threads (task ``seq``
+    goes to thread ``seq % producers``, as requests of a threaded web server would); (start,
+    end) wall instants of each send."""
+    starts, ends = [0.0] * n, [0.0] * n
+
+    def send(first: int) -> None:
+        for seq in range(first, n, producers):
+            starts[seq] = time.time()
+            app.send_task(TASK_NAME, args=(rep, seq))
+            ends[seq] = time.time()
+
+    if producers == 1:
+        send(0)
+    else:
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(producers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     return starts, ends
 
 
 def measure_rep(
-    app: Any, marks: Marks, rep: int, n: int, worker: Worker, probes: Probes, timeout: float
+    app: Any,
+    marks: Marks,
+    rep: int,
+    n: int,
+    worker: Worker,
+    probes: Probes,
+    timeout: float,
+    producers: int = 1,
 ) -> dict[str, Any]:
     idx0 = probes.log_index()
     cpu0 = cpu_snapshot(worker, probes)
-    starts, ends = enqueue(app, rep, n)
+    starts, ends = enqueue(app, rep, n, producers)
     complete = marks.wait(rep, n, timeout)
     cpu1 = cpu_snapshot(worker, probes)
-    wall_cpu = time.time() - starts[0]
+    wall_cpu = time.time() - min(starts)
     done = marks.done(rep)
     out: dict[str, Any] = {
         "rep": rep,
         "tasks": n,
         "completed": len(done),
         "duplicates": marks.duplicates(rep),
-        "enqueue_s": ends[-1] - starts[0],
-        "enqueue_per_s": n / (ends[-1] - starts[0]),
+        "enqueue_s": max(ends) - min(starts),
+        "enqueue_per_s": n / (max(ends) - min(starts)),
     }
     calls = sorted((e - s) * 1000 for s, e in zip(starts, ends, strict=True))
     out["send_ms"] = {f"p{q}": percentile(calls, q) for q in (50, 95, 99)}
     if done:
         last = max(done.values())
-        out["e2e_s"] = last - starts[0]
+        out["e2e_s"] = last - min(starts)
         out["tasks_per_s"] = len(done) / out["e2e_s"] if complete else None
         lat = sorted((t - starts[seq]) * 1000 for seq, t in done.items())
         out["latency_ms"] = {f"p{q}": percentile(lat, q) for q in (50, 95, 99)}
         out["latency_ms"]["max"] = lat[-1]
-        out["window"] = [starts[0], last]
+        out["window"] = [min(starts), last]
         out["_latencies"] = lat
     if not complete:
         out["error"] = f"only {len(done)}/{n} tasks completed within {timeout:.0f}s"
@@ -272,7 +294,9 @@ def run_broker(
         if "error" in warm:
             raise RuntimeError(f"warm-up: {warm['error']}")
         for rep in range(1, args.reps + 1):
-            r = measure_rep(app, marks, rep, args.tasks, worker, probes, args.rep_timeout)
+            r = measure_rep(
+                app, marks, rep, args.tasks, worker, probes, args.rep_timeout, args.producers
+            )
             result["reps"].append(r)
             log(f"{name}: rep {rep}/{args.reps}: {rep_line(r)}")
             if "error" in r:
@@ -307,10 +331,10 @@ def split_phase(
     """Producer and worker apart, to see which side bounds the end-to-end rate: enqueue
     ``--tasks`` with no worker running (the producer has the broker to itself), then start a
     worker and time it draining that backlog alone (first to last completion)."""
-    starts, ends = enqueue(app, rep, args.tasks)
+    starts, ends = enqueue(app, rep, args.tasks, args.producers)
     out: dict[str, Any] = {
         "tasks": args.tasks,
-        "enqueue_per_s": args.tasks / (ends[-1] - starts[0]),
+        "enqueue_per_s": args.tasks / (max(ends) - min(starts)),
     }
     worker = start_worker()
     try:
@@ -518,7 +542,7 @@ def build_table(args: argparse.Namespace, raft: dict[str, Any], red: dict[str, A
         )
     rows += [
         (
-            "enqueue rate, 1 producer (tasks/s, median)",
+            f"enqueue rate, {args.producers} producer thread(s) (tasks/s, median)",
             *both(lambda s: fmt_rate(s["enqueue_per_s"])),
         ),
         ("send_task call p50 (ms)", *both(lambda s: fmt_ms(s["send_ms_p50"]))),
@@ -656,7 +680,7 @@ def render(
         " and task events off, `task_acks_late`, `task_ignore_result`, no result backend,"
         f" `worker_prefetch_multiplier={args.prefetch_multiplier}`, visibility timeout"
         f" {VISIBILITY:g} s. Producer: this process, `app.send_task` in a loop (one publish at a"
-        " time, the way a web request enqueues).",
+        f" time per thread, the way a web request enqueues), {args.producers} thread(s).",
         "- Completion: each task appends `rep seq task_id time.time()` to a file of its own pool"
         " process; no broker or result backend is involved. Latency = completion - start of the"
         " task's `send_task`; tasks/s = tasks / (last completion - first send). Percentiles are"
@@ -711,6 +735,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="skip the split phase (enqueue with no worker running, then drain the backlog)",
     )
+    ap.add_argument(
+        "--producers",
+        type=int,
+        default=1,
+        help="threads sending tasks at once (1: one publish at a time; a threaded web server"
+        " has several)",
+    )
     ap.add_argument("--skip-raft", action="store_true")
     ap.add_argument("--skip-redis", action="store_true")
     ap.add_argument("--data-dir", default=None, help="parent of the temporary data directory")
@@ -752,8 +783,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
+    kind = "celery" if args.producers == 1 else f"celery-p{args.producers}"
     data = {"command": shlex.join(cmdline), "info": info, **details(raft, red)}
-    for stem in (f"celery-{stamp}", "celery-latest"):
+    for stem in (f"{kind}-{stamp}", f"{kind}-latest"):
         (out_dir / f"{stem}.md").write_text(report)
         (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     print("\n".join(build_table(args, raft, red)))
@@ -761,7 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(goal_notes(raft, red)))
     print()
     print("\n".join(observations(args, raft, red)))
-    print(f"\nwritten: {out_dir / f'celery-{stamp}.md'} (.json) and {out_dir / 'celery-latest.md'}")
+    print(
+        f"\nwritten: {out_dir / f'{kind}-{stamp}.md'} (.json) and {out_dir / f'{kind}-latest.md'}"
+    )
     return 1 if ("error" in raft or "error" in red) else 0
 
 

@@ -10,6 +10,11 @@ its messages redelivered with ``delivery_count + 1``; ``basic_reject(requeue=Tru
 Unacked messages are deliberately *not* re-published when a channel closes (kombu's default for
 virtual transports): their leases return them, exactly once each.
 
+A fetch leases as many messages as the consumer has prefetch room for (``queue.get_many``,
+at most ``max_fetch``, default 16) in one log entry, and acks are sent from a background thread
+in batches (``queue.ack_many``: while one commits, the next gathers), so a busy worker costs
+about one entry per several tasks on top of each task's put.
+
 An empty queue is not polled: each fetch is a blocking get served by the leader for up to
 ``polling_wait`` seconds (default 1), so an idle worker costs about two log entries per second
 (the get, and the tick that ends its wait) instead of a stream of empty polls.
@@ -33,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import threading
 import time
 from datetime import datetime
 from queue import Empty
@@ -46,6 +53,7 @@ from coordination.exceptions import SessionExpired, UnknownMessage, UnknownQueue
 from coordination.primitives import limits
 from raft_node.client import ClusterUnavailable, Timeout
 
+log = logging.getLogger("coordination.celery")
 DEFAULT_VISIBILITY = 3600.0
 MAX_ETA = limits.DELAY_MS[1] / 1000  # the queue's longest delayed delivery (7 days)
 
@@ -63,6 +71,9 @@ class Channel(virtual.Channel):
         self.coord = _coordinator(connection.client, options)
         self.session: Session = self.coord.session(float(options.get("session_ttl", 30.0)))
         self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
+        # Most messages a fetch leases at once (never more than kombu's prefetch room).
+        self.max_fetch = int(options.get("max_fetch", 16))
+        self._acks = AckBatcher(self.coord, self.session)
         # Queues this channel bound to a fanout exchange (a worker's remote-control "pidbox"):
         # checked without blocking, at most every ``broadcast_poll_interval`` seconds, so a
         # worker's blocking get on its task queue is not held up by an idle control queue.
@@ -88,6 +99,23 @@ class Channel(virtual.Channel):
         self.coord.queue(queue).put(json.dumps(message).encode(), priority=priority, delay=delay)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._fetch(queue, 1)[0]
+
+    def _get_and_deliver(self, queue: str, callback: Any) -> None:
+        """Lease as many messages as the consumer has prefetch room for, in one log entry."""
+        room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
+        batch = self._fetch(
+            queue, max(1, min(self.max_fetch, self.max_fetch if room is None else room))
+        )
+        for i, message in enumerate(batch):
+            try:
+                callback(message, queue)
+            except BaseException:
+                for rest in batch[i + 1 :]:  # leased but never handed over: give them back
+                    self._give_back(rest["properties"]["delivery_tag"])
+                raise
+
+    def _fetch(self, queue: str, count: int) -> list[dict[str, Any]]:
         wait = self.wait
         next_poll = self._broadcast_queues.get(queue)
         if next_poll is not None:
@@ -96,19 +124,28 @@ class Channel(virtual.Channel):
             self._broadcast_queues[queue] = time.monotonic() + self.broadcast_poll
             wait = 0.0
         try:
-            msg = self.coord.queue(queue).get(
-                wait=wait, visibility=self.visibility, session=self.session
+            batch = self.coord.queue(queue).get_many(
+                count, wait=wait, visibility=self.visibility, session=self.session
             )
         except UnknownQueue:
             raise Empty() from None
-        if msg is None:
+        if not batch:
             raise Empty()
-        message = json.loads(msg.payload)
-        props = message.setdefault("properties", {})
-        if msg.delivery_count > 1:
-            message["redelivered"] = True
-        self._leases[props["delivery_tag"]] = (queue, msg.id)
-        return message
+        messages = []
+        for msg in batch:
+            message = json.loads(msg.payload)
+            props = message.setdefault("properties", {})
+            if msg.delivery_count > 1:
+                message["redelivered"] = True
+            self._leases[props["delivery_tag"]] = (queue, msg.id)
+            messages.append(message)
+        return messages
+
+    def _give_back(self, delivery_tag: str) -> None:
+        lease = self._leases.pop(delivery_tag, None)
+        if lease is not None:
+            with contextlib.suppress(UnknownMessage, SessionExpired, UnknownSession):
+                self.coord.propose_nack(self.session, *lease, requeue=True)
 
     def _size(self, queue: str) -> int:
         try:
@@ -152,9 +189,7 @@ class Channel(virtual.Channel):
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         lease = self._leases.pop(delivery_tag, None)
         if lease is not None:
-            # UnknownMessage: the lease ran out first; it will be (or was) delivered again.
-            with contextlib.suppress(UnknownMessage):
-                self.coord.propose_ack(self.session, *lease)
+            self._acks.add(*lease)
         super().basic_ack(delivery_tag, multiple)
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
@@ -166,7 +201,62 @@ class Channel(virtual.Channel):
 
     def close(self) -> None:
         super().close()
+        self._acks.close(timeout=2 * self.coord.timeout)  # acks given so far reach the cluster
         self.session.close()  # leases of anything still unacked expire and redeliver
+
+
+class AckBatcher:
+    """Acks go to the cluster from a background thread, batched: while one ``ack_many`` entry
+    commits, the acks that arrive meanwhile gather for the next (group commit). The worker never
+    waits for an ack, and a busy worker pays about one entry per several tasks instead of one
+    per task. An ack is a promise that may still be lost (a crash before it commits): the
+    message is then delivered again, which ``acks_late`` already allows for.
+    """
+
+    def __init__(self, coord: Coordinator, session: Session) -> None:
+        self.coord, self.session = coord, session
+        self._pending: dict[str, list[int]] = {}
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, queue: str, msg_id: int) -> None:
+        with self._cv:
+            self._pending.setdefault(queue, []).append(msg_id)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name=f"raftsync-acks-{self.session.id}"
+                )
+                self._thread.start()
+            self._cv.notify()
+
+    def close(self, timeout: float) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, {}
+            for queue, ids in batch.items():
+                for start in range(0, len(ids), limits.BATCH_MAX):
+                    self._send(queue, ids[start : start + limits.BATCH_MAX])
+
+    def _send(self, queue: str, ids: list[int]) -> None:
+        try:
+            self.coord.propose_ack_many(self.session, queue, ids)
+        except (SessionExpired, UnknownSession, UnknownQueue):
+            pass  # the leases ended with the session: those messages are delivered again
+        except (ClusterUnavailable, Timeout) as exc:
+            log.warning("event=acks_not_sent queue=%s count=%d error=%s", queue, len(ids), exc)
 
 
 class Transport(virtual.Transport):
@@ -174,7 +264,9 @@ class Transport(virtual.Transport):
     default_port = 7001
     driver_type = "raftsync"
     driver_name = "raftsync"
-    polling_interval = 0.0  # the blocking get in _get is the wait
+    # The blocking get is the wait for messages; this short sleep only paces the loop while
+    # the consumer's prefetch window is full (kombu does not fetch then, and would spin).
+    polling_interval = 0.001
     # The cluster being unreachable is a connection problem: Celery reconnects, with backoff.
     # So is losing the channel's session (e.g. cut off for longer than its TTL): reconnecting
     # opens a new one and binds again.

@@ -226,6 +226,11 @@ class Coordinator:
         """Ack by ids (transports that keep ids rather than ``Message`` objects)."""
         self.propose(c.queue_ack(session.id, queue, msg_id))
 
+    def propose_ack_many(self, session: Session, queue: str, msg_ids: list[int]) -> list[int]:
+        """Ack by ids (what a transport that tracks ids instead of ``Message`` objects needs);
+        returns the ids no longer leased to the session."""
+        return self.propose(c.queue_ack_many(session.id, queue, msg_ids))["unknown"]
+
     def propose_nack(
         self, session: Session, queue: str, msg_id: int, *, requeue: bool = True
     ) -> None:
@@ -411,21 +416,46 @@ class Queue:
             c.queue_get(session.id, self.name, _ms(wait), _ms(visibility)),
             timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
         )
-        if not result:
-            return None
-        meta = {k: v for k, v in result.items() if k not in ("id", "payload", "priority")}
+        return self._message(result, session) if result else None
+
+    def get_many(
+        self,
+        max_count: int,
+        *,
+        wait: float = 0.0,
+        visibility: float = 30.0,
+        session: Session | None = None,
+    ) -> list[Message]:
+        """Lease up to ``max_count`` messages in one log entry (``[]`` if none came within
+        ``wait``); each is then acked, nacked or redelivered on its own."""
+        session = session or self.coord.default_session
+        rows = self.coord.propose(
+            c.queue_get_many(session.id, self.name, _ms(wait), _ms(visibility), max_count),
+            timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
+        )
+        return [self._message(row, session) for row in rows]
+
+    def _message(self, row: dict[str, Any], session: Session) -> Message:
+        meta = {k: v for k, v in row.items() if k not in ("id", "payload", "priority")}
         return Message(
-            result["id"],
-            result["payload"],
-            result["priority"],
-            result["delivery_count"],
-            self,
-            session,
-            meta,
+            row["id"], row["payload"], row["priority"], row["delivery_count"], self, session, meta
         )
 
     def ack(self, message: Message) -> None:
         self.coord.propose(c.queue_ack(message.session.id, self.name, message.id))
+
+    def ack_many(self, messages: list[Message]) -> list[int]:
+        """Ack several messages of one session in one entry; returns the ids that were no longer
+        leased to it (they are, or will be, delivered again)."""
+        if not messages:
+            return []
+        sessions = {m.session.id for m in messages}
+        if len(sessions) != 1:
+            raise ValueError("ack_many takes messages leased to one session")
+        result = self.coord.propose(
+            c.queue_ack_many(messages[0].session.id, self.name, [m.id for m in messages])
+        )
+        return result["unknown"]
 
     def nack(self, message: Message, requeue: bool = True, delay: float = 0.0) -> None:
         self.coord.propose(

@@ -95,8 +95,18 @@ def queue_get(session: int, name: str, wait_ms: int, visibility_ms: int) -> byte
     return _cmd("queue.get", session, name, wait_ms, visibility_ms)
 
 
+def queue_get_many(
+    session: int, name: str, wait_ms: int, visibility_ms: int, max_count: int
+) -> bytes:
+    return _cmd("queue.get_many", session, name, wait_ms, visibility_ms, max_count)
+
+
 def queue_ack(session: int, name: str, msg_id: int) -> bytes:
     return _cmd("queue.ack", session, name, msg_id)
+
+
+def queue_ack_many(session: int, name: str, msg_ids: list[int]) -> bytes:
+    return _cmd("queue.ack_many", session, name, list(msg_ids))
 
 
 def queue_nack(session: int, name: str, msg_id: int, requeue: bool, delay_ms: int) -> bytes:

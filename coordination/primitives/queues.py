@@ -29,6 +29,9 @@ Design notes (the contract the clients and the kombu transport rely on):
   (log time) returns the first id with ``duplicate: True`` and changes nothing, even if that
   message is gone already. Entries are forgotten when the window passes (tick), and at most
   ``DEDUP_MAX_ENTRIES`` per queue are kept (oldest forgotten first). A window of 0 disables it.
+- **Batches.** ``get_many`` leases up to ``max_count`` ready messages in one entry (a consumer
+  with room for several pays one commit), answering a list; ``ack_many`` acks a list of ids of
+  one session, reporting the ids no longer leased to it instead of failing the batch.
 - **Blocking gets.** ``get`` on an empty queue with ``wait_ms > 0`` returns ``Pending(index)``.
   Waiters of a queue are served FIFO as soon as a message is ready (a put, a delayed message
   becoming visible, a requeue), completed with ``None`` when the wait runs out, failed with
@@ -108,7 +111,9 @@ class Queues:
     def __init__(self, sessions: Sessions) -> None:
         self._sessions = sessions
         self.queues: dict[str, QueueState] = {}  # creation order
-        self.waiters: dict[int, list[Any]] = {}  # token -> [session, queue, deadline, visibility]
+        # token -> [session, queue, deadline, visibility, max_count]; max_count None: a ``get``
+        # (answered with one message or None), else a ``get_many`` (answered with a list).
+        self.waiters: dict[int, list[Any]] = {}
         self._leases_by_session: dict[int, dict[tuple[str, int], None]] = {}
         self._waits_by_session: dict[int, dict[int, None]] = {}
         self._deadlines = Deadlines()
@@ -119,7 +124,9 @@ class Queues:
             "queue.declare": self.declare,
             "queue.put": self.put,
             "queue.get": self.get,
+            "queue.get_many": self.get_many,
             "queue.ack": self.ack,
+            "queue.ack_many": self.ack_many,
             "queue.nack": self.nack,
             "queue.touch": self.touch,
             "queue.purge": self.purge,
@@ -189,17 +196,31 @@ class Queues:
         """``[session, name, wait_ms, visibility_ms]`` -> message dict, ``None`` (empty, no
         wait) or ``Pending`` (completed later with a message dict or ``None``)."""
         sid, name, wait, visibility = limits.args(args, 4, "queue.get")
+        return self._get(ctx, sid, name, wait, visibility, None)
+
+    def get_many(self, ctx: Ctx, args: list[Any]) -> list[dict[str, Any]] | Pending:
+        """``[session, name, wait_ms, visibility_ms, max_count]`` -> up to ``max_count``
+        messages, each leased as by ``get`` (in delivery order); ``[]`` if the queue is empty
+        and there is no wait (or it ran out). One entry fetches a batch: a consumer with room
+        for several messages (kombu's prefetch) pays one commit, not one per message."""
+        sid, name, wait, visibility, count = limits.args(args, 5, "queue.get_many")
+        count = limits.integer(count, (1, limits.BATCH_MAX), "max_count")
+        return self._get(ctx, sid, name, wait, visibility, count)
+
+    def _get(
+        self, ctx: Ctx, sid: Any, name: Any, wait: Any, visibility: Any, count: int | None
+    ) -> Any:
         name = _queue_name(name)
         wait = limits.integer(wait, limits.WAIT_MS, "wait_ms")
         visibility = limits.integer(visibility, limits.VISIBILITY_MS, "visibility_ms")
         sid = self._sessions.require(sid)
         q = self._require(name)
         if q.ready:
-            return self._lease(ctx, q, sid, visibility)
+            return self._lease_batch(ctx, q, sid, visibility, count)
         if wait == 0:
-            return None
+            return None if count is None else []
         token, deadline = ctx.index, ctx.now_ms + wait
-        self.waiters[token] = [sid, name, deadline, visibility]
+        self.waiters[token] = [sid, name, deadline, visibility, count]
         q.waiters[token] = None
         self._waits_by_session.setdefault(sid, {})[token] = None
         self._deadlines.push(deadline, ("w", token))
@@ -213,6 +234,29 @@ class Queues:
         del q.messages[mid]
         q.total_acked += 1
         return True
+
+    def ack_many(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
+        """``[session, name, [id, ...]]`` -> ``{"acked": n, "unknown": [id, ...]}``. Acks every
+        listed message leased to the session; an id that is not (its lease ended, or it was
+        acked already) is reported rather than failing the batch: it is, or will be, delivered
+        again, exactly as after a single ``ack`` that came too late."""
+        sid, name, ids = limits.args(args, 3, "queue.ack_many")
+        if not isinstance(ids, list) or not 1 <= len(ids) <= limits.BATCH_MAX:
+            reject(BAD_COMMAND, f"ids must be a list of 1..{limits.BATCH_MAX} message ids")
+        name = _queue_name(name)
+        sid = self._sessions.require(sid)
+        q = self._require(name)
+        acked, unknown = 0, []
+        for mid in dict.fromkeys(_msg_id(raw) for raw in ids):  # an id listed twice acks once
+            lease = q.inflight.get(mid)
+            if lease is None or lease[0] != sid:
+                unknown.append(mid)
+                continue
+            self._unlease(q, mid)
+            del q.messages[mid]
+            q.total_acked += 1
+            acked += 1
+        return {"acked": acked, "unknown": unknown}
 
     def nack(self, ctx: Ctx, args: list[Any]) -> bool:
         """``[session, name, id, requeue, delay_ms]`` -> True. ``requeue`` puts it back (after
@@ -326,7 +370,7 @@ class Queues:
                 waiter = self.waiters.get(key[1])
                 if waiter is not None and waiter[2] <= now:
                     self._drop_waiter(key[1])
-                    ctx.complete(key[1], None)
+                    ctx.complete(key[1], None if waiter[4] is None else [])
                 continue
             q, mid = self.queues[key[1]], key[2]
             if kind == "d":
@@ -387,6 +431,17 @@ class Queues:
             q.push_ready(mid)
             self._dirty[q.name] = None
 
+    def _lease_batch(
+        self, ctx: Ctx, q: QueueState, sid: int, visibility: int, count: int | None
+    ) -> Any:
+        """One leased message (``count`` None: a plain get) or a list of up to ``count``."""
+        if count is None:
+            return self._lease(ctx, q, sid, visibility)
+        batch = []
+        while q.ready and len(batch) < count:
+            batch.append(self._lease(ctx, q, sid, visibility))
+        return batch
+
     def _lease(self, ctx: Ctx, q: QueueState, sid: int, visibility: int) -> dict[str, Any]:
         mid = q.pop_ready()
         q.messages[mid][2] += 1
@@ -427,7 +482,7 @@ class Queues:
         self._dirty[dlq_name] = None
 
     def _drop_waiter(self, token: int) -> None:
-        sid, name, _, _ = self.waiters.pop(token)
+        sid, name = self.waiters.pop(token)[:2]
         del self.queues[name].waiters[token]
         waits = self._waits_by_session[sid]
         del waits[token]
@@ -441,9 +496,9 @@ class Queues:
             q = self.queues[name]
             while q.waiters and q.ready:
                 token = next(iter(q.waiters))
-                sid, visibility = self.waiters[token][0], self.waiters[token][3]
+                sid, _, _, visibility, count = self.waiters[token]
                 self._drop_waiter(token)
-                ctx.complete(token, self._lease(ctx, q, sid, visibility))
+                ctx.complete(token, self._lease_batch(ctx, q, sid, visibility, count))
 
     # -- snapshots ------------------------------------------------------------------------------
 
@@ -459,7 +514,8 @@ class Queues:
         for row in queues:
             q = QueueState.from_state(row)
             self.queues[q.name] = q
-        self.waiters = {row[0]: list(row[1:]) for row in waiters}
+        # Rows of snapshots taken before get_many have no max_count: plain gets.
+        self.waiters = {row[0]: [*row[1:6], None][:5] for row in waiters}
         self._leases_by_session, self._waits_by_session, self._dirty = {}, {}, {}
         deadlines: list[tuple[int, Any]] = []
         for q in self.queues.values():
@@ -470,7 +526,7 @@ class Queues:
                 deadlines.append((until, ("l", q.name, mid)))
             for dedup_id, (_, expires) in q.dedup.items():
                 deadlines.append((expires, ("x", q.name, dedup_id)))
-        for token, (sid, _, until, _) in self.waiters.items():
+        for token, (sid, _, until, _, _) in self.waiters.items():
             self._waits_by_session.setdefault(sid, {})[token] = None
             deadlines.append((until, ("w", token)))
         self._deadlines.rebuild(deadlines)

@@ -242,6 +242,13 @@ class CoordinationWorkload:
             body = c.lock_acquire(cl.session, name, mode, "", wait)
             self.start(cl, body, "acquire", {"lock": name, "mode": mode})
         elif cl.leased and r < 0.65:
+            if len(cl.leased) > 1 and rng.random() < 0.3:
+                queue = cl.leased[0]["queue"]
+                ids = [m["id"] for m in cl.leased if m["queue"] == queue]
+                cl.leased = [m for m in cl.leased if m["queue"] != queue]
+                body = c.queue_ack_many(cl.session, queue, ids)
+                self.start(cl, body, "ack_many", {"ids": ids})
+                return
             msg = cl.leased.pop(0)
             if rng.random() < 0.8:
                 self.start(
@@ -256,6 +263,10 @@ class CoordinationWorkload:
             prio = rng.randrange(0, 10)
             body = c.queue_put(QUEUES[0], payload, prio, None, rng.choice((0, 0, 300)))
             self.start(cl, body, "put", {"payload": payload})
+        elif rng.random() < 0.3:
+            count = rng.randrange(2, 5)
+            body = c.queue_get_many(cl.session, QUEUES[0], rng.choice((0, 300)), 1_000, count)
+            self.start(cl, body, "get_many", {})
         else:
             body = c.queue_get(cl.session, QUEUES[0], rng.choice((0, 300)), 1_000)
             self.start(cl, body, "get", {})
@@ -329,8 +340,14 @@ class CoordinationWorkload:
             self.puts[info["payload"]] = value["id"]
         elif kind == "get" and value:
             self._delivered(cl, value)
+        elif kind == "get_many":
+            for msg in value:
+                self._delivered(cl, msg)
         elif kind == "ack":
             self.acked.add(info["msg"]["id"])
+        elif kind == "ack_many":
+            unknown = set(value["unknown"])
+            self.acked.update(mid for mid in info["ids"] if mid not in unknown)
 
     def _session_lost(self, cl: SimClient) -> None:
         """The cluster expired our session: start over with a new one. (The locks we think we

@@ -797,6 +797,36 @@ class QueueModel(RuleBasedStateMachine):
             assert result == Pending(self.node.index)
             self.waiters.append([self.node.index, sid, queue, self.node.now + wait, visibility])
 
+    @rule(
+        slot=st.integers(0, 1),
+        queue=st.sampled_from(["a", "b", "a.dlq"]),
+        count=st.integers(1, 4),
+        visibility=st.sampled_from([1_000, 4_000]),
+    )
+    def get_many(self, slot: int, queue: str, count: int, visibility: int) -> None:
+        sid = self.sessions[slot]
+        if queue not in self.known:
+            self.node.rejected(errors.UNKNOWN_QUEUE, "queue.get_many", sid, queue, 0, 1_000, 1)
+            return
+        batch = self.node.do("queue.get_many", sid, queue, 0, visibility, count)
+        expected = []
+        while self.ready(queue) and len(expected) < count:
+            expected.append(self.lease(queue, sid, visibility))
+        assert [summary_of(m) for m in batch] == expected
+
+    @rule(slot=st.integers(0, 1), data=st.data())
+    def ack_many(self, slot: int, data: st.DataObject) -> None:
+        sid = self.sessions[slot]
+        picks = [self.pick(data) for _ in range(data.draw(st.integers(1, 3)))]
+        queue = picks[0][1]
+        ids = list(dict.fromkeys(mid for mid, _ in picks))
+        result = self.node.do("queue.ack_many", sid, queue, ids)
+        acked = [mid for mid in ids if self.leased_to(mid, queue, sid)]
+        assert result == {"acked": len(acked), "unknown": [m for m in ids if m not in acked]}
+        for mid in acked:
+            del self.msgs[mid]
+            self.finished.add(mid)
+
     def pick(self, data: st.DataObject) -> tuple[int, str]:
         leased = sorted(m.id for m in self.msgs.values() if m.state == "inflight")
         if leased and data.draw(st.booleans()):
@@ -968,3 +998,71 @@ QueueModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestQueueModel = QueueModel.TestCase
+
+
+# -- batches: get_many / ack_many ------------------------------------------------------------
+
+
+def test_get_many_leases_a_batch_in_delivery_order(node: Node) -> None:
+    sid = node.session()
+    ids = [node.put("q", f"m{i}".encode(), prio) for i, prio in enumerate([0, 9, 5, 0])]
+    batch = node.do("queue.get_many", sid, "q", 0, VIS, 3)
+    assert [m["payload"] for m in batch] == [b"m1", b"m2", b"m0"]
+    assert all(m["delivery_count"] == 1 and m["lease_expires_ms"] == node.now + VIS for m in batch)
+    assert node.do("queue.get_many", sid, "q", 0, VIS, 10) == [node.queues.queues["q"].view(ids[3])]
+    assert node.do("queue.get_many", sid, "q", 0, VIS, 10) == []  # empty, no wait
+    stats = node.stats("q")
+    assert (stats["ready"], stats["in_flight"]) == (0, 4)
+    check_invariants(node.queues)
+    node.rejected(errors.LIMIT, "queue.get_many", sid, "q", 0, VIS, 0)
+    node.rejected(errors.LIMIT, "queue.get_many", sid, "q", 0, VIS, limits.BATCH_MAX + 1)
+
+
+def test_blocking_get_many_is_served_a_batch_or_times_out_empty(node: Node) -> None:
+    s1, s2 = node.session(), node.session()
+    node.do("queue.declare", "q", None, None, None)
+    many = node.do("queue.get_many", s1, "q", 10_000, VIS, 2)
+    one = node.get(s2, "q", wait=10_000)
+    assert isinstance(many, Pending) and isinstance(one, Pending)
+    node.put("q", b"a")
+    done = node.done()
+    assert [m["payload"] for m in done[many.token][1]] == [b"a"]  # what was ready, as a list
+    node.put("q", b"b")
+    assert node.done()[one.token][1]["payload"] == b"b"  # a plain get still gets a dict
+    later = node.do("queue.get_many", s1, "q", 5_000, VIS, 2)
+    assert node.tick(5_000) == {later.token: (True, [])}
+    check_invariants(node.queues)
+
+
+def test_ack_many_acks_what_is_leased_and_reports_the_rest(node: Node) -> None:
+    s1, s2 = node.session(), node.session()
+    for i in range(3):
+        node.put("q", f"m{i}".encode())
+    mine = [m["id"] for m in node.do("queue.get_many", s1, "q", 0, VIS, 2)]
+    theirs = node.get(s2, "q")["id"]
+    result = node.do("queue.ack_many", s1, "q", [*mine, mine[0], theirs, 999_999])
+    assert result == {"acked": 2, "unknown": [theirs, 999_999]}  # a repeated id acks once
+    assert node.do("queue.ack_many", s1, "q", mine) == {"acked": 0, "unknown": mine}
+    stats = node.stats("q")
+    assert (stats["depth"], stats["in_flight"], stats["total_acked"]) == (1, 1, 2)
+    check_invariants(node.queues)
+    node.rejected(errors.BAD_COMMAND, "queue.ack_many", s1, "q", [])
+    node.rejected(errors.BAD_COMMAND, "queue.ack_many", s1, "q", "1")
+    node.rejected(errors.BAD_COMMAND, "queue.ack_many", s1, "q", ["1"])
+    node.rejected(errors.UNKNOWN_SESSION, "queue.ack_many", 999_999, "q", [theirs])
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.ack_many", s1, "nope", [theirs])
+
+
+def test_waiters_of_snapshots_without_max_count_restore_as_plain_gets() -> None:
+    old = Node()
+    sid = old.session()
+    old.do("queue.declare", "q", None, None, None)
+    pending = old.get(sid, "q", wait=10_000)
+    sessions, queues = old.m.part("sessions").to_state(), old.queues.to_state()
+    queues[1] = [row[:5] for row in queues[1]]  # the waiter row as written before get_many
+    restored = Node()
+    restored.m.part("sessions").from_state(sessions)
+    restored.queues.from_state(queues)
+    restored.index, restored.now = old.index, old.now
+    restored.put("q", b"x")
+    assert restored.done()[pending.token][1]["payload"] == b"x"
