@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
 import shlex
@@ -38,7 +37,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -52,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis
 from bench_primitives import cpu_seconds, redis_cpu
-from bench_raft import fmt_ms, log, machine_info, note_if_head_moved, run_contenders
+from bench_raft import fmt_ms, log, log_node_tails, run_benchmark, write_report
 from benchlib import percentile
 from celery_app import CONFIG_ENV, TASK_NAME, dump_profile, install_profiling, make_app
 from celery_marks import Marks, profile_summary
@@ -417,10 +415,7 @@ def run_raft(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> No
         probes = Probes(drained, server_cpu, log_index)
         run_broker("raft", url, options, probes, args, base, result)
     except Exception:
-        for node in cluster.ids:
-            with contextlib.suppress(OSError):
-                tail = cluster.log_path(node).read_text(errors="replace")[-1500:]
-                log(f"raft://: last log lines of {node}:\n{tail}")
+        log_node_tails(cluster, "raft://")
         raise
     finally:
         if coord is not None:
@@ -759,43 +754,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    # SIGTERM/SIGHUP unwind like Ctrl-C, so every finally block stops its processes.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
     cmdline = [".venv/bin/python", "bench/bench_celery.py", *argv]
     raft: dict[str, Any] = {"reps": []}
     red: dict[str, Any] = {"reps": []}
-    t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="celery-bench-", dir=args.data_dir) as tmp:
-        base = Path(tmp)
-        info = machine_info(base)
-        contenders = [
-            ("raft://", run_raft, raft, args.skip_raft),
-            ("redis://", run_redis, red, args.skip_redis),
-        ]
-        if not run_contenders(contenders, args, base):
-            return 130
-    note_if_head_moved(info)
-    info["duration"] = f"{time.monotonic() - t_start:.0f} s"
-    with contextlib.suppress(OSError):
-        info["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    report = render(args, info, raft, red, cmdline)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
+    contenders = [
+        ("raft://", run_raft, raft, args.skip_raft),
+        ("redis://", run_redis, red, args.skip_redis),
+    ]
+    info = run_benchmark(args, "celery-bench-", contenders)
+    if info is None:
+        return 130
     kind = "celery" if args.producers == 1 else f"celery-p{args.producers}"
     data = {"command": shlex.join(cmdline), "info": info, **details(raft, red)}
-    for stem in (f"{kind}-{stamp}", f"{kind}-latest"):
-        (out_dir / f"{stem}.md").write_text(report)
-        (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    written, latest = write_report(args.out_dir, kind, render(args, info, raft, red, cmdline), data)
     print("\n".join(build_table(args, raft, red)))
     print()
     print("\n".join(goal_notes(raft, red)))
     print()
     print("\n".join(observations(args, raft, red)))
-    print(
-        f"\nwritten: {out_dir / f'{kind}-{stamp}.md'} (.json) and {out_dir / f'{kind}-latest.md'}"
-    )
+    print(f"\nwritten: {written} (.json) and {latest}")
     return 1 if ("error" in raft or "error" in red) else 0
 
 

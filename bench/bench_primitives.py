@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -47,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prim_redis
 import redis
-from bench_raft import fmt_ms, log, machine_info, note_if_head_moved, run_contenders
+from bench_raft import fmt_ms, log, log_node_tails, run_benchmark, write_report
 from prim_zipf import ideal_hit_rate, simulate, workload
 
 from raft_node.launcher import LocalCluster
@@ -201,10 +198,7 @@ def run_ours(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> No
             result["areas"][area] = r
             log(f"raftsync:   {summary_line(area, r)}")
     except Exception:
-        for node in cluster.ids:
-            with contextlib.suppress(OSError):
-                tail = cluster.log_path(node).read_text(errors="replace")[-1500:]
-                log(f"raftsync: last log lines of {node}:\n{tail}")
+        log_node_tails(cluster, "raftsync")
         raise
     finally:
         cluster.stop()
@@ -743,38 +737,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    # SIGTERM/SIGHUP unwind like Ctrl-C, so every finally block stops its processes.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
     cmdline = [".venv/bin/python", "bench/bench_primitives.py", *argv]
     ours: dict[str, Any] = {"areas": {}}
     theirs: dict[str, Any] = {"areas": {}}
-    t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="prim-bench-", dir=args.data_dir) as tmp:
-        base = Path(tmp)
-        info = machine_info(base)
-        contenders = [
-            ("raftsync", run_ours, ours, args.skip_ours),
-            ("redis-py", run_redis, theirs, args.skip_redis),
-        ]
-        if not run_contenders(contenders, args, base):
-            return 130
-    note_if_head_moved(info)
-    info["duration"] = f"{time.monotonic() - t_start:.0f} s"
-    with contextlib.suppress(OSError):
-        info["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    contenders = [
+        ("raftsync", run_ours, ours, args.skip_ours),
+        ("redis-py", run_redis, theirs, args.skip_redis),
+    ]
+    info = run_benchmark(args, "prim-bench-", contenders)
+    if info is None:
+        return 130
     report = render(args, info, ours, theirs, cmdline)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
-    (out_dir / f"primitives-{stamp}.md").write_text(report)
-    (out_dir / "primitives-latest.md").write_text(report)
+    written, latest = write_report(args.out_dir, "primitives", report)
     print("\n".join(build_table(args, ours, theirs)))
     print()
     print("\n".join(target_notes(args, ours)))
     print()
     print("\n".join(observations(args, ours, theirs)))
-    print(f"\nwritten: {out_dir / f'primitives-{stamp}.md'} and {out_dir / 'primitives-latest.md'}")
+    print(f"\nwritten: {written} and {latest}")
     failed = any(
         "error" in res or any("error" in a for a in res["areas"].values()) for res in (ours, theirs)
     )

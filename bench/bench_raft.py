@@ -204,10 +204,7 @@ def run_ours(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> No
             if len(statuses) != len(cluster.ids):
                 raise RuntimeError(f"{leader} did not come back after its restart (see its log)")
     except Exception:
-        for node in cluster.ids:
-            with contextlib.suppress(OSError):
-                tail = cluster.log_path(node).read_text(errors="replace")[-1500:]
-                log(f"raftsync: last log lines of {node}:\n{tail}")
+        log_node_tails(cluster, "raftsync")
         raise
     finally:
         if bg is not None:
@@ -476,6 +473,14 @@ def machine_info(data_dir: Path) -> dict[str, str]:
     }
 
 
+def log_node_tails(cluster: LocalCluster, label: str) -> None:
+    """After a failure: the last lines of each node's log, which usually say why."""
+    for node in cluster.ids:
+        with contextlib.suppress(OSError):
+            tail = cluster.log_path(node).read_text(errors="replace")[-1500:]
+            log(f"{label}: last log lines of {node}:\n{tail}")
+
+
 def run_contenders(
     contenders: list[tuple[str, Any, dict[str, Any], bool]], args, base: Path
 ) -> bool:
@@ -501,6 +506,44 @@ def note_if_head_moved(info: dict[str, str]) -> None:
     head_now = sh(["git", "rev-parse", "--short", "HEAD"]).strip()
     if head_now and not info["commit"].startswith(head_now):
         info["commit"] += f" at start; HEAD moved to {head_now} during the run"
+
+
+def run_benchmark(
+    args: argparse.Namespace,
+    prefix: str,
+    contenders: list[tuple[str, Any, dict[str, Any], bool]],
+) -> dict[str, str] | None:
+    """The frame every benchmark shares: SIGTERM/SIGHUP unwind like Ctrl-C (so every finally
+    block stops its processes), a temporary data directory under ``--data-dir``, the machine's
+    description, each contender in turn, then the run's duration and closing load. Returns the
+    machine info for the report, or None when interrupted."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=args.data_dir) as tmp:
+        base = Path(tmp)
+        info = machine_info(base)
+        if not run_contenders(contenders, args, base):
+            return None
+    note_if_head_moved(info)
+    info["duration"] = f"{time.monotonic() - t_start:.0f} s"
+    with contextlib.suppress(OSError):
+        info["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return info
+
+
+def write_report(
+    out_dir: str, kind: str, report: str, data: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """``<kind>-<YYYYMMDD-HHMM>.md`` and ``<kind>-latest.md`` (and ``.json`` with ``data``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
+    for stem in (f"{kind}-{stamp}", f"{kind}-latest"):
+        (out / f"{stem}.md").write_text(report)
+        if data is not None:
+            (out / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return out / f"{kind}-{stamp}.md", out / f"{kind}-latest.md"
 
 
 def durability_peer() -> str:
@@ -601,32 +644,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    # SIGTERM/SIGHUP unwind like Ctrl-C, so every finally block stops its processes.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
     cmdline = [".venv/bin/python", "bench/bench_raft.py", *argv]
     ours: dict[str, Any] = {"load": {}, "failover": []}
     peer: dict[str, Any] = {"load": {}, "failover": []}
-    with tempfile.TemporaryDirectory(prefix="raft-bench-", dir=args.data_dir) as tmp:
-        base = Path(tmp)
-        info = machine_info(base)
-        contenders = [
-            ("raftsync", run_ours, ours, args.skip_ours),
-            ("PySyncObj", run_peer, peer, args.skip_peer),
-        ]
-        if not run_contenders(contenders, args, base):
-            return 130
-    note_if_head_moved(info)
-    report = render(args, info, ours, peer, cmdline)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
-    (out_dir / f"raft-{stamp}.md").write_text(report)
-    (out_dir / "raft-latest.md").write_text(report)
+    contenders = [
+        ("raftsync", run_ours, ours, args.skip_ours),
+        ("PySyncObj", run_peer, peer, args.skip_peer),
+    ]
+    info = run_benchmark(args, "raft-bench-", contenders)
+    if info is None:
+        return 130
+    written, latest = write_report(args.out_dir, "raft", render(args, info, ours, peer, cmdline))
     print("\n".join(build_table(args.levels, ours, peer)))
     print()
     print("\n".join(target_notes(ours)))
-    print(f"\nwritten: {out_dir / f'raft-{stamp}.md'} and {out_dir / 'raft-latest.md'}")
+    print(f"\nwritten: {written} and {latest}")
     return 1 if ("error" in ours or "error" in peer) else 0
 
 
