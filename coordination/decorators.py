@@ -23,7 +23,7 @@
   the resource you protect, or call ``require_token``) and ``lost`` (the session expired).
 
 Works in either decorator order with ``@app.task``: at run time the running task is found with
-``celery.current_task``.
+``celery.current_task``. As a task option: ``@app.task(base=LockedTask, distributed_lock={...})``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from celery import Task
 
 from coordination.exceptions import LockNotAcquired
 
@@ -135,6 +137,31 @@ def distributed_lock(
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+class LockedTask(Task):
+    """A Celery task base taking ``@distributed_lock`` as a task option::
+
+        @app.task(base=LockedTask, distributed_lock={"key": "report:{customer_id}"})
+        def build_report(customer_id): ...
+
+    The option holds ``distributed_lock``'s arguments; the task's ``run`` is wrapped on its
+    first call (tasks are one instance per app), so it behaves exactly like the decorator.
+    ``syncproject``'s Celery app uses this class for every task, so there the option works
+    without ``base=``.
+    """
+
+    distributed_lock: dict[str, Any] | None = None
+    _lock_wrap_guard = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        options = self.distributed_lock
+        if options and not self.__dict__.get("_lock_wrapped"):
+            with self._lock_wrap_guard:
+                if not self.__dict__.get("_lock_wrapped"):
+                    self.run = distributed_lock(**options)(self.run)
+                    self._lock_wrapped = True
+        return super().__call__(*args, **kwargs)
 
 
 def _running_task() -> Any:

@@ -11,6 +11,7 @@ from coordination.celery_transport import register
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "syncproject.settings")
 register()  # CELERY_BROKER_URL = "raft://host:port;raft://host:port;..." (the replicated queue)
 
-app = Celery("syncproject")
+# Every task may take `distributed_lock={...}` as a task option (coordination.decorators).
+app = Celery("syncproject", task_cls="coordination.decorators:LockedTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

@@ -15,3 +15,11 @@ def test_celery_app_uses_django_settings() -> None:
 
     assert celery_app.main == "syncproject"
     assert celery_app.conf.broker_url == settings.CELERY_BROKER_URL
+
+
+def test_project_tasks_accept_the_distributed_lock_option() -> None:
+    from coordination.decorators import LockedTask
+    from syncproject.celery import app
+
+    app.loader.import_default_modules()  # what a worker does at start: autodiscovery
+    assert isinstance(app.tasks["coordination.ping"], LockedTask)

@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 
 from coordination.client import Coordinator
-from coordination.decorators import current_lock, distributed_lock
+from coordination.decorators import LockedTask, current_lock, distributed_lock
 from coordination.exceptions import LockNotAcquired
 from raft_node.launcher import LocalCluster
 
@@ -132,3 +132,23 @@ def _with_order(body):
         return body(self, name)
 
     return task_body
+
+
+def test_as_a_celery_task_option(coord):
+    app = Celery("locks-option", broker="memory://", backend="cache+memory://")
+
+    @app.task(
+        base=LockedTask,
+        bind=True,
+        distributed_lock={"key": "option:{name}", "coordinator": coord, "ttl": 5},
+    )
+    def fenced(self, name):
+        return current_lock().token
+
+    token = fenced.apply(args=("a",)).get()
+    assert token > 0 and fenced.apply(kwargs={"name": "a"}).get() > token  # same key, new grant
+    with coord.lock("option:a", wait=0, session=coord.session(5)) as held:
+        assert held.token
+        busy = fenced.apply(args=("a",), throw=False)
+        assert busy.state == "FAILURE" and isinstance(busy.result, LockNotAcquired)
+        assert fenced.apply(args=("b",)).get() > 0  # another key is free
