@@ -74,3 +74,12 @@ def test_bad_field_is_a_400_naming_it(api, method, url, body, field):
     got = call(url, body, format="json") if body is not None else call(url)
     assert got.status_code == 400, (got.status_code, got.content)
     assert field in got.json(), got.json()
+
+
+def test_session_authentication_with_csrf_and_anonymous_refused(api):
+    browser = APIClient(enforce_csrf_checks=True)
+    assert browser.get("/api/locks/a/check/").status_code == 401  # anonymous
+    browser.force_login(User.objects.get(username="validator"))  # a Django session (admin login)
+    assert browser.get("/api/locks/a/check/").status_code == 400  # authenticated, then validated
+    refused = browser.post("/api/sessions/", {"ttl": 0}, format="json")
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
