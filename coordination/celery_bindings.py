@@ -19,7 +19,7 @@ import logging
 import re
 from typing import Any
 
-from coordination.client import SHARED, Coordinator, Session
+from coordination.client import SHARED, Coordinator, Lock, Session
 from coordination.exceptions import CoordinationError
 from coordination.primitives import limits
 
@@ -48,21 +48,23 @@ def lock_name(exchange: str, queue: str, routing_key: str) -> str:
 
 def register(
     coord: Coordinator, session: Session, exchange: str, queue: str, routing_key: str
-) -> bool:
-    """Hold the binding's lock in ``session``; False (and a warning) if the names are too long
-    to fit a lock name: that binding then stays local to this process, as in plain kombu."""
+) -> Lock | None:
+    """Hold the binding's lock in ``session`` (returned, to release it when the queue goes);
+    None (and a warning) if the names are too long to fit a lock name: that binding then stays
+    local to this process, as in plain kombu."""
     name = lock_name(exchange, queue, routing_key)
     if len(name.encode()) > limits.NAME_MAX_BYTES:
         log.warning(
             "event=binding_not_shared exchange=%s queue=%s reason=name_too_long", exchange, queue
         )
-        return False
+        return None
+    lock = coord.lock(name, SHARED, wait=0, session=session, owner="binding")
     try:
-        coord.lock(name, SHARED, wait=0, session=session, owner="binding").acquire()
+        lock.acquire()
     except CoordinationError as exc:
         log.warning("event=binding_not_shared exchange=%s queue=%s error=%s", exchange, queue, exc)
-        return False
-    return True
+        return None
+    return lock
 
 
 def bindings(coord: Coordinator, exchange: str) -> list[tuple[str, str, str]]:

@@ -49,11 +49,19 @@ from kombu.transport import virtual
 
 from coordination import celery_bindings
 from coordination.client import Coordinator, Session
-from coordination.exceptions import SessionExpired, UnknownMessage, UnknownQueue, UnknownSession
+from coordination.exceptions import (
+    NotHolder,
+    SessionExpired,
+    UnknownMessage,
+    UnknownQueue,
+    UnknownSession,
+)
 from coordination.primitives import limits
 from raft_node.client import ClusterUnavailable, Timeout
 
 log = logging.getLogger("coordination.celery")
+# Best-effort clean-up: the queue or binding may be gone already, or our session with it.
+CLEANUP_ERRORS = (UnknownQueue, UnknownSession, SessionExpired, NotHolder)
 DEFAULT_VISIBILITY = 3600.0
 MAX_ETA = limits.DELAY_MS[1] / 1000  # the queue's longest delayed delivery (7 days)
 
@@ -79,6 +87,7 @@ class Channel(virtual.Channel):
         # worker's blocking get on its task queue is not held up by an idle control queue.
         self.broadcast_poll = float(options.get("broadcast_poll_interval", 0.5))
         self._broadcast_queues: dict[str, float] = {}  # queue -> when it is next polled
+        self._bindings: dict[str, list[Any]] = {}  # queue -> the binding locks this channel holds
 
     # -- virtual transport hooks ----------------------------------------------------------------
 
@@ -157,7 +166,9 @@ class Channel(virtual.Channel):
     # -- bindings shared through the cluster (fanout, replies to another process's queue) --------
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
-        celery_bindings.register(self.coord, self.session, exchange, queue, routing_key)
+        lock = celery_bindings.register(self.coord, self.session, exchange, queue, routing_key)
+        if lock is not None:
+            self._bindings.setdefault(queue, []).append(lock)
         if self.typeof(exchange).type == "fanout":
             self._broadcast_queues.setdefault(queue, 0.0)
 
@@ -177,6 +188,16 @@ class Channel(virtual.Channel):
     ) -> None:
         for queue in sorted({row[2] for row in self.get_table(exchange)}):
             self._put(queue, message)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        """``queue_delete`` (kombu calls it for a reply queue once the replies are in): the
+        queue leaves the cluster, and so do this channel's bindings of it."""
+        for lock in self._bindings.pop(queue, []):
+            with contextlib.suppress(*CLEANUP_ERRORS):
+                lock.release()
+        self._broadcast_queues.pop(queue, None)
+        with contextlib.suppress(*CLEANUP_ERRORS):
+            self.coord.queue(queue).delete()
 
     def _purge(self, queue: str) -> int:
         try:

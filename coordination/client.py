@@ -473,6 +473,10 @@ class Queue:
     def purge(self) -> int:
         return self.coord.propose(c.queue_purge(self.name))
 
+    def delete(self) -> bool:
+        """Remove the queue and every message in it (its dead-letter queue stays)."""
+        return self.coord.propose(c.queue_delete(self.name))
+
     def peek(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.coord.query(c.queue_peek(self.name, limit))
 

@@ -101,6 +101,10 @@ def queue_get_many(
     return _cmd("queue.get_many", session, name, wait_ms, visibility_ms, max_count)
 
 
+def queue_delete(name: str) -> bytes:
+    return _cmd("queue.delete", name)
+
+
 def queue_ack(session: int, name: str, msg_id: int) -> bytes:
     return _cmd("queue.ack", session, name, msg_id)
 

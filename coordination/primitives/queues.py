@@ -130,6 +130,7 @@ class Queues:
             "queue.nack": self.nack,
             "queue.touch": self.touch,
             "queue.purge": self.purge,
+            "queue.delete": self.delete,
             "queue.requeue_dead": self.requeue_dead,
         }
 
@@ -295,6 +296,32 @@ class Queues:
             del q.messages[mid]
         return len(removed)
 
+    def delete(self, ctx: Ctx, args: list[Any]) -> bool:
+        """``[name]`` -> whether it existed. The queue goes with every message in it (ready,
+        delayed, or in flight: those leases just end), its blocked gets fail with
+        ``unknown_queue``, and its dedup memory is forgotten; its dead-letter queue stays. What
+        kombu's auto-delete queues need (a Celery ``inspect`` call's reply queue)."""
+        (name,) = limits.args(args, 1, "queue.delete")
+        name = _queue_name(name)
+        q = self.queues.pop(name, None)
+        if q is None:
+            return False
+        for token in list(q.waiters):
+            sid = self.waiters.pop(token)[0]
+            self._forget(self._waits_by_session, sid, token)
+            ctx.fail(token, UNKNOWN_QUEUE, f"queue {name!r} was deleted")
+        for mid, (sid, _) in q.inflight.items():
+            self._forget(self._leases_by_session, sid, (name, mid))
+        self._dirty.pop(name, None)
+        return True  # stale deadlines of its messages are skipped: ids are never reused
+
+    @staticmethod
+    def _forget(index: dict[int, dict[Any, None]], sid: int, key: Any) -> None:
+        entries = index[sid]
+        del entries[key]
+        if not entries:
+            del index[sid]
+
     def requeue_dead(self, ctx: Ctx, args: list[Any]) -> int:
         """``[name, max_count]`` -> how many ready messages of ``name.dlq`` moved back to
         ``name`` (in the DLQ's delivery order, ``delivery_count`` reset to 0, stopping when
@@ -453,10 +480,7 @@ class Queues:
 
     def _unlease(self, q: QueueState, mid: int) -> None:
         sid = q.inflight.pop(mid)[0]
-        leases = self._leases_by_session[sid]
-        del leases[(q.name, mid)]
-        if not leases:
-            del self._leases_by_session[sid]
+        self._forget(self._leases_by_session, sid, (q.name, mid))
 
     def _redeliver(self, ctx: Ctx, q: QueueState, mid: int, delay: int) -> None:
         """A message whose lease ended without an ack: back to the queue, or dead-lettered."""
@@ -484,10 +508,7 @@ class Queues:
     def _drop_waiter(self, token: int) -> None:
         sid, name = self.waiters.pop(token)[:2]
         del self.queues[name].waiters[token]
-        waits = self._waits_by_session[sid]
-        del waits[token]
-        if not waits:
-            del self._waits_by_session[sid]
+        self._forget(self._waits_by_session, sid, token)
 
     def _flush(self, ctx: Ctx) -> None:
         """Serve blocked gets of every queue that got ready messages (FIFO among waiters)."""

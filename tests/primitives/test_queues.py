@@ -910,6 +910,18 @@ class QueueModel(RuleBasedStateMachine):
         self.sessions[slot] = self.node.session(3_600_000)
 
     @rule(queue=st.sampled_from(["a", "b"]))
+    def delete_and_declare_again(self, queue: str) -> None:
+        assert self.node.do("queue.delete", queue) is True
+        for m in [m for m in self.msgs.values() if m.queue == queue]:
+            del self.msgs[m.id]
+            self.finished.add(m.id)
+        for waiter in [w for w in self.waiters if w[2] == queue]:
+            self.waiters.remove(waiter)
+            self.expected[waiter[0]] = (False, errors.UNKNOWN_QUEUE)
+        self.dedup = {k: v for k, v in self.dedup.items() if k[0] != queue}
+        self.node.do("queue.declare", queue, *CONFIG[queue])
+
+    @rule(queue=st.sampled_from(["a", "b"]))
     def purge(self, queue: str) -> None:
         gone = [m.id for m in self.msgs.values() if m.queue == queue and m.state != "inflight"]
         assert self.node.do("queue.purge", queue) == len(gone)
@@ -1066,3 +1078,27 @@ def test_waiters_of_snapshots_without_max_count_restore_as_plain_gets() -> None:
     restored.index, restored.now = old.index, old.now
     restored.put("q", b"x")
     assert restored.done()[pending.token][1]["payload"] == b"x"
+
+
+def test_delete_removes_the_queue_its_leases_and_fails_its_waiters(node: Node) -> None:
+    s1, s2 = node.session(), node.session()
+    node.put("q", b"leased")
+    node.put("q", b"ready", dedup="d1")
+    node.put("q", b"later", delay=5_000)
+    node.do("queue.get_many", s1, "q", 0, VIS, 1)
+    node.do("queue.declare", "other", None, None, None)
+    waiting = node.get(s2, "other", wait=10_000)
+    assert node.do("queue.delete", "q") is True
+    assert node.do("queue.delete", "q") is False
+    assert "q" not in [row["name"] for row in node.query("queue.list")]
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.get", s1, "q", 0, VIS)
+    check_invariants(node.queues)
+    assert node.queues.next_deadline() == node.now + 10_000  # only the waiter on "other"
+    node.tick(6_000)  # the deleted queue's delayed message and lease come due: nothing happens
+    node.put("q", b"again", dedup="d1")  # a new queue of that name remembers nothing
+    assert node.get(s1, "q")["payload"] == b"again"
+    pending = node.get(s2, "q", wait=10_000)
+    node.do("queue.delete", "q")
+    assert node.done() == {pending.token: (False, (errors.UNKNOWN_QUEUE, "queue 'q' was deleted"))}
+    assert waiting.token not in node.done()
+    check_invariants(node.queues)

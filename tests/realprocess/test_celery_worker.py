@@ -268,5 +268,9 @@ def test_remote_control_reaches_workers_and_revoke_ends_a_locked_task(
         app.control.revoke(result.id, terminate=True)
         _wait_for(lambda: not coord.inspect_lock("job:revoked")["holders"], 30, "lock release")
         assert not any(e[0] == "end" for e in _events(tmp_path))
+        # Each call's reply queue was deleted once its replies were in, with its binding.
+        queues = [row["name"] for row in coord.queues()]
+        assert not [q for q in queues if q.endswith(".reply.celery.pidbox")], queues
+        assert not [b for b in coord.locks("kombu/reply.celery.pidbox/")], "reply bindings left"
     finally:
         _stop(worker)
