@@ -88,6 +88,7 @@ class Channel(virtual.Channel):
         self.broadcast_poll = float(options.get("broadcast_poll_interval", 0.5))
         self._broadcast_queues: dict[str, float] = {}  # queue -> when it is next polled
         self._bindings: dict[str, list[Any]] = {}  # queue -> the binding locks this channel holds
+        self._turn = 0  # rotates the order get_any tries the consumed queues in
 
     # -- virtual transport hooks ----------------------------------------------------------------
 
@@ -108,23 +109,53 @@ class Channel(virtual.Channel):
         self.coord.queue(queue).put(json.dumps(message).encode(), priority=priority, delay=delay)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        return self._fetch(queue, 1)[0]
+        return self._fetch(queue, 1)[0][1]
+
+    def _poll(self, cycle: Any, callback: Any, timeout: float | None = None) -> None:
+        """One wait over every task queue the channel consumes (``queue.get_any``, the list
+        rotated each time for fairness) instead of kombu's turn-by-turn gets, where a worker
+        of ``-Q a,b`` would wait out an empty ``a`` before looking at ``b``. Control queues
+        (fanout-bound) are checked first, when due."""
+        for queue in [q for q in self._active_queues if q in self._broadcast_queues]:
+            with contextlib.suppress(Empty):
+                return self._get_and_deliver(queue, callback)
+        queues = [q for q in self._active_queues if q not in self._broadcast_queues]
+        if len(queues) <= 1:
+            if not queues:
+                raise Empty()
+            return self._get_and_deliver(queues[0], callback)
+        self._turn = (self._turn + 1) % len(queues)
+        order = queues[self._turn :] + queues[: self._turn]
+        try:
+            batch = self.coord.get_any(
+                order,
+                self._room(),
+                wait=self.wait,
+                visibility=self.visibility,
+                session=self.session,
+            )
+        except UnknownQueue:
+            raise Empty() from None
+        self._deliver(self._to_kombu(batch), callback)
 
     def _get_and_deliver(self, queue: str, callback: Any) -> None:
         """Lease as many messages as the consumer has prefetch room for, in one log entry."""
+        self._deliver(self._fetch(queue, self._room()), callback)
+
+    def _room(self) -> int:
         room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
-        batch = self._fetch(
-            queue, max(1, min(self.max_fetch, self.max_fetch if room is None else room))
-        )
-        for i, message in enumerate(batch):
+        return max(1, min(self.max_fetch, self.max_fetch if room is None else room))
+
+    def _deliver(self, batch: list[tuple[str, dict[str, Any]]], callback: Any) -> None:
+        for i, (queue, message) in enumerate(batch):
             try:
                 callback(message, queue)
             except BaseException:
-                for rest in batch[i + 1 :]:  # leased but never handed over: give them back
+                for _, rest in batch[i + 1 :]:  # leased but never handed over: give them back
                     self._give_back(rest["properties"]["delivery_tag"])
                 raise
 
-    def _fetch(self, queue: str, count: int) -> list[dict[str, Any]]:
+    def _fetch(self, queue: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         wait = self.wait
         next_poll = self._broadcast_queues.get(queue)
         if next_poll is not None:
@@ -138,6 +169,10 @@ class Channel(virtual.Channel):
             )
         except UnknownQueue:
             raise Empty() from None
+        return self._to_kombu(batch)
+
+    def _to_kombu(self, batch: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(queue, kombu message) per leased message, remembering each lease for the ack."""
         if not batch:
             raise Empty()
         messages = []
@@ -146,8 +181,8 @@ class Channel(virtual.Channel):
             props = message.setdefault("properties", {})
             if msg.delivery_count > 1:
                 message["redelivered"] = True
-            self._leases[props["delivery_tag"]] = (queue, msg.id)
-            messages.append(message)
+            self._leases[props["delivery_tag"]] = (msg.queue.name, msg.id)
+            messages.append((msg.queue.name, message))
         return messages
 
     def _give_back(self, delivery_tag: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 from celery import signals
@@ -29,7 +30,12 @@ log = logging.getLogger("coordination.worker")
 
 
 def open_worker_session(**_: Any) -> None:
-    """Open this process's session (the one ``@distributed_lock`` uses)."""
+    """Open this process's session (the one ``@distributed_lock`` uses), in the background:
+    a cluster that is slow to answer must not hold up the worker's start."""
+    threading.Thread(target=_open, daemon=True, name="raftsync-worker-session").start()
+
+
+def _open() -> None:
     name = f"celery@{socket.gethostname()}-{os.getpid()}"
     try:
         coord = decorators.process_coordinator(name=name)

@@ -222,6 +222,25 @@ class Coordinator:
     def queues(self) -> Any:
         return self.query(c.queue_list())
 
+    def get_any(
+        self,
+        queues: list[str],
+        max_count: int = 1,
+        *,
+        wait: float = 0.0,
+        visibility: float = 30.0,
+        session: Session | None = None,
+    ) -> list[Message]:
+        """Lease up to ``max_count`` messages of the first of ``queues`` with any ready, in
+        one entry; blocked, wait in all of them at once (``[]`` if ``wait`` ran out). Each
+        message's ``queue`` says where it came from."""
+        session = session or self.default_session
+        rows = self.propose(
+            c.queue_get_any(session.id, queues, _ms(wait), _ms(visibility), max_count),
+            timeout=max(self.timeout, wait + WAIT_MARGIN),
+        )
+        return [self.queue(row["queue"])._message(row, session) for row in rows]
+
     def propose_ack(self, session: Session, queue: str, msg_id: int) -> None:
         """Ack by ids (transports that keep ids rather than ``Message`` objects)."""
         self.propose(c.queue_ack(session.id, queue, msg_id))

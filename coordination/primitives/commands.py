@@ -101,6 +101,12 @@ def queue_get_many(
     return _cmd("queue.get_many", session, name, wait_ms, visibility_ms, max_count)
 
 
+def queue_get_any(
+    session: int, names: list[str], wait_ms: int, visibility_ms: int, max_count: int
+) -> bytes:
+    return _cmd("queue.get_any", session, list(names), wait_ms, visibility_ms, max_count)
+
+
 def queue_delete(name: str) -> bytes:
     return _cmd("queue.delete", name)
 

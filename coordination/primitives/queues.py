@@ -30,8 +30,10 @@ Design notes (the contract the clients and the kombu transport rely on):
   message is gone already. Entries are forgotten when the window passes (tick), and at most
   ``DEDUP_MAX_ENTRIES`` per queue are kept (oldest forgotten first). A window of 0 disables it.
 - **Batches.** ``get_many`` leases up to ``max_count`` ready messages in one entry (a consumer
-  with room for several pays one commit), answering a list; ``ack_many`` acks a list of ids of
-  one session, reporting the ids no longer leased to it instead of failing the batch.
+  with room for several pays one commit), answering a list; ``get_any`` does the same from the
+  first of several queues with messages, and blocked, waits in all of them at once;
+  ``ack_many`` acks a list of ids of one session, reporting the ids no longer leased to it
+  instead of failing the batch.
 - **Blocking gets.** ``get`` on an empty queue with ``wait_ms > 0`` returns ``Pending(index)``.
   Waiters of a queue are served FIFO as soon as a message is ready (a put, a delayed message
   becoming visible, a requeue), completed with ``None`` when the wait runs out, failed with
@@ -66,6 +68,7 @@ from coordination.primitives.sessions import Sessions
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_DEDUP_WINDOW_MS = 300_000
 DEDUP_MAX_ENTRIES = 100_000  # per queue
+MAX_GET_ANY_QUEUES = 32  # queues one get_any may wait on
 REASON_MAX_DELIVERIES = "max_deliveries"
 REASON_REJECTED = "rejected"
 
@@ -113,6 +116,7 @@ class Queues:
         self.queues: dict[str, QueueState] = {}  # creation order
         # token -> [session, queue, deadline, visibility, max_count]; max_count None: a ``get``
         # (answered with one message or None), else a ``get_many`` (answered with a list).
+        # ``queue`` is a list of names for a ``get_any`` (it waits in each of those queues).
         self.waiters: dict[int, list[Any]] = {}
         self._leases_by_session: dict[int, dict[tuple[str, int], None]] = {}
         self._waits_by_session: dict[int, dict[int, None]] = {}
@@ -125,6 +129,7 @@ class Queues:
             "queue.put": self.put,
             "queue.get": self.get,
             "queue.get_many": self.get_many,
+            "queue.get_any": self.get_any,
             "queue.ack": self.ack,
             "queue.ack_many": self.ack_many,
             "queue.nack": self.nack,
@@ -208,21 +213,39 @@ class Queues:
         count = limits.integer(count, (1, limits.BATCH_MAX), "max_count")
         return self._get(ctx, sid, name, wait, visibility, count)
 
+    def get_any(self, ctx: Ctx, args: list[Any]) -> list[dict[str, Any]] | Pending:
+        """``[session, [name, ...], wait_ms, visibility_ms, max_count]`` -> up to ``max_count``
+        messages of the first listed queue that has any ready (each message names its queue),
+        ``[]`` or ``Pending`` as ``get_many``. A blocked ``get_any`` waits in every listed
+        queue and is served by whichever gets a message first: one wait for a consumer of
+        several queues (a Celery worker with ``-Q a,b``) instead of one wait per queue in turn.
+        The caller rotates the list for fairness."""
+        sid, names, wait, visibility, count = limits.args(args, 5, "queue.get_any")
+        if not isinstance(names, list) or not 1 <= len(names) <= MAX_GET_ANY_QUEUES:
+            reject(BAD_COMMAND, f"queues must be a list of 1..{MAX_GET_ANY_QUEUES} names")
+        names = list(dict.fromkeys(_queue_name(n) for n in names))
+        count = limits.integer(count, (1, limits.BATCH_MAX), "max_count")
+        return self._get(ctx, sid, names, wait, visibility, count)
+
     def _get(
         self, ctx: Ctx, sid: Any, name: Any, wait: Any, visibility: Any, count: int | None
     ) -> Any:
-        name = _queue_name(name)
+        """``name``: one queue (get, get_many) or a list of validated names (get_any)."""
+        names = name if isinstance(name, list) else [_queue_name(name)]
         wait = limits.integer(wait, limits.WAIT_MS, "wait_ms")
         visibility = limits.integer(visibility, limits.VISIBILITY_MS, "visibility_ms")
         sid = self._sessions.require(sid)
-        q = self._require(name)
-        if q.ready:
-            return self._lease_batch(ctx, q, sid, visibility, count)
+        queues = [self._require(n) for n in names]
+        for q in queues:
+            if q.ready:
+                return self._lease_batch(ctx, q, sid, visibility, count)
         if wait == 0:
             return None if count is None else []
         token, deadline = ctx.index, ctx.now_ms + wait
-        self.waiters[token] = [sid, name, deadline, visibility, count]
-        q.waiters[token] = None
+        waits_in = names if isinstance(name, list) else names[0]
+        self.waiters[token] = [sid, waits_in, deadline, visibility, count]
+        for q in queues:
+            q.waiters[token] = None
         self._waits_by_session.setdefault(sid, {})[token] = None
         self._deadlines.push(deadline, ("w", token))
         return Pending(token)
@@ -307,8 +330,7 @@ class Queues:
         if q is None:
             return False
         for token in list(q.waiters):
-            sid = self.waiters.pop(token)[0]
-            self._forget(self._waits_by_session, sid, token)
+            self._drop_waiter(token)  # also from the other queues a get_any waits in
             ctx.fail(token, UNKNOWN_QUEUE, f"queue {name!r} was deleted")
         for mid, (sid, _) in q.inflight.items():
             self._forget(self._leases_by_session, sid, (name, mid))
@@ -506,8 +528,11 @@ class Queues:
         self._dirty[dlq_name] = None
 
     def _drop_waiter(self, token: int) -> None:
-        sid, name = self.waiters.pop(token)[:2]
-        del self.queues[name].waiters[token]
+        sid, names = self.waiters.pop(token)[:2]
+        for name in names if isinstance(names, list) else [names]:
+            q = self.queues.get(name)  # None: the queue is being deleted
+            if q is not None:
+                del q.waiters[token]
         self._forget(self._waits_by_session, sid, token)
 
     def _flush(self, ctx: Ctx) -> None:

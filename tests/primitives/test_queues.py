@@ -93,9 +93,11 @@ def check_invariants(part: Queues) -> None:
         for mid, (sid, _) in q.inflight.items():
             leases.setdefault(sid, set()).add((name, mid))
         for token in q.waiters:
-            assert part.waiters[token][1] == name
+            waits_in = part.waiters[token][1]
+            assert name in waits_in if isinstance(waits_in, list) else waits_in == name
     assert {s: set(v) for s, v in part._leases_by_session.items()} == leases
-    assert sum(len(q.waiters) for q in part.queues.values()) == len(part.waiters)
+    registered = sum(len(w[1]) if isinstance(w[1], list) else 1 for w in part.waiters.values())
+    assert sum(len(q.waiters) for q in part.queues.values()) == registered
     by_session: dict[int, set[int]] = {}
     for token, waiter in part.waiters.items():
         by_session.setdefault(waiter[0], set()).add(token)
@@ -814,6 +816,20 @@ class QueueModel(RuleBasedStateMachine):
             expected.append(self.lease(queue, sid, visibility))
         assert [summary_of(m) for m in batch] == expected
 
+    @rule(
+        slot=st.integers(0, 1),
+        order=st.permutations(["a", "b"]),
+        count=st.integers(1, 3),
+    )
+    def get_any(self, slot: int, order: list[str], count: int) -> None:
+        sid = self.sessions[slot]
+        batch = self.node.do("queue.get_any", sid, order, 0, 4_000, count)
+        first = next((q for q in order if self.ready(q)), None)
+        expected = []
+        while first is not None and self.ready(first) and len(expected) < count:
+            expected.append(self.lease(first, sid, 4_000))
+        assert [summary_of(m) for m in batch] == expected
+
     @rule(slot=st.integers(0, 1), data=st.data())
     def ack_many(self, slot: int, data: st.DataObject) -> None:
         sid = self.sessions[slot]
@@ -1101,4 +1117,53 @@ def test_delete_removes_the_queue_its_leases_and_fails_its_waiters(node: Node) -
     node.do("queue.delete", "q")
     assert node.done() == {pending.token: (False, (errors.UNKNOWN_QUEUE, "queue 'q' was deleted"))}
     assert waiting.token not in node.done()
+    check_invariants(node.queues)
+
+
+def test_get_any_takes_the_first_listed_queue_with_messages(node: Node) -> None:
+    sid = node.session()
+    node.do("queue.declare", "a", None, None, None)
+    node.put("b", b"b1")
+    node.put("b", b"b2")
+    node.put("c", b"c1", 9)
+    got = node.do("queue.get_any", sid, ["a", "b", "c"], 0, VIS, 5)
+    assert [(m["queue"], m["payload"]) for m in got] == [("b", b"b1"), ("b", b"b2")]
+    got = node.do("queue.get_any", sid, ["c", "b"], 0, VIS, 5)
+    assert [(m["queue"], m["payload"]) for m in got] == [("c", b"c1")]
+    assert node.do("queue.get_any", sid, ["a", "b", "c"], 0, VIS, 5) == []
+    check_invariants(node.queues)
+    node.rejected(errors.UNKNOWN_QUEUE, "queue.get_any", sid, ["a", "nope"], 0, VIS, 1)
+    node.rejected(errors.BAD_COMMAND, "queue.get_any", sid, [], 0, VIS, 1)
+    node.rejected(errors.BAD_COMMAND, "queue.get_any", sid, "a", 0, VIS, 1)
+    node.rejected(errors.BAD_COMMAND, "queue.get_any", sid, [f"q{i}" for i in range(33)], 0, VIS, 1)
+
+
+def test_blocked_get_any_waits_in_every_queue_and_is_served_once(node: Node) -> None:
+    s1, s2 = node.session(), node.session()
+    for name in ("a", "b"):
+        node.do("queue.declare", name, None, None, None)
+    both = node.do("queue.get_any", s1, ["a", "b"], 10_000, VIS, 4)
+    only_a = node.get(s2, "a", wait=10_000)
+    assert node.stats("a")["consumers_waiting"] == 2 and node.stats("b")["consumers_waiting"] == 1
+    check_invariants(node.queues)
+    node.put("b", b"to-b")
+    assert [m["payload"] for m in node.done()[both.token][1]] == [b"to-b"]
+    assert node.stats("a")["consumers_waiting"] == 1  # gone from "a" too
+    node.put("a", b"to-a")
+    assert node.done()[only_a.token][1]["payload"] == b"to-a"
+    check_invariants(node.queues)
+    later = node.do("queue.get_any", s1, ["a", "b"], 5_000, VIS, 1)
+    snapshot = node.m.snapshot()
+    replica = Node()
+    replica.m.restore(snapshot)
+    replica.index, replica.now = node.index, node.now
+    check_invariants(replica.queues)
+    for n in (node, replica):
+        n.do("queue.delete", "b")  # its waiter fails and leaves "a" as well
+        assert n.done() == {later.token: (False, (errors.UNKNOWN_QUEUE, "queue 'b' was deleted"))}
+        assert n.stats("a")["consumers_waiting"] == 0
+        check_invariants(n.queues)
+    timed = node.do("queue.get_any", s2, ["a"], 1_000, VIS, 1)
+    assert node.tick(1_000) == {timed.token: (True, [])}
+    node.do("session.close", s1)
     check_invariants(node.queues)

@@ -114,3 +114,37 @@ def test_task_of_a_worker_killed_with_sigkill_is_redelivered(coordination_cluste
             if proc and proc.poll() is None:
                 proc.terminate()
                 proc.wait(15)
+
+
+def test_a_worker_of_several_queues_waits_on_all_at_once(coordination_cluster):
+    """With a 6 s blocking wait, taking the queues in turn would leave a task in ``qb`` for
+    up to 6 s while the worker waits on an empty ``qa``; one wait over both serves it now."""
+    app = _app(coordination_cluster, "raft-multi")
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "polling_wait": 6.0,
+    }
+    seen: list[tuple[str, float]] = []
+
+    @app.task
+    def mark(tag):
+        seen.append((tag, time.monotonic()))
+
+    with start_worker(
+        app,
+        perform_ping_check=False,
+        pool="solo",
+        loglevel="WARNING",
+        queues=["qa", "qb"],
+        shutdown_timeout=30,  # the worker leaves after its current 6 s wait
+    ):
+        time.sleep(1.0)  # the worker is now blocked waiting for work
+        for i, queue in enumerate(["qb", "qa", "qb", "qb"]):
+            sent = time.monotonic()
+            mark.apply_async(args=(f"{queue}-{i}",), queue=queue)
+            deadline = sent + 3.0
+            while len(seen) <= i and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(seen) == i + 1, f"{queue}-{i} not run within 3 s (waiting on the other?)"
+            time.sleep(0.3)  # let the worker block again
+    assert [tag for tag, _ in seen] == ["qb-0", "qa-1", "qb-2", "qb-3"]
