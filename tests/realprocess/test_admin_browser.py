@@ -103,8 +103,15 @@ def _login(browser: Any, base: str, username: str) -> Any:
     page.goto(f"{base}/admin/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    _navigate(page, "input[type=submit]")
     return page
+
+
+def _navigate(page: Any, selector: str) -> None:
+    """Click and wait until the page it leads to has loaded: counting rows right after a bare
+    click may count the old page's, or none while the new one loads."""
+    with page.expect_navigation():
+        page.click(selector)
 
 
 def _shot(page: Any, name: str) -> None:
@@ -208,7 +215,7 @@ def test_staff_see_live_cluster_state_and_requeue_and_purge(
     _shot(page, "nodes")
 
     # Sessions: labels, and what each holds or waits for.
-    page.click("nav.raftsync-tabs >> text=Sessions")
+    _navigate(page, "nav.raftsync-tabs >> text=Sessions")
     holder_row = f"tr[data-session='{scenario['holder']}']"
     waiter_row = f"tr[data-session='{scenario['waiter']}']"
     assert _cell(page, holder_row, "label") == "adm-holder"
@@ -217,7 +224,7 @@ def test_staff_see_live_cluster_state_and_requeue_and_purge(
     _shot(page, "sessions")
 
     # Locks: holder with its fencing token, the waiter, and the refused deadlock.
-    page.click("nav.raftsync-tabs >> text=Locks")
+    _navigate(page, "nav.raftsync-tabs >> text=Locks")
     lock_row = "tr[data-lock='adm-a']"
     holder = page.locator(f"{lock_row} li.holder")
     assert holder.count() == 1
@@ -231,7 +238,7 @@ def test_staff_see_live_cluster_state_and_requeue_and_purge(
     _shot(page, "locks")
 
     # Queues: depth by priority, in flight, dead letters.
-    page.click("nav.raftsync-tabs >> text=Queues")
+    _navigate(page, "nav.raftsync-tabs >> text=Queues")
     row = "tr[data-queue='adm-jobs']"
     assert _cell(page, row, "depth") == "4"  # three ready, one in flight
     assert _cell(page, row, "priorities") == "p5: 2 p0: 1"
@@ -240,13 +247,13 @@ def test_staff_see_live_cluster_state_and_requeue_and_purge(
     assert page.locator("tr[data-queue='adm-jobs.dlq']").count() == 0  # counted in its queue
     _shot(page, "queues")
 
-    page.click(f"{row} a")
+    _navigate(page, f"{row} a")
     assert page.locator("#dead-letters").inner_text().count("poison: always fails") == 1
     assert page.locator("#priorities td[data-priority='5']").inner_text() == "2"
     _shot(page, "queue")
 
     # Requeue: the dead letter goes back to its queue, at its priority.
-    page.click("input[value='Requeue dead letters']")
+    _navigate(page, "input[value='Requeue dead letters']")
     assert "Re-queued 1 dead letter(s) into adm-jobs." in page.locator(".messagelist").inner_text()
     stats = coord.queue("adm-jobs").stats()
     assert (stats["dead_letters"], stats["ready"], stats["depth_by_priority"]["9"]) == (0, 4, 1)
@@ -259,13 +266,13 @@ def test_staff_see_live_cluster_state_and_requeue_and_purge(
     again.session.close()
     page.reload()
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("input[value='Purge dead letters']")
+    _navigate(page, "input[value='Purge dead letters']")
     assert "Purged 1 dead letter(s) of adm-jobs." in page.locator(".messagelist").inner_text()
     assert coord.queue("adm-jobs").stats()["dead_letters"] == 0
 
     # Purge the queue: ready messages go, the leased one stays with its consumer.
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("input[value='Purge queue']")
+    _navigate(page, "input[value='Purge queue']")
     assert "Purged 3 ready or delayed message(s)" in page.locator(".messagelist").inner_text()
     stats = coord.queue("adm-jobs").stats()
     assert (stats["ready"], stats["in_flight"]) == (0, 1)
@@ -273,7 +280,7 @@ def test_staff_see_live_cluster_state_and_requeue_and_purge(
     _shot(page, "queue-after-purge")
 
     # Cache: keys with versions, and both hit rates.
-    page.click("nav.raftsync-tabs >> text=Cache")
+    _navigate(page, "nav.raftsync-tabs >> text=Cache")
     assert _cell(page, "tr[data-key='adm:answer']", "version") == str(scenario["answer_version"])
     assert page.locator("tr[data-key='adm:ttl']").inner_text().strip().endswith("min")
     fills = "#fill-hit-rate"
@@ -284,7 +291,7 @@ def test_staff_see_live_cluster_state_and_requeue_and_purge(
     assert _cell(page, "#l1-hit-rate", "hits") == str(l1["hits"])
     assert _cell(page, "#l1-hit-rate", "requests") == str(l1["hits"] + l1["misses"])
     page.fill("#prefix", "adm:t")
-    page.click("input[value=Filter]")
+    _navigate(page, "input[value=Filter]")
     assert page.locator("#cache-keys tbody tr").count() == 1
     _shot(page, "cache")
 
@@ -315,7 +322,7 @@ def test_operator_actions_need_the_permission_and_pages_need_staff(
     users["viewer"].user_permissions.add(Permission.objects.get(codename="operate_cluster"))
     page.reload()
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("input[value='Purge queue']")
+    _navigate(page, "input[value='Purge queue']")
     assert "Purged 1 ready" in page.locator(".messagelist").inner_text()
     assert jobs.stats()["ready"] == 0
 
