@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis
 from bench_primitives import cpu_seconds, redis_cpu
-from bench_raft import fmt_ms, log, log_node_tails, run_benchmark, write_report
+from bench_raft import add_run_args, fmt_ms, log, log_node_tails, run_benchmark, write_report
 from benchlib import percentile
 from celery_app import CONFIG_ENV, TASK_NAME, dump_profile, install_profiling, make_app
 from celery_marks import Marks, profile_summary
@@ -737,10 +737,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="threads sending tasks at once (1: one publish at a time; a threaded web server"
         " has several)",
     )
-    ap.add_argument("--skip-raft", action="store_true")
-    ap.add_argument("--skip-redis", action="store_true")
-    ap.add_argument("--data-dir", default=None, help="parent of the temporary data directory")
-    ap.add_argument("--out-dir", default=str(BENCH / "results"))
+    add_run_args(ap, "raft", "redis")
     args = ap.parse_args(argv)
     for name, full, quick in (("tasks", 1000, 300), ("reps", 5, 2), ("warmup_tasks", 200, 50)):
         if getattr(args, name) is None:

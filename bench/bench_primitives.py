@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prim_redis
 import redis
-from bench_raft import fmt_ms, log, log_node_tails, run_benchmark, write_report
+from bench_raft import add_run_args, fmt_ms, log, log_node_tails, run_benchmark, write_report
 from prim_zipf import ideal_hit_rate, simulate, workload
 
 from raft_node.launcher import LocalCluster
@@ -709,10 +709,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--read-fraction", type=float, default=0.9)
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
-    ap.add_argument("--skip-ours", action="store_true")
-    ap.add_argument("--skip-redis", action="store_true")
-    ap.add_argument("--data-dir", default=None, help="parent of the temporary data directory")
-    ap.add_argument("--out-dir", default=str(BENCH / "results"))
+    add_run_args(ap, "ours", "redis")
     args = ap.parse_args(argv)
     defaults = {
         "seconds": (5.0, 1.0),

@@ -508,6 +508,14 @@ def note_if_head_moved(info: dict[str, str]) -> None:
         info["commit"] += f" at start; HEAD moved to {head_now} during the run"
 
 
+def add_run_args(ap: argparse.ArgumentParser, *contenders: str) -> None:
+    """Options every benchmark has: ``--skip-<contender>``, ``--data-dir``, ``--out-dir``."""
+    for name in contenders:
+        ap.add_argument(f"--skip-{name}", action="store_true")
+    ap.add_argument("--data-dir", default=None, help="parent of the temporary data directory")
+    ap.add_argument("--out-dir", default=str(BENCH / "results"))
+
+
 def run_benchmark(
     args: argparse.Namespace,
     prefix: str,
@@ -628,10 +636,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="PySyncObj appendEntriesUseBatch (default off: its low-latency mode; 'on', its"
         " default, waits for the 100 ms appendEntriesPeriod on every call)",
     )
-    ap.add_argument("--skip-ours", action="store_true")
-    ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--data-dir", default=None, help="parent of the temporary data directory")
-    ap.add_argument("--out-dir", default=str(BENCH / "results"))
+    add_run_args(ap, "ours", "peer")
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.trials = 1.0, 3
