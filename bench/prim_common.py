@@ -136,6 +136,11 @@ def payload(size: int = PAYLOAD_BYTES) -> bytes:
     return _STAMP.pack(now()) + b"x" * (size - _STAMP.size)
 
 
+def cache_value(i: int) -> bytes:
+    """A 100-byte cache value, the same for both systems."""
+    return (b"%08d" % i).ljust(PAYLOAD_BYTES, b"v")
+
+
 def sent_at(message: bytes) -> int:
     return _STAMP.unpack_from(message)[0]
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from benchlib import summarize_latencies
 from prim_common import (
-    PAYLOAD_BYTES,
     Holders,
     Samples,
     Window,
+    cache_value,
     guarded,
     now,
     payload,
@@ -338,11 +338,6 @@ def queue(p: dict[str, Any]) -> dict[str, Any]:
 # -- cache ----------------------------------------------------------------------------------------
 
 
-def _value(i: int) -> bytes:
-    """A 100-byte cache value."""
-    return (b"%08d" % i).ljust(PAYLOAD_BYTES, b"v")
-
-
 def _preload(cache: Cache, keys: list[str], value: bytes, batch: int = 1000) -> None:
     for i in range(0, len(keys), batch):
         cache.set_many({k: value for k in keys[i : i + batch]})
@@ -403,7 +398,7 @@ def cache_zipf(
         p["read_fraction"],
         p["zipf_warmup"] + p["zipf_ops"],
     )
-    value = _value(7)
+    value = cache_value(7)
     reads, writes = [], []
     try:
         hits0 = misses0 = 0
@@ -447,14 +442,14 @@ def cache(p: dict[str, Any]) -> dict[str, Any]:
         zipf_keys = [f"{p['prefix']}z:{i:05d}" for i in range(p["zipf_keys"])]
         hot_keys = [f"{p['prefix']}hot:{i:03d}" for i in range(100)]
         t0 = now()
-        _preload(plain, zipf_keys + hot_keys, _value(1))
+        _preload(plain, zipf_keys + hot_keys, cache_value(1))
         out["preload_s"] = (now() - t0) / 1e9
         out["l1_hit"] = guarded(cache_l1_hit, coord, p, hot_keys)
         out["cluster_read"] = guarded(
             _sequential, p, p["seconds"], lambda i: plain.get(hot_keys[i % len(hot_keys)])
         )
         write_keys = [f"{p['prefix']}w:{i:03d}" for i in range(100)]
-        value = _value(2)
+        value = cache_value(2)
         out["write"] = guarded(
             _sequential, p, p["seconds"], lambda i: plain.set(write_keys[i % 100], value)
         )

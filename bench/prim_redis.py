@@ -22,10 +22,10 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 from prim_common import (
-    PAYLOAD_BYTES,
     Holders,
     Samples,
     Window,
+    cache_value,
     guarded,
     now,
     payload,
@@ -283,10 +283,6 @@ def queue(p: dict[str, Any]) -> dict[str, Any]:
 # -- cache ----------------------------------------------------------------------------------------
 
 
-def _value(i: int) -> bytes:
-    return (b"%08d" % i).ljust(PAYLOAD_BYTES, b"v")
-
-
 def _sequential(p: dict[str, Any], seconds: float, op: Any) -> dict[str, Any]:
     s = Samples(Window(min(p["warmup"], 0.5), seconds))
     i = 0
@@ -374,7 +370,7 @@ def cache_zipf(p: dict[str, Any], keys: list[str]) -> dict[str, Any]:
         p["read_fraction"],
         p["zipf_warmup"] + p["zipf_ops"],
     )
-    value = _value(7)
+    value = cache_value(7)
     try:
         with _CscCounter() as counter:
             hits0 = misses0 = 0
@@ -408,7 +404,7 @@ def cache(p: dict[str, Any]) -> dict[str, Any]:
         out["server_version"] = r.info("server").get("redis_version")
         zipf_keys = [f"{p['prefix']}z:{i:05d}" for i in range(p["zipf_keys"])]
         hot_keys = [f"{p['prefix']}hot:{i:03d}" for i in range(100)]
-        value = _value(1)
+        value = cache_value(1)
         t0 = now()
         for i in range(0, len(zipf_keys + hot_keys), 1000):
             r.mset({k: value for k in (zipf_keys + hot_keys)[i : i + 1000]})
@@ -419,7 +415,7 @@ def cache(p: dict[str, Any]) -> dict[str, Any]:
         )
         write_keys = [f"{p['prefix']}w:{i:03d}" for i in range(100)]
         out["write"] = guarded(
-            _sequential, p, p["seconds"], lambda i: r.set(write_keys[i % 100], _value(2))
+            _sequential, p, p["seconds"], lambda i: r.set(write_keys[i % 100], cache_value(2))
         )
         out["zipf"] = guarded(cache_zipf, p, zipf_keys)
         return out

@@ -152,7 +152,8 @@ class Channel(virtual.Channel):
                 callback(message, queue)
             except BaseException:
                 for _, rest in batch[i + 1 :]:  # leased but never handed over: give them back
-                    self._give_back(rest["properties"]["delivery_tag"])
+                    with contextlib.suppress(SessionExpired, UnknownSession):
+                        self._nack(rest["properties"]["delivery_tag"], requeue=True)
                 raise
 
     def _fetch(self, queue: str, count: int) -> list[tuple[str, dict[str, Any]]]:
@@ -185,11 +186,13 @@ class Channel(virtual.Channel):
             messages.append((msg.queue.name, message))
         return messages
 
-    def _give_back(self, delivery_tag: str) -> None:
+    def _nack(self, delivery_tag: str, requeue: bool) -> None:
+        """Give a leased message back (or dead-letter it); UnknownMessage: the lease ran out
+        first, and it is (or was) delivered again anyway."""
         lease = self._leases.pop(delivery_tag, None)
         if lease is not None:
-            with contextlib.suppress(UnknownMessage, SessionExpired, UnknownSession):
-                self.coord.propose_nack(self.session, *lease, requeue=True)
+            with contextlib.suppress(UnknownMessage):
+                self.coord.propose_nack(self.session, *lease, requeue=requeue)
 
     def _size(self, queue: str) -> int:
         try:
@@ -249,10 +252,7 @@ class Channel(virtual.Channel):
         super().basic_ack(delivery_tag, multiple)
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        lease = self._leases.pop(delivery_tag, None)
-        if lease is not None:
-            with contextlib.suppress(UnknownMessage):
-                self.coord.propose_nack(self.session, *lease, requeue=requeue)
+        self._nack(delivery_tag, requeue)
         self.qos._quick_ack(delivery_tag)  # our nack did the requeue: no local re-publish
 
     def close(self) -> None:

@@ -320,7 +320,10 @@ class AsyncConnection:
                 await self._writer.wait_closed()
 
 
-class AsyncRaftClient:
+class _ClientConfig:
+    """What both clients are given: the nodes, the secret, the call timeout, a name (the
+    client id of its writes), TLS and the frame limit."""
+
     def __init__(
         self,
         addresses: str | Iterable[Address] | Iterable[str],
@@ -336,6 +339,14 @@ class AsyncRaftClient:
         self.timeout = timeout
         self.name = name or f"client-{uuid.uuid4().hex[:12]}"
         self._ssl, self._max = ssl, max_frame_bytes
+        self._init_connection_state()
+
+    def _init_connection_state(self) -> None:
+        """Each client's own connection and request state."""
+
+
+class AsyncRaftClient(_ClientConfig):
+    def _init_connection_state(self) -> None:
         self._conn: AsyncConnection | None = None
         self._connecting: asyncio.Lock | None = None
         self._lanes: list[list[Any]] = []  # free lanes: [client_id, seq]
@@ -423,25 +434,12 @@ class AsyncRaftClient:
 # -- blocking --------------------------------------------------------------------------------------
 
 
-class RaftClient:
+class RaftClient(_ClientConfig):
     """Blocking client; thread-safe (calls are serialized on one connection)."""
 
-    def __init__(
-        self,
-        addresses: str | Iterable[Address] | Iterable[str],
-        secret: bytes | str,
-        *,
-        timeout: float = 5.0,
-        name: str | None = None,
-        ssl: ssl_module.SSLContext | None = None,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
-    ) -> None:
-        self._targets = _Targets(parse_addresses(addresses))
-        self._secret = secret.encode() if isinstance(secret, str) else secret
-        self.timeout = timeout
-        self.client_id = name or f"client-{uuid.uuid4().hex[:12]}"
+    def _init_connection_state(self) -> None:
+        self.client_id = self.name
         self._seq = 0
-        self._ssl, self._max = ssl, max_frame_bytes
         self._sock: socket.socket | None = None
         self._sock_addr: Address | None = None
         self._ids = itertools.count(1)
