@@ -667,7 +667,7 @@ def render(
         "",
         "- raft://: 3 `manage.py run_raft_node` processes (LocalCluster,"
         f" {raft.get('settings', {})}), fsync before every acknowledgement, no Redis mirror;"
-        " `coordination.celery_transport` with the options in the details below.",
+        " `coordination.celery.transport` with the options in the details below.",
         f"- redis://: `{args.redis_url}`, kombu's Redis transport; the run's queue name"
         f" `{args.queue}`; its keys are deleted at the end.",
         "- Worker (same for both): `celery -A celery_app worker --pool prefork --concurrency"

@@ -40,7 +40,7 @@ _samples_lock = threading.Lock()
 def make_app(config: dict[str, Any]) -> Celery:
     """The app for one contender; identical Celery settings whatever the broker."""
     if config["broker_url"].startswith("raft://"):
-        from coordination.celery_transport import register
+        from coordination.celery.transport import register
 
         register()  # before the app creates its first connection
     app = Celery("bench-celery", broker=config["broker_url"], set_as_current=True)

@@ -10,6 +10,6 @@ class CoordinationConfig(AppConfig):
     verbose_name = "Raft coordination"
 
     def ready(self) -> None:
-        from coordination import celery_worker
+        from coordination.celery import worker as celery_worker
 
         celery_worker.connect()

@@ -15,7 +15,7 @@
 - ``ttl`` is the session TTL: how long a dead or frozen process keeps the lock (default: the
   ``COORDINATION["SESSION_TTL"]`` setting, 10 s). The session is kept alive in the background;
   in a Celery worker it is the session each worker process opens at start and closes at
-  shutdown (``coordination.celery_worker``), so a clean shutdown releases locks at once.
+  shutdown (``coordination.celery.worker``), so a clean shutdown releases locks at once.
 - On conflict (not acquired within ``wait`` seconds): ``"retry"`` (the default for Celery tasks)
   retries the task with ``countdown``; ``"skip"`` returns None and logs; ``"raise"`` (the
   default for plain functions) raises ``LockNotAcquired``.

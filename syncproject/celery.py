@@ -6,7 +6,7 @@ import os
 
 from celery import Celery
 
-from coordination.celery_transport import register
+from coordination.celery.transport import register
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "syncproject.settings")
 register()  # CELERY_BROKER_URL = "raft://host:port;raft://host:port;..." (the replicated queue)

@@ -84,7 +84,7 @@ SPECTACULAR_SETTINGS = {"TITLE": "raftsync API", "VERSION": "0.1.0"}
 # Raft node and primitives; see envconfig.COORDINATION_SPEC for every key and its meaning.
 COORDINATION = coordination_settings(os.environ, debug=DEBUG)
 
-# Celery's broker is the cluster itself (coordination/celery_transport.py) unless overridden.
+# Celery's broker is the cluster itself (coordination/celery/transport.py) unless overridden.
 CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL") or raft_broker_url(
     COORDINATION["CLUSTER"]
 )

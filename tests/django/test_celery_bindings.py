@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordination.celery_bindings import PREFIX, escape, lock_name, unescape
+from coordination.celery.bindings import PREFIX, escape, lock_name, unescape
 from coordination.primitives.limits import NAME_PATTERN
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coordination.celery_transport import MAX_ETA, eta_delay
+from coordination.celery.transport import MAX_ETA, eta_delay
 
 NOW = 1_800_000_000.0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from coordination.celery_transport import register
+from coordination.celery.transport import register
 
 register()
 app = Celery("raft-kill", broker=os.environ["RAFTSYNC_TEST_BROKER"])

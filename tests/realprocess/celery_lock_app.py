@@ -18,7 +18,7 @@ django.setup()
 
 from celery import Celery  # noqa: E402
 
-from coordination.celery_transport import register  # noqa: E402
+from coordination.celery.transport import register  # noqa: E402
 from coordination.decorators import current_lock, distributed_lock  # noqa: E402
 
 register()

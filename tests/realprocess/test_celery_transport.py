@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from coordination.celery_transport import register
+from coordination.celery.transport import register
 from raft_node.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]

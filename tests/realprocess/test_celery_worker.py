@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from coordination.celery_transport import register
+from coordination.celery.transport import register
 from coordination.client import Coordinator
 from coordination.primitives import commands as c
 from raft_node.launcher import LocalCluster

@@ -47,7 +47,7 @@ from typing import Any
 
 from kombu.transport import virtual
 
-from coordination import celery_bindings
+from coordination.celery import bindings as celery_bindings
 from coordination.client import Coordinator, Session
 from coordination.exceptions import (
     NotHolder,
@@ -384,4 +384,4 @@ def register() -> None:
     """Make ``raft://`` URLs resolve to this transport (idempotent)."""
     from kombu.transport import TRANSPORT_ALIASES
 
-    TRANSPORT_ALIASES.setdefault("raft", "coordination.celery_transport:Transport")
+    TRANSPORT_ALIASES.setdefault("raft", "coordination.celery.transport:Transport")
