@@ -29,9 +29,9 @@ through the cluster as session-held locks (``celery_bindings``), so a broadcast 
 live worker's control queue and replies reach the caller's reply queue. A worker's control queue
 is checked without blocking every ``broadcast_poll_interval`` seconds (default 0.5).
 
-The cluster addresses come from the URL (``;``-separated alternates) or
-``transport_options["addresses"]``; the secret from ``transport_options["secret"]``, else the
-Django ``COORDINATION`` settings.
+The cluster addresses come from the URL (``;``-separated alternates), or
+``transport_options["addresses"]``; a bare ``raft://`` means the ``COORDINATION`` cluster
+(``connect``). The secret comes from ``transport_options["secret"]``, else the settings.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from typing import Any
 from kombu.transport import virtual
 
 from coordination.celery import bindings as celery_bindings
+from coordination.celery import connect
 from coordination.client import Coordinator, Session
 from coordination.exceptions import (
     NotHolder,
@@ -364,20 +365,12 @@ def eta_delay(headers: dict[str, Any], now: float | None = None) -> float:
 
 
 def _coordinator(conninfo: Any, options: dict[str, Any]) -> Coordinator:
-    addresses = options.get("addresses")
-    if not addresses:
-        hosts = []
-        for url in [conninfo.as_uri(), *(getattr(conninfo, "alt", None) or [])]:
-            rest = url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2]
-            if rest and rest not in hosts:
-                hosts.append(rest)
-        addresses = ",".join(h if ":" in h else f"{h}:{Transport.default_port}" for h in hosts)
-    secret = options.get("secret")
-    if secret is None:
-        from coordination import node_settings
-
-        secret = node_settings.cluster_secret()
-    return Coordinator(addresses, secret)
+    """The channel's coordinator: the members the URL names (``conninfo.alt`` holds kombu's
+    ``;``-separated alternates), or the settings' cluster for a bare ``raft://``."""
+    urls = list(getattr(conninfo, "alt", None) or [])
+    if not urls and conninfo.hostname:
+        urls = [f"raft://{conninfo.hostname}:{conninfo.port or Transport.default_port}"]
+    return connect.coordinator_for(connect.hosts_from_urls(urls), options)
 
 
 def register() -> None:
