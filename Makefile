@@ -1,4 +1,4 @@
-# Developer entry points. The venv is rebuilt only when a requirements file changes.
+# Developer entry points. The venv is rebuilt only when a requirements file or pyproject changes.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -9,9 +9,12 @@ SIM_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The project itself is installed editable (no dependencies: the pins above are the tested set),
+# so its entry points (the raft result backend, `celery raftsync`, the `raftsync` script) exist.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -r requirements-dev.txt
+	$(VENV)/bin/python -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: venv

@@ -1,11 +1,53 @@
 """Prometheus metrics of one node, on a registry of its own (several nodes may share a process
-in tests). Served over HTTP by ``serve(port)`` when the node is started with a metrics port."""
+in tests). Served over HTTP by ``serve(port)`` when the node is started with a metrics port.
+
+prometheus-client is optional (``pip install raftsync[metrics]``): without it every metric is a
+no-op and ``serve`` raises ``MetricsUnavailable``, so asking for a metrics port fails loudly.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from typing import Any
 
 from raft_node.ready import Role
+
+try:
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        start_http_server,
+    )
+except ImportError:  # the "metrics" extra is not installed
+    CollectorRegistry = None  # type: ignore[assignment,misc]
+
+
+class MetricsUnavailable(RuntimeError):
+    """A metrics port was asked for, but prometheus-client is not installed."""
+
+
+class _NoMetric:
+    """Stands in for a Counter, Gauge or Histogram when prometheus-client is absent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def labels(self, *args: Any, **kwargs: Any) -> _NoMetric:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+if CollectorRegistry is None:
+    Counter = Gauge = Histogram = _NoMetric  # type: ignore[assignment,misc]
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -27,7 +69,7 @@ _LATENCY_BUCKETS = (
 
 class NodeMetrics:
     def __init__(self, node_id: str) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry() if CollectorRegistry is not None else None
         labels = {"registry": self.registry}
         self.term = Gauge("raft_term", "Current Raft term", **labels)
         self.role = Gauge(
@@ -73,4 +115,8 @@ class NodeMetrics:
         self.snapshot_index.set(snap)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        if self.registry is None:
+            raise MetricsUnavailable(
+                "a metrics port needs prometheus-client: pip install 'raftsync[metrics]'"
+            )
         start_http_server(port, addr=addr, registry=self.registry)

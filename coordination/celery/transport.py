@@ -374,7 +374,8 @@ def _coordinator(conninfo: Any, options: dict[str, Any]) -> Coordinator:
 
 
 def register() -> None:
-    """Make ``raft://`` URLs resolve to this transport (idempotent)."""
-    from kombu.transport import TRANSPORT_ALIASES
+    """Make ``raft://`` URLs resolve to this transport (idempotent). Importing ``coordination``
+    already does it; kept for code that called it explicitly."""
+    from coordination import register_transport
 
-    TRANSPORT_ALIASES.setdefault("raft", "coordination.celery.transport:Transport")
+    register_transport()
