@@ -34,7 +34,9 @@ def status(ctx: Any, as_json: bool, timeout: float, **_: Any) -> None:
     broker = app.conf.broker_url or ""
     if not broker.startswith(f"{connect.SCHEME}://"):
         raise click.UsageError(f"the app's broker is not raft:// (broker_url={broker!r})")
-    coord = connect.coordinator_for(connect.hosts_from_urls([broker]), app.conf.broker_transport_options)
+    coord = connect.coordinator_for(
+        connect.hosts_from_urls([broker]), app.conf.broker_transport_options
+    )
     from raft_node.client import RaftClient, RaftError, parse_addresses
 
     rows = []
