@@ -10,6 +10,8 @@ class CoordinationConfig(AppConfig):
     verbose_name = "Raft coordination"
 
     def ready(self) -> None:
+        # Every Celery task of the process honours the distributed_lock option (see the module).
+        from coordination.celery import lock_option  # noqa: F401
         from coordination.celery import worker as celery_worker
 
         celery_worker.connect()

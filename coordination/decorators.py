@@ -23,7 +23,12 @@
   the resource you protect, or call ``require_token``) and ``lost`` (the session expired).
 
 Works in either decorator order with ``@app.task``: at run time the running task is found with
-``celery.current_task``. As a task option: ``@app.task(base=LockedTask, distributed_lock={...})``.
+``celery.current_task``. As a task option, ``@app.task(distributed_lock={...})`` or
+``@shared_task(distributed_lock={...})``, on any Celery app (``coordination.celery.lock_option``).
+
+A key template is checked when the decorator is applied: a field that is not a parameter of the
+function raises ``LockKeyError`` naming the template and the field, so a typo never waits for the
+first call (nor, for a task, for a worker to run it).
 """
 
 from __future__ import annotations
@@ -34,13 +39,13 @@ import functools
 import inspect
 import logging
 import os
+import re
+import string
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery import Task
-
-from coordination.exceptions import LockNotAcquired
+from coordination.exceptions import LockKeyError, LockNotAcquired
 
 log = logging.getLogger("coordination.locks")
 
@@ -75,13 +80,25 @@ def distributed_lock(
             fn.run = decorate(run)  # type: ignore[attr-defined]
             return fn
         signature = inspect.signature(fn)
+        if not callable(key):
+            check_key_template(key, signature, getattr(fn, "__qualname__", repr(fn)))
 
         def lock_key(args: tuple, kwargs: dict) -> str:
             if callable(key):
                 return key(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            return key.format(**bound.arguments)
+            arguments = dict(bound.arguments)
+            for param in signature.parameters.values():
+                if param.kind is param.VAR_KEYWORD:  # f(**kw): its names count as arguments
+                    arguments.update(arguments.pop(param.name, {}))
+            try:
+                return key.format(**arguments)
+            except (KeyError, IndexError, AttributeError) as exc:
+                raise LockKeyError(
+                    f"lock key template {key!r}: this call of {fn.__qualname__} gives no "
+                    f"value for {exc.args[0]!r}"
+                ) from None
 
         def conflict(name: str) -> Any:
             task = _running_task()
@@ -139,29 +156,31 @@ def distributed_lock(
     return decorate
 
 
-class LockedTask(Task):
-    """A Celery task base taking ``@distributed_lock`` as a task option::
-
-        @app.task(base=LockedTask, distributed_lock={"key": "report:{customer_id}"})
-        def build_report(customer_id): ...
-
-    The option holds ``distributed_lock``'s arguments; the task's ``run`` is wrapped on its
-    first call (tasks are one instance per app), so it behaves exactly like the decorator.
-    ``syncproject``'s Celery app uses this class for every task, so there the option works
-    without ``base=``.
-    """
-
-    distributed_lock: dict[str, Any] | None = None
-    _lock_wrap_guard = threading.Lock()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        options = self.distributed_lock
-        if options and not self.__dict__.get("_lock_wrapped"):
-            with self._lock_wrap_guard:
-                if not self.__dict__.get("_lock_wrapped"):
-                    self.run = distributed_lock(**options)(self.run)
-                    self._lock_wrapped = True
-        return super().__call__(*args, **kwargs)
+def check_key_template(key: Any, signature: inspect.Signature, where: str) -> None:
+    """Raise ``LockKeyError`` unless every field of ``key`` names a parameter of the function
+    (``{customer_id}``, ``{order.id}``, ``{items[0]}``; positional ``{0}``/``{}`` are refused,
+    since arguments are matched by name)."""
+    if not isinstance(key, str):
+        raise LockKeyError(f"lock key must be a template string or a callable, not {key!r}")
+    params = signature.parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(key) if field is not None]
+    except ValueError as exc:
+        raise LockKeyError(f"lock key template {key!r} of {where} is malformed: {exc}") from None
+    for field in fields:
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if not root or root.isdigit():
+            raise LockKeyError(
+                f"lock key template {key!r} of {where} has a positional field {{{field}}}: "
+                f"name a parameter instead ({', '.join(named) or 'it takes none'})"
+            )
+        if root not in params and not open_ended:
+            raise LockKeyError(
+                f"lock key template {key!r} names {{{root}}}, which is not a parameter of "
+                f"{where}{signature}"
+            )
 
 
 def _running_task() -> Any:

@@ -20,6 +20,7 @@ __all__ = [
     "Deadlock",
     "Evicted",
     "LimitExceeded",
+    "LockKeyError",
     "LockModeError",
     "LockNotAcquired",
     "NotHolder",
@@ -89,6 +90,11 @@ class LockNotAcquired(CoordinationError):
     def __init__(self, name: str, message: str = "") -> None:
         super().__init__("not_acquired", message or f"lock {name!r} not acquired")
         self.name = name
+
+
+class LockKeyError(ValueError):
+    """A ``@distributed_lock`` key template names something the function does not take (raised
+    when the decorator is applied, or when a call leaves a ``**kwargs`` field unfilled)."""
 
 
 class StaleToken(CoordinationError):

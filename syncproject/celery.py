@@ -1,4 +1,8 @@
-"""Celery application, configured from Django settings (``CELERY_*`` names)."""
+"""Celery application, configured from Django settings (``CELERY_*`` names), exactly as Celery's
+"First steps with Django" writes it: nothing raftsync-specific is needed here. The ``raft://``
+broker and result backend, and the ``distributed_lock`` task option, come with the
+``coordination`` app (``INSTALLED_APPS``).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,8 @@ import os
 
 from celery import Celery
 
-from coordination.celery.transport import register
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "syncproject.settings")
-register()  # CELERY_BROKER_URL = "raft://host:port;raft://host:port;..." (the replicated queue)
 
-# Every task may take `distributed_lock={...}` as a task option (coordination.decorators).
-app = Celery("syncproject", task_cls="coordination.decorators:LockedTask")
+app = Celery("syncproject")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

@@ -2,7 +2,8 @@
 
 Celery loads this module through its ``celery.commands`` entry point whenever the ``celery``
 command starts, which also imports ``coordination`` and so registers the ``raft`` transport
-alias before the app opens a broker connection (kombu has no entry point for transports).
+alias before the app opens a broker connection (kombu has no entry point for transports), and
+teaches every task the ``distributed_lock`` option (``lock_option``), Django or not.
 This module must therefore import nothing that needs Django settings at import time.
 """
 
@@ -15,7 +16,10 @@ from typing import Any
 import click
 from celery.bin.base import CeleryCommand, handle_preload_options
 
-from coordination.celery import connect
+from coordination.celery import (
+    connect,
+    lock_option,  # noqa: F401  (the distributed_lock task option)
+)
 
 
 @click.group(name="raftsync")

@@ -26,7 +26,7 @@ A lock is held by ``(session, owner)`` pairs; ``owner`` tells holders within one
   an incompatible mode. Cycles only ever appear when a wait is added (grants turn "waits ahead"
   edges into "holds" edges, releases remove edges), so the graph stays acyclic if every new wait
   is checked: the one that would close a cycle is refused with ``deadlock`` and the cycle named,
-  ``deadlock: session 12 -> session 15 (lock b) -> session 12 (lock a)`` (12 waits for 15 on b,
+  ``cycle: session 12 -> session 15 (lock b) -> session 12 (lock a)`` (12 waits for 15 on b,
   15 waits for 12 on a). Because nodes are sessions, a session waiting behind itself under
   another owner (it holds the lock, or waits ahead for it, incompatibly) is a self-cycle and is
   refused too. The last ``DEADLOCK_MEMORY`` refusals are kept for ``lock.deadlocks`` (that log
@@ -176,7 +176,7 @@ class Locks:
             reject(LIMIT, f"lock {name} already has {limits.LOCK_WAITERS_MAX} waiters")
         cycle = find_cycle(self.locks, self.waits, self._waits_of, sid, name, mode, ctx.index)
         if cycle is not None:
-            message = "deadlock: " + " -> ".join(
+            message = "cycle: " + " -> ".join(
                 [f"session {sid}", *(f"session {s} (lock {n})" for s, n in cycle)]
             )
             self.deadlocks.append(

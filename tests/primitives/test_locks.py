@@ -14,11 +14,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from coordination.exceptions import Deadlock, typed
 from coordination.primitives import limits
 from coordination.primitives.base import Pending
 from coordination.primitives.locks import DEADLOCK_MEMORY, Locks
 from coordination.primitives.machine import TICK, CoordinationMachine
 from raft_node.applier import CommandRejected
+from raft_node.client import Rejected
 
 X, S = "exclusive", "shared"
 START_MS = 1_000_000
@@ -327,7 +329,7 @@ def test_a_two_session_deadlock_is_refused_with_the_cycle_named_and_nothing_chan
     waiting = d.acquire(a, "b", wait_ms=10_000).token
     before = (d.inspect("a"), d.inspect("b"), d.locks.to_state()["locks"])
     msg = rejected(d, "deadlock", "lock.acquire", b, "a", X, "", 10_000)
-    assert msg == f"deadlock: session {b} -> session {a} (lock a) -> session {b} (lock b)"
+    assert msg == f"cycle: session {b} -> session {a} (lock a) -> session {b} (lock b)"
     assert (d.inspect("a"), d.inspect("b"), d.locks.to_state()["locks"]) == before
     assert d.query("lock.deadlocks") == [
         {"index": d.index, "cycle": [b, a, b], "locks": ["a", "b"], "message": msg}
@@ -335,6 +337,21 @@ def test_a_two_session_deadlock_is_refused_with_the_cycle_named_and_nothing_chan
     assert d.acquire(b, "a") == {"acquired": False}  # a try never deadlocks
     d.release(b, "b")
     assert d.done[waiting] == (True, granted(d.index))
+
+
+def test_the_client_error_names_the_code_once():
+    """The typed error reads ``deadlock: cycle: ...``, not ``deadlock: deadlock: ...``: the code
+    is the exception's, the message the machine's."""
+    d = Driver()
+    a, b = d.session(), d.session()
+    d.acquire(a, "a")
+    d.acquire(b, "b")
+    d.acquire(a, "b", wait_ms=10_000)
+    msg = rejected(d, "deadlock", "lock.acquire", b, "a", X, "", 10_000)
+    exc = typed(Rejected("deadlock", msg))
+    assert isinstance(exc, Deadlock)
+    assert str(exc) == f"deadlock: {msg}"
+    assert str(exc).count("deadlock") == 1
 
 
 def test_a_three_session_deadlock_is_refused_with_the_cycle_named():
@@ -346,7 +363,7 @@ def test_a_three_session_deadlock_is_refused_with_the_cycle_named():
     d.acquire(b, "c", S, wait_ms=10_000)  # shared still conflicts with c's exclusive hold
     msg = rejected(d, "deadlock", "lock.acquire", c, "a", S, "", 10_000)
     assert msg == (
-        f"deadlock: session {c} -> session {a} (lock a) -> session {b} (lock b) "
+        f"cycle: session {c} -> session {a} (lock a) -> session {b} (lock b) "
         f"-> session {c} (lock c)"
     )
     assert d.query("lock.deadlocks")[-1]["cycle"] == [c, a, b, c]
@@ -363,7 +380,7 @@ def test_a_cycle_through_a_waiter_ahead_is_a_deadlock_but_a_chain_is_not():
     assert d.waiters("a") == [(b, "", X), (c, "", X)]
     # b -> c (lock c) closes b -> c -> b: c waits behind b on "a"
     msg = rejected(d, "deadlock", "lock.acquire", b, "c", X, "other", 10_000)
-    assert msg == f"deadlock: session {b} -> session {c} (lock c) -> session {b} (lock a)"
+    assert msg == f"cycle: session {b} -> session {c} (lock c) -> session {b} (lock a)"
     # readers queued behind a reader do not wait for it
     r1, r2 = d.session(), d.session()
     d.acquire(a, "r")
@@ -382,7 +399,7 @@ def test_a_reader_queued_behind_a_writer_waits_for_the_writer_not_the_readers_ho
     d.acquire(a, "c", X, "o", 10_000)
     msg = rejected(d, "deadlock", "lock.acquire", c, "doc", S, "", 10_000)
     assert msg == (
-        f"deadlock: session {c} -> session {b} (lock doc) -> session {a} (lock doc) "
+        f"cycle: session {c} -> session {b} (lock doc) -> session {a} (lock doc) "
         f"-> session {c} (lock c)"
     )
 
@@ -399,7 +416,7 @@ def test_an_exclusive_waiter_waits_for_every_reader_ahead_even_after_a_reader_wa
     d.acquire(c, "l", S, "", 10_000)
     d.acquire(dd, "l", X, "", 10_000)
     msg = rejected(d, "deadlock", "lock.acquire", a, "m", X, "o2", 10_000)
-    assert msg == f"deadlock: session {a} -> session {dd} (lock m) -> session {a} (lock l)"
+    assert msg == f"cycle: session {a} -> session {dd} (lock m) -> session {a} (lock l)"
 
 
 def test_the_cycle_named_follows_wait_order_also_after_a_restore():
@@ -410,7 +427,7 @@ def test_the_cycle_named_follows_wait_order_also_after_a_restore():
     d.acquire(b, "r")
     d.acquire(b, "p", X, "o1", 10_000)
     d.acquire(b, "q", X, "o2", 10_000)
-    expected = f"deadlock: session {a} -> session {b} (lock r) -> session {a} (lock p)"
+    expected = f"cycle: session {a} -> session {b} (lock r) -> session {a} (lock p)"
     restored = Driver(locks_machine())
     restored.m.restore(d.m.snapshot())
     restored.index, restored.now = d.index, d.now
@@ -423,7 +440,7 @@ def test_waiting_on_a_lock_the_session_holds_under_another_owner_is_a_self_cycle
     a, b = d.session(), d.session()
     d.acquire(a, "job", owner="t1")
     msg = rejected(d, "deadlock", "lock.acquire", a, "job", X, "t2", 10_000)
-    assert msg == f"deadlock: session {a} -> session {a} (lock job)"
+    assert msg == f"cycle: session {a} -> session {a} (lock job)"
     assert d.query("lock.deadlocks")[-1]["cycle"] == [a, a]
     # also behind its own incompatible waiter
     d.acquire(b, "doc")
@@ -701,7 +718,7 @@ class Model:
                         hops.append((node, lk_name))
                         node = previous
                     named = [f"session {s} (lock {n})" for s, n in reversed(hops)]
-                    return "deadlock: " + " -> ".join([f"session {sid}", *named])
+                    return "cycle: " + " -> ".join([f"session {sid}", *named])
                 if target not in parent:
                     parent[target] = (node, via)
                     order.append(target)

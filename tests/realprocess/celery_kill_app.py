@@ -12,9 +12,6 @@ from pathlib import Path
 
 from celery import Celery
 
-from coordination.celery.transport import register
-
-register()
 app = Celery("raft-kill", broker=os.environ["RAFTSYNC_TEST_BROKER"])
 app.conf.broker_transport_options = {
     "secret": os.environ["RAFTSYNC_TEST_SECRET"],

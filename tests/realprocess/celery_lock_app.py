@@ -18,10 +18,8 @@ django.setup()
 
 from celery import Celery  # noqa: E402
 
-from coordination.celery.transport import register  # noqa: E402
 from coordination.decorators import current_lock, distributed_lock  # noqa: E402
 
-register()
 app = Celery("raft-locks")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.broker_transport_options = {

@@ -13,14 +13,12 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from coordination.celery.transport import register
 from raft_node.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
 
 
 def _app(cluster: LocalCluster, name: str) -> Celery:
-    register()
     url = ";".join(f"raft://{h}:{p}" for h, p in cluster.addresses.values())
     app = Celery(name, broker=url, backend="cache+memory://")
     app.conf.broker_transport_options = {"secret": cluster.secret, "visibility_timeout": 60}

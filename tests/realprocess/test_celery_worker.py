@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from coordination.celery.transport import register
 from coordination.client import Coordinator
 from coordination.primitives import commands as c
 from raft_node.launcher import LocalCluster
@@ -30,7 +29,6 @@ def _broker(cluster: LocalCluster) -> str:
 
 
 def _producer(cluster: LocalCluster, name: str) -> Celery:
-    register()
     app = Celery(name, broker=_broker(cluster))
     app.conf.broker_transport_options = {"secret": cluster.secret}
     app.conf.task_default_queue = QUEUE
@@ -198,7 +196,6 @@ def test_worker_killed_mid_task_releases_the_lock_after_the_ttl_and_the_task_rer
 def test_countdown_tasks_wait_in_the_cluster_and_run_once(coordination_cluster, coord, tmp_path):
     """With a 1 s visibility timeout, a worker holding a 4 s countdown task would see it
     redelivered (and run it twice); as a delayed message it is not handed out until due."""
-    register()
     app = Celery("eta-producer", broker=_broker(coordination_cluster))
     app.conf.broker_transport_options = {"secret": coordination_cluster.secret}
     worker = _worker(coordination_cluster, tmp_path, queues="etaq", RAFTSYNC_TEST_VISIBILITY="1")

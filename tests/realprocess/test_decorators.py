@@ -9,8 +9,9 @@ import time
 import pytest
 from celery import Celery
 
+from coordination.celery.lock_option import LockedTask
 from coordination.client import Coordinator
-from coordination.decorators import LockedTask, current_lock, distributed_lock
+from coordination.decorators import current_lock, distributed_lock
 from coordination.exceptions import LockNotAcquired
 from raft_node.launcher import LocalCluster
 
@@ -152,3 +153,36 @@ def test_as_a_celery_task_option(coord):
         busy = fenced.apply(args=("a",), throw=False)
         assert busy.state == "FAILURE" and isinstance(busy.result, LockNotAcquired)
         assert fenced.apply(args=("b",)).get() > 0  # another key is free
+
+
+@pytest.mark.parametrize("style", ["app.task", "shared_task", "after_finalize", "plain_base"])
+def test_the_task_option_works_on_an_app_without_locked_task(coord, style):
+    """An app made without ``task_cls`` (as Celery's Django guide writes it): the option still
+    takes the lock, whether the task comes from ``@app.task``, ``@shared_task``, after the app was
+    finalized, or with a ``base=`` of plain ``celery.Task`` (its ``run`` is wrapped in place)."""
+    from celery import Task, shared_task
+
+    app = Celery(f"plain-{style}", broker="memory://", backend="cache+memory://")
+    option = {"key": f"plain-{style}:{{name}}", "coordinator": coord, "ttl": 5}
+
+    def body(name):
+        return current_lock().token if current_lock() is not None else None
+
+    if style == "app.task":
+        task = app.task(name=f"t.{style}", shared=False, distributed_lock=option)(body)
+    elif style == "shared_task":
+        task = shared_task(name=f"t.{style}", distributed_lock=option)(body)
+        task = app.tasks[f"t.{style}"]
+    elif style == "after_finalize":
+        app.finalize()
+        task = app.task(name=f"t.{style}", shared=False, distributed_lock=option)(body)
+    else:
+
+        class Plain(Task):
+            pass
+
+        task = app.task(name=f"t.{style}", shared=False, base=Plain, distributed_lock=option)(body)
+        app.finalize()
+    token = task.apply(args=("a",)).get()
+    assert isinstance(token, int) and token > 0
+    assert coord.inspect_lock(f"plain-{style}:a")["holders"] == []  # released after the run
