@@ -1,11 +1,14 @@
-"""Routes of ``/api/``. Names accept the primitives' key charset (see the README's limits)."""
+"""Routes of the API, mounted by the project: ``path("api/", include("coordination.api.urls"))``.
+Names accept the primitives' key charset (see the README's limits)."""
 
 from __future__ import annotations
 
 from django.urls import path, register_converter
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from coordination.api import schema
 from coordination.api import views as v
+
+app_name = "raftsync-api"
 
 
 class _Name:
@@ -21,9 +24,10 @@ class _Name:
 register_converter(_Name, "name")
 
 urlpatterns = [
-    path("cluster/", v.ClusterView.as_view()),
+    path("", v.ApiRootView.as_view(), name="root"),
+    path("cluster/", v.ClusterView.as_view(), name="cluster"),
     path("cluster/transfer/", v.TransferView.as_view()),
-    path("sessions/", v.SessionsView.as_view()),
+    path("sessions/", v.SessionsView.as_view(), name="sessions"),
     path("sessions/<int:session>/", v.SessionView.as_view()),
     path("sessions/<int:session>/keepalive/", v.KeepaliveView.as_view()),
     path("locks/<name:name>/", v.LockView.as_view()),
@@ -41,6 +45,6 @@ urlpatterns = [
     path("queues/<name:name>/requeue-dead/", v.QueueRequeueDeadView.as_view()),
     path("cache/<name:key>/", v.CacheView.as_view()),
     path("cache/<name:key>/incr/", v.CacheIncrView.as_view()),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema")),
+    path("schema/", schema.SchemaView.as_view(), name="schema"),
+    path("docs/", schema.SwaggerView.as_view(), name="docs"),
 ]

@@ -11,12 +11,15 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from coordination import inspection
 from coordination.api import serializers as s
+from coordination.api.base import RaftsyncAPIView
 from coordination.api.permissions import OperateCluster, UsePrimitives
 from coordination.client import Coordinator
 from coordination.primitives import commands as c
@@ -57,14 +60,39 @@ def _text(data: bytes | None) -> str | None:
     return None if data is None else data.decode("utf-8", errors="replace")
 
 
-class Primitive(APIView):
+class Primitive(RaftsyncAPIView):
     permission_classes = (UsePrimitives,)
+
+
+class ApiRootView(RaftsyncAPIView):
+    """``/api/``: where everything is (the README's endpoint table, as links)."""
+
+    permission_classes = (IsAuthenticated,)
+
+    @extend_schema(summary="The API's endpoints")
+    def get(self, request: Request) -> Response:
+        def url(name: str) -> str:
+            return reverse(f"raftsync-api:{name}", request=request)
+
+        return Response(
+            {
+                "cluster": url("cluster"),
+                "sessions": url("sessions"),
+                "locks": url("root").rstrip("/") + "/locks/{name}/",
+                "queues": url("root").rstrip("/") + "/queues/{name}/",
+                "cache": url("root").rstrip("/") + "/cache/{key}/",
+                "schema": url("schema"),
+                "docs": url("docs"),
+            }
+        )
 
 
 # -- cluster --------------------------------------------------------------------------------------
 
 
-class ClusterView(APIView):
+class ClusterView(RaftsyncAPIView):
+    permission_classes = (IsAuthenticated,)  # node addresses and lag: a login at least
+
     @extend_schema(summary="Every node's Raft status and the leader")
     def get(self, request: Request) -> Response:
         nodes = inspection.node_statuses()
@@ -72,7 +100,7 @@ class ClusterView(APIView):
         return Response({"leader": leaders[0] if len(leaders) == 1 else None, "nodes": nodes})
 
 
-class TransferView(APIView):
+class TransferView(RaftsyncAPIView):
     permission_classes = (OperateCluster,)
 
     @extend_schema(request=s.Transfer, summary="Hand leadership to another node")
@@ -234,7 +262,7 @@ class QueueDeadLettersView(Primitive):
         return Response([{**row, "payload": _text(row["payload"])} for row in rows])
 
 
-class QueuePurgeView(APIView):
+class QueuePurgeView(RaftsyncAPIView):
     permission_classes = (OperateCluster,)
 
     @extend_schema(request=None)
@@ -242,7 +270,7 @@ class QueuePurgeView(APIView):
         return Response({"purged": coordinator().propose(c.queue_purge(name))})
 
 
-class QueueRequeueDeadView(APIView):
+class QueueRequeueDeadView(RaftsyncAPIView):
     permission_classes = (OperateCluster,)
 
     @extend_schema(request=None)
@@ -290,7 +318,7 @@ def _describe_responses() -> None:
     from drf_spectacular.types import OpenApiTypes
 
     for view in (obj for obj in list(globals().values()) if isinstance(obj, type)):
-        if not issubclass(view, APIView) or view in (APIView, Primitive):
+        if not issubclass(view, APIView) or view in (APIView, RaftsyncAPIView, Primitive):
             continue
         for method in ("get", "post", "put", "delete"):
             handler = view.__dict__.get(method)

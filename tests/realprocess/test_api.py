@@ -87,7 +87,8 @@ def test_sessions_and_locks(api_settings):
             break
         threading.Event().wait(0.05)
     cycle = api.post("/api/locks/x/acquire/", {"session": b, "wait": 10}, format="json")
-    assert cycle.status_code == 423 and "deadlock" in cycle.json()["detail"]
+    body = cycle.json()
+    assert cycle.status_code == 423 and body["code"] == "deadlock" and "cycle" in body["detail"]
     assert api.delete(f"/api/sessions/{a}/").status_code == 204
     assert api.delete(f"/api/sessions/{b}/").status_code == 204
     waiter.join(10)
