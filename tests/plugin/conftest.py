@@ -1,0 +1,51 @@
+"""The plugin as a user gets it: an sdist and a wheel built from this checkout, and a fresh venv
+with the wheel installed (no checkout on ``sys.path``), shared by the plugin tests.
+
+``RAFTSYNC_PLUGIN_CONSTRAINTS`` picks the dependency versions installed with it: the pinned,
+newest set by default (requirements.txt), or requirements-lowest.txt (``nox -s lowest``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+from plugin_helpers import ROOT, run
+
+
+@pytest.fixture(scope="session")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``python -m build``: the sdist, then the wheel built from that sdist (so a file missing
+    from the sdist breaks the wheel too)."""
+    out = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)])
+    wheel = next(out.glob("raftsync-*.whl"))
+    sdist = next(out.glob("raftsync-*.tar.gz"))
+    return {"wheel": wheel, "sdist": sdist}
+
+
+@pytest.fixture(scope="session")
+def plugin_venv(dists: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with ``raftsync[all]`` from the wheel; returns its ``bin`` directory."""
+    home = tmp_path_factory.mktemp("venv")
+    venv.create(home, with_pip=True)
+    bin_dir = home / "bin"
+    constraints = ROOT / os.environ.get("RAFTSYNC_PLUGIN_CONSTRAINTS", "requirements.txt")
+    run(
+        [
+            str(bin_dir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-c",
+            str(constraints),
+            f"raftsync[all] @ {dists['wheel'].as_uri()}",
+        ],
+        cwd=home,
+    )
+    return bin_dir
