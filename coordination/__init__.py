@@ -1,11 +1,15 @@
 """raftsync's Django app: fenced locks, queues, a replicated cache and Celery on a Raft cluster.
 
 Add ``"coordination"`` to ``INSTALLED_APPS`` (docs/integration.md). Importing this package also
-makes ``raft://`` broker URLs resolve to raftsync's kombu transport: kombu looks transports up
-only in ``kombu.transport.TRANSPORT_ALIASES`` (it has no entry point for them), so the alias is
-added here, by every process that loads the app or runs the ``celery`` command (whose
+prepares Celery, in every process that loads the app, runs the ``celery`` command (whose
 ``celery raftsync`` subcommand, found through Celery's ``celery.commands`` entry point, imports
-this package).
+this package) or imports anything of raftsync:
+
+- ``raft://`` broker URLs resolve to raftsync's kombu transport. kombu looks transports up only
+  in ``kombu.transport.TRANSPORT_ALIASES`` (it has no entry point for them), so the alias is
+  added here.
+- Every Celery task honours the ``distributed_lock`` option (``coordination.celery.lock_option``):
+  a task with it takes its lock or raises, whatever app or base class it has.
 """
 
 from __future__ import annotations
@@ -28,3 +32,4 @@ def register_transport() -> None:
 
 
 register_transport()
+from coordination.celery import lock_option  # noqa: E402, F401  (after __version__: no cycle)

@@ -41,20 +41,22 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory):
 def test_readme_python_block_runs(
     code: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # as if saved in the repo root
+    # As a user would: saved anywhere, with raftsync installed (no checkout on the path).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if code.startswith(NEEDS_CLUSTER):
         env.update(request.getfixturevalue("cluster_env"))
     script = tmp_path / "example.py"
     script.write_text(code)
     done = subprocess.run(
         [sys.executable, str(script)],
-        cwd=ROOT,
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr  # not even in a thread
     assert "False" not in done.stdout.split(), done.stdout
 
 
