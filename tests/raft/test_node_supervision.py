@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from coordination import node_runner
 from raft_node.kvstore import KVStore
 from raft_node.launcher import free_port
 from raft_node.server import NodeConfig, NodeServer
@@ -139,3 +140,14 @@ def test_a_start_failure_is_fatal_not_a_hang() -> None:
     server.plugins.append(Plugin())
     asyncio.run(_run_until_stopped(server))
     assert isinstance(server.fatal_error, Boom)
+
+
+def test_serve_exits_non_zero_after_a_fatal_task_error() -> None:
+    """What ``raftsync node`` and ``manage.py run_raft_node`` return as the exit status."""
+    server = _server()
+
+    def tick() -> None:
+        raise Boom("tick failed")
+
+    server.raw.tick = tick  # type: ignore[method-assign]
+    assert node_runner.serve(server) == 1
