@@ -11,5 +11,7 @@ class CoordinationConfig(AppConfig):
 
     def ready(self) -> None:
         from coordination.celery import worker as celery_worker
+        from coordination.checks import register_checks
 
         celery_worker.connect()
+        register_checks()  # `manage.py check` validates COORDINATION, brokers, caches, API
