@@ -7,6 +7,8 @@ class CoordinationConfig(AppConfig):
     """Registers the coordination app; its state lives in Raft, not in Django's database."""
 
     name = "coordination"
+    # As in our migrations, whatever the project's DEFAULT_AUTO_FIELD (no models.W042 warning).
+    default_auto_field = "django.db.models.BigAutoField"
     verbose_name = "Raft coordination"
 
     def ready(self) -> None:
