@@ -273,19 +273,20 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Resolved(Mapping[str, Any]):
-    """Every key's converted value, and where it came from (``source(key)``)."""
+    """Every key's converted value (a read-only mapping), and where it came from
+    (``source(key)``)."""
 
-    values: dict[str, Any]
+    data: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+        return self.data[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.data)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.data)
 
     def source(self, key: str) -> str:
         return self.sources.get(key, DEFAULT)
