@@ -23,9 +23,10 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# Local 3-node cluster (data under var/, secret generated in var/cluster.secret); Ctrl-C stops it.
+# Local 3-node cluster in the demo's DEBUG mode (data under var/, a development secret generated
+# in var/cluster.secret); Ctrl-C stops it.
 run: venv
-	$(VENV)/bin/python manage.py run_cluster --nodes 3
+	RAFTSYNC_DEBUG=1 $(VENV)/bin/python manage.py run_cluster --nodes 3
 
 sim: venv
 	$(VENV)/bin/python -m raft_node.sim $(SIM_ARGS)

@@ -34,6 +34,40 @@ from coordination.primitives.limits import NAME_MAX_BYTES, NAME_PATTERN
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _MISSING = object()
 
+#: ``OPTIONS`` this backend understands, with their defaults (``manage.py check`` reports others).
+OPTION_DEFAULTS: dict[str, Any] = {
+    "L1_SIZE": 1000,
+    "MODE": "linearizable",
+    "LEASE": 5.0,
+    "STALENESS": 1.0,
+    "REDIS_URL": "",
+    "SECRET": "",
+}
+MODES = ("linearizable", "bounded")
+
+
+def option_problems(options: Any) -> list[str]:
+    """What is wrong with a ``RaftCache`` ``OPTIONS`` dict (empty if nothing): unknown names
+    (typos) and values the cache client would refuse or misuse. Used by the system check, and
+    on first use so a bad option is refused rather than half-applied."""
+    if not isinstance(options, dict):
+        return [f"OPTIONS must be a dict, not {type(options).__name__}"]
+    problems = [f"unknown option {name!r}" for name in options if name not in OPTION_DEFAULTS]
+    size = options.get("L1_SIZE", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        problems.append(f"L1_SIZE must be an integer >= 0, got {size!r}")
+    if options.get("MODE", "linearizable") not in MODES:
+        problems.append(f"MODE must be one of {', '.join(MODES)}, got {options['MODE']!r}")
+    for name, low, high in (("LEASE", 0.1, 60.0), ("STALENESS", 0.0, 3600.0)):
+        value = options.get(name, OPTION_DEFAULTS[name])
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (low <= value <= high)
+        ):
+            problems.append(f"{name} must be a number of seconds in [{low:g}, {high:g}]")
+    return problems
+
 
 def encode_value(value: Any) -> bytes:
     if type(value) is int and -(2**63) <= value < 2**63:
@@ -80,6 +114,12 @@ class RaftCache(BaseCache):
         from coordination.client import Coordinator
 
         opts = self._options
+        problems = option_problems(opts)
+        if problems:  # `manage.py check` reports these as coordination.E008 (Django's own
+            # cache check builds every backend, so refusing in __init__ would be a traceback)
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(f"RaftCache OPTIONS: {'; '.join(problems)}")
         if self._location:
             from coordination import node_settings
 
@@ -89,10 +129,10 @@ class RaftCache(BaseCache):
             coord = Coordinator.from_settings()
         return Cache(
             coord,
-            l1_size=opts.get("L1_SIZE", 1000),
-            mode=opts.get("MODE", "linearizable"),
-            lease=opts.get("LEASE", 5.0),
-            staleness=opts.get("STALENESS", 1.0),
+            l1_size=opts.get("L1_SIZE", OPTION_DEFAULTS["L1_SIZE"]),
+            mode=opts.get("MODE", OPTION_DEFAULTS["MODE"]),
+            lease=opts.get("LEASE", OPTION_DEFAULTS["LEASE"]),
+            staleness=opts.get("STALENESS", OPTION_DEFAULTS["STALENESS"]),
             redis_url=opts.get("REDIS_URL") or None,
         )
 

@@ -73,7 +73,9 @@ class RedisMirror:
 
     async def start(self) -> None:
         self.server.apply_listeners.append(self._on_applied)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-mirror")
+        # Supervised by the node: a bug in the mirror stops the node (event=fatal) rather than
+        # leaving it serving with a mirror that silently stopped (Redis errors are retried).
+        self._task = self.server.spawn(self._run(), "redis-mirror")
 
     async def stop(self) -> None:
         if self._task is not None:

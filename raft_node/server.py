@@ -18,16 +18,22 @@ can be large, are written by ``Storage.prepare_snapshot`` in a worker thread; on
 mark is written on the loop.
 
 A failed write or fsync is fatal: the node stops (``fatal_error`` is set and ``run`` returns),
-because a node that cannot persist must not keep voting or acknowledging.
+because a node that cannot persist must not keep voting or acknowledging. The same goes for every
+long-lived task of the process (the tick loop, the transport's peer writers, plugin tasks such as
+the Redis mirror, snapshot persistence): they run under ``spawn``, and one that raises (or a
+forever-task that returns) is logged with ``event=fatal`` and stops the node, so a bug or a bad
+value can never leave a zombie that listens but no longer ticks. ``NodeConfig`` checks types and
+ranges before anything starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,10 +100,67 @@ class NodeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Refuse a config the node could not run with, naming the field, before anything
+        starts (a wrong type here used to surface only inside a background task)."""
+        if not isinstance(self.node_id, str) or not self.node_id:
+            raise ValueError(f"NodeConfig.node_id must be a non-empty string, got {self.node_id!r}")
+        if not isinstance(self.cluster, dict) or not self.cluster:
+            raise ValueError("NodeConfig.cluster must be a non-empty dict of id -> (host, port)")
+        addresses = [(f"cluster[{node!r}]", addr) for node, addr in self.cluster.items()]
+        if self.listen is not None:
+            addresses.append(("listen", self.listen))
+        for name, addr in addresses:
+            if not _is_address(addr):
+                raise ValueError(f"NodeConfig.{name} must be (host, port), got {addr!r}")
         if self.node_id not in self.cluster:
             raise ValueError(f"node id {self.node_id!r} is not in the cluster {list(self.cluster)}")
-        if not self.secret:
-            raise ValueError("a cluster secret is required (RAFTSYNC_CLUSTER_SECRET)")
+        if not isinstance(self.secret, bytes) or not self.secret:
+            raise ValueError("a cluster secret is required (NodeConfig.secret: non-empty bytes)")
+        self.data_dir = Path(self.data_dir)
+        for name in (
+            "tick_ms",
+            "election_ticks",
+            "heartbeat_ticks",
+            "snapshot_every",
+            "max_frame_bytes",
+            "max_peer_frame_bytes",
+            "max_inflight",
+        ):
+            _check_int(name, getattr(self, name), low=1)
+        _check_int("snapshot_keep", self.snapshot_keep, low=0)
+        if self.heartbeat_ticks >= self.election_ticks:
+            raise ValueError("NodeConfig: heartbeat_ticks must be less than election_ticks")
+        if self.metrics_port is not None:
+            _check_int("metrics_port", self.metrics_port, low=0, high=65535)
+        timeout = self.request_timeout
+        if not (_is_number(timeout) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"NodeConfig.request_timeout must be a number > 0, got {timeout!r}")
+        if not isinstance(self.fsync, bool):
+            raise ValueError(f"NodeConfig.fsync must be a bool, got {self.fsync!r}")
+
+
+def _is_address(addr: Any) -> bool:
+    return (
+        isinstance(addr, tuple)
+        and len(addr) == 2
+        and isinstance(addr[0], str)
+        and _is_int(addr[1])
+        and 0 <= addr[1] <= 65535
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"NodeConfig.{name} must be an integer {bound}, got {value!r}")
 
 
 class _Preloaded:
@@ -159,6 +222,7 @@ class NodeServer:
             ssl_client=config.ssl_client,
             max_frame_bytes=config.max_frame_bytes,
             max_peer_frame_bytes=config.max_peer_frame_bytes,
+            on_fatal=self.fail,
         )
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
         self._scheduled = False
@@ -183,7 +247,7 @@ class NodeServer:
         if self.config.metrics_port is not None:
             host = (self.config.listen or self.config.cluster[self.id])[0]
             self.metrics.serve(self.config.metrics_port, host)
-        self._tasks = [asyncio.create_task(self._tick_loop(), name=f"tick-{self.id}")]
+        self.spawn(self._tick_loop(), f"tick-{self.id}")
         for plugin in self.plugins:
             await plugin.start()
         self.kick()
@@ -198,10 +262,46 @@ class NodeServer:
         )
 
     async def run(self) -> None:
-        """Start, then serve until ``stop()`` is called or a fatal error happens."""
-        await self.start()
+        """Start, then serve until ``stop()`` is called or a fatal error happens. A failure to
+        start (port taken, a plugin that cannot start) is fatal too: ``fatal_error`` is set."""
+        try:
+            await self.start()
+        except Exception as exc:
+            self.fail(exc, "start")
         await self._stopping.wait()
         await self._shutdown()
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str, *, forever: bool = True
+    ) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of this node, supervised: if it raises, or if a ``forever``
+        task returns while the node is running, the node stops with ``fatal_error`` set (the
+        process then exits non-zero). Plugins start their background tasks with this."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._task_done(t, forever))
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any], forever: bool) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None and (not forever or self._stopping.is_set()):
+            return
+        name = task.get_name()
+        self.fail(exc or RuntimeError(f"task {name} ended unexpectedly"), name)
+
+    def fail(self, exc: BaseException, where: str) -> None:
+        """A fatal error: log it (``event=fatal``) and stop the node; the first one is kept in
+        ``fatal_error``. Also given to the transport for its peer tasks."""
+        if self.fatal_error is None:
+            self.fatal_error = exc
+        # OSError at start (port taken, unreadable file) needs no traceback; anything else does.
+        trace = None if isinstance(exc, OSError) and where == "start" else exc
+        log.critical("event=fatal node=%s task=%s error=%r", self.id, where, exc, exc_info=trace)
+        self.stop()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -281,9 +381,7 @@ class NodeServer:
                 self._handle_ready(self.raw.ready())
             self._maybe_snapshot()
         except Exception as exc:
-            self.fatal_error = exc
-            log.critical("event=fatal node=%s error=%r", self.id, exc, exc_info=True)
-            self.stop()
+            self.fail(exc, "ready")
 
     def _handle_ready(self, rd: Ready) -> None:
         if rd.messages_early:
@@ -383,9 +481,7 @@ class NodeServer:
         self._snapshotting = True
         started = time.perf_counter()
         snap = self.raw.compact(log_.applied, self.applier.snapshot(), self.config.snapshot_keep)
-        task = asyncio.get_running_loop().create_task(self._persist_snapshot(snap, started))
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
+        self.spawn(self._persist_snapshot(snap, started), f"snapshot-{self.id}", forever=False)
 
     async def _persist_snapshot(self, snap: Any, started: float) -> None:
         """File in the I/O thread, then mark and compaction on the loop (ordered with saves)."""
@@ -397,9 +493,7 @@ class NodeServer:
                 self.storage.save_snapshot(snap)
                 self.storage.compact(min(self.raw.raft.log.offset, snap.index))
         except Exception as exc:
-            self.fatal_error = exc
-            log.critical("event=fatal node=%s error=%r", self.id, exc, exc_info=True)
-            self.stop()
+            self.fail(exc, "snapshot")
             return
         finally:
             self._snapshotting = False

@@ -206,16 +206,20 @@ class TcpTransport:
         max_client_out_bytes: int = 16 * 1024 * 1024,
         max_pending_handshakes: int = 256,
         rng: random.Random | None = None,
+        on_fatal: Callable[[BaseException, str], None] | None = None,
     ) -> None:
         """``peers`` maps node ids to ``(host, port)``; it may include ``node_id`` itself, whose
         address is then the listen address unless ``listen`` is given (port 0 picks a free port;
-        see ``address`` after ``start()``)."""
+        see ``address`` after ``start()``). ``on_fatal(exc, task_name)`` is called if a peer's
+        writer task dies of an unexpected exception (a bug: every expected failure is retried);
+        the node stops then, rather than live on unable to reach that peer."""
         self.node_id = node_id
         self._secret = check_secret(secret)
         self._on_message = on_message
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
         self._on_client_frame = on_client_frame
+        self._on_fatal = on_fatal
         self._listen = listen if listen is not None else peers.get(node_id)
         if self._listen is None:
             raise ValueError(f"no listen address: give listen= or include {node_id!r} in peers")
@@ -259,7 +263,7 @@ class TcpTransport:
             return
         p = self._peers[node_id] = _Peer(node_id, addr)
         if self._running:
-            p.task = asyncio.get_running_loop().create_task(self._run_peer(p))
+            self._start_peer(p)
 
     def remove_peer(self, node_id: NodeId) -> None:
         """Forget a peer: its queue is dropped and it may no longer connect inbound."""
@@ -307,10 +311,9 @@ class TcpTransport:
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         self._running = True
-        loop = asyncio.get_running_loop()
         for p in self._peers.values():
             p.wake = asyncio.Event()  # bound to this loop (a transport may be restarted)
-            p.task = loop.create_task(self._run_peer(p))
+            self._start_peer(p)
         _event(logging.INFO, "listening", node=self.node_id, addr=f"{host}:{self.address[1]}")
 
     async def stop(self) -> None:
@@ -368,6 +371,22 @@ class TcpTransport:
         self._call_soon(self._on_snapshot_status, peer, ok)
 
     # -- outbound --------------------------------------------------------------------------------
+
+    def _start_peer(self, p: _Peer) -> None:
+        name = f"peer-{self.node_id}-{p.id}"
+        p.task = asyncio.get_running_loop().create_task(self._run_peer(p), name=name)
+        p.task.add_done_callback(self._peer_task_done)
+
+    def _peer_task_done(self, task: asyncio.Task[Any]) -> None:
+        """A writer task only ends by cancellation; anything else is a bug that would leave
+        the peer unreachable forever: report it (``event=fatal``) to whoever runs us."""
+        if task.cancelled():
+            return
+        exc = task.exception() or RuntimeError(f"{task.get_name()} ended unexpectedly")
+        if self._on_fatal is not None:
+            self._on_fatal(exc, task.get_name())
+        else:
+            log.critical("event=fatal task=%s error=%r", task.get_name(), exc, exc_info=exc)
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.backoff_max, self.backoff_first * (2**attempt))

@@ -1,9 +1,15 @@
-"""Django settings for raftsync.
+"""Django settings for the raftsync demo project.
 
-Everything deployment-specific comes from ``RAFTSYNC_*`` environment variables so one image serves
-every node; parsing lives in :mod:`syncproject.envconfig` where it is unit tested. Secrets have
-development defaults only when DEBUG is on: without DEBUG an unset SECRET_KEY stays empty and
-Django refuses to use it, rather than running production on a well-known key.
+The demo's own deployment settings come from environment variables (``RAFTSYNC_DEBUG``,
+``RAFTSYNC_SECRET_KEY``, ``RAFTSYNC_ALLOWED_HOSTS``, ``RAFTSYNC_DB_PATH``,
+``RAFTSYNC_CELERY_BROKER_URL``) so one image serves every role; parsing lives in
+:mod:`syncproject.envconfig` where it is unit tested. Secrets have development defaults only when
+DEBUG is on: without DEBUG an unset SECRET_KEY stays empty and Django refuses to use it, rather
+than running production on a well-known key.
+
+The cluster settings are the plugin's: ``COORDINATION`` below holds only what differs from the
+defaults, and every key can be overridden by ``RAFTSYNC_<KEY>`` in any project
+(``coordination/conf.py``, docs/settings.md).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from syncproject.envconfig import coordination_settings, env_bool, raft_broker_url
+from syncproject.envconfig import env_bool
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -78,16 +84,13 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 
-REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
-SPECTACULAR_SETTINGS = {"TITLE": "raftsync API", "VERSION": "0.1.0"}
 
-# Raft node and primitives; see envconfig.COORDINATION_SPEC for every key and its meaning.
-COORDINATION = coordination_settings(os.environ, debug=DEBUG)
+# Raft node and primitives: every key has a default (docs/settings.md) and RAFTSYNC_<KEY> wins.
+COORDINATION = {"DATA_DIR": str(BASE_DIR / "var")}
 
-# Celery's broker is the cluster itself (coordination/celery/transport.py) unless overridden.
-CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL") or raft_broker_url(
-    COORDINATION["CLUSTER"]
-)
+# Celery's broker is the cluster itself: a bare raft:// means COORDINATION["CLUSTER"]
+# (coordination/celery/connect.py), so the worker follows RAFTSYNC_CLUSTER like everything else.
+CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL") or "raft://"
 # On raft:// a delivered task is leased to the worker's session: ack after it ran, one at a time.
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

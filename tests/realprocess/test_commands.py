@@ -21,6 +21,9 @@ pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
 
 ROOT = Path(__file__).resolve().parents[2]
 MANAGE = ROOT / "manage.py"
+# What `make run` uses: the demo's settings, with no cluster secret configured (the test settings
+# pytest-django exports have one).
+DEMO = {"DJANGO_SETTINGS_MODULE": "syncproject.settings"}
 
 
 def _manage(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -81,7 +84,8 @@ def _free_run(count: int) -> int:
 
 def test_run_cluster_restarts_a_killed_node_and_stops_all(tmp_path: Path):
     base = _free_run(3)
-    env = {"RAFTSYNC_DATA_DIR": str(tmp_path)}
+    # DEBUG on (the demo reads RAFTSYNC_DEBUG): no secret configured, so one is generated.
+    env = {"RAFTSYNC_DATA_DIR": str(tmp_path), "RAFTSYNC_DEBUG": "1", **DEMO}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -148,7 +152,12 @@ def test_run_cluster_brings_up_web_and_a_worker_on_the_raft_broker(tmp_path: Pat
     from raft_node.launcher import free_port
 
     base, web = _free_run(3), free_port()
-    env = {"RAFTSYNC_DATA_DIR": str(tmp_path), "RAFTSYNC_DB_PATH": str(tmp_path / "db.sqlite3")}
+    env = {
+        "RAFTSYNC_DATA_DIR": str(tmp_path),
+        "RAFTSYNC_DB_PATH": str(tmp_path / "db.sqlite3"),
+        "RAFTSYNC_DEBUG": "1",
+        **DEMO,
+    }
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
