@@ -1,7 +1,7 @@
 """``raftsync``: run and inspect nodes on a machine with no Django project.
 
     raftsync node   [--id --cluster --data-dir --metrics-port --listen --secret-file ...]
-    raftsync status [--cluster --json --timeout --secret-file]
+    raftsync status [--cluster --json --timeout --wait --secret-file]
     raftsync settings                      every key's effective value and where it came from
 
 Settings come from the flags, then ``RAFTSYNC_<KEY>`` environment variables, then the defaults

@@ -6,6 +6,7 @@ otherwise, so it works as a health check.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
@@ -20,6 +21,14 @@ OPTIONS = (
     Option("--cluster", "cluster", "id=host:port,... to ask", key="CLUSTER"),
     Option("--json", "json", "machine-readable output", action="store_true"),
     Option("--timeout", "timeout", "seconds to wait for each node", type=float, default=2.0),
+    Option(
+        "--wait",
+        "wait",
+        "ask again until exactly one leader answers, for up to this many seconds (scripts that "
+        "start a cluster, then use it)",
+        type=float,
+        default=0.0,
+    ),
     Option("--secret-file", "secret_file", "file holding the secret", key="CLUSTER_SECRET_FILE"),
 )
 
@@ -47,9 +56,14 @@ def run(
         except (RaftError, OSError) as exc:
             return {"id": node, "address": f"{addr[0]}:{addr[1]}", "error": str(exc) or repr(exc)}
 
-    with ThreadPoolExecutor(max_workers=len(members)) as pool:
-        rows = list(pool.map(ask, members))
-    leaders = {r["id"] for r in rows if r.get("role") == "leader"}
+    deadline = time.monotonic() + (opts.get("wait") or 0.0)
+    while True:
+        with ThreadPoolExecutor(max_workers=len(members)) as pool:
+            rows = list(pool.map(ask, members))
+        leaders = {r["id"] for r in rows if r.get("role") == "leader"}
+        if len(leaders) == 1 or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     if opts.get("json"):
         out.write(json.dumps({"leader": _only(leaders), "nodes": rows}, indent=2) + "\n")
     else:

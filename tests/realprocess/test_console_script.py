@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -67,18 +66,13 @@ def test_three_script_nodes_elect_and_status_reports_them(tmp_path: Path) -> Non
         )
         log.close()
     try:
-        report = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            done = _script(
-                "status", "--json", "--timeout", "1", "--secret-file", str(secret_file),
-                env=env, cwd=tmp_path,
-            )  # fmt: skip
-            if done.returncode == 0:
-                report = json.loads(done.stdout)
-                break
-            time.sleep(0.2)
-        assert report is not None, (tmp_path / "n1.log").read_text()[-2000:]
+        # --wait asks again until one leader answers: right after start, there is none yet.
+        done = _script(
+            "status", "--json", "--timeout", "1", "--wait", "20", "--secret-file",
+            str(secret_file), env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, (tmp_path / "n1.log").read_text()[-2000:]
+        report = json.loads(done.stdout)
         assert report["leader"] in ports
         assert {n["id"] for n in report["nodes"]} == set(ports)
         table = _script("status", env={**env, "RAFTSYNC_CLUSTER_SECRET": SECRET}, cwd=tmp_path)
