@@ -143,13 +143,27 @@ class RaftBackend(KeyValueStoreBackend):
         if chunk is not None and not 0 < float(chunk) <= limits.WAIT_MS[1] / 1000:
             raise ImproperlyConfigured(f"wait_chunk must be in (0, {limits.WAIT_MS[1] / 1000}]")
         self._wait_chunk = None if chunk is None else float(chunk)
+        self._client: tuple[int, Results] | None = None  # (pid, this process's client)
+
+    def as_uri(self, include_password: bool = False) -> str:
+        """The URL as given (``raft://a;raft://b`` or ``raft://a,b``: kombu's parser takes one
+        host), with any password masked unless ``include_password``."""
+        url = self.url or "raft://"
+        if include_password:
+            return url
+        return re.sub(r"://([^:@/;,]*):[^@/;,]*@", r"://\1:**@", url)
 
     def __reduce__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         return super().__reduce__(args, {**(kwargs or {}), "url": self.url})
 
     @property
     def results(self) -> Results:
-        return results_client(self._hosts, self._options)
+        """This process's client (a forked child makes its own on first use)."""
+        pid, client = self._client or (None, None)
+        if pid != os.getpid() or client is None:
+            client = results_client(self._hosts, self._options)
+            self._client = (os.getpid(), client)
+        return client
 
     @property
     def wait_chunk(self) -> float:

@@ -291,6 +291,9 @@ def test_urls_name_the_members_or_the_settings_cluster(coordination_cluster, set
     comma = _backend_app(cluster, f"raft://{h1}:{p1},{h2}:{p2}").backend
     semicolon = _backend_app(cluster, f"raft://{h1}:{p1};raft://{h2}:{p2}").backend
     assert comma._hosts == semicolon._hosts == [f"{h1}:{p1}", f"{h2}:{p2}"]
+    masked = _backend_app(cluster, f"raft://u:pw@{h1}:{p1};raft://u:pw@{h2}:{p2}").backend
+    assert masked.as_uri() == f"raft://u:**@{h1}:{p1};raft://u:**@{h2}:{p2}"  # worker banner
+    assert comma.as_uri() == f"raft://{h1}:{p1},{h2}:{p2}"
     settings.COORDINATION = {
         **settings.COORDINATION,
         "CLUSTER": ",".join(f"{n}={h}:{p}" for n, (h, p) in cluster.addresses.items()),
