@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -180,6 +181,28 @@ def test_get_is_a_leader_served_wait_not_a_polling_loop(app, worker, monkeypatch
     assert 1 <= len(waits) <= 4
 
 
+def test_long_timeouts_are_waited_in_chunks(app, worker, monkeypatch) -> None:
+    """Waits of at most ``wait_chunk`` seconds each, until the value or the deadline."""
+    waits: list[float] = []
+    real_wait = Results.wait
+
+    def counted(self, keys, timeout):
+        waits.append(timeout)
+        return real_wait(self, keys, timeout)
+
+    monkeypatch.setattr(Results, "wait", counted)
+    monkeypatch.setattr(app.backend, "_wait_chunk", 0.3)
+    result = task(app, "results.sleep", 1.2, "chunked")
+    assert result.get(timeout=30) == "chunked"
+    assert len(waits) >= 3 and max(waits) <= 0.3
+    waits.clear()
+    slow = task(app, "results.sleep", 2.0, "too slow")
+    with pytest.raises(CeleryTimeoutError):
+        slow.get(timeout=0.7)
+    assert len(waits) >= 3 and max(waits) <= 0.3
+    assert slow.get(timeout=30) == "too slow"
+
+
 # -- forget, expiry, revoke, limits ---------------------------------------------------------------
 
 
@@ -294,6 +317,8 @@ def test_urls_name_the_members_or_the_settings_cluster(coordination_cluster, set
     masked = _backend_app(cluster, f"raft://u:pw@{h1}:{p1};raft://u:pw@{h2}:{p2}").backend
     assert masked.as_uri() == f"raft://u:**@{h1}:{p1};raft://u:**@{h2}:{p2}"  # worker banner
     assert comma.as_uri() == f"raft://{h1}:{p1},{h2}:{p2}"
+    copy = pickle.loads(pickle.dumps(semicolon))  # Celery pickles backends with their app
+    assert isinstance(copy, RaftBackend) and copy._hosts == semicolon._hosts
     settings.COORDINATION = {
         **settings.COORDINATION,
         "CLUSTER": ",".join(f"{n}={h}:{p}" for n, (h, p) in cluster.addresses.items()),
