@@ -75,9 +75,9 @@ class ResultTooLarge(LimitExceeded, EncodeError):
 
     def __init__(self, task_id: str, size: int, limit: int, what: str = "task") -> None:
         message = (
-            f"result of {what} {task_id} is {size} bytes encoded, over the result store's "
-            f"{limit}-byte limit (RESULT_VALUE_MAX_BYTES); store large results elsewhere and "
-            "return a reference"
+            f"result of {what} {task_id} is {size} bytes encoded (with its metadata: args and "
+            f"kwargs too under result_extended), over the result store's {limit}-byte limit "
+            "(RESULT_VALUE_MAX_BYTES); store large results elsewhere and return a reference"
         )
         super().__init__("limit_exceeded", message)
         self.task_id, self.size, self.limit, self.what = task_id, size, limit, what

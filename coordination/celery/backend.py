@@ -66,6 +66,7 @@ log = logging.getLogger("coordination.celery.backend")
 FIRED = "#fired"  # the member that marks a chord's callback as sent
 FIRED_TTL = 86_400.0  # how long a done chord is remembered when chords never expire
 _READY = states.READY_STATES
+TRACEBACK_TAIL = 16 * 1024  # characters of a traceback kept when a failure must be slimmed
 
 _clients: dict[tuple[Any, ...], Results] = {}
 _clients_lock = threading.Lock()
@@ -214,10 +215,13 @@ class RaftBackend(KeyValueStoreBackend):
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
         )
-        meta["task_id"] = bytes_to_str(task_id)
+        task_id = bytes_to_str(task_id)
+        meta["task_id"] = task_id
         value = ensure_bytes(self.encode(meta))
+        if len(value) > MAX_VALUE_BYTES and state in states.EXCEPTION_STATES:
+            value = self._slim_failure(meta, task_id, len(value))
         if len(value) > MAX_VALUE_BYTES:
-            raise ResultTooLarge(bytes_to_str(task_id), len(value), MAX_VALUE_BYTES)
+            raise ResultTooLarge(task_id, len(value), MAX_VALUE_BYTES)
         expires = self.failure_expires if state == states.FAILURE else self.expires
         self.results.set(
             cluster_key(self.get_key_for_task(task_id)),
@@ -227,6 +231,19 @@ class RaftBackend(KeyValueStoreBackend):
             keep=state == states.SUCCESS,  # nothing replaces a success (atomic on the cluster)
         )
         return result
+
+    def _slim_failure(self, meta: dict[str, Any], task_id: str, size: int) -> bytes:
+        """A failure is always recorded: without the extended args/kwargs, with the tail of the
+        traceback, and if the exception itself is too large, as a ``ResultTooLarge``."""
+        slim = {**meta, **{k: None for k in ("args", "kwargs") if k in meta}}
+        trace = slim.get("traceback")
+        if isinstance(trace, str) and len(trace) > TRACEBACK_TAIL:
+            slim["traceback"] = f"[truncated to fit the result store]\n{trace[-TRACEBACK_TAIL:]}"
+        value = ensure_bytes(self.encode(slim))
+        if len(value) <= MAX_VALUE_BYTES:
+            return value
+        slim["result"] = self.prepare_exception(ResultTooLarge(task_id, size, MAX_VALUE_BYTES))
+        return ensure_bytes(self.encode(slim))
 
     def _save_group(self, group_id: str, result: Any, expires: float | None = None) -> Any:
         value = ensure_bytes(self.encode({"result": result.as_tuple()}))

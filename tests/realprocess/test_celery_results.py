@@ -379,6 +379,20 @@ def test_a_too_large_result_is_refused_before_anything_is_sent(coordination_clus
     assert "too-big" in str(info.value) and sent == []
 
 
+def test_a_failure_is_always_recorded_slimmed_if_needed(coordination_cluster) -> None:
+    """A failure whose traceback, or exception, is over the limit is still stored: traceback
+    tail only, or the exception replaced by ``ResultTooLarge``."""
+    backend = _backend_app(coordination_cluster).backend
+    backend.store_result("long-trace", ValueError("short"), states.FAILURE, "t" * 600_000)
+    meta = backend.get_task_meta("long-trace", cache=False)
+    assert meta["status"] == states.FAILURE and isinstance(meta["result"], ValueError)
+    assert meta["traceback"].startswith("[truncated") and len(meta["traceback"]) < 20_000
+    backend.store_result("huge-error", ValueError("x" * 600_000), states.FAILURE)
+    meta = backend.get_task_meta("huge-error", cache=False)
+    assert meta["status"] == states.FAILURE and isinstance(meta["result"], ResultTooLarge)
+    assert "huge-error" in str(meta["result"])
+
+
 def test_chord_parts_that_run_twice_are_counted_once_and_fire_once(coordination_cluster):
     """``on_chord_part_return`` for parts 0 and 1, part 1 again (a redelivery), part 2 (the
     callback is sent), then parts 2 and 0 again: one callback message. Then the recovery rule:
