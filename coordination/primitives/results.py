@@ -147,7 +147,9 @@ class Results:
         }
 
     def observe_time(self, now_ms: int) -> None:
-        self.now_ms = now_ms
+        """Called before every applied entry (a rejected one too: log time moved all the
+        same)."""
+        self.now_ms = max(self.now_ms, now_ms)
 
     # -- ops ------------------------------------------------------------------------------------
 
