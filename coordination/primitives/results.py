@@ -17,9 +17,10 @@ client through ``coordination.results_client``. Everything is decided by the app
   when there are none and ``wait_ms`` is 0. Otherwise it returns ``Pending(index)``: the wait is
   a record on the leader, completed by the first ``set`` that makes one of its keys final
   (answer: that one record), or with ``[]`` by the tick that reaches its deadline. Waiters of a
-  key are completed in arrival order; at most ``RESULT_WAITERS_MAX`` wait at once (more are
-  refused with ``limit_exceeded``). A wait is not tied to a session: a client that goes away
-  leaves it to run out (``WAIT_MS``, at most 5 minutes).
+  key are completed in arrival order; at most ``RESULT_WAITERS_MAX`` wait at once, on at most
+  ``RESULT_WAITED_KEYS_MAX`` keys in all (more are refused with ``limit_exceeded``). A wait is
+  not tied to a session: a client that goes away leaves it to run out (``WAIT_MS``, at most 5
+  minutes).
 - **Counters** (``incr [key, delta, ttl_ms, member]``): an absent key counts from 0. With a
   ``member`` (a chord part: ``task_id:index``) the increment is applied once per member; a
   repeat (a redelivered task) changes nothing and answers ``counted: False``. The answer
@@ -128,6 +129,7 @@ class Results:
         self.expired = 0  # records removed by their TTL, in total
         self.waiters: dict[int, list[Any]] = {}  # token -> [keys, deadline]; arrival order
         self._by_key: dict[str, dict[int, None]] = {}  # key -> waiting tokens (derived)
+        self._waited = 0  # keys of all waiters (derived)
         self._deadlines = Deadlines()
 
     def ops(self) -> dict[str, Op]:
@@ -257,10 +259,14 @@ class Results:
                 f"{limits.RESULT_WAITERS_MAX} result waits are already blocked "
                 "(RESULT_WAITERS_MAX); retry later",
             )
+        if self._waited + len(keys) > limits.RESULT_WAITED_KEYS_MAX:
+            reject(
+                LIMIT,
+                f"blocked result waits would wait on more than {limits.RESULT_WAITED_KEYS_MAX}"
+                " keys in all (RESULT_WAITED_KEYS_MAX); retry later",
+            )
         token, deadline = ctx.index, ctx.now_ms + wait
-        self.waiters[token] = [keys, deadline]
-        for key in keys:
-            self._by_key.setdefault(key, {})[token] = None
+        self._add_waiter(token, keys, deadline)
         self._deadlines.push(deadline, ("w", token))
         return Pending(token)
 
@@ -293,6 +299,7 @@ class Results:
             "counters": sum(1 for r in self.records.values() if isinstance(r.value, int)),
             "bytes": self.bytes,
             "waiters": len(self.waiters),
+            "waited_keys": self._waited,
             "expired": self.expired,
             "max_records": limits.RESULT_RECORDS_MAX,
             "max_bytes": limits.RESULT_TOTAL_MAX_BYTES,
@@ -389,8 +396,15 @@ class Results:
             self._drop_waiter(token)
             ctx.complete(token, answer)
 
+    def _add_waiter(self, token: int, keys: list[str], deadline: int) -> None:
+        self.waiters[token] = [keys, deadline]
+        for key in keys:
+            self._by_key.setdefault(key, {})[token] = None
+        self._waited += len(keys)
+
     def _drop_waiter(self, token: int) -> None:
         keys, _ = self.waiters.pop(token)
+        self._waited -= len(keys)
         for key in keys:
             tokens = self._by_key.get(key)
             if tokens is not None:
@@ -436,8 +450,6 @@ class Results:
             if expires is not None:
                 deadlines.append((expires, ("x", key)))
         for token, keys, deadline in state["waiters"]:
-            self.waiters[token] = [keys, deadline]
-            for key in keys:
-                self._by_key.setdefault(key, {})[token] = None
+            self._add_waiter(token, keys, deadline)
             deadlines.append((deadline, ("w", token)))
         self._deadlines.rebuild(deadlines)

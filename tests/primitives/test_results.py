@@ -143,6 +143,17 @@ def test_waiters_are_bounded(node: Node, monkeypatch: pytest.MonkeyPatch) -> Non
     assert isinstance(node.do("result.wait", ["c"], 1_000), Pending)
 
 
+def test_waited_keys_are_bounded_in_total(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "RESULT_WAITED_KEYS_MAX", 3)
+    node.do("result.wait", ["a", "b"], 1_000)
+    message = node.rejected(errors.LIMIT, "result.wait", ["c", "d"], 1_000)
+    assert "RESULT_WAITED_KEYS_MAX" in message
+    assert isinstance(node.do("result.wait", ["c"], 1_000), Pending)
+    node.set("a", b"done")  # the first waiter is answered: its two keys are free again
+    assert isinstance(node.do("result.wait", ["d", "e"], 1_000), Pending)
+    assert node.part._waited == 3
+
+
 def test_wait_arguments_are_checked(node: Node) -> None:
     node.rejected(errors.BAD_COMMAND, "result.wait", [], 1_000)
     node.rejected(errors.BAD_COMMAND, "result.wait", [f"k{i}" for i in range(1001)], 1_000)
@@ -492,6 +503,7 @@ class ResultsModel(RuleBasedStateMachine):
             rec = self.peek(key)
             assert self.node.get(key) == (None if rec is None else self.view(rec))
         assert part.bytes == sum(r.size for r in part.records.values())
+        assert part._waited == sum(len(w[0]) for w in part.waiters.values())
         assert {t: (keys, d) for t, keys, d in self.waiters} == {
             t: (w[0], w[1]) for t, w in part.waiters.items()
         }
