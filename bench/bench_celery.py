@@ -12,7 +12,11 @@ For each broker, in turn (raft:// first; its cluster is stopped before Redis is 
 3. ``--reps`` times: enqueue ``--tasks`` no-op tasks from this process, one ``send_task`` after
    the other in each of ``--producers`` threads (default 1; ``make bench-celery`` also runs 8,
    like a threaded web server), and wait until every one has recorded its completion;
-4. split phase (unless ``--no-split``): stop the worker, enqueue ``--tasks`` with no consumer,
+4. result round trip (unless ``--result-tasks 0``): with the same worker, one producer thread
+   calls ``apply_async(...).get()`` on a task that returns its argument, ``--result-tasks`` times
+   one after the other, with the contender's own result backend (raft:// on the same cluster,
+   or Redis): the latency of each call, p50/p95/p99;
+5. split phase (unless ``--no-split``): stop the worker, enqueue ``--tasks`` with no consumer,
    then start a new worker and time it draining that backlog, to see which side bounds the rate.
 
 Completion is not observed through the broker: each task appends ``time.time()`` to a file of
@@ -52,7 +56,14 @@ import redis
 from bench_primitives import cpu_seconds, redis_cpu
 from bench_raft import add_run_args, fmt_ms, log, log_node_tails, run_benchmark, write_report
 from benchlib import percentile
-from celery_app import CONFIG_ENV, TASK_NAME, dump_profile, install_profiling, make_app
+from celery_app import (
+    CONFIG_ENV,
+    ECHO_NAME,
+    TASK_NAME,
+    dump_profile,
+    install_profiling,
+    make_app,
+)
 from celery_marks import Marks, profile_summary
 
 from coordination.client import Coordinator
@@ -62,6 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 MACHINE = "coordination.primitives.machine.CoordinationMachine"
 GOAL_RATIO = 0.5  # raft:// end-to-end tasks/s at least half of the Redis broker's
+GOAL_RESULT_RATIO = 2.0  # raft:// result round trip p50 at most twice the Redis backend's
 CONCURRENCY = 2
 MACHINE_BUSY = "machine busy"  # a CPU figure that is not a process of ours
 REST = "rest of machine"
@@ -257,6 +269,42 @@ def measure_rep(
     return out
 
 
+def round_trip(app: Any, args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
+    """One producer thread: ``apply_async(...).get()`` of a task returning its argument,
+    ``--result-tasks`` times one after the other (after ``--result-warmup`` untimed ones); per
+    call, the time from the publish to ``.get()`` returning the stored value."""
+    for i in range(args.result_warmup):
+        app.send_task(ECHO_NAME, args=(i,)).get(timeout=args.rep_timeout)
+    idx0 = probes.log_index()
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    for i in range(args.result_tasks):
+        start = time.perf_counter()
+        value = app.send_task(ECHO_NAME, args=(i,)).get(timeout=args.rep_timeout)
+        latencies.append((time.perf_counter() - start) * 1000)
+        if value != i:
+            raise RuntimeError(f"round trip {i}: got {value!r}")
+    wall = time.perf_counter() - t0
+    idx1 = probes.log_index()
+    lat = sorted(latencies)
+    out: dict[str, Any] = {
+        "calls": len(lat),
+        "per_s": len(lat) / wall,
+        "latency_ms": {**{f"p{q}": percentile(lat, q) for q in (50, 95, 99)}, "max": lat[-1]},
+    }
+    if idx0 is not None and idx1 is not None:
+        out["log_entries_per_call"] = (idx1 - idx0) / len(lat)
+    return out
+
+
+def round_trip_line(r: dict[str, Any]) -> str:
+    lat = r["latency_ms"]
+    return (
+        f"apply_async().get() p50 {fmt_ms(lat['p50'])} ms, p95 {fmt_ms(lat['p95'])} ms,"
+        f" p99 {fmt_ms(lat['p99'])} ms ({r['calls']} calls, {r['per_s']:,.0f}/s)"
+    )
+
+
 def run_broker(
     name: str,
     url: str,
@@ -265,20 +313,32 @@ def run_broker(
     args: argparse.Namespace,
     base: Path,
     result: dict[str, Any],
+    backend: tuple[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Worker up, warm-up, ``--reps`` measured repetitions, then the split phase; worker down."""
+    """Worker up, warm-up, ``--reps`` measured repetitions, the result round trip (with
+    ``backend``, a result backend URL and its options), then the split phase; worker down."""
     marks_dir = base / "marks"
     marks_dir.mkdir(parents=True)
     config = {
         "broker_url": url,
         "transport_options": options,
+        "result_backend": backend[0] if backend else None,
+        "result_options": backend[1] if backend else {},
         "queue": args.queue,
         "prefetch_multiplier": args.prefetch_multiplier,
         "marks_dir": str(marks_dir),
         "profile": args.profile,
     }
-    shown = {k: ("***" if k == "secret" else v) for k, v in options.items()}
-    result["config"] = {**config, "transport_options": shown, "concurrency": CONCURRENCY}
+
+    def masked(opts: dict[str, Any]) -> dict[str, Any]:
+        return {k: ("***" if k == "secret" else v) for k, v in opts.items()}
+
+    result["config"] = {
+        **config,
+        "transport_options": masked(options),
+        "result_options": masked(config["result_options"]),
+        "concurrency": CONCURRENCY,
+    }
     marks = Marks(marks_dir)
     app = make_app(config)
     if args.profile:
@@ -299,6 +359,9 @@ def run_broker(
             log(f"{name}: rep {rep}/{args.reps}: {rep_line(r)}")
             if "error" in r:
                 raise RuntimeError(f"rep {rep}: {r['error']}")
+        if backend and args.result_tasks:
+            result["round_trip"] = round_trip(app, args, probes)
+            log(f"{name}: result round trip: {round_trip_line(result['round_trip'])}")
         if args.split:
             worker.stop()
 
@@ -413,7 +476,8 @@ def run_raft(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> No
             options["session_ttl"] = args.session_ttl
         url = ";".join(f"raft://{a}" for a in addresses)
         probes = Probes(drained, server_cpu, log_index)
-        run_broker("raft", url, options, probes, args, base, result)
+        backend = (url, {"secret": cluster.secret})  # raft:// results on the same cluster
+        run_broker("raft", url, options, probes, args, base, result, backend)
     except Exception:
         log_node_tails(cluster, "raft://")
         raise
@@ -444,6 +508,9 @@ def run_redis(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> N
         def server_cpu() -> dict[str, float | None]:
             return {"redis-server": redis_cpu(args.redis_url)}
 
+        # Celery's Redis result backend on the same server; its keys carry the run's queue
+        # name (global_keyprefix), so the clean-up below finds them.
+        backend = (args.redis_url, {"global_keyprefix": f"{args.queue}-"})
         run_broker(
             "redis",
             args.redis_url,
@@ -452,6 +519,7 @@ def run_redis(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> N
             args,
             base,
             result,
+            backend,
         )
     finally:
         deleted = 0
@@ -553,6 +621,24 @@ def build_table(args: argparse.Namespace, raft: dict[str, Any], red: dict[str, A
             ),
         ),
     ]
+    trips = [res.get("round_trip") for res in (raft, red)]
+    if any(trips):
+        for q in ("p50", "p95", "p99"):
+            rows.append(
+                (
+                    f"result round trip apply_async().get() {q} (ms), 1 producer",
+                    *(fmt_ms(t["latency_ms"][q]) if t else "n/a" for t in trips),
+                )
+            )
+        rows.append(
+            (
+                "result round trip: log entries per call (raft)",
+                *(
+                    f"{t['log_entries_per_call']:.2f}" if t and "log_entries_per_call" in t else "-"
+                    for t in trips
+                ),
+            )
+        )
     header = ("metric", "raft:// (3 nodes, fsync)", "redis:// (local)")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
 
@@ -580,6 +666,14 @@ def goal_notes(raft: dict[str, Any], red: dict[str, Any]) -> list[str]:
         f"raft:// / redis:// end-to-end tasks/s: {ratio:.2f}"
         f" (goal >= {GOAL_RATIO}: {verdict}; informational, nothing asserts on it)"
     ]
+    trip_a, trip_b = raft.get("round_trip"), red.get("round_trip")
+    if trip_a and trip_b:
+        ratio = trip_a["latency_ms"]["p50"] / trip_b["latency_ms"]["p50"]
+        verdict = "met" if ratio <= GOAL_RESULT_RATIO else "not met"
+        notes.append(
+            f"raft:// / redis:// result round trip p50: {ratio:.2f}"
+            f" (goal <= {GOAL_RESULT_RATIO:g}: {verdict}; informational, nothing asserts on it)"
+        )
     for name, s in (("raft://", a), ("redis://", b)):
         others = s["cpu_pct"].get(REST, 0)
         if others > NOISY_PCT:
@@ -653,7 +747,9 @@ def render(
         f" {info.get('loadavg_end', '?')}",
         f"- per broker: {args.warmup_tasks} warm-up tasks, then {args.reps} repetitions of"
         f" {args.tasks:,} no-op tasks; worker `--pool prefork --concurrency {CONCURRENCY}`,"
-        f" acks_late, prefetch multiplier {args.prefetch_multiplier}, no result backend",
+        f" acks_late, prefetch multiplier {args.prefetch_multiplier}; the no-op task ignores"
+        f" results; then {args.result_tasks} result round trips (`apply_async().get()`, 1"
+        " producer) through each contender's own result backend",
         "",
         *build_table(args, raft, red),
         "",
@@ -672,7 +768,9 @@ def render(
         f" `{args.queue}`; its keys are deleted at the end.",
         "- Worker (same for both): `celery -A celery_app worker --pool prefork --concurrency"
         f" {CONCURRENCY} --without-heartbeat --without-gossip --without-mingle`, remote control"
-        " and task events off, `task_acks_late`, `task_ignore_result`, no result backend,"
+        " and task events off, `task_acks_late`, `task_ignore_result` (the no-op task; the"
+        " round trip's `bench.echo` stores its result: raft:// in the same cluster's results"
+        " primitive, redis:// in Celery's Redis result backend on the same server),"
         f" `worker_prefetch_multiplier={args.prefetch_multiplier}`, visibility timeout"
         f" {VISIBILITY:g} s. Producer: this process, `app.send_task` in a loop (one publish at a"
         f" time per thread, the way a web request enqueues), {args.producers} thread(s).",
@@ -731,6 +829,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="skip the split phase (enqueue with no worker running, then drain the backlog)",
     )
     ap.add_argument(
+        "--result-tasks",
+        type=int,
+        default=None,
+        help="result round trips, apply_async().get() one after the other (500; 0 skips)",
+    )
+    ap.add_argument("--result-warmup", type=int, default=20, help="untimed round trips first")
+    ap.add_argument(
         "--producers",
         type=int,
         default=1,
@@ -739,7 +844,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add_run_args(ap, "raft", "redis")
     args = ap.parse_args(argv)
-    for name, full, quick in (("tasks", 1000, 300), ("reps", 5, 2), ("warmup_tasks", 200, 50)):
+    defaults = (("tasks", 1000, 300), ("reps", 5, 2), ("warmup_tasks", 200, 50))
+    for name, full, quick in (*defaults, ("result_tasks", 500, 100)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     if args.rep_timeout is None:

@@ -6,10 +6,14 @@ Everything comes from one JSON document in ``BENCH_CELERY_CONFIG`` (``make_app``
 dict in the producer), so the worker and the producer of a contender cannot disagree and the two
 contenders differ only in ``broker_url`` and ``broker_transport_options``.
 
-Completion is recorded without the broker and without a result backend: the task appends
+Completion of the no-op task is recorded without the broker and without a result backend
+(``task_ignore_result``): the task appends
 ``rep seq task_id time.time()`` to a file of its own process under ``marks_dir`` (one ``write``
 per line, so nothing is lost in a buffer and no lock is shared between processes). The same code
-runs for both brokers; the orchestrator reads the files.
+runs for both brokers; the orchestrator reads the files. The result round trip uses a second
+task, ``bench.echo``, whose result *is* stored, in the contender's own result backend
+(``result_backend`` in the config: ``raft://`` on the same cluster, or Redis), and read back by
+the producer with ``.get()``.
 
 With ``profile`` set, the worker's main process times the transport channel's ``_get`` (raft://
 fetches through it; kombu's Redis transport reads BRPOP replies in its event loop instead, so it
@@ -30,6 +34,7 @@ from typing import Any
 from celery import Celery, signals
 
 TASK_NAME = "bench.noop"
+ECHO_NAME = "bench.echo"  # the result round trip's task: returns its argument, result stored
 CONFIG_ENV = "BENCH_CELERY_CONFIG"
 
 _marks: Any = None  # this process's completion file, opened on first use
@@ -45,11 +50,13 @@ def make_app(config: dict[str, Any]) -> Celery:
         register()  # before the app creates its first connection
     app = Celery("bench-celery", broker=config["broker_url"], set_as_current=True)
     app.conf.update(
+        result_backend=config.get("result_backend"),
+        result_backend_transport_options=config.get("result_options") or {},
         broker_transport_options=config["transport_options"],
         broker_connection_retry_on_startup=True,
         task_default_queue=config["queue"],
         task_acks_late=True,
-        task_ignore_result=True,  # no result backend: completion is recorded by the task itself
+        task_ignore_result=True,  # the no-op's completion is recorded by the task itself
         worker_prefetch_multiplier=config["prefetch_multiplier"],
         worker_enable_remote_control=False,  # no pidbox consumer next to the task queue
         worker_send_task_events=False,
@@ -60,6 +67,10 @@ def make_app(config: dict[str, Any]) -> Celery:
     @app.task(name=TASK_NAME, bind=True)
     def noop(self: Any, rep: int, seq: int) -> None:
         record_done(config["marks_dir"], rep, seq, self.request.id)
+
+    @app.task(name=ECHO_NAME, ignore_result=False)
+    def echo(value: int) -> int:
+        return value
 
     return app
 

@@ -3,6 +3,8 @@ class, so callers write ``except Deadlock`` rather than parse messages."""
 
 from __future__ import annotations
 
+from kombu.exceptions import EncodeError
+
 from raft_node.client import (
     AuthenticationFailed,
     BadRequest,
@@ -26,6 +28,7 @@ __all__ = [
     "NotHolder",
     "NotInteger",
     "RaftError",
+    "ResultTooLarge",
     "SessionExpired",
     "StaleToken",
     "Timeout",
@@ -62,6 +65,27 @@ class LockModeError(CoordinationError):
 
 class LimitExceeded(CoordinationError):
     pass
+
+
+class ResultTooLarge(LimitExceeded, EncodeError):
+    """A task's (or group's) encoded result is over the result store's value limit; raised by
+    the ``raft://`` result backend before anything is sent. Also a kombu ``EncodeError``, so a
+    Celery worker records it as the task's failure (its result-encoding error path), and the
+    caller's ``.get()`` raises it. ``args`` are ``(id, size, limit, what)`` so it survives
+    Celery's exception serialization."""
+
+    def __init__(self, task_id: str, size: int, limit: int, what: str = "task") -> None:
+        message = (
+            f"result of {what} {task_id} is {size} bytes encoded (with its metadata: args and "
+            f"kwargs too under result_extended), over the result store's {limit}-byte limit "
+            "(RESULT_VALUE_MAX_BYTES); store large results elsewhere and return a reference"
+        )
+        super().__init__("limit_exceeded", message)
+        self.task_id, self.size, self.limit, self.what = task_id, size, limit, what
+        self.args = (task_id, size, limit, what)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 class UnknownQueue(CoordinationError):

@@ -221,3 +221,39 @@ def cache_stats() -> bytes:
 
 def cache_keys(prefix: str, limit: int) -> bytes:
     return _cmd("cache.keys", prefix, limit)
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+def result_set(key: str, value: bytes, ttl_ms: int | None, final: bool, keep: bool) -> bytes:
+    """Store or replace ``key`` (``keep``: no later set replaces it; ``final``: wake waiters)."""
+    return _cmd("result.set", key, value, ttl_ms, final, keep)
+
+
+def result_get(key: str) -> bytes:
+    return _cmd("result.get", key)
+
+
+def result_get_many(keys: Iterable[str]) -> bytes:
+    return _cmd("result.get_many", list(keys))
+
+
+def result_wait(keys: Iterable[str], wait_ms: int) -> bytes:
+    return _cmd("result.wait", list(keys), wait_ms)
+
+
+def result_delete(key: str) -> bytes:
+    return _cmd("result.delete", key)
+
+
+def result_expire(key: str, ttl_ms: int | None) -> bytes:
+    return _cmd("result.expire", key, ttl_ms)
+
+
+def result_incr(key: str, delta: int, ttl_ms: int | None, member: str | None = None) -> bytes:
+    return _cmd("result.incr", key, delta, ttl_ms, member)
+
+
+def result_stats() -> bytes:
+    return _cmd("result.stats")

@@ -24,6 +24,17 @@ QUEUE_DEPTH_MAX = 100_000  # messages (ready + delayed + in flight) per queue
 LOCK_WAITERS_MAX = 10_000  # waiting requests per lock
 MAX_DELIVERIES = (1, 1000)
 DEDUP_WINDOW_MS = (0, 24 * 3_600_000)
+# Task results (``results``): one stored value fits a 1 MiB client request with its envelope
+# (key, op, msgpack framing); the totals keep the part's share of a snapshot bounded (the cache
+# has its own 256 MiB budget; a snapshot travels as one peer frame of at most 512 MiB).
+RESULT_VALUE_MAX_BYTES = 512 * 1024
+RESULT_RECORDS_MAX = 200_000  # stored results and counters
+RESULT_TOTAL_MAX_BYTES = 128 * 1024 * 1024  # keys + values + per-record overhead
+RESULT_TTL_MS = (1, 3650 * 24 * 3_600_000)  # 1 ms .. 10 years; None = no expiry
+RESULT_WAITERS_MAX = 10_000  # blocked result.wait requests, over all keys
+RESULT_WAITED_KEYS_MAX = 200_000  # keys those requests wait on, in total (up to 1,000 each)
+RESULT_COUNTER_MEMBERS_MAX = 100_000  # distinct members one counter remembers (chord parts)
+RESULT_READ_BUDGET_BYTES = 2 * 1024 * 1024  # values in one get_many / wait answer (>= 1 record)
 
 
 def name(value: Any, what: str = "name") -> str:

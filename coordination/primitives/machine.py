@@ -108,7 +108,9 @@ class CoordinationMachine:
         if version != SNAPSHOT_VERSION:
             raise ValueError(f"unknown coordination snapshot version {version}")
         for part in self.parts:
-            part.from_state(state[part.name])
+            # A part newer than the snapshot (``results`` in one taken before it existed)
+            # gets None and starts empty.
+            part.from_state(state.get(part.name))
 
 
 def _decode(raw: bytes) -> tuple[str, list[Any]]:
@@ -127,5 +129,6 @@ def _default_parts(sessions: Sessions) -> list[Part]:
     from coordination.primitives.cache import Cache
     from coordination.primitives.locks import Locks
     from coordination.primitives.queues import Queues
+    from coordination.primitives.results import Results
 
-    return [Locks(sessions), Queues(sessions), Cache(sessions)]
+    return [Locks(sessions), Queues(sessions), Cache(sessions), Results()]
