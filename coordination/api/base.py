@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import extend_schema
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.views import APIView
@@ -32,3 +33,16 @@ class RaftsyncAPIView(APIView):
 
     def get_exception_handler(self) -> Callable[[Exception, Any], Any]:
         return exception_handler
+
+
+def operation(**kwargs: Any) -> Callable[[Any], Any]:
+    """``extend_schema`` for a view method, based on drf-spectacular's ``AutoSchema`` whatever the
+    project's ``DEFAULT_SCHEMA_CLASS`` was when this module was imported (drf-spectacular builds
+    a method's schema class from the function's ``schema`` attribute, else from that setting)."""
+
+    def decorate(handler: Any) -> Any:
+        if not hasattr(handler, "schema") and "schema" not in getattr(handler, "kwargs", {}):
+            handler.schema = AutoSchema
+        return extend_schema(**kwargs)(handler)
+
+    return decorate

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -19,7 +18,7 @@ from rest_framework.views import APIView
 
 from coordination import inspection
 from coordination.api import serializers as s
-from coordination.api.base import RaftsyncAPIView
+from coordination.api.base import RaftsyncAPIView, operation
 from coordination.api.permissions import OperateCluster, UsePrimitives
 from coordination.client import Coordinator
 from coordination.primitives import commands as c
@@ -69,7 +68,7 @@ class ApiRootView(RaftsyncAPIView):
 
     permission_classes = (IsAuthenticated,)
 
-    @extend_schema(summary="The API's endpoints")
+    @operation(summary="The API's endpoints")
     def get(self, request: Request) -> Response:
         def url(name: str) -> str:
             return reverse(f"raftsync-api:{name}", request=request)
@@ -93,7 +92,7 @@ class ApiRootView(RaftsyncAPIView):
 class ClusterView(RaftsyncAPIView):
     permission_classes = (IsAuthenticated,)  # node addresses and lag: a login at least
 
-    @extend_schema(summary="Every node's Raft status and the leader")
+    @operation(summary="Every node's Raft status and the leader")
     def get(self, request: Request) -> Response:
         nodes = inspection.node_statuses()
         leaders = [n["id"] for n in nodes if n.get("role") == "leader"]
@@ -103,7 +102,7 @@ class ClusterView(RaftsyncAPIView):
 class TransferView(RaftsyncAPIView):
     permission_classes = (OperateCluster,)
 
-    @extend_schema(request=s.Transfer, summary="Hand leadership to another node")
+    @operation(request=s.Transfer, summary="Hand leadership to another node")
     def post(self, request: Request) -> Response:
         data = _valid(s.Transfer, request)
         with coordinator().new_client() as client:
@@ -115,13 +114,13 @@ class TransferView(RaftsyncAPIView):
 
 
 class SessionsView(Primitive):
-    @extend_schema(request=s.SessionOpen, summary="Open a session (renew it every TTL/3)")
+    @operation(request=s.SessionOpen, summary="Open a session (renew it every TTL/3)")
     def post(self, request: Request) -> Response:
         data = _valid(s.SessionOpen, request)
         result = coordinator().propose(c.session_open(_ms(data["ttl"]), data["label"]))
         return Response(result, status=status.HTTP_201_CREATED)
 
-    @extend_schema(operation_id="sessions_list")
+    @operation(operation_id="sessions_list")
     def get(self, request: Request) -> Response:
         return Response(coordinator().query(c.session_list()))
 
@@ -139,7 +138,7 @@ class SessionView(Primitive):
 
 
 class KeepaliveView(Primitive):
-    @extend_schema(request=None)
+    @operation(request=None)
     def post(self, request: Request, session: int) -> Response:
         return Response(coordinator().propose(c.session_keepalive(session)))
 
@@ -148,13 +147,13 @@ class KeepaliveView(Primitive):
 
 
 class LockView(Primitive):
-    @extend_schema(summary="Holders, waiters and the last fencing token of a lock")
+    @operation(summary="Holders, waiters and the last fencing token of a lock")
     def get(self, request: Request, name: str) -> Response:
         return Response(coordinator().query(c.lock_inspect(name)))
 
 
 class LockAcquireView(Primitive):
-    @extend_schema(request=s.LockAcquire, summary="Acquire (409 if busy, 423 on deadlock)")
+    @operation(request=s.LockAcquire, summary="Acquire (409 if busy, 423 on deadlock)")
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.LockAcquire, request)
         coord = coordinator()
@@ -168,14 +167,14 @@ class LockAcquireView(Primitive):
 
 
 class LockReleaseView(Primitive):
-    @extend_schema(request=s.LockHolder)
+    @operation(request=s.LockHolder)
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.LockHolder, request)
         return Response(coordinator().propose(c.lock_release(data["session"], name, data["owner"])))
 
 
 class LockRenewView(Primitive):
-    @extend_schema(request=s.LockHolder)
+    @operation(request=s.LockHolder)
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.LockHolder, request)
         token = coordinator().propose(c.lock_renew(data["session"], name, data["owner"]))
@@ -183,7 +182,7 @@ class LockRenewView(Primitive):
 
 
 class LockCheckView(Primitive):
-    @extend_schema(summary="Whether ?token=N is the current grant (fencing check)")
+    @operation(summary="Whether ?token=N is the current grant (fencing check)")
     def get(self, request: Request, name: str) -> Response:
         try:
             token = int(request.query_params["token"])
@@ -196,13 +195,13 @@ class LockCheckView(Primitive):
 
 
 class QueueView(Primitive):
-    @extend_schema(summary="Depth by priority, in flight, dead letters (404 if unknown)")
+    @operation(summary="Depth by priority, in flight, dead letters (404 if unknown)")
     def get(self, request: Request, name: str) -> Response:
         return Response(coordinator().query(c.queue_stats(name)))
 
 
 class QueueMessagesView(Primitive):
-    @extend_schema(request=s.QueuePut, summary="Put a message (201 with its id)")
+    @operation(request=s.QueuePut, summary="Put a message (201 with its id)")
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.QueuePut, request)
         result = coordinator().propose(
@@ -216,7 +215,7 @@ class QueueMessagesView(Primitive):
         )
         return Response(result, status=status.HTTP_201_CREATED)
 
-    @extend_schema(parameters=[s.QueuePeek], summary="The next ready messages (not leased)")
+    @operation(parameters=[s.QueuePeek], summary="The next ready messages (not leased)")
     def get(self, request: Request, name: str) -> Response:
         query = s.QueuePeek(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -225,7 +224,7 @@ class QueueMessagesView(Primitive):
 
 
 class QueueGetView(Primitive):
-    @extend_schema(request=s.QueueGet, summary="Lease the next message (204 if none)")
+    @operation(request=s.QueueGet, summary="Lease the next message (204 if none)")
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.QueueGet, request)
         coord = coordinator()
@@ -239,7 +238,7 @@ class QueueGetView(Primitive):
 
 
 class QueueAckView(Primitive):
-    @extend_schema(request=s.QueueAck)
+    @operation(request=s.QueueAck)
     def post(self, request: Request, name: str, msg_id: int) -> Response:
         data = _valid(s.QueueAck, request)
         coordinator().propose(c.queue_ack(data["session"], name, msg_id))
@@ -247,7 +246,7 @@ class QueueAckView(Primitive):
 
 
 class QueueNackView(Primitive):
-    @extend_schema(request=s.QueueNack)
+    @operation(request=s.QueueNack)
     def post(self, request: Request, name: str, msg_id: int) -> Response:
         data = _valid(s.QueueNack, request)
         coordinator().propose(
@@ -265,7 +264,7 @@ class QueueDeadLettersView(Primitive):
 class QueuePurgeView(RaftsyncAPIView):
     permission_classes = (OperateCluster,)
 
-    @extend_schema(request=None)
+    @operation(request=None)
     def post(self, request: Request, name: str) -> Response:
         return Response({"purged": coordinator().propose(c.queue_purge(name))})
 
@@ -273,7 +272,7 @@ class QueuePurgeView(RaftsyncAPIView):
 class QueueRequeueDeadView(RaftsyncAPIView):
     permission_classes = (OperateCluster,)
 
-    @extend_schema(request=None)
+    @operation(request=None)
     def post(self, request: Request, name: str) -> Response:
         return Response({"requeued": coordinator().propose(c.queue_requeue_dead(name, 1000))})
 
@@ -288,7 +287,7 @@ class CacheView(Primitive):
             return Response({"code": "unknown_key", "detail": "no such key"}, status=404)
         return Response({**found, "value": _text(found["value"])})
 
-    @extend_schema(request=s.CacheSet)
+    @operation(request=s.CacheSet)
     def put(self, request: Request, key: str) -> Response:
         data = _valid(s.CacheSet, request)
         coord = coordinator()
@@ -304,7 +303,7 @@ class CacheView(Primitive):
 
 
 class CacheIncrView(Primitive):
-    @extend_schema(request=s.CacheIncr)
+    @operation(request=s.CacheIncr)
     def post(self, request: Request, key: str) -> Response:
         data = _valid(s.CacheIncr, request)
         coord = coordinator()
@@ -323,7 +322,7 @@ def _describe_responses() -> None:
         for method in ("get", "post", "put", "delete"):
             handler = view.__dict__.get(method)
             if handler is not None:
-                setattr(view, method, extend_schema(responses=OpenApiTypes.OBJECT)(handler))
+                setattr(view, method, operation(responses=OpenApiTypes.OBJECT)(handler))
 
 
 _describe_responses()

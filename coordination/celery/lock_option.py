@@ -5,21 +5,24 @@
 
 Celery passes unknown task options through as class attributes and otherwise ignores them, so
 without help a task with this option would run with no lock and no error. A coordination plugin
-must never fail open, so importing this module (the ``coordination`` Django app does it in
-``ready()``, and the ``celery`` command does it through raftsync's ``celery raftsync`` plugin)
+must never fail open, so importing this module (importing ``coordination`` does it: the Django
+app, the ``celery`` command through raftsync's ``celery raftsync`` plugin, any raftsync import)
 teaches Celery's base ``Task`` two things:
 
-- ``__call__`` takes the lock: on a task's first call its ``run`` is wrapped with
-  ``@distributed_lock(**option)``. Celery's tracer treats a base ``__call__`` that comes from
-  another module as custom (``celery.utils.objects.mro_lookup``'s ``monkey_patched`` rule, the
-  way instrumentation libraries hook tasks), so workers and ``apply()`` call through it.
-- ``on_bound`` (Celery's hook when a task class is registered with an app) checks the option:
-  a key template naming something the function does not take raises ``LockKeyError`` there,
-  at import of the tasks module, not when a worker first runs the task.
+- ``on_bound``, Celery's hook when a task class is registered with an app, wraps the class's
+  ``run`` with ``@distributed_lock(**option)``. Every way Celery runs a task ends in ``run``: a
+  worker's tracer calls it directly (even past ``__call__``, which the worker replaces with its
+  own stack-protected version), ``apply()`` and direct calls through ``__call__``. A key template
+  naming something the function does not take raises ``LockKeyError`` right there, when the
+  tasks module is imported.
+- ``__call__`` (a net for task classes registered before this module was imported) wraps the
+  instance's ``run`` on its first call. Celery's tracer treats a base ``__call__`` from another
+  module as custom (``mro_lookup``'s ``monkey_patched`` rule, the way instrumentation libraries
+  hook tasks), so ``apply()`` calls through it.
 
-Tasks without the option pay one attribute lookup per call. A task with it takes its lock, or
-raises (``LockNotAcquired``, ``ClusterUnavailable``...); it never runs unlocked. ``LockedTask``
-remains as an explicit base for code that wants to say so.
+Tasks without the option pay one attribute lookup per registration and call. A task with it
+takes its lock, or raises (``LockNotAcquired``, ``ClusterUnavailable``...); it never runs
+unlocked. ``LockedTask`` remains as an explicit base for code that wants to say so.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from coordination.decorators import check_key_template, distributed_lock
 
 _wrap_guard = threading.Lock()
 _MARK = "_raftsync_lock_option"
+_CLASS_WRAPPED = "_raftsync_run_locked"  # in a task class's __dict__ once its run is wrapped
 
 
 def lock_run(task: Any) -> None:
@@ -42,28 +46,37 @@ def lock_run(task: Any) -> None:
     options = getattr(task, "distributed_lock", None)
     if not options or task.__dict__.get("_lock_wrapped"):
         return
+    if any(klass.__dict__.get(_CLASS_WRAPPED) for klass in type(task).__mro__):
+        return  # wrapped at registration
     with _wrap_guard:
         if not task.__dict__.get("_lock_wrapped"):
             task.run = distributed_lock(**_checked(options, task.name))(task.run)
             task._lock_wrapped = True
 
 
-def check_option(task_cls: type) -> None:
-    """Raise ``LockKeyError`` (or ``TypeError``) if the class's ``distributed_lock`` is unusable."""
+def lock_class_run(task_cls: type) -> None:
+    """Check the class's own ``distributed_lock`` option and wrap its ``run`` with it (once).
+    Raises ``LockKeyError``/``TypeError`` for an unusable option."""
     options = task_cls.__dict__.get("distributed_lock")
-    raw_run = task_cls.__dict__.get("run")
-    if not options or raw_run is None:
+    if not options or task_cls.__dict__.get(_CLASS_WRAPPED):
         return
-    options = _checked(options, task_cls.__name__)
-    key = options.get("key")
-    if callable(key):
-        return
-    if isinstance(raw_run, staticmethod):  # @app.task(...) without bind=True
-        signature = inspect.signature(raw_run.__func__)
-    else:  # bind=True, or a Task subclass with its own run(self, ...)
-        signature = inspect.signature(raw_run)
-        signature = signature.replace(parameters=list(signature.parameters.values())[1:])
-    check_key_template(key, signature, getattr(task_cls, "name", None) or task_cls.__name__)
+    where = task_cls.__dict__.get("name") or task_cls.__name__
+    options = _checked(options, where)
+    raw_run = inspect.getattr_static(task_cls, "run")
+    with _wrap_guard:
+        if task_cls.__dict__.get(_CLASS_WRAPPED):
+            return
+        if isinstance(raw_run, staticmethod):  # @app.task(...) without bind=True
+            wrapped: Any = staticmethod(distributed_lock(**options)(raw_run.__func__))
+        else:  # bind=True, or a Task subclass with its own run(self, ...)
+            key = options.get("key")
+            if not callable(key):  # name the template's fields against run's own arguments
+                signature = inspect.signature(raw_run)
+                params = list(signature.parameters.values())[1:]
+                check_key_template(key, signature.replace(parameters=params), where)
+            wrapped = distributed_lock(**options)(raw_run)
+        task_cls.run = wrapped  # type: ignore[attr-defined]
+        setattr(task_cls, _CLASS_WRAPPED, True)
 
 
 def _checked(options: Any, where: str) -> dict[str, Any]:
@@ -98,7 +111,7 @@ def _teach_celery() -> None:
         return plain_call(self, *args, **kwargs)
 
     def on_bound(cls: type, app: Any) -> None:
-        check_option(cls)
+        lock_class_run(cls)
         plain_on_bound(cls, app)
 
     __call__.__wrapped__ = plain_call  # type: ignore[attr-defined]

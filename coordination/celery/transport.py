@@ -46,6 +46,7 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import virtual
+from kombu.utils.url import maybe_sanitize_url
 
 from coordination.celery import bindings as celery_bindings
 from coordination.celery import connect
@@ -321,6 +322,10 @@ class Transport(virtual.Transport):
     default_port = 7001
     driver_type = "raftsync"
     driver_name = "raftsync"
+    # kombu keeps the URL whole (``conninfo.hostname``) instead of parsing it into one host:
+    # a URL may name several members (``raft://h1:7001,h2:7001``), or none (``raft://``: the
+    # COORDINATION cluster), which kombu's clones would otherwise turn into ``localhost``.
+    can_parse_url = True
     # The blocking get is the wait for messages; this short sleep only paces the loop while
     # the consumer's prefetch window is full (kombu does not fetch then, and would spin).
     polling_interval = 0.001
@@ -341,6 +346,12 @@ class Transport(virtual.Transport):
 
     def driver_version(self) -> str:
         return "1"
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        """The URL as configured (a worker's banner); a bare one says where it leads."""
+        if uri.rstrip("/") == "raft:":
+            return "raft:// (the COORDINATION cluster)"
+        return uri if include_password else maybe_sanitize_url(uri, mask)
 
 
 def eta_delay(headers: dict[str, Any], now: float | None = None) -> float:
@@ -367,9 +378,7 @@ def eta_delay(headers: dict[str, Any], now: float | None = None) -> float:
 def _coordinator(conninfo: Any, options: dict[str, Any]) -> Coordinator:
     """The channel's coordinator: the members the URL names (``conninfo.alt`` holds kombu's
     ``;``-separated alternates), or the settings' cluster for a bare ``raft://``."""
-    urls = list(getattr(conninfo, "alt", None) or [])
-    if not urls and conninfo.hostname:
-        urls = [f"raft://{conninfo.hostname}:{conninfo.port or Transport.default_port}"]
+    urls = list(getattr(conninfo, "alt", None) or []) or [conninfo.hostname]
     return connect.coordinator_for(connect.hosts_from_urls(urls), options)
 
 

@@ -127,3 +127,45 @@ def test_the_schema_describes_only_raftsync(their_project):
     assert not any(p.startswith("/theirs") for p in paths)
     assert schema.json()["info"]["title"] == "raftsync coordination API"
     assert _user().get(f"{their_project}docs/").status_code == 200
+
+
+def test_the_schema_builds_when_drf_defaults_were_set_at_import(tmp_path) -> None:
+    """In a fresh process whose project never named a schema class, so DRF's own was the
+    default when the API's views were imported (the in-process tests above imported them under
+    the example project's settings)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "plain_drf_settings.py").write_text(
+        "from syncproject.test_settings import *  # noqa\n"
+        "REST_FRAMEWORK = {}\n"
+        "ALLOWED_HOSTS = ['testserver']\n"
+        "ROOT_URLCONF = 'plain_drf_urls'\n"
+    )
+    (tmp_path / "plain_drf_urls.py").write_text(
+        "from django.urls import include, path\n"
+        "urlpatterns = [path('api/', include('coordination.api.urls'))]\n"
+    )
+    script = (
+        "import django; django.setup()\n"
+        "from django.contrib.auth.models import User\n"
+        "from django.core.management import call_command\n"
+        "from django.test import Client\n"
+        "call_command('migrate', verbosity=0)\n"
+        "c = Client(); c.force_login(User.objects.create_user('u'))\n"
+        "r = c.get('/api/schema/?format=json')\n"
+        "print(r.status_code, r.status_code == 200 and '/api/cluster/' in r.json()['paths'])\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "plain_drf_settings",
+        "PYTHONPATH": f"{tmp_path}:{root}",
+        "RAFTSYNC_DB_PATH": str(tmp_path / "db.sqlite3"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["200", "True"], done.stderr[-2000:]
