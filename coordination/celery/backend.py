@@ -172,6 +172,20 @@ class RaftBackend(KeyValueStoreBackend):
             return self._wait_chunk
         return max(0.5, 0.8 * self.results.coord.timeout)
 
+    @property
+    def chord_ttl(self) -> float | None:
+        """How long a chord's counter lives: ``result_chord_expires``, else ``result_expires``
+        (computed here: Celery's own property of this exists only from 5.6)."""
+        raw = self.app.conf.get("result_chord_expires")
+        return self.expires if raw is None else self.prepare_expires(raw, type=int)
+
+    @property
+    def chord_results_ttl(self) -> float:
+        """How long header results and the saved header outlive ``result_expires`` until the
+        chord joins (0: no expiry involved), never less than ``result_expires``."""
+        chord, results = self.chord_ttl, self.expires
+        return 0 if not chord or not results else max(chord, results)
+
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """With ``result_backend_always_retry``: a call with no answer (Timeout: writes are
         exactly-once, so the retry is safe) or no reachable node."""
@@ -196,7 +210,7 @@ class RaftBackend(KeyValueStoreBackend):
         self.results.delete(cluster_key(key))
 
     def incr(self, key: str) -> int:
-        return self.results.incr(cluster_key(key), ttl=_seconds(self.chord_expires)).value
+        return self.results.incr(cluster_key(key), ttl=_seconds(self.chord_ttl)).value
 
     def expire(self, key: str, value: float | None) -> None:
         self.results.expire(cluster_key(key), _seconds(value))
@@ -369,11 +383,11 @@ class RaftBackend(KeyValueStoreBackend):
         as long as its results are kept, in one entry (a save and an expire in Celery's)."""
         self.ensure_chords_allowed()
         header = self.app.GroupResult(*header_result_args)
-        self._save_group(header.id, header, expires=self._chord_result_expires)
+        self._save_group(header.id, header, expires=self.chord_results_ttl)
 
     def add_to_chord(self, group_id: str, result: Any) -> None:
         """``Task.add_to_chord``: one more part to wait for (counted apart from the parts)."""
-        self.results.incr(self._extra_key(group_id), ttl=_seconds(self.chord_expires))
+        self.results.incr(self._extra_key(group_id), ttl=_seconds(self.chord_ttl))
 
     def _extra_key(self, group_id: str) -> str:
         return cluster_key(self.get_key_for_chord(group_id, ".t"))
@@ -387,7 +401,7 @@ class RaftBackend(KeyValueStoreBackend):
         app = self.app
         member = f"{tid}:{request.group_index}"
         key = cluster_key(self.get_key_for_chord(gid))
-        count = self.results.incr(key, ttl=_seconds(self.chord_expires), member=member)
+        count = self.results.incr(key, ttl=_seconds(self.chord_ttl), member=member)
         if count.last == FIRED or (not count.counted and count.last != member):
             return  # done already, or a repeat of a part that did not complete the chord
         callback = maybe_signature(request.chord, app=app)
@@ -416,12 +430,12 @@ class RaftBackend(KeyValueStoreBackend):
             self._chord_error(callback, reason, exc)
         else:
             try:
-                app.amqp._retry_publish(callback.delay, joined)
+                _publish(app, callback, joined)
             except Exception as exc:
                 log.exception("Chord %r raised: %r", gid, exc)
                 self._chord_error(callback, f"Callback error: {exc!r}", exc)
         finally:
-            ttl = _seconds(self.chord_expires) or FIRED_TTL
+            ttl = _seconds(self.chord_ttl) or FIRED_TTL
             self.results.incr(key, ttl=ttl, member=FIRED)  # later repeats see it done
             deps.delete()
             if self._header_results_kept():
@@ -437,12 +451,21 @@ class RaftBackend(KeyValueStoreBackend):
 
     def _header_results_kept(self) -> bool:
         """Whether header results must outlive ``result_expires`` until the chord joins."""
-        return bool(self._chord_result_expires) and self._chord_result_expires > (self.expires or 0)
+        return bool(self.chord_results_ttl) and self.chord_results_ttl > (self.expires or 0)
 
     def _keep_header_results(self, gid: str, tid: str) -> None:
         if self._header_results_kept():
-            self.expire(self.get_key_for_task(tid), self._chord_result_expires)
-            self.expire(self.get_key_for_group(gid), self._chord_result_expires)
+            self.expire(self.get_key_for_task(tid), self.chord_results_ttl)
+            self.expire(self.get_key_for_group(gid), self.chord_results_ttl)
+
+
+def _publish(app: Any, callback: Any, joined: Any) -> None:
+    """Send the chord's callback, retried on connection errors where Celery offers it (5.6+)."""
+    retry_publish = getattr(app.amqp, "_retry_publish", None)
+    if retry_publish is not None:
+        retry_publish(callback.delay, joined)
+    else:
+        callback.delay(joined)
 
 
 def _as_bytes(value: Any) -> bytes:
