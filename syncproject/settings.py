@@ -92,6 +92,9 @@ COORDINATION = {"DATA_DIR": str(BASE_DIR / "var")}
 # (coordination/celery/connect.py), so the worker follows RAFTSYNC_CLUSTER like everything else.
 CELERY_BROKER_URL = os.environ.get("RAFTSYNC_CELERY_BROKER_URL") or "raft://"
 # On raft:// a delivered task is leased to the worker's session: ack after it ran, one at a time.
+# Results live on the cluster too (the raft result backend): `.get()` works with nothing else.
+CELERY_RESULT_BACKEND = os.environ.get("RAFTSYNC_CELERY_RESULT_BACKEND") or "raft://"
+CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
