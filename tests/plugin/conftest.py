@@ -8,6 +8,7 @@ newest set by default (requirements.txt), or requirements-lowest.txt (``nox -s l
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import venv
 from pathlib import Path
@@ -21,10 +22,26 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``python -m build``: the sdist, then the wheel built from that sdist (so a file missing
     from the sdist breaks the wheel too)."""
     out = tmp_path_factory.mktemp("dist")
-    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)])
+    source = _snapshot(tmp_path_factory.mktemp("source"))
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(source)])
     wheel = next(out.glob("raftsync-*.whl"))
     sdist = next(out.glob("raftsync-*.tar.gz"))
     return {"wheel": wheel, "sdist": sdist}
+
+
+def _snapshot(into: Path) -> Path:
+    """A copy of the checkout's files (tracked, plus new ones not ignored): the build then never
+    sees files that tests running alongside create and delete in the tree."""
+    listed = run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT
+    ).stdout
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            target = into / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return into
 
 
 @pytest.fixture(scope="session")
