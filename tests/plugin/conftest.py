@@ -14,7 +14,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from plugin_helpers import ROOT, run
+from plugin_helpers import ROOT, pip_for, run
 
 
 @pytest.fixture(scope="session")
@@ -48,16 +48,13 @@ def _snapshot(into: Path) -> Path:
 def plugin_venv(dists: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with ``raftsync[all]`` from the wheel; returns its ``bin`` directory."""
     home = tmp_path_factory.mktemp("venv")
-    venv.create(home, with_pip=True)
+    venv.create(home, with_pip=False)  # pip runs from outside (pip_for): no ensurepip per run
     bin_dir = home / "bin"
     constraints = ROOT / os.environ.get("RAFTSYNC_PLUGIN_CONSTRAINTS", "requirements.txt")
     run(
         [
-            str(bin_dir / "python"),
-            "-m",
-            "pip",
+            *pip_for(bin_dir),
             "install",
-            "--disable-pip-version-check",
             "-q",
             "-c",
             str(constraints),

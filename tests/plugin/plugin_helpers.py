@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.pop("PYTHONPATH", None)
     env.update(extra)
     return env
+
+
+def pip_for(bin_dir: Path) -> list[str]:
+    """pip (this interpreter's) acting on the venv of ``bin_dir`` (``pip --python``)."""
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "--python",
+        str(bin_dir / "python"),
+    ]

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from plugin_helpers import ROOT, clean_env
+from plugin_helpers import ROOT, clean_env, pip_for
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("plugin")]
 
@@ -83,9 +83,10 @@ class Project:
     def command(self, line: str) -> None:
         if line.startswith("pip install"):
             assert shlex.split(line)[2:] == ["raftsync[all]"], line
-            return self.sh(  # the same package, from the wheel this checkout built
-                f"pip install -q -c {self.constraints} 'raftsync[all] @ {self.wheel.as_uri()}'"
-            )
+            # The same package, from the wheel this checkout built (pip from outside the venv).
+            pip = " ".join(pip_for(self.bin_dir))
+            spec = f"raftsync[all] @ {self.wheel.as_uri()}"
+            return self.sh(f"{pip} install -q -c {self.constraints} '{spec}'")
         export = re.fullmatch(r"export (\w+)=(.*)", line)
         if export:
             name = export.group(1)

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from plugin_helpers import ROOT, clean_env, run
+from plugin_helpers import ROOT, clean_env, pip_for, run
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("plugin")]
 
@@ -65,7 +65,7 @@ def test_twine_accepts_both(dists: dict[str, Path]) -> None:
 def test_installed_in_a_fresh_venv(plugin_venv: Path, tmp_path: Path) -> None:
     python = str(plugin_venv / "python")
     env = clean_env()
-    run([python, "-m", "pip", "check"], cwd=tmp_path, env=env)
+    run([*pip_for(plugin_venv), "check"], cwd=tmp_path, env=env)
     version = run(
         [python, "-c", "import coordination, raft_node; print(coordination.__version__)"],
         cwd=tmp_path,
