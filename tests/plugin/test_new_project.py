@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from plugin_helpers import ROOT, clean_env, pip_for
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("plugin")]
+pytestmark = [pytest.mark.realprocess]
 
 DOC = ROOT / "docs" / "integration.md"
 STEP = re.compile(r"<!-- test: (\w+)(?: (\S+))? -->\n```(\w+)\n(.*?)```", re.S)

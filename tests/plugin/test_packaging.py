@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from plugin_helpers import ROOT, clean_env, pip_for, run
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("plugin")]
+pytestmark = [pytest.mark.realprocess]
 
 
 def test_the_wheel_holds_the_two_packages_and_their_data_only(dists: dict[str, Path]) -> None:

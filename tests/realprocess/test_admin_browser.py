@@ -37,8 +37,7 @@ PASSWORD = "a-long-test-password-1"
 PAGES = "/admin/coordination/coordination/"
 
 pytestmark = [
-    pytest.mark.realprocess,
-    pytest.mark.xdist_group("admin_browser"),  # its own worker: it does not need the others'
+    pytest.mark.realprocess,  # its own worker: it does not need the others'
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; "

@@ -14,7 +14,6 @@ from raft_node.launcher import LocalCluster
 
 pytestmark = [
     pytest.mark.realprocess,
-    pytest.mark.xdist_group("realprocess"),
     pytest.mark.django_db,
 ]
 

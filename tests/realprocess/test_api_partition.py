@@ -16,7 +16,6 @@ from raft_node.launcher import LocalCluster
 
 pytestmark = [
     pytest.mark.realprocess,
-    pytest.mark.xdist_group("realprocess"),
     pytest.mark.django_db,
 ]
 ROOT = Path(__file__).resolve().parents[2]

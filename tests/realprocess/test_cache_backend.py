@@ -10,7 +10,7 @@ import pytest
 from coordination.cache_backend import RaftCache, cluster_key, decode_value, encode_value
 from raft_node.launcher import LocalCluster
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 
 @pytest.fixture

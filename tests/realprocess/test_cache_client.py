@@ -12,7 +12,7 @@ from coordination.cache_client import BOUNDED, Cache
 from coordination.client import Coordinator
 from raft_node.launcher import LocalCluster
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -34,7 +34,7 @@ from coordination.results_client import Results
 from raft_node.client import ClusterUnavailable, Timeout
 from raft_node.launcher import LocalCluster
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("celery_results")]
+pytestmark = [pytest.mark.realprocess]
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "resultsq"
 

@@ -15,7 +15,7 @@ from celery.contrib.testing.worker import start_worker
 
 from raft_node.launcher import LocalCluster
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 
 def _app(cluster: LocalCluster, name: str) -> Celery:

@@ -18,7 +18,7 @@ from raft_node import kvstore
 from raft_node.client import RaftError
 from raft_node.launcher import LocalCluster
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 MANAGE = Path(__file__).resolve().parents[2] / "manage.py"
 

@@ -17,7 +17,7 @@ from coordination.primitives.commands import session_open
 from raft_node.client import RaftClient, RaftError
 from raft_node.launcher import LocalCluster
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 ROOT = Path(__file__).resolve().parents[2]
 MANAGE = ROOT / "manage.py"

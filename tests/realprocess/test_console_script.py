@@ -14,7 +14,7 @@ import pytest
 
 from raft_node.launcher import free_port
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "raftsync"  # installed by `pip install -e .` (make venv)

@@ -15,7 +15,7 @@ from coordination.decorators import current_lock, distributed_lock
 from coordination.exceptions import LockNotAcquired
 from raft_node.launcher import LocalCluster
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from coordination.client import Coordinator
 from coordination.exceptions import Deadlock
 from raft_node.launcher import LocalCluster
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from celery import Celery
 from coordination.client import Coordinator
 from raft_node.launcher import free_port
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.xdist_group("realprocess")]
+pytestmark = [pytest.mark.realprocess]
 
 PROJECT = "acme_site"
 
