@@ -75,8 +75,12 @@ class Coordinator:
         self._sessions_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, **overrides: Any) -> Coordinator:
-        """A coordinator for this Django project's cluster (``COORDINATION`` settings)."""
+    def from_settings(
+        cls, addresses: Any = None, secret: bytes | str | None = None, **overrides: Any
+    ) -> Coordinator:
+        """A coordinator for this Django project's cluster (``COORDINATION`` settings); given
+        ``addresses`` or ``secret`` replace the settings' (TLS and timeouts still come from
+        them), and ``overrides`` the other constructor arguments."""
         from coordination import node_settings
 
         conf = node_settings.coordination()
@@ -87,8 +91,11 @@ class Coordinator:
             "ssl": client_ssl,
         }
         kwargs.update(overrides)
-        addresses = list(node_settings.cluster_addresses().values())
-        return cls(addresses, node_settings.cluster_secret(conf), **kwargs)
+        if not addresses:
+            addresses = list(node_settings.cluster_addresses().values())
+        if secret is None:
+            secret = node_settings.cluster_secret(conf)
+        return cls(addresses, secret, **kwargs)
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -56,18 +56,4 @@ def coordinator_for(
     secret = options.get("secret")
     if addresses and secret is not None:
         return Coordinator(addresses, secret, **kwargs)
-    from coordination import node_settings
-
-    conf = node_settings.coordination()
-    _, client_ssl = node_settings.ssl_contexts(conf)
-    settings_kwargs: dict[str, Any] = {
-        "timeout": conf["REQUEST_TIMEOUT"],
-        "session_ttl": conf["SESSION_TTL"],
-        "ssl": client_ssl,
-    }
-    settings_kwargs.update(kwargs)
-    if not addresses:
-        addresses = list(node_settings.cluster_addresses().values())
-    if secret is None:
-        secret = node_settings.cluster_secret(conf)
-    return Coordinator(addresses, secret, **settings_kwargs)
+    return Coordinator.from_settings(addresses, secret, **kwargs)
