@@ -81,7 +81,7 @@ class Coordinator:
         """A coordinator for this Django project's cluster (``COORDINATION`` settings); given
         ``addresses`` or ``secret`` replace the settings' (TLS and timeouts still come from
         them), and ``overrides`` the other constructor arguments."""
-        from coordination import node_settings
+        from coordination import node_settings, runtime
 
         conf = node_settings.coordination()
         _, client_ssl = node_settings.ssl_contexts(conf)
@@ -92,7 +92,7 @@ class Coordinator:
         }
         kwargs.update(overrides)
         if not addresses:
-            addresses = list(node_settings.cluster_addresses().values())
+            addresses = list(runtime.cluster_addresses(conf).values())
         if secret is None:
             secret = node_settings.cluster_secret(conf)
         return cls(addresses, secret, **kwargs)

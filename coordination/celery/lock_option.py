@@ -47,7 +47,8 @@ def lock_run(task: Any) -> None:
     if not options or task.__dict__.get("_lock_wrapped"):
         return
     if any(klass.__dict__.get(_CLASS_WRAPPED) for klass in type(task).__mro__):
-        return  # wrapped at registration
+        task._lock_wrapped = True  # wrapped at registration: the next call stops at the top
+        return
     with _wrap_guard:
         if not task.__dict__.get("_lock_wrapped"):
             task.run = distributed_lock(**_checked(options, task.name))(task.run)
