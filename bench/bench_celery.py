@@ -67,7 +67,7 @@ from celery_app import (
 from celery_marks import Marks, profile_summary
 
 from coordination.client import Coordinator
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

@@ -47,7 +47,7 @@ import redis
 from bench_raft import add_run_args, fmt_ms, log, log_node_tails, run_benchmark, write_report
 from prim_zipf import ideal_hit_rate, simulate, workload
 
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

@@ -48,10 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import Controlled, free_port, key, percentile, value
 
-from raft_node import protocol as p
 from raft_node.client import AsyncConnection, RaftError
 from raft_node.kvstore import put
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
+from raft_node.transport import client_protocol as p
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

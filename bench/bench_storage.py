@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raft_node.durable import DurableStorage
-from raft_node.messages import Entry, HardState
+from raft_node.core.messages import Entry, HardState
+from raft_node.storage.durable import DurableStorage
 
 
 def percentile(sorted_ns: list[int], p: float) -> float:

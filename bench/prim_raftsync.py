@@ -28,9 +28,9 @@ from prim_common import (
 )
 from prim_zipf import workload
 
-from coordination.aio import AsyncCoordinator
-from coordination.cache_client import BOUNDED, LINEARIZABLE, Cache
 from coordination.client import Coordinator
+from coordination.client.aio import AsyncCoordinator
+from coordination.client.cache import BOUNDED, LINEARIZABLE, Cache
 from coordination.exceptions import LimitExceeded, RaftError
 from coordination.primitives import commands as c
 

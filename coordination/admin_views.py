@@ -20,7 +20,7 @@ from django.template.response import TemplateResponse
 
 from coordination import inspection
 from coordination.api.views import coordinator
-from coordination.client import Coordinator
+from coordination.client.coordinator import Coordinator
 from coordination.exceptions import RaftError, Rejected, Timeout, UnknownQueue
 from coordination.primitives.queues_state import DLQ_SUFFIX
 

@@ -110,8 +110,8 @@ class RaftCache(BaseCache):
         return self._client
 
     def _connect(self) -> Any:
-        from coordination.cache_client import Cache
-        from coordination.client import Coordinator
+        from coordination.client.cache import Cache
+        from coordination.client.coordinator import Coordinator
 
         opts = self._options
         problems = option_problems(opts)
@@ -121,7 +121,7 @@ class RaftCache(BaseCache):
 
             raise ImproperlyConfigured(f"RaftCache OPTIONS: {'; '.join(problems)}")
         if self._location:
-            from coordination import node_settings
+            from coordination.node import node_settings
 
             secret = opts.get("SECRET") or node_settings.cluster_secret()
             coord = Coordinator(self._location, secret)

@@ -117,7 +117,7 @@ def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 def _members(resolved: Resolved) -> list[tuple[str, int]]:
-    from coordination.runtime import cluster_addresses
+    from coordination.node.runtime import cluster_addresses
 
     return list(cluster_addresses(resolved).values())
 
@@ -200,8 +200,8 @@ def _urlconf_names(patterns: Any) -> Iterator[bool]:
 def check_node(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E011-E014: what a node started from this project would need (metrics, state machine,
     TLS files, Redis), reported now rather than when the node starts."""
-    from coordination import runtime
-    from raft_node import metrics
+    from coordination.node import runtime
+    from raft_node.host import metrics
 
     resolved, problems, _ = _resolved()
     bad = {p.key for p in problems}
@@ -236,7 +236,7 @@ def check_node(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 def _tls_messages(resolved: Resolved, bad: set[str]) -> list[CheckMessage]:
-    from coordination import runtime
+    from coordination.node import runtime
 
     keys = [k for k in ("TLS_CERT", "TLS_KEY", "TLS_CA") if resolved[k] and k not in bad]
     missing = [

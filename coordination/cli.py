@@ -19,8 +19,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from coordination import __version__, conf, node_runner, status_report
-from coordination.options import add_options
+from coordination import __version__, conf
+from coordination.node import node_runner, status_report
+from coordination.node.options import add_options
 
 SECRET_HOW = "or pass --secret-file FILE"
 

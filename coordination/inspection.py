@@ -15,8 +15,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from coordination import cache_client
-from coordination.client import Coordinator
+from coordination.client import cache as cache_client
+from coordination.client.coordinator import Coordinator
 from coordination.primitives.queues_state import DLQ_SUFFIX, is_dlq
 from raft_node.client import RaftClient, RaftError
 
@@ -33,7 +33,7 @@ PREVIEW_CHARS = 120  # payload bytes shown per message
 def node_statuses(timeout: float = NODE_TIMEOUT) -> list[dict[str, Any]]:
     """Each configured node's own status answer, or ``{id, address, error}``; asked directly
     and in parallel, so one dead node costs ``timeout`` once."""
-    from coordination import node_settings
+    from coordination.node import node_settings
 
     secret = node_settings.cluster_secret()
     members = list(node_settings.cluster_addresses().items())

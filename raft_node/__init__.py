@@ -6,12 +6,13 @@ asyncio, socket, threading or time: time arrives as ``tick()`` calls and randomn
 injected ``random.Random``.
 """
 
-from raft_node.messages import Entry, EntryType, HardState, Message, MessageType, Snapshot
-from raft_node.raft import Config, ProposalDropped
-from raft_node.rawnode import RawNode, Status
-from raft_node.read_only import ReadState
-from raft_node.ready import Ready, Role, SoftState
-from raft_node.storage import MemoryStorage, PersistentState, Storage
+from raft_node.core.messages import Entry, EntryType, HardState, Message, MessageType, Snapshot
+from raft_node.core.raft import Config, ProposalDropped
+from raft_node.core.rawnode import RawNode, Status
+from raft_node.core.read_only import ReadState
+from raft_node.core.ready import Ready, Role, SoftState
+from raft_node.storage.memory import MemoryStorage
+from raft_node.storage.protocol import PersistentState, Storage
 
 __all__ = [
     "Config",

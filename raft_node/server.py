@@ -2,7 +2,7 @@
 
 This is the only place with an event loop, a clock and sockets. One task ticks the core from
 the loop's monotonic clock; the transport feeds peer messages into ``RawNode.step`` and client
-requests into the request handlers (``raft_node.node_requests``). Whenever an input may have
+requests into the request handlers (``raft_node.host.requests``). Whenever an input may have
 produced a ``Ready``, ``kick()`` schedules one ``_process`` call (coalesced), which handles every
 pending ``Ready`` in the core's documented order:
 
@@ -39,16 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raft_node.applier import SYSTEM, Applier, Outcome, encode_command
-from raft_node.fsm import StateMachine
-from raft_node.leader import ProposalDropped
-from raft_node.messages import NONE, Message, NodeId
-from raft_node.metrics import NodeMetrics
-from raft_node.raft import Config
-from raft_node.rawnode import RawNode
-from raft_node.ready import Ready, Role
-from raft_node.storage import PersistentState, Storage
-from raft_node.transport import TcpTransport
+from raft_node.core.fsm import StateMachine
+from raft_node.core.leader import ProposalDropped
+from raft_node.core.messages import NONE, Message, NodeId
+from raft_node.core.raft import Config
+from raft_node.core.rawnode import RawNode
+from raft_node.core.ready import Ready, Role
+from raft_node.host.applier import SYSTEM, Applier, Outcome, encode_command
+from raft_node.host.metrics import NodeMetrics
+from raft_node.storage.protocol import PersistentState, Storage
+from raft_node.transport.tcp import TcpTransport
 
 log = logging.getLogger("raft_node.server")
 
@@ -183,12 +183,12 @@ class NodeServer:
         state_machine: StateMachine,
         storage: Storage | None = None,
     ) -> None:
-        from raft_node.node_requests import RequestHandler  # request layer sits on top of us
+        from raft_node.host.requests import RequestHandler  # request layer sits on top of us
 
         self.config = config
         self.id = config.node_id
         if storage is None:
-            from raft_node.durable import DurableStorage
+            from raft_node.storage.durable import DurableStorage
 
             storage = DurableStorage(config.data_dir, fsync=config.fsync)
         self.storage = storage

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)

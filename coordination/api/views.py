@@ -20,7 +20,7 @@ from coordination import inspection
 from coordination.api import serializers as s
 from coordination.api.base import RaftsyncAPIView, operation
 from coordination.api.permissions import OperateCluster, UsePrimitives
-from coordination.client import Coordinator
+from coordination.client.coordinator import Coordinator
 from coordination.primitives import commands as c
 
 _coord: Coordinator | None = None

@@ -56,9 +56,9 @@ from celery.result import AsyncResult, GroupResult, allow_join_result
 from kombu.utils.encoding import bytes_to_str, ensure_bytes
 
 from coordination.celery import connect
+from coordination.client.results import MAX_VALUE_BYTES, Results
 from coordination.exceptions import ResultTooLarge
 from coordination.primitives import limits
-from coordination.results_client import MAX_VALUE_BYTES, Results
 from raft_node.client import ClusterUnavailable, Timeout
 
 log = logging.getLogger("coordination.celery.backend")
@@ -106,7 +106,7 @@ def _settings_cluster(hosts: list[str], options: dict[str, Any]) -> Any:
     both: part of the client's identity, so a settings change gets a new client."""
     if (hosts or options.get("addresses")) and options.get("secret") is not None:
         return None
-    from coordination import node_settings
+    from coordination.node import node_settings
 
     conf = node_settings.coordination()
     return (conf.get("CLUSTER"), conf.get("CLUSTER_SECRET"))

@@ -19,7 +19,7 @@ import logging
 import re
 from typing import Any
 
-from coordination.client import SHARED, Coordinator, Lock, Session
+from coordination.client.coordinator import SHARED, Coordinator, Lock, Session
 from coordination.exceptions import CoordinationError
 from coordination.primitives import limits
 

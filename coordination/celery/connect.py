@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from coordination.client import Coordinator
+from coordination.client.coordinator import Coordinator
 
 SCHEME = "raft"
 DEFAULT_PORT = 7001

@@ -33,7 +33,7 @@ from typing import Any
 
 from celery import Task
 
-from coordination.decorators import check_key_template, distributed_lock
+from coordination.celery.decorators import check_key_template, distributed_lock
 
 _wrap_guard = threading.Lock()
 _MARK = "_raftsync_lock_option"

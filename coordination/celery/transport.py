@@ -50,7 +50,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from coordination.celery import bindings as celery_bindings
 from coordination.celery import connect
-from coordination.client import Coordinator, Session
+from coordination.client.coordinator import Coordinator, Session
 from coordination.exceptions import (
     NotHolder,
     SessionExpired,

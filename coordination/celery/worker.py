@@ -24,7 +24,7 @@ from typing import Any
 
 from celery import signals
 
-from coordination import decorators
+from coordination.celery import decorators
 
 log = logging.getLogger("coordination.worker")
 

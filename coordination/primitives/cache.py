@@ -100,7 +100,7 @@ from coordination.primitives.errors import (
     reject,
 )
 from coordination.primitives.sessions import Sessions
-from raft_node.applier import CommandRejected
+from raft_node.host.applier import CommandRejected
 
 __all__ = ["EVICTED", "UNKNOWN_KEY", "Cache"]
 

@@ -1,7 +1,7 @@
 """Task results: versioned records with TTLs, atomic counters, and blocking waits for results.
 
 What Celery's ``raft://`` result backend stores (``coordination.celery.backend``), usable by any
-client through ``coordination.results_client``. Everything is decided by the applied log.
+client through ``coordination.client.results``. Everything is decided by the applied log.
 
 - **Records.** A key holds either a *value* (bytes, at most ``RESULT_VALUE_MAX_BYTES``) or a
   *counter* (an int64 made by ``incr``). Every record has a *version* (the index of the entry

@@ -16,9 +16,9 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from coordination.primitives import commands as c
-from raft_node.applier import encode_command
-from raft_node.raft import ProposalDropped
-from raft_node.ready import Role
+from raft_node.core.raft import ProposalDropped
+from raft_node.core.ready import Role
+from raft_node.host.applier import encode_command
 from raft_node.sim.linearizability import Operation, check_operations
 from raft_node.sim.models import RegisterModel
 

@@ -37,9 +37,9 @@ import msgpack
 from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
 from coordination.simulation.cache_clients import CacheClients
-from raft_node.applier import SYSTEM, Applier, decode_command, encode_command
-from raft_node.raft import ProposalDropped
-from raft_node.ready import Ready, Role
+from raft_node.core.raft import ProposalDropped
+from raft_node.core.ready import Ready, Role
+from raft_node.host.applier import SYSTEM, Applier, decode_command, encode_command
 from raft_node.sim.invariants import Violation
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ assert that a violation is reported; the CLI exposes them as ``--bug NAME`` for 
 
 from __future__ import annotations
 
-from raft_node.messages import Message
-from raft_node.raft import Raft
+from raft_node.core.messages import Message
+from raft_node.core.raft import Raft
 
 
 class CommitOldTermRaft(Raft):
@@ -34,7 +34,7 @@ class NoLogCheckVoteRaft(Raft):
 
     def _handle_vote_request(self, m: Message) -> None:
         if self._may_grant_vote(m):
-            from raft_node.messages import MessageType as MT
+            from raft_node.core.messages import MessageType as MT
 
             resp = MT.VOTE_RESP if m.type == MT.VOTE else MT.PRE_VOTE_RESP
             self._reply(m.frm, resp, term=m.term)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raft_node.messages import NodeId
+from raft_node.core.messages import NodeId
 from raft_node.sim.linearizability import Operation
 
 WRITE, LOG_READ, INDEX_READ = "write", "log_read", "index_read"

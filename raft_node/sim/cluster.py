@@ -24,11 +24,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from raft_node.messages import Message, NodeId
-from raft_node.messages import MessageType as MT
-from raft_node.raft import Config, Raft
-from raft_node.rawnode import RawNode
-from raft_node.ready import Ready, Role
+from raft_node.core.messages import Message, NodeId
+from raft_node.core.messages import MessageType as MT
+from raft_node.core.raft import Config, Raft
+from raft_node.core.rawnode import RawNode
+from raft_node.core.ready import Ready, Role
 from raft_node.sim.disk import SimDisk
 from raft_node.sim.invariants import Checker, Violation
 
@@ -271,7 +271,7 @@ class Simulation:
             self.checker.after_event(node.id, node.raw.raft)
 
     def _handle_ready(self, node: SimNode, raw: RawNode, rd: Ready) -> None:
-        """The host loop of ``raft_node.ready``, with crashes injected between its steps."""
+        """The host loop of ``raft_node.core.ready``, with crashes injected between its steps."""
         rng = self.rng
         crash_at = None
         if self.faults.enabled and rng.random() < self.faults.crash_in_ready:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from raft_node.messages import Entry, HardState, Snapshot
-from raft_node.storage import MemoryStorage
+from raft_node.core.messages import Entry, HardState, Snapshot
+from raft_node.storage.memory import MemoryStorage
 
 
 def chain_step(prev: int, entry: Entry) -> int:

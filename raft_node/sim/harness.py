@@ -13,12 +13,12 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from raft_node.messages import Entry, EntryType, HardState, Message, NodeId
-from raft_node.raft import Config, Raft
-from raft_node.rawnode import RawNode
-from raft_node.read_only import ReadState
-from raft_node.ready import Role
-from raft_node.storage import MemoryStorage
+from raft_node.core.messages import Entry, EntryType, HardState, Message, NodeId
+from raft_node.core.raft import Config, Raft
+from raft_node.core.rawnode import RawNode
+from raft_node.core.read_only import ReadState
+from raft_node.core.ready import Role
+from raft_node.storage.memory import MemoryStorage
 
 DropRule = Callable[[Message], bool]
 Rewrite = Callable[[Message], Message]

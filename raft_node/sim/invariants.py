@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raft_node.messages import NONE, HardState, NodeId
-from raft_node.raft import Raft
-from raft_node.ready import Ready, Role
+from raft_node.core.messages import NONE, HardState, NodeId
+from raft_node.core.raft import Raft
+from raft_node.core.ready import Ready, Role
 from raft_node.sim.disk import SimDisk
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from raft_node.raft import ProposalDropped
-from raft_node.ready import Ready
+from raft_node.core.raft import ProposalDropped
+from raft_node.core.ready import Ready
 from raft_node.sim import kv
 from raft_node.sim.clients import INDEX_READ, LOG_READ, WRITE, Client, ClientOp, history_operations
 from raft_node.sim.invariants import Violation

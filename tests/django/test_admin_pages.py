@@ -11,7 +11,7 @@ from django.test import Client
 from coordination import inspection
 from coordination.api.views import reset_coordinator
 from coordination.templatetags.raftsync_admin import ms, percent
-from raft_node.launcher import free_port
+from raft_node.testing.launcher import free_port
 
 BASE = "/admin/coordination/coordination/"
 PAGES = ["", "sessions/", "locks/", "queues/", "queues/a/b/", "cache/"]

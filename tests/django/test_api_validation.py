@@ -52,7 +52,7 @@ CASES = [
 
 @pytest.fixture
 def api(settings) -> APIClient:
-    from raft_node.launcher import free_port
+    from raft_node.testing.launcher import free_port
 
     settings.COORDINATION = {  # nothing listens there: a request that got through would 503
         **settings.COORDINATION,

@@ -133,7 +133,7 @@ def test_the_projects_schema_class_is_its_own_business(settings) -> None:
 
 
 def test_e011_metrics_without_prometheus(settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from raft_node import metrics
+    from raft_node.host import metrics
 
     _coordination(settings, METRICS_PORT=9101)
     monkeypatch.setattr(metrics, "CollectorRegistry", None)

@@ -9,9 +9,9 @@ import socket
 import pytest
 from celery import Celery, Task
 
+from coordination.celery.decorators import current_lock, distributed_lock
 from coordination.celery.lock_option import LockedTask
 from coordination.client import Coordinator
-from coordination.decorators import current_lock, distributed_lock
 from coordination.exceptions import ClusterUnavailable, LockKeyError
 
 

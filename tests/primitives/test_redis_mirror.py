@@ -14,14 +14,14 @@ import msgpack
 import pytest
 import redis
 
+from coordination.node.redis_mirror import GUARDED_WRITE, PREFIX, RedisMirror
 from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
-from coordination.redis_mirror import GUARDED_WRITE, PREFIX, RedisMirror
 from raft_node.client import AsyncRaftClient
-from raft_node.launcher import free_port
-from raft_node.ready import Role
+from raft_node.core.ready import Role
 from raft_node.server import NodeConfig, NodeServer
-from raft_node.storage import MemoryStorage
+from raft_node.storage.memory import MemoryStorage
+from raft_node.testing.launcher import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
 SECRET = b"mirror-test"

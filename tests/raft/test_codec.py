@@ -12,14 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raft_node.codec import (
-    CodecError,
-    decode_message,
-    decode_payload,
-    encode_message,
-    encode_payload,
-)
-from raft_node.messages import (
+from raft_node.core.messages import (
     LOCAL_MESSAGES,
     Entry,
     EntryType,
@@ -28,7 +21,14 @@ from raft_node.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from raft_node.wire import (
+from raft_node.transport.codec import (
+    CodecError,
+    decode_message,
+    decode_payload,
+    encode_message,
+    encode_payload,
+)
+from raft_node.transport.wire import (
     VERSION,
     FrameDecoder,
     FrameError,

@@ -8,19 +8,15 @@ from pathlib import Path
 
 import pytest
 
-CORE = [
-    "messages",
-    "log",
-    "progress",
-    "quorum",
-    "read_only",
-    "ready",
-    "raft",
-    "leader",
-    "rawnode",
-    "storage",
-    "fsm",
+ROOT = Path(__file__).resolve().parents[2] / "raft_node"
+# The core room, found by listing it, so a new core module is covered without editing this test;
+# plus the two storage modules the core and the simulator read (the contract and its memory twin).
+PURE = [
+    *sorted(p.relative_to(ROOT) for p in (ROOT / "core").glob("*.py")),
+    Path("storage/protocol.py"),
+    Path("storage/memory.py"),
 ]
+PURE_MODULES = {"raft_node." + str(p.with_suffix("")).replace("/", ".") for p in PURE}
 FORBIDDEN = {
     "asyncio",
     "socket",
@@ -35,9 +31,6 @@ FORBIDDEN = {
     "os",
     "subprocess",
 }
-ROOT = Path(__file__).resolve().parents[2] / "raft_node"
-
-
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = set()
@@ -49,14 +42,18 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", CORE)
-def test_core_module_imports_no_io(module: str) -> None:
-    imported = _imports(ROOT / f"{module}.py")
+def test_the_core_room_is_not_empty() -> None:
+    assert len(PURE) >= 12, PURE
+
+
+@pytest.mark.parametrize("path", PURE, ids=str)
+def test_core_module_imports_no_io(path: Path) -> None:
+    imported = _imports(ROOT / path)
     bad = {name for name in imported if name.split(".")[0] in FORBIDDEN}
-    assert not bad, f"raft_node/{module}.py imports {sorted(bad)}"
-    inner = {n for n in imported if n.startswith("raft_node.")}
-    outside_core = {n for n in inner if n.split(".")[1] not in CORE}
-    assert not outside_core, f"raft_node/{module}.py imports non-core {sorted(outside_core)}"
+    assert not bad, f"raft_node/{path} imports {sorted(bad)}"
+    inner = {n for n in imported if n.startswith("raft_node.") or n == "raft_node"}
+    outside = {n for n in inner if n not in PURE_MODULES}
+    assert not outside, f"raft_node/{path} imports modules outside the pure core {sorted(outside)}"
 
 
 def test_raft_node_never_imports_django() -> None:

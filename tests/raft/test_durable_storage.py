@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from raft_node import durable_format
-from raft_node.durable import CorruptStorage, DurableStorage
-from raft_node.durable_format import HEADER, MAX_RECORD, encode_snapshot_file, scan
-from raft_node.messages import Entry, EntryType, HardState, Snapshot, SnapshotMeta
-from raft_node.storage import MemoryStorage, PersistentState, StorageError
+from raft_node.core.messages import Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from raft_node.storage import durable_format
+from raft_node.storage.durable import CorruptStorage, DurableStorage
+from raft_node.storage.durable_format import HEADER, MAX_RECORD, encode_snapshot_file, scan
+from raft_node.storage.memory import MemoryStorage
+from raft_node.storage.protocol import PersistentState, StorageError
 
 
 def ents(first: int, last: int, term: int = 1, size: int = 8) -> list[Entry]:
@@ -77,7 +78,8 @@ def test_torn_tail_at_every_byte_offset_of_the_last_record(
         seg = segments(work)[-1]
         os.truncate(seg, cut)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="raft_node.durable"), open_store(work) as s:
+        logger = "raft_node.storage.durable"
+        with caplog.at_level(logging.WARNING, logger=logger), open_store(work) as s:
             assert s.load() == before
             assert seg.stat().st_size == size0
             if cut == size0:

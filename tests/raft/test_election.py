@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from raft_node.messages import Message
-from raft_node.messages import MessageType as MT
-from raft_node.ready import Role
+from raft_node.core.messages import Message
+from raft_node.core.messages import MessageType as MT
+from raft_node.core.ready import Role
 from raft_node.sim.harness import Net
 
 ABC = ["a", "b", "c"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from raft_node.log import LogError, RaftLog
-from raft_node.messages import EMPTY_SNAPSHOT, Entry, Snapshot, SnapshotMeta
+from raft_node.core.log import LogError, RaftLog
+from raft_node.core.messages import EMPTY_SNAPSHOT, Entry, Snapshot, SnapshotMeta
 
 
 def _log(terms: list[int], committed: int = 0) -> RaftLog:

@@ -23,12 +23,12 @@ from raft_node.client import (
     Rejected,
     Timeout,
 )
-from raft_node.durable import DurableStorage
+from raft_node.core.ready import Role
 from raft_node.kvstore import KVStore
-from raft_node.launcher import free_port
-from raft_node.ready import Role
 from raft_node.server import NodeConfig, NodeServer, parse_cluster
-from raft_node.storage import MemoryStorage
+from raft_node.storage.durable import DurableStorage
+from raft_node.storage.memory import MemoryStorage
+from raft_node.testing.launcher import free_port
 
 SECRET = b"node-test-secret"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from coordination import node_runner
+from coordination.node import node_runner
 from raft_node.kvstore import KVStore
-from raft_node.launcher import free_port
 from raft_node.server import NodeConfig, NodeServer
-from raft_node.storage import MemoryStorage
-from raft_node.transport import TcpTransport
+from raft_node.storage.memory import MemoryStorage
+from raft_node.testing.launcher import free_port
+from raft_node.transport.tcp import TcpTransport
 
 SECRET = b"supervision-test-secret"
 

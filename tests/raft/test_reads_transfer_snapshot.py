@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from raft_node.messages import MessageType as MT
-from raft_node.raft import ProposalDropped
-from raft_node.ready import Role
+from raft_node.core.messages import MessageType as MT
+from raft_node.core.raft import ProposalDropped
+from raft_node.core.ready import Role
 from raft_node.sim.harness import Net
 
 ABC = ["a", "b", "c"]

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from raft_node.messages import MessageType as MT
-from raft_node.raft import ProposalDropped, Raft
-from raft_node.ready import Role
+from raft_node.core.messages import MessageType as MT
+from raft_node.core.raft import ProposalDropped, Raft
+from raft_node.core.ready import Role
 from raft_node.sim.bugs import CommitOldTermRaft
 from raft_node.sim.harness import Net
 

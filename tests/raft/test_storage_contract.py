@@ -19,9 +19,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from raft_node.durable import DurableStorage
-from raft_node.messages import Entry, EntryType, HardState, Snapshot, SnapshotMeta
-from raft_node.storage import MemoryStorage, PersistentState, StorageError
+from raft_node.core.messages import Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from raft_node.storage.durable import DurableStorage
+from raft_node.storage.memory import MemoryStorage
+from raft_node.storage.protocol import PersistentState, StorageError
 
 
 def ents(first: int, last: int, term: int = 1) -> list[Entry]:

@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from raft_node.auth import (
+from raft_node.core.messages import Entry, Message, MessageType, Snapshot, SnapshotMeta
+from raft_node.transport.auth import (
     ROLE_PEER,
     AuthError,
     client_handshake,
     client_handshake_sync,
     server_mac,
 )
-from raft_node.codec import decode_payload, encode_message, encode_payload
-from raft_node.messages import Entry, Message, MessageType, Snapshot, SnapshotMeta
-from raft_node.transport import TcpTransport
-from raft_node.wire import (
+from raft_node.transport.codec import decode_payload, encode_message, encode_payload
+from raft_node.transport.tcp import TcpTransport
+from raft_node.transport.wire import (
     FrameKind,
     encode_frame,
     frame_header,
@@ -238,7 +238,7 @@ def test_on_message_exception_does_not_break_connection(caplog: Any) -> None:
         await a.t.stop()
         await b.t.stop()
 
-    with caplog.at_level(logging.ERROR, "raft_node.transport"):
+    with caplog.at_level(logging.ERROR, "raft_node.transport.tcp"):
         run(main())
 
 
@@ -381,7 +381,7 @@ def test_garbage_instead_of_handshake(caplog: Any) -> None:
         w2.close()
         await s.t.stop()
 
-    with caplog.at_level(logging.INFO, "raft_node.transport"):
+    with caplog.at_level(logging.INFO, "raft_node.transport.tcp"):
         run(main())
     lines = [r for r in caplog.records if getattr(r, "event", None) == "auth_failed"]
     assert len(lines) == 1 and "not a handshake" in lines[0].getMessage()
@@ -419,7 +419,7 @@ def test_oversized_frame_closes_connection_and_server_keeps_serving(caplog: Any)
         w2.close()
         await s.t.stop()
 
-    with caplog.at_level(logging.WARNING, "raft_node.transport"):
+    with caplog.at_level(logging.WARNING, "raft_node.transport.tcp"):
         run(main())
     lines = [r for r in caplog.records if getattr(r, "event", None) == "conn_closed"]
     assert len(lines) == 1 and "exceeds" in lines[0].getMessage()

@@ -18,7 +18,7 @@ django.setup()
 
 from celery import Celery  # noqa: E402
 
-from coordination.decorators import current_lock, distributed_lock  # noqa: E402
+from coordination.celery.decorators import current_lock, distributed_lock  # noqa: E402
 
 app = Celery("raft-locks")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 MACHINE = "coordination.primitives.machine.CoordinationMachine"

@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from coordination.api.views import reset_coordinator
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [
     pytest.mark.realprocess,
@@ -140,7 +140,7 @@ def test_cache_and_validation(api_settings):
 
 
 def test_unavailable_cluster_is_503_with_retry_after(settings):
-    from raft_node.launcher import free_port
+    from raft_node.testing.launcher import free_port
 
     settings.COORDINATION = {
         **settings.COORDINATION,

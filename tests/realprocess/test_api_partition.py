@@ -12,7 +12,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from coordination.api.views import reset_coordinator
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [
     pytest.mark.realprocess,

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from coordination.cache_backend import RaftCache, cluster_key, decode_value, encode_value
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 

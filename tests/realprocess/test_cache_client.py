@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from coordination.cache_client import BOUNDED, Cache
 from coordination.client import Coordinator
-from raft_node.launcher import LocalCluster
+from coordination.client.cache import BOUNDED, Cache
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 

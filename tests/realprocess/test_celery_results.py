@@ -29,10 +29,10 @@ from celery.result import AsyncResult, GroupResult
 
 from coordination.celery.backend import RaftBackend, cluster_key
 from coordination.celery.transport import register
+from coordination.client.results import Results
 from coordination.exceptions import ResultTooLarge, UnknownQueue
-from coordination.results_client import Results
 from raft_node.client import ClusterUnavailable, Timeout
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 ROOT = Path(__file__).resolve().parents[2]

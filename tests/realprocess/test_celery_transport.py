@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 

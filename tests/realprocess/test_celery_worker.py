@@ -17,7 +17,7 @@ from celery import Celery
 
 from coordination.client import Coordinator
 from coordination.primitives import commands as c
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import pytest
 
 from raft_node import kvstore
 from raft_node.client import RaftError
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 

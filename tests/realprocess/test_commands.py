@@ -15,7 +15,7 @@ import pytest
 
 from coordination.primitives.commands import session_open
 from raft_node.client import RaftClient, RaftError
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 
@@ -149,7 +149,7 @@ def test_run_cluster_brings_up_web_and_a_worker_on_the_raft_broker(tmp_path: Pat
     import urllib.error
     import urllib.request
 
-    from raft_node.launcher import free_port
+    from raft_node.testing.launcher import free_port
 
     base, web = _free_run(3), free_port()
     env = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raft_node.launcher import free_port
+from raft_node.testing.launcher import free_port
 
 pytestmark = [pytest.mark.realprocess]
 

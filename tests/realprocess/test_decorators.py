@@ -9,11 +9,11 @@ import time
 import pytest
 from celery import Celery
 
+from coordination.celery.decorators import current_lock, distributed_lock
 from coordination.celery.lock_option import LockedTask
 from coordination.client import Coordinator
-from coordination.decorators import current_lock, distributed_lock
 from coordination.exceptions import LockNotAcquired
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 

@@ -16,7 +16,7 @@ import pytest
 
 from coordination.client import Coordinator
 from coordination.exceptions import Deadlock
-from raft_node.launcher import LocalCluster
+from raft_node.testing.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
 
@@ -166,7 +166,7 @@ def _until(cond, timeout: float = 10.0) -> None:
 def test_async_client_locks_queues_and_sessions(cluster):
     import asyncio
 
-    from coordination.aio import AsyncCoordinator
+    from coordination.client.aio import AsyncCoordinator
 
     async def main():
         async with AsyncCoordinator(list(cluster.addresses.values()), cluster.secret) as coord:
@@ -210,7 +210,7 @@ def test_async_tasks_sharing_the_default_session_take_turns(cluster):
     """Tasks on the default session contend like separate clients, not as a 'deadlock'."""
     import asyncio
 
-    from coordination.aio import AsyncCoordinator
+    from coordination.client.aio import AsyncCoordinator
 
     async def main():
         async with AsyncCoordinator(list(cluster.addresses.values()), cluster.secret) as coord:

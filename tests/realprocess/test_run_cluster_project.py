@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 
 from coordination.client import Coordinator
-from raft_node.launcher import free_port
+from raft_node.testing.launcher import free_port
 
 pytestmark = [pytest.mark.realprocess]
 

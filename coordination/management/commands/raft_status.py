@@ -1,7 +1,7 @@
 """``manage.py raft_status``: every node's role, term, indexes, contact and lag.
 
 Exit status 0 when exactly one node reports itself leader, 1 otherwise (usable as a health
-check). A thin wrapper around ``coordination.status_report``, shared with ``raftsync status``.
+check). A thin wrapper around ``coordination.node.status_report``, shared with ``raftsync status``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError
 
-from coordination import node_settings, status_report
-from coordination.options import add_options
+from coordination.node import node_settings, status_report
+from coordination.node.options import add_options
 
 
 class Command(BaseCommand):

@@ -29,8 +29,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from coordination import conf, node_settings
-from coordination.devcluster import Child, StopFlag, stop_all, supervise
+from coordination import conf
+from coordination.node import node_settings
+from coordination.node.devcluster import Child, StopFlag, stop_all, supervise
 
 
 class Command(BaseCommand):

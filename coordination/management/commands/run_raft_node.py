@@ -1,7 +1,8 @@
 """``manage.py run_raft_node``: host one Raft node in this process until SIGTERM/SIGINT.
 
-A thin wrapper: the options and the implementation are ``coordination.node_runner``'s, shared with
-``raftsync node``; only the settings source differs (this project's ``COORDINATION`` and DEBUG).
+A thin wrapper: the options and the implementation are ``coordination.node.node_runner``'s,
+shared with ``raftsync node``; only the settings source differs (this project's ``COORDINATION``
+and DEBUG).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError
 
-from coordination import node_runner, node_settings
-from coordination.options import add_options
+from coordination.node import node_runner, node_settings
+from coordination.node.options import add_options
 
 
 class Command(BaseCommand):

@@ -1,0 +1,355 @@
+"""The cache client: a per-process L1 in front of the replicated cache (and its Redis mirror).
+
+Reads go L1 -> cluster -> Redis. Two modes:
+
+- ``linearizable`` (default, Chubby's scheme): an L1 miss is filled with ``cache.fill``, a
+  write to the log that registers this session as a holder of the key for a lease. The cluster
+  holds back any write to the key until every holder has dropped it (or its lease ran out), and
+  pushes an invalidation to each holder through a WATCH stream; this client drops the key and
+  acknowledges with ``cache.release``. So no reader anywhere sees an old value once a write has
+  returned. The local lease is shorter than the cluster's by a safety margin, so clock drift
+  cannot make this process serve a value the cluster already considers unheld. After a stream
+  reconnection (events may have been missed) the whole L1 is dropped.
+- ``bounded``: L1 entries are plain cluster reads kept for ``staleness`` seconds, with no
+  registration and no invalidation: faster writes, reads at most ``staleness`` old.
+
+A value the cluster evicted from memory is read from Redis (``redis_url``) and used only if
+Redis holds exactly the version the cluster reports.
+
+The L1 is LRU with TinyLFU-style admission: a missed key takes a slot only if it has been asked
+for more often (recently) than the entry it would evict, so one-off reads do not flush popular
+keys; request counts are halved every ``10 * l1_size`` requests so popularity can change. A key
+that would not be admitted is read from the cluster without registering (no fill, no lease).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from coordination.primitives import commands as c
+from raft_node.client import Watcher
+
+if TYPE_CHECKING:
+    from coordination.client.coordinator import Coordinator, Session
+
+LINEARIZABLE, BOUNDED = "linearizable", "bounded"
+LEASE_SAFETY = 0.8  # use 80% of the granted lease locally
+
+# Every open cache client of this process, for ``process_stats`` (weak: never keeps one alive).
+_open_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
+_open_lock = threading.Lock()
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else max(1, round(seconds * 1000))
+
+
+class Cache:
+    def __init__(
+        self,
+        coord: Coordinator,
+        *,
+        l1_size: int = 1000,
+        lease: float = 5.0,
+        mode: str = LINEARIZABLE,
+        staleness: float = 1.0,
+        redis_url: str | None = None,
+        session: Session | None = None,
+    ) -> None:
+        if mode not in (LINEARIZABLE, BOUNDED):
+            raise ValueError(f"mode must be {LINEARIZABLE!r} or {BOUNDED!r}")
+        self.coord = coord
+        self.mode = mode
+        self.l1_size = l1_size
+        self.lease = lease
+        self.staleness = staleness
+        self.hits = self.misses = self.redis_hits = 0
+        # key -> (value, version, local deadline, registration id or None)
+        self._l1: OrderedDict[str, tuple[Any, int, float, int | None]] = OrderedDict()
+        self._freq: dict[str, int] = {}
+        self._requests = 0
+        self._lock = threading.Lock()
+        self._redis = None
+        if redis_url:
+            import redis
+
+            self._redis = redis.Redis.from_url(redis_url, socket_timeout=1.0)
+        self.session = session
+        self._watcher: Watcher | None = None
+        self._releaser = coord.new_client() if mode == LINEARIZABLE else None
+        if mode == LINEARIZABLE:
+            self.session = session or coord.default_session
+            self._watcher = Watcher(
+                coord.addresses,
+                coord.secret,
+                f"session:{self.session.id}",
+                self._on_event,
+                self._on_resync,
+                ssl=coord.ssl,
+            )
+            self._watcher.start()
+            self._watcher.subscribed.wait(5.0)
+        with _open_lock:
+            _open_caches.add(self)
+
+    # -- L1 coherence ---------------------------------------------------------------------------
+
+    def _on_event(self, index: int, payload: Any) -> None:
+        if not payload or payload[0] != "invalidate":
+            return
+        key = payload[1]
+        with self._lock:
+            entry = self._l1.pop(key, None)
+        if entry is not None and entry[3] is not None:
+            self._release([(key, entry[3])])
+
+    def _on_resync(self) -> None:
+        with self._lock:
+            held = [(k, e[3]) for k, e in self._l1.items() if e[3] is not None]
+            self._l1.clear()
+        if held:
+            self._release(held)
+
+    def _release(self, keys: list[tuple[str, int]]) -> None:
+        """Tell the cluster we dropped ``keys`` so waiting writes can complete now."""
+        if self._releaser is None or self.session is None:
+            return
+        # On failure the lease runs out anyway; a write then waits until it does.
+        with contextlib.suppress(Exception):
+            self._releaser.propose(c.cache_release(self.session.id, keys))
+
+    def _remember(
+        self, key: str, value: Any, version: int, seconds: float, reg: int | None = None
+    ) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            self._l1[key] = (value, version, time.monotonic() + seconds, reg)
+            self._l1.move_to_end(key)
+            while len(self._l1) > self.l1_size:
+                old, entry = self._l1.popitem(last=False)
+                if entry[3] is not None:
+                    pair = [(old, entry[3])]
+                    threading.Thread(target=self._release, args=(pair,), daemon=True).start()
+
+    def _local(self, key: str) -> tuple[bool, Any]:
+        with self._lock:
+            entry = self._l1.get(key)
+            if entry is None:
+                return False, None
+            if entry[2] <= time.monotonic():
+                del self._l1[key]
+                return False, None
+            self._l1.move_to_end(key)
+            return True, entry[0]
+
+    def _forget(self, key: str) -> None:
+        """Before we write ``key``: drop our own copy and registration, so the write does not
+        wait on ourselves."""
+        with self._lock:
+            held = self._l1.pop(key, None)
+        if held is not None and held[3] is not None:
+            self._release([(key, held[3])])
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _count(self, key: str) -> None:
+        self._freq[key] = self._freq.get(key, 0) + 1
+        self._requests += 1
+        if self._requests >= 10 * self.l1_size:  # age: halve, drop the zeros
+            self._requests = 0
+            self._freq = {k: n // 2 for k, n in self._freq.items() if n > 1}
+
+    def _admissible(self, key: str) -> bool:
+        with self._lock:
+            if len(self._l1) < self.l1_size:
+                return True
+            victim = next(iter(self._l1))
+        return self._freq.get(key, 0) > self._freq.get(victim, 0)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._count(key)
+        found, value = self._local(key)
+        if found:
+            self.hits += 1
+            return value
+        self.misses += 1
+        if not self._admissible(key):
+            value = self._value(key, self.coord.query(c.cache_get(key)))
+        elif self.mode == LINEARIZABLE:
+            assert self.session is not None
+            started = time.monotonic()
+            lease_ms = _ms(self.lease)
+            result = self.coord.propose(c.cache_fill(self.session.id, key, lease_ms))
+            granted = result.get("lease_ms", 0)  # 0: not registered, do not cache
+            value = self._value(key, result)
+            remaining = started + granted / 1000 * LEASE_SAFETY - time.monotonic()
+            if value is not None and granted and remaining > 0:
+                self._remember(key, value, result["version"], remaining, result["registration"])
+            elif result.get("registration") is not None:
+                self._release([(key, result["registration"])])  # held but not cached: let go
+        else:
+            result = self.coord.query(c.cache_get(key))
+            value = self._value(key, result)
+            if value is not None:
+                self._remember(key, value, result["version"], self.staleness)
+        return default if value is None else value
+
+    def _value(self, key: str, result: dict[str, Any] | None) -> Any:
+        if not result:
+            return None
+        if result.get("evicted"):
+            return self._from_redis(key, result["version"])
+        return result.get("value")
+
+    def _from_redis(self, key: str, version: int) -> Any:
+        if self._redis is None:
+            return None
+        from coordination.node.redis_mirror import PREFIX
+
+        got = self._redis.hmget(PREFIX + key, ["v", "d"])
+        if got[0] is None or int(got[0]) != version or got[1] is None:
+            return None
+        self.redis_hits += 1
+        return got[1]
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        out = {}
+        missing = []
+        for key in keys:
+            found, value = self._local(key)
+            if found:
+                self.hits += 1
+                out[key] = value
+            else:
+                missing.append(key)
+        if missing:
+            if self.mode == LINEARIZABLE:
+                for key in missing:  # each fill registers: one log entry per key
+                    value = self.get(key)
+                    if value is not None:
+                        out[key] = value
+            else:
+                self.misses += len(missing)
+                for key, result in zip(
+                    missing, self.coord.query(c.cache_get_many(missing)), strict=True
+                ):
+                    value = self._value(key, result)
+                    if value is not None:
+                        out[key] = value
+        return out
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        """Write ``key``; in linearizable mode a popular key stays in this process's L1 with
+        the value just written (``cache.set_hold``), instead of being dropped."""
+        self._forget(key)
+        if self.mode != LINEARIZABLE or self.session is None or not self._admissible(key):
+            return self.coord.propose(
+                c.cache_set(key, value, _ms(ttl)), timeout=self._write_timeout
+            )
+        started = time.monotonic()
+        result = self.coord.propose(
+            c.cache_set_hold(self.session.id, key, value, _ms(ttl), _ms(self.lease)),
+            timeout=self._write_timeout,
+        )
+        if result["registration"] is not None:
+            remaining = started + result["lease_ms"] / 1000 * LEASE_SAFETY - time.monotonic()
+            if remaining > 0:
+                self._remember(key, value, result["version"], remaining, result["registration"])
+            else:
+                self._release([(key, result["registration"])])
+        return result["version"]
+
+    def add(self, key: str, value: bytes, ttl: float | None = None) -> int | None:
+        self._forget(key)
+        return self.coord.propose(c.cache_add(key, value, _ms(ttl)), timeout=self._write_timeout)
+
+    def delete(self, key: str) -> bool:
+        self._forget(key)
+        return self.coord.propose(c.cache_delete(key), timeout=self._write_timeout)
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        self._forget(key)
+        return self.coord.propose(c.cache_incr(key, delta), timeout=self._write_timeout)
+
+    def cas(self, key: str, expected_version: int | None, value: bytes, ttl: float | None = None):
+        self._forget(key)
+        return self.coord.propose(
+            c.cache_cas(key, expected_version, value, _ms(ttl)), timeout=self._write_timeout
+        )
+
+    def touch(self, key: str, ttl: float | None) -> bool:
+        self._forget(key)
+        return self.coord.propose(c.cache_touch(key, _ms(ttl)), timeout=self._write_timeout)
+
+    def set_many(self, items: dict[str, bytes], ttl: float | None = None) -> list[int]:
+        for key in items:
+            self._forget(key)
+        return self.coord.propose(
+            c.cache_set_many(items.items(), _ms(ttl)), timeout=self._write_timeout
+        )
+
+    def delete_many(self, keys: list[str]) -> int:
+        for key in keys:
+            self._forget(key)
+        return self.coord.propose(c.cache_delete_many(keys), timeout=self._write_timeout)
+
+    def clear(self) -> int:
+        self._on_resync()
+        return self.coord.propose(c.cache_clear(), timeout=self._write_timeout)
+
+    @property
+    def _write_timeout(self) -> float:
+        # A write may wait for other processes' L1 leases to run out.
+        return self.coord.timeout + self.lease + 5.0
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        total = self.hits + self.misses
+        return {
+            "mode": self.mode,
+            "l1_keys": len(self._l1),
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / total if total else 0.0,
+            "redis_hits": self.redis_hits,
+        }
+
+    def cluster_stats(self) -> dict[str, Any]:
+        return self.coord.query(c.cache_stats())
+
+    def close(self) -> None:
+        with _open_lock:
+            _open_caches.discard(self)
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._releaser is not None:
+            self._releaser.close()
+        if self._redis is not None:
+            self._redis.close()
+
+
+def process_stats() -> dict[str, Any]:
+    """L1 counters summed over this process's open cache clients (Django's cache handler makes
+    one per thread, so a web process usually has several): what a process's readers were served
+    from memory, without a cluster round trip."""
+    with _open_lock:
+        caches = list(_open_caches)
+    hits = sum(cache.hits for cache in caches)
+    misses = sum(cache.misses for cache in caches)
+    return {
+        "clients": len(caches),
+        "l1_keys": sum(len(cache._l1) for cache in caches),
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": hits / (hits + misses) if hits + misses else None,
+        "redis_hits": sum(cache.redis_hits for cache in caches),
+    }

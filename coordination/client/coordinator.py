@@ -1,0 +1,513 @@
+"""The coordination client: sessions, fenced locks, queues (and the cache, in ``cache_client``).
+
+    coord = Coordinator.from_settings()          # or Coordinator("h:7001,h:7002", secret)
+    with coord.lock("report:42"):                # exclusive, on the coordinator's session
+        ...                                      # coord.lock(...).token fences your writes
+    coord.queue("emails").put(b"hello", priority=5)
+
+A ``Session`` is the unit of liveness: the cluster releases everything a session holds (locks,
+queue leases, cache registrations) when it stops hearing keepalives for its TTL. Sessions keep
+themselves alive from a background thread with its own connection, so a long lock wait on the
+main connection never starves them. If keepalives fail for a whole TTL, the session is
+``lost``: treat every lock it held as gone (the cluster will have released them), and check
+fencing tokens before writing to protected resources.
+
+Thread safety: a ``Coordinator`` is safe to share; calls take a connection from a small pool.
+Its default session is per thread: a session is one client's unit of liveness, and the
+deadlock detector reasons about sessions, so two threads of one process wait for each other
+like any two clients (and a cycle between them is reported). Owners within one explicitly shared
+session do not wait on each other: such a wait is refused as a deadlock (the session would wait
+for itself). Lock handles default their ``owner`` to the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue as queue_module
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordination.exceptions import (
+    LockNotAcquired,
+    SessionExpired,
+    StaleToken,
+    UnknownSession,
+    typed,
+)
+from coordination.primitives import commands as c
+from raft_node.client import ClusterUnavailable, RaftClient, Rejected, Timeout
+
+EXCLUSIVE, SHARED = "exclusive", "shared"
+WAIT_MARGIN = 5.0  # seconds added to a blocking call's deadline beyond its wait
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        addresses: Any,
+        secret: bytes | str,
+        *,
+        timeout: float = 5.0,
+        session_ttl: float = 10.0,
+        ssl: Any = None,
+        pool_size: int = 8,
+        name: str | None = None,
+    ) -> None:
+        self.addresses = addresses
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.timeout = timeout
+        self.session_ttl = session_ttl
+        self.ssl = ssl
+        self.name = name or f"coord-{os.getpid()}"
+        self._pool: queue_module.LifoQueue[RaftClient] = queue_module.LifoQueue(pool_size)
+        self._ids = itertools.count(1)
+        self._local = threading.local()  # per-thread default session
+        self._sessions: list[Session] = []
+        self._sessions_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, addresses: Any = None, secret: bytes | str | None = None, **overrides: Any
+    ) -> Coordinator:
+        """A coordinator for this Django project's cluster (``COORDINATION`` settings); given
+        ``addresses`` or ``secret`` replace the settings' (TLS and timeouts still come from
+        them), and ``overrides`` the other constructor arguments."""
+        from coordination.node import node_settings, runtime
+
+        conf = node_settings.coordination()
+        _, client_ssl = node_settings.ssl_contexts(conf)
+        kwargs: dict[str, Any] = {
+            "timeout": conf["REQUEST_TIMEOUT"],
+            "session_ttl": conf["SESSION_TTL"],
+            "ssl": client_ssl,
+        }
+        kwargs.update(overrides)
+        if not addresses:
+            addresses = list(runtime.cluster_addresses(conf).values())
+        if secret is None:
+            secret = node_settings.cluster_secret(conf)
+        return cls(addresses, secret, **kwargs)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def new_client(self, timeout: float | None = None) -> RaftClient:
+        return RaftClient(
+            self.addresses,
+            self.secret,
+            timeout=timeout or self.timeout,
+            ssl=self.ssl,
+            name=f"{self.name}-{next(self._ids)}-{os.urandom(4).hex()}",
+        )
+
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[RaftClient]:
+        try:
+            client = self._pool.get_nowait()
+        except queue_module.Empty:
+            client = self.new_client()
+        try:
+            yield client
+        except BaseException:
+            client.close()  # a broken call may leave the connection mid-frame
+            raise
+        else:
+            try:
+                self._pool.put_nowait(client)
+            except queue_module.Full:
+                client.close()
+
+    def propose(self, body: bytes, timeout: float | None = None) -> Any:
+        with self._client() as client:
+            try:
+                return client.propose(body, timeout=timeout)
+            except Rejected as exc:
+                raise typed(exc) from None
+
+    def query(self, body: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
+        with self._client() as client:
+            try:
+                return client.read(body, stale=stale, timeout=timeout)
+            except Rejected as exc:
+                raise typed(exc) from None
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue_module.Empty:
+                break
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def session(self, ttl: float | None = None, label: str = "") -> Session:
+        """Open a new session (kept alive in the background until ``close``)."""
+        return Session(self, self.session_ttl if ttl is None else ttl, label or self.name)
+
+    @property
+    def default_session(self) -> Session:
+        """This thread's session, opened on first use and reopened if it was lost."""
+        return self.thread_session()
+
+    def thread_session(self, ttl: float | None = None) -> Session:
+        """This thread's session with that TTL (default ``session_ttl``), opened on first use
+        and reopened if it was lost."""
+        ttl = self.session_ttl if ttl is None else ttl
+        sessions = self._local.__dict__.setdefault("sessions", {})
+        session = sessions.get(ttl)
+        if session is None or session.lost:
+            session = sessions[ttl] = self.session(ttl)
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every live session (id, label, TTL, deadline and time left by log time)."""
+        return self.query(c.session_list())
+
+    # -- locks ----------------------------------------------------------------------------------
+
+    def lock(
+        self,
+        name: str,
+        mode: str = EXCLUSIVE,
+        *,
+        wait: float | None = None,
+        owner: str | None = None,
+        session: Session | None = None,
+    ) -> Lock:
+        """A lock handle (not yet acquired): use ``with`` or ``acquire()``/``release()``.
+
+        ``wait``: None or 0 tries once; a number of seconds waits (served by the leader, no
+        polling) up to that long. ``owner`` defaults to the calling thread.
+        """
+        return Lock(self, name, mode, session or self.default_session, owner, wait)
+
+    def check_token(self, name: str, token: int) -> bool:
+        """Whether ``token`` is still a current grant of ``name`` (linearizable read)."""
+        return bool(self.query(c.lock_check_token(name, token)))
+
+    def require_token(self, name: str, token: int) -> None:
+        """Raise ``StaleToken`` unless ``token`` is still current: call before a fenced write."""
+        if not self.check_token(name, token):
+            raise StaleToken(name, token)
+
+    def inspect_lock(self, name: str) -> dict[str, Any]:
+        return self.query(c.lock_inspect(name))
+
+    def locks(self, prefix: str = "", limit: int | None = None) -> Any:
+        """Locks with holders or waiters, by name: ``{name, mode, holders, waiters, last_token}``
+        with counts (``inspect_lock`` has the details)."""
+        return self.query(c.lock_list(prefix, limit))
+
+    def deadlocks(self) -> Any:
+        return self.query(c.lock_deadlocks())
+
+    # -- queues ---------------------------------------------------------------------------------
+
+    def queue(self, name: str) -> Queue:
+        return Queue(self, name)
+
+    def queues(self) -> Any:
+        return self.query(c.queue_list())
+
+    def get_any(
+        self,
+        queues: list[str],
+        max_count: int = 1,
+        *,
+        wait: float = 0.0,
+        visibility: float = 30.0,
+        session: Session | None = None,
+    ) -> list[Message]:
+        """Lease up to ``max_count`` messages of the first of ``queues`` with any ready, in
+        one entry; blocked, wait in all of them at once (``[]`` if ``wait`` ran out). Each
+        message's ``queue`` says where it came from."""
+        session = session or self.default_session
+        rows = self.propose(
+            c.queue_get_any(session.id, queues, _ms(wait), _ms(visibility), max_count),
+            timeout=max(self.timeout, wait + WAIT_MARGIN),
+        )
+        return [self.queue(row["queue"])._message(row, session) for row in rows]
+
+    def propose_ack(self, session: Session, queue: str, msg_id: int) -> None:
+        """Ack by ids (transports that keep ids rather than ``Message`` objects)."""
+        self.propose(c.queue_ack(session.id, queue, msg_id))
+
+    def propose_ack_many(self, session: Session, queue: str, msg_ids: list[int]) -> list[int]:
+        """Ack by ids (what a transport that tracks ids instead of ``Message`` objects needs);
+        returns the ids no longer leased to the session."""
+        return self.propose(c.queue_ack_many(session.id, queue, msg_ids))["unknown"]
+
+    def propose_nack(
+        self, session: Session, queue: str, msg_id: int, *, requeue: bool = True
+    ) -> None:
+        self.propose(c.queue_nack(session.id, queue, msg_id, requeue, 0))
+
+    # -- cache (the L1 client is ``cache_client.Cache``) -------------------------------------------
+
+    def cache_keys(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """Keys held in cluster memory, by key: ``{key, version, size, expires_ms}``."""
+        return self.query(c.cache_keys(prefix, limit))
+
+    def cache_stats(self) -> dict[str, Any]:
+        return self.query(c.cache_stats())
+
+
+class Session:
+    def __init__(self, coord: Coordinator, ttl: float, label: str) -> None:
+        self.coord = coord
+        self.ttl = ttl
+        result = coord.propose(c.session_open(_ms(ttl), label))
+        self.id: int = result["session"]
+        self._lost = threading.Event()
+        self._closed = threading.Event()
+        self.last_renewed = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._keepalive, daemon=True, name=f"raftsync-session-{self.id}"
+        )
+        self._thread.start()
+
+    @property
+    def lost(self) -> bool:
+        """True once the cluster may have expired this session (locks must be presumed gone)."""
+        return self._lost.is_set()
+
+    def _keepalive(self) -> None:
+        interval = self.ttl / 3
+        client = self.coord.new_client(timeout=max(1.0, interval))
+        try:
+            while not self._closed.wait(interval):
+                try:
+                    client.propose(c.session_keepalive(self.id))
+                    self.last_renewed = time.monotonic()
+                except Rejected:
+                    self._lost.set()  # expired or unknown: the cluster released everything
+                    return
+                except (Timeout, ClusterUnavailable):
+                    pass  # try again next interval
+                if time.monotonic() - self.last_renewed >= self.ttl:
+                    self._lost.set()  # we cannot prove it is alive: presume it is not
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with contextlib.suppress(SessionExpired, UnknownSession, Timeout, ClusterUnavailable):
+            self.coord.propose(c.session_close(self.id))
+        self._lost.set()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Lock:
+    """A handle on a named lock for one (session, owner). Reentrant: nested acquires count."""
+
+    def __init__(
+        self,
+        coord: Coordinator,
+        name: str,
+        mode: str,
+        session: Session,
+        owner: str | None,
+        wait: float | None,
+    ) -> None:
+        if mode not in (EXCLUSIVE, SHARED):
+            raise ValueError(f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
+        self.coord, self.name, self.mode, self.session = coord, name, mode, session
+        self.owner = owner if owner is not None else f"thread-{threading.get_ident()}"
+        self.wait = wait
+        self.token: int | None = None
+        self.count = 0
+
+    @property
+    def lost(self) -> bool:
+        """The session expired: the lock may be held by someone else now."""
+        return self.session.lost
+
+    def acquire(self, wait: float | None = None) -> bool:
+        wait = self.wait if wait is None else wait
+        wait_ms = _ms(wait or 0.0)
+        result = self.coord.propose(
+            c.lock_acquire(self.session.id, self.name, self.mode, self.owner, wait_ms),
+            timeout=max(self.coord.timeout, (wait or 0.0) + WAIT_MARGIN),
+        )
+        if not result or not result.get("acquired"):
+            return False
+        self.token = result["token"]
+        self.count = result.get("count", self.count + 1)
+        return True
+
+    def release(self) -> None:
+        result = self.coord.propose(c.lock_release(self.session.id, self.name, self.owner))
+        self.count = result.get("count", 0) if isinstance(result, dict) else 0
+        if self.count == 0:
+            self.token = None
+
+    def renew(self) -> int:
+        """Check the hold is still ours (``NotHolder`` otherwise) and keep the session alive."""
+        token = self.coord.propose(c.lock_renew(self.session.id, self.name, self.owner))
+        self.session.last_renewed = time.monotonic()
+        return token
+
+    def __enter__(self) -> Lock:
+        if not self.acquire():
+            raise LockNotAcquired(self.name)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lost:
+            return  # released by the cluster already
+        self.release()
+
+
+@dataclass
+class Message:
+    id: int
+    payload: bytes
+    priority: int
+    delivery_count: int
+    queue: Queue = field(repr=False)
+    session: Session = field(repr=False)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def ack(self) -> None:
+        self.queue.ack(self)
+
+    def nack(self, requeue: bool = True, delay: float = 0.0) -> None:
+        self.queue.nack(self, requeue=requeue, delay=delay)
+
+    def touch(self, visibility: float) -> None:
+        """Keep the lease for ``visibility`` more seconds (a long-running task)."""
+        self.queue.touch(self, visibility)
+
+
+class Queue:
+    """A named priority queue (0..9, higher first; FIFO within a priority)."""
+
+    def __init__(self, coord: Coordinator, name: str) -> None:
+        self.coord, self.name = coord, name
+
+    def declare(
+        self, max_deliveries: int = 5, dedup_window: float = 300.0, max_depth: int = 100_000
+    ) -> dict[str, Any]:
+        return self.coord.propose(
+            c.queue_declare(self.name, max_deliveries, _ms(dedup_window), max_depth)
+        )
+
+    def put(
+        self,
+        payload: bytes,
+        *,
+        priority: int = 0,
+        dedup_id: str | None = None,
+        delay: float = 0.0,
+    ) -> int:
+        """Enqueue; returns the message id. With ``dedup_id``, a repeat within the queue's dedup
+        window returns the first id and enqueues nothing (exactly-once enqueue)."""
+        result = self.coord.propose(c.queue_put(self.name, payload, priority, dedup_id, _ms(delay)))
+        return result["id"]
+
+    def get(
+        self, *, wait: float = 0.0, visibility: float = 30.0, session: Session | None = None
+    ) -> Message | None:
+        """Lease the next message for ``visibility`` seconds (redelivered if not acked by then,
+        or if the session dies); ``wait`` blocks up to that long for one to arrive."""
+        session = session or self.coord.default_session
+        result = self.coord.propose(
+            c.queue_get(session.id, self.name, _ms(wait), _ms(visibility)),
+            timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
+        )
+        return self._message(result, session) if result else None
+
+    def get_many(
+        self,
+        max_count: int,
+        *,
+        wait: float = 0.0,
+        visibility: float = 30.0,
+        session: Session | None = None,
+    ) -> list[Message]:
+        """Lease up to ``max_count`` messages in one log entry (``[]`` if none came within
+        ``wait``); each is then acked, nacked or redelivered on its own."""
+        session = session or self.coord.default_session
+        rows = self.coord.propose(
+            c.queue_get_many(session.id, self.name, _ms(wait), _ms(visibility), max_count),
+            timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
+        )
+        return [self._message(row, session) for row in rows]
+
+    def _message(self, row: dict[str, Any], session: Session) -> Message:
+        meta = {k: v for k, v in row.items() if k not in ("id", "payload", "priority")}
+        return Message(
+            row["id"], row["payload"], row["priority"], row["delivery_count"], self, session, meta
+        )
+
+    def ack(self, message: Message) -> None:
+        self.coord.propose(c.queue_ack(message.session.id, self.name, message.id))
+
+    def ack_many(self, messages: list[Message]) -> list[int]:
+        """Ack several messages of one session in one entry; returns the ids that were no longer
+        leased to it (they are, or will be, delivered again)."""
+        if not messages:
+            return []
+        sessions = {m.session.id for m in messages}
+        if len(sessions) != 1:
+            raise ValueError("ack_many takes messages leased to one session")
+        result = self.coord.propose(
+            c.queue_ack_many(messages[0].session.id, self.name, [m.id for m in messages])
+        )
+        return result["unknown"]
+
+    def nack(self, message: Message, requeue: bool = True, delay: float = 0.0) -> None:
+        self.coord.propose(
+            c.queue_nack(message.session.id, self.name, message.id, requeue, _ms(delay))
+        )
+
+    def touch(self, message: Message, visibility: float) -> None:
+        self.coord.propose(
+            c.queue_touch(message.session.id, self.name, message.id, _ms(visibility))
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return self.coord.query(c.queue_stats(self.name))
+
+    def purge(self) -> int:
+        return self.coord.propose(c.queue_purge(self.name))
+
+    def delete(self) -> bool:
+        """Remove the queue and every message in it (its dead-letter queue stays)."""
+        return self.coord.propose(c.queue_delete(self.name))
+
+    def peek(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.coord.query(c.queue_peek(self.name, limit))
+
+    def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.coord.query(c.queue_dead_letters(self.name, limit))
+
+    def requeue_dead(self, max_count: int = 1000) -> int:
+        return self.coord.propose(c.queue_requeue_dead(self.name, max_count))

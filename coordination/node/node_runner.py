@@ -1,0 +1,103 @@
+"""Running one Raft node process: the implementation behind both ``raftsync node`` and
+``manage.py run_raft_node`` (they differ only in where the settings come from).
+
+Everything that can be checked is checked before the node starts, and reported as one line naming
+the setting (``ValueError``; the callers print it and exit non-zero). Once running, the node stops
+on SIGTERM/SIGINT (a leader hands over first) or on a fatal error in any of its tasks
+(``NodeServer.spawn``); ``serve`` then returns 1, so a supervisor restarts it instead of keeping
+a zombie that listens but no longer takes part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from coordination import conf as settings_conf
+from coordination.conf import INVALID, Problem, Resolved, SettingsError, setting_name
+from coordination.node import runtime
+from coordination.node.options import Option, setting_overrides
+from raft_node.server import NodeServer
+
+OPTIONS = (
+    Option("--id", "node_id", "this node's id", key="NODE_ID"),
+    Option("--cluster", "cluster", "id=host:port,... of every voter", key="CLUSTER"),
+    Option("--data-dir", "data_dir", "this node's log and snapshot directory (DATA_DIR/<id>)"),
+    Option("--metrics-port", "metrics_port", "Prometheus port", key="METRICS_PORT", type=int),
+    Option("--listen", "listen", "host:port to bind (default: the node's own CLUSTER address)"),
+    Option("--secret-file", "secret_file", "file holding the secret", key="CLUSTER_SECRET_FILE"),
+    Option("--state-machine", "state_machine", "state machine class", key="STATE_MACHINE"),
+)
+
+
+def build_server(
+    conf: Resolved, opts: Mapping[str, Any], *, dev: bool, how: str = ""
+) -> NodeServer:
+    """The node, ready to ``serve``; ``ValueError`` (one line) for anything misconfigured."""
+    secret = settings_conf.cluster_secret(conf, dev=dev, how=how)
+    config = runtime.node_config(
+        conf, secret, data_dir=opts.get("data_dir"), listen=opts.get("listen")
+    )
+    machine = runtime.state_machine(conf)
+    try:
+        server = NodeServer(config, machine)
+    except OSError as exc:
+        raise ValueError(f"cannot open the data directory {config.data_dir}: {exc}") from None
+    if conf["REDIS_URL"] and hasattr(machine, "part"):
+        try:
+            from coordination.node.redis_mirror import RedisMirror
+        except ImportError as exc:
+            raise SettingsError(
+                [
+                    Problem(
+                        INVALID,
+                        "REDIS_URL",
+                        f"{setting_name('REDIS_URL')} is set but {exc}: "
+                        "pip install raftsync[redis]",
+                    )
+                ]
+            ) from None
+        server.plugins.append(RedisMirror(server, conf["REDIS_URL"]))
+    return server
+
+
+def serve(server: NodeServer) -> int:
+    """Run the node until it is told to stop (0) or a fatal error stops it (1)."""
+    asyncio.run(_serve(server))
+    return 1 if server.fatal_error is not None else 0
+
+
+def run(
+    load: Callable[[dict[str, Any]], Resolved],
+    opts: Mapping[str, Any],
+    *,
+    dev: bool,
+    how: str = "",
+) -> int:
+    """Resolve the settings with ``load(flag overrides)``, build the node, serve it."""
+    configure_logging()
+    server = build_server(load(setting_overrides(opts, OPTIONS)), opts, dev=dev, how=how)
+    return serve(server)
+
+
+async def _serve(server: NodeServer) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(
+            sig, lambda: server.spawn(server.graceful_stop(), "graceful-stop", forever=False)
+        )
+    await server.run()
+
+
+def configure_logging() -> None:
+    """One line per event on stderr (``event=... key=value``), unless the host configured it."""
+    logger = logging.getLogger("raft_node")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

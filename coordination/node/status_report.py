@@ -1,0 +1,94 @@
+"""Every node's Raft status, as a table or JSON: the implementation behind both ``raftsync status``
+and ``manage.py raft_status``. Exit status 0 when exactly one node reports itself leader, 1
+otherwise, so it works as a health check.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TextIO
+
+from coordination import conf as settings_conf
+from coordination.conf import Resolved
+from coordination.node import runtime
+from coordination.node.options import Option, setting_overrides
+from raft_node.client import RaftClient, RaftError
+
+OPTIONS = (
+    Option("--cluster", "cluster", "id=host:port,... to ask", key="CLUSTER"),
+    Option("--json", "json", "machine-readable output", action="store_true"),
+    Option("--timeout", "timeout", "seconds to wait for each node", type=float, default=2.0),
+    Option(
+        "--wait",
+        "wait",
+        "ask again until exactly one leader answers, for up to this many seconds (scripts that "
+        "start a cluster, then use it)",
+        type=float,
+        default=0.0,
+    ),
+    Option("--secret-file", "secret_file", "file holding the secret", key="CLUSTER_SECRET_FILE"),
+)
+
+
+def run(
+    load: Callable[[dict[str, Any]], Resolved],
+    opts: Mapping[str, Any],
+    out: TextIO,
+    *,
+    dev: bool,
+    how: str = "",
+) -> int:
+    """Ask every member (in parallel) and print the report; ``ValueError`` for bad settings."""
+    conf = load(setting_overrides(opts, OPTIONS))
+    secret = settings_conf.cluster_secret(conf, dev=dev, how=how)
+    _, client_ssl = runtime.ssl_contexts(conf)
+    members = list(runtime.cluster_addresses(conf).items())
+    timeout = opts.get("timeout") or 2.0
+
+    def ask(member: tuple[str, tuple[str, int]]) -> dict[str, Any]:
+        node, addr = member
+        try:
+            with RaftClient([addr], secret, timeout=timeout, ssl=client_ssl) as client:
+                return client.status()
+        except (RaftError, OSError) as exc:
+            return {"id": node, "address": f"{addr[0]}:{addr[1]}", "error": str(exc) or repr(exc)}
+
+    deadline = time.monotonic() + (opts.get("wait") or 0.0)
+    while True:
+        with ThreadPoolExecutor(max_workers=len(members)) as pool:
+            rows = list(pool.map(ask, members))
+        leaders = {r["id"] for r in rows if r.get("role") == "leader"}
+        if len(leaders) == 1 or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if opts.get("json"):
+        out.write(json.dumps({"leader": _only(leaders), "nodes": rows}, indent=2) + "\n")
+    else:
+        _table(rows, leaders, out)
+    return 0 if len(leaders) == 1 else 1
+
+
+def _table(rows: list[dict[str, Any]], leaders: set[str], out: TextIO) -> None:
+    head = f"{'node':6} {'address':22} {'role':10} {'term':>5} {'commit':>8} {'applied':>8} "
+    out.write(head + f"{'contact':>8} {'lag':>6}\n")
+    lags: dict[str, Any] = {}
+    for r in rows:
+        lags.update({p: v["lag"] for p, v in r.get("peers", {}).items()})
+    for r in rows:
+        if "error" in r:
+            out.write(f"{r['id']:6} {r['address']:22} unreachable: {r['error']}\n")
+            continue
+        contact = "-" if r["last_contact_ms"] is None else f"{r['last_contact_ms']}ms"
+        lag = lags.get(r["id"], "-" if r["role"] != "leader" else 0)
+        out.write(
+            f"{r['id']:6} {r['address']:22} {r['role']:10} {r['term']:>5} {r['commit']:>8} "
+            f"{r['applied']:>8} {contact:>8} {lag!s:>6}\n"
+        )
+    out.write(f"leader: {_only(leaders) or 'NONE'}\n")
+
+
+def _only(leaders: set[str]) -> str | None:
+    return next(iter(leaders)) if len(leaders) == 1 else None
