@@ -23,6 +23,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 test: venv
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
+# The deep search, run by CI after the default suite: the property tests with their large example
+# counts and the simulators with 3000 seeds (tests/search_depth.py), plus anything marked slow.
+.PHONY: test-deep
+test-deep: venv
+	RAFTSYNC_TEST_DEPTH=deep $(VENV)/bin/python -m pytest -n 2 -m "slow or not slow" \
+		tests/sim tests/primitives tests/raft $(PYTEST_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 

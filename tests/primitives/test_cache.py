@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from search_depth import examples, seeds
 
 from coordination.primitives import cache as cache_mod
 from coordination.primitives import cache_queue, limits
@@ -1280,7 +1281,7 @@ class CacheModel(RuleBasedStateMachine):
 
 
 CacheModel.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=examples(quick=100, deep=300),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -1469,7 +1470,7 @@ class L1Simulation:
 
 
 def test_clients_with_l1_caches_see_a_linearizable_cache():
-    for seed in range(300):
+    for seed in range(seeds(quick=100, deep=300)):
         sim = L1Simulation(seed)
         history = sim.run(200)
         assert not sim.inflight, f"seed {seed}: writes still waiting after every lease ended"

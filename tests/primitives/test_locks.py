@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from search_depth import examples
 
 from coordination.exceptions import Deadlock, typed
 from coordination.primitives import limits
@@ -1028,14 +1029,18 @@ class LockMachine(RuleBasedStateMachine):
 
 TestLockMachine = LockMachine.TestCase
 TestLockMachine.settings = settings(
-    max_examples=250,
+    max_examples=examples(quick=80, deep=250),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=examples(quick=100, deep=300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     ttls=st.lists(st.sampled_from([1_000, 2_000, 3_000]), min_size=2, max_size=6),
     requests=st.lists(

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from search_depth import examples
 
 from coordination.primitives import errors, limits
 from coordination.primitives import queues as queues_module
@@ -1020,7 +1021,7 @@ def summary_of_model(m: MMsg) -> tuple[Any, ...]:
 
 
 QueueModel.TestCase.settings = settings(
-    max_examples=400,
+    max_examples=examples(quick=130, deep=400),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

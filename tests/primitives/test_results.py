@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from search_depth import examples
 
 from coordination.primitives import errors, limits
 from coordination.primitives.machine import CoordinationMachine
@@ -522,7 +523,7 @@ class ResultsModel(RuleBasedStateMachine):
 
 
 ResultsModel.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=examples(quick=100, deep=300),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

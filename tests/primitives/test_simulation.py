@@ -9,7 +9,7 @@ from coordination.simulation.workload import CoordinationWorkload
 from raft_node.sim.cluster import Simulation, SimulationFailure
 
 REPLAY = "python -m coordination.simulation"
-CHUNK = 25
+CHUNKS = 24  # fixed, so the default run (120 seeds) and the deep one (600) have the same tests
 
 
 def _sweep(seeds: range, **kw) -> list[str]:
@@ -27,9 +27,10 @@ def _sweep(seeds: range, **kw) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "prim_chunk" in metafunc.fixturenames:
-        total = max(CHUNK, metafunc.config.getoption("sim_seeds") // 5)
+        total = max(CHUNKS, metafunc.config.getoption("sim_seeds") // 5)
+        size = -(-total // CHUNKS)
         chunks = [
-            range(500_000 + lo, 500_000 + min(lo + CHUNK, total)) for lo in range(0, total, CHUNK)
+            range(500_000 + lo, 500_000 + min(lo + size, total)) for lo in range(0, total, size)
         ]
         metafunc.parametrize("prim_chunk", chunks, ids=[f"{c.start}-{c.stop - 1}" for c in chunks])
 

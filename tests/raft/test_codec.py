@@ -11,6 +11,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from search_depth import examples
 
 from raft_node.core.messages import (
     LOCAL_MESSAGES,
@@ -228,7 +229,7 @@ def test_decode_rejects_non_bytes() -> None:
     assert decode_message(bytearray(encode_message(Message(MessageType.VOTE)))).term == 0
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(quick=150, deep=400), suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_random_bytes_only_codec_error(data: bytes) -> None:
     for decode in (decode_message, decode_payload):
@@ -250,7 +251,7 @@ msgpack_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(quick=100, deep=300))
 @given(msgpack_values)
 def test_random_msgpack_structures_only_codec_error(v: object) -> None:
     data = msgpack.packb(v)
@@ -261,7 +262,7 @@ def test_random_msgpack_structures_only_codec_error(v: object) -> None:
     assert decode_message(encode_message(m)) == m
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(quick=100, deep=300))
 @given(messages, st.data())
 def test_mutated_encodings_only_codec_error(m: Message, data: st.DataObject) -> None:
     b = bytearray(encode_message(m))

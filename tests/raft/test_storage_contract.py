@@ -18,6 +18,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from search_depth import examples
 
 from raft_node.core.messages import Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from raft_node.storage.durable import DurableStorage
@@ -318,6 +319,6 @@ class DurableMatchesMemory(RuleBasedStateMachine):
 
 
 DurableMatchesMemory.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=40, deadline=None
+    max_examples=examples(quick=50, deep=100), stateful_step_count=40, deadline=None
 )
 TestDurableMatchesMemory = DurableMatchesMemory.TestCase

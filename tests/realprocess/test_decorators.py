@@ -111,9 +111,9 @@ def test_celery_tasks_in_either_order_retry_on_conflict(coord, order):
 
     lock = distributed_lock(key="celery:{order}", coordinator=coord, ttl=5)
     if order == "lock-inside-task":
-        task = app.task(bind=True)(lock(_with_order(body)))
+        task = app.task(bind=True, name=f"order.{order}", shared=False)(lock(_with_order(body)))
     else:
-        task = lock(app.task(bind=True)(_with_order(body)))
+        task = lock(app.task(bind=True, name=f"order.{order}", shared=False)(_with_order(body)))
     t = threading.Thread(target=lambda: task.apply(args=("slow", "x")), daemon=True)
     t.start()
     assert held.wait(10)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from search_depth import examples
 
 from raft_node.sim.linearizability import (
     CheckResult,
@@ -410,7 +411,11 @@ MODELS: dict[str, tuple[st.SearchStrategy, Callable[[], Any], Callable[[], Any]]
     "queue": (QUEUE_OPS, RefQueue, QueueModel),
     "lock": (LOCK_OPS, RefLock, FencingLockModel),
 }
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=examples(quick=60, deep=150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -517,7 +522,7 @@ RANDOM_OUTPUT_OPS = {
 
 
 @pytest.mark.parametrize("name", sorted(RANDOM_OUTPUT_OPS))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(quick=80, deep=200), deadline=None)
 @given(data=st.data())
 def test_agrees_with_brute_force(name: str, data: st.DataObject) -> None:
     """Arbitrary (mostly non-linearizable) small histories: WGL must match exhaustive search."""
