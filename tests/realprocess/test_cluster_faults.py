@@ -62,6 +62,14 @@ class Writer(threading.Thread):
             i += 1
         self.client.close()
 
+    def wait_acked(self, count: int, timeout: float = 30.0) -> None:
+        """Block until ``count`` writes are acknowledged in all (the writer is really writing)."""
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < count:
+            assert self.is_alive(), "the writer stopped"
+            assert time.monotonic() < deadline, f"only {len(self.acked)} of {count} writes acked"
+            time.sleep(0.01)
+
     def stop(self) -> list[str]:
         self.halt.set()
         self.join(30)
@@ -98,11 +106,11 @@ def test_kill_leader_during_writes_loses_nothing_acknowledged(cluster: LocalClus
     old = cluster.wait_for_leader()
     writer = Writer(cluster, "k-")
     writer.start()
-    time.sleep(1.0)
+    writer.wait_acked(50)
     cluster.kill(old)
     new = cluster.wait_for_leader(exclude=old)
     assert new != old
-    time.sleep(1.0)
+    writer.wait_acked(len(writer.acked) + 50)  # writes resume under the new leader
     acked = writer.stop()
     cluster.start_node(old)
     cluster.wait_converged()
@@ -131,7 +139,7 @@ def test_kill_all_nodes_mid_write_then_restart(cluster: LocalCluster):
     cluster.wait_for_leader()
     writer = Writer(cluster, "all-", timeout=2.0)
     writer.start()
-    time.sleep(1.0)
+    writer.wait_acked(50)
     for node in cluster.ids:
         cluster.kill(node)
     acked = writer.stop()
@@ -188,7 +196,7 @@ def test_hostile_connections_are_rejected_while_serving(cluster: LocalCluster):
     with pytest.raises(RaftError), cluster.client(timeout=1.0) as bad:
         bad._secret = b"wrong-secret"
         bad.status()
-    time.sleep(0.5)
+    writer.wait_acked(len(writer.acked) + 20)  # still serving after the attacks
     acked = writer.stop()
     assert writer.failed == 0 and len(acked) > 20
     for node in cluster.ids:

@@ -53,7 +53,9 @@ def test_raft_status_reports_leader_and_fails_without_quorum(tmp_path: Path):
         assert table.returncode == 0 and "leader:" in table.stdout
         for node in c.ids[:2]:
             c.kill(node)
-        time.sleep(1.0)  # the survivor's leader (if it was one) steps down via CheckQuorum
+        survivor = c.ids[2]
+        # The survivor, if it led, steps down via CheckQuorum: wait until it says so.
+        _wait_for(lambda: (c.status(survivor) or {}).get("role") not in ("leader", None), 10)
         done = _manage("raft_status", "--cluster", spec, "--timeout", "0.5", env=env)
         assert done.returncode == 1
         assert "unreachable" in done.stdout
