@@ -28,20 +28,31 @@ thread and never from inside ``send``:
   client went away are ignored. It returns None if it answered or arranged to answer from a
   callback, or an awaitable that the transport runs in its own task (cancelled when the client
   goes away), so a slow request does not hold up the client's other requests.
+
+``stats()`` answers counters since construction, the ``STAT_KEYS`` (a transport leaves those
+that mean nothing for it at 0), plus per-peer state under ``"peers"``: ``{peer: {connected,
+queued, drops, frames_out, reconnects, failures}}``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from raft_node.core.messages import Message
 
-__all__ = ["ClientHandler", "Transport"]
+__all__ = ["STAT_KEYS", "ClientHandler", "Transport"]
 
 ClientHandler = Callable[[bytes, Callable[[bytes], None]], Awaitable[None] | None]
 
+STAT_KEYS = (  # noqa: SIM905
+    "frames_in bytes_in frames_out bytes_out drops oversize_drops encode_errors "
+    "unknown_destination connects reconnects connect_failures write_failures auth_failures "
+    "handshake_failures protocol_errors callback_errors client_requests client_responses"
+).split()
 
+
+@runtime_checkable
 class Transport(Protocol):
     def send(self, msgs: Iterable[Message]) -> None:
         """Queue messages for their ``to`` nodes; never blocks, never raises for a down peer."""
@@ -51,3 +62,6 @@ class Transport(Protocol):
 
     async def stop(self) -> None:
         """Close every connection and task; queued messages are discarded."""
+
+    def stats(self) -> dict[str, Any]:
+        """``STAT_KEYS`` counters plus ``"peers"`` (see the module docstring)."""

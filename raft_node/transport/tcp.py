@@ -76,7 +76,7 @@ from raft_node.core.messages import Message, NodeId
 from raft_node.transport.auth import HANDSHAKE_TIMEOUT, check_secret
 from raft_node.transport.connections import Address, InboundServer, event
 from raft_node.transport.peers import PeerRouter
-from raft_node.transport.protocol import ClientHandler, Transport
+from raft_node.transport.protocol import STAT_KEYS, ClientHandler, Transport
 from raft_node.transport.wire import MAX_FRAME_BYTES
 
 __all__ = [
@@ -84,12 +84,6 @@ __all__ = [
     "TcpTransport",
     "Transport",
 ]
-
-_STAT_KEYS = (  # noqa: SIM905
-    "frames_in bytes_in frames_out bytes_out drops oversize_drops encode_errors "
-    "unknown_destination connects reconnects connect_failures write_failures auth_failures "
-    "handshake_failures protocol_errors callback_errors client_requests client_responses"
-).split()
 
 
 class TcpTransport:
@@ -134,7 +128,7 @@ class TcpTransport:
         self._listen = listen if listen is not None else peers.get(node_id)
         if self._listen is None:
             raise ValueError(f"no listen address: give listen= or include {node_id!r} in peers")
-        self._stats = dict.fromkeys(_STAT_KEYS, 0)
+        self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._router = PeerRouter(
             node_id,
             secret,
