@@ -132,7 +132,7 @@ class Cache:
         with self._lock:
             self._l1[key] = (value, version, time.monotonic() + seconds, reg)
             self._l1.move_to_end(key)
-            evicted = []
+            evicted: list[tuple[str, int]] = []
             while len(self._l1) > self.l1_size:
                 old, entry = self._l1.popitem(last=False)
                 if entry[3] is not None:
