@@ -25,3 +25,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def sim_steps(request: pytest.FixtureRequest) -> int:
     return request.config.getoption("sim_steps")
+
+
+@pytest.fixture(scope="module")
+def inprocess_cluster():
+    """A 3-node coordination cluster inside the test process: real ``NodeServer``s and TCP on
+    free loopback ports, one background event loop, logs in memory. Starts in well under a
+    second, so tests of what runs on a cluster (the clients, the ``raft://`` kombu transport)
+    need no node subprocesses; the real-process tests (``coordination_cluster``) keep the
+    wiring and the faults."""
+    from coordination.primitives.machine import CoordinationMachine
+    from raft_node.testing.inprocess import InProcessCluster
+
+    with InProcessCluster(CoordinationMachine) as cluster:
+        yield cluster

@@ -16,10 +16,11 @@ Reads go L1 -> cluster -> Redis. Two modes:
 A value the cluster evicted from memory is read from Redis (``redis_url``) and used only if
 Redis holds exactly the version the cluster reports.
 
-The L1 is LRU with TinyLFU-style admission: a missed key takes a slot only if it has been asked
-for more often (recently) than the entry it would evict, so one-off reads do not flush popular
-keys; request counts are halved every ``10 * l1_size`` requests so popularity can change. A key
-that would not be admitted is read from the cluster without registering (no fill, no lease).
+The L1 is LRU with TinyLFU-style admission (``admission``): a missed key takes a slot only if it
+has been asked for more often (recently) than the entry it would evict, so one-off reads do not
+flush popular keys. A key that would not be admitted is read from the cluster without
+registering (no fill, no lease). Evicting a registered entry releases it from one worker thread
+(``releaser``); the Redis read-back of evicted keys is ``redis_fallback``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from coordination.client.admission import FrequencySketch
+from coordination.client.redis_fallback import RedisFallback
+from coordination.client.releaser import ReleaseWorker
 from coordination.primitives import commands as c
 from raft_node.client import Watcher
 
@@ -71,17 +75,14 @@ class Cache:
         self.hits = self.misses = self.redis_hits = 0
         # key -> (value, version, local deadline, registration id or None)
         self._l1: OrderedDict[str, tuple[Any, int, float, int | None]] = OrderedDict()
-        self._freq: dict[str, int] = {}
-        self._requests = 0
+        self._admission = FrequencySketch(l1_size)
         self._lock = threading.Lock()
-        self._redis = None
-        if redis_url:
-            import redis
-
-            self._redis = redis.Redis.from_url(redis_url, socket_timeout=1.0)
+        self._redis = RedisFallback(redis_url) if redis_url else None
         self.session = session
         self._watcher: Watcher | None = None
         self._releaser = coord.new_client() if mode == LINEARIZABLE else None
+        # Releases of evicted registrations, sent off the reader's thread.
+        self._evictions = ReleaseWorker(self._release) if mode == LINEARIZABLE else None
         if mode == LINEARIZABLE:
             self.session = session or coord.default_session
             self._watcher = Watcher(
@@ -131,11 +132,13 @@ class Cache:
         with self._lock:
             self._l1[key] = (value, version, time.monotonic() + seconds, reg)
             self._l1.move_to_end(key)
+            evicted: list[tuple[str, int]] = []
             while len(self._l1) > self.l1_size:
                 old, entry = self._l1.popitem(last=False)
                 if entry[3] is not None:
-                    pair = [(old, entry[3])]
-                    threading.Thread(target=self._release, args=(pair,), daemon=True).start()
+                    evicted.append((old, entry[3]))
+        if evicted and self._evictions is not None:
+            self._evictions.submit(evicted)
 
     def _local(self, key: str) -> tuple[bool, Any]:
         with self._lock:
@@ -159,18 +162,14 @@ class Cache:
     # -- reads ----------------------------------------------------------------------------------
 
     def _count(self, key: str) -> None:
-        self._freq[key] = self._freq.get(key, 0) + 1
-        self._requests += 1
-        if self._requests >= 10 * self.l1_size:  # age: halve, drop the zeros
-            self._requests = 0
-            self._freq = {k: n // 2 for k, n in self._freq.items() if n > 1}
+        self._admission.record(key)
 
     def _admissible(self, key: str) -> bool:
         with self._lock:
             if len(self._l1) < self.l1_size:
                 return True
             victim = next(iter(self._l1))
-        return self._freq.get(key, 0) > self._freq.get(victim, 0)
+        return self._admission.admits(key, victim)
 
     def get(self, key: str, default: Any = None) -> Any:
         self._count(key)
@@ -210,13 +209,10 @@ class Cache:
     def _from_redis(self, key: str, version: int) -> Any:
         if self._redis is None:
             return None
-        from coordination.node.redis_mirror import PREFIX
-
-        got = self._redis.hmget(PREFIX + key, ["v", "d"])
-        if got[0] is None or int(got[0]) != version or got[1] is None:
-            return None
-        self.redis_hits += 1
-        return got[1]
+        value = self._redis.read(key, version)
+        if value is not None:
+            self.redis_hits += 1
+        return value
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         out = {}
@@ -331,6 +327,8 @@ class Cache:
             _open_caches.discard(self)
         if self._watcher is not None:
             self._watcher.stop()
+        if self._evictions is not None:
+            self._evictions.close(timeout=1.0)  # before the client it sends with
         if self._releaser is not None:
             self._releaser.close()
         if self._redis is not None:

@@ -1,4 +1,5 @@
-"""Helpers that run real node processes: the local-cluster launcher and a fault-injecting proxy.
+"""Helpers that run real nodes: the local-cluster launcher (processes), the in-process cluster
+(nodes in one background event loop) and a fault-injecting proxy.
 
 Used by the real-process tests, the benchmarks and ``run_cluster``; not by a production node.
 """

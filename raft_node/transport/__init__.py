@@ -1,6 +1,8 @@
 """How nodes and clients reach each other: framing, codec, the HMAC handshake and TCP.
 
-``wire`` frames bytes, ``codec`` turns Raft messages and client payloads into msgpack, ``auth``
-runs the mutual handshake, ``client_protocol`` validates client requests and responses, and
-``tcp`` owns the sockets. The core never imports this room; the host hands it messages.
+``protocol`` is the node ``Transport`` contract, which ``tcp`` (sockets: ``connections`` accepts,
+authenticates and reads frames, ``peers`` routes messages to peers) and ``memory`` (the in-process
+twin for tests) implement. ``wire`` frames bytes, ``codec`` turns Raft messages and client
+payloads into msgpack, ``auth`` runs the mutual handshake, and ``client_protocol`` validates
+client requests and responses. The core never imports this room; the host hands it messages.
 """

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from search_depth import examples, seeds
 
 from coordination.primitives import cache as cache_mod
-from coordination.primitives import cache_queue, limits
+from coordination.primitives import cache_queue, cache_store, limits
 from coordination.primitives.cache import Cache
 from coordination.primitives.machine import TICK, CoordinationMachine
 from raft_node.core.messages import Entry
@@ -306,8 +306,8 @@ def test_eviction_drops_least_recently_written_and_reads_say_evicted():
     assert d.stats()["bytes"] == 3 * each
     d.apply("cache.set", "e", b"x" * 36, None)
     assert d.get("c") == {"evicted": True, "version": 3, "expires_ms": None}
-    assert list(d.cache.data) == ["a", "d", "e"]
-    assert list(d.cache.evicted) == ["b", "c"]
+    assert list(d.cache.store.data) == ["a", "d", "e"]
+    assert list(d.cache.store.evicted) == ["b", "c"]
     # Ops on evicted keys: they still exist (in Redis), at their version.
     assert d.apply("cache.add", "c", b"z", None) is None
     assert d.code("cache.incr", "c", 1) == cache_mod.EVICTED
@@ -329,7 +329,7 @@ def test_eviction_drops_least_recently_written_and_reads_say_evicted():
 
 
 def test_evicted_key_expires_and_forgotten_records_become_deletes(monkeypatch):
-    monkeypatch.setattr(cache_mod, "EVICTED_MAX", 2)
+    monkeypatch.setattr(cache_store, "EVICTED_MAX", 2)
     d = Driver(max_bytes=_entry_size("a", b"v"))
     d.apply("cache.set", "a", b"v", 100)
     d.apply("cache.set", "b", b"v", None)
@@ -338,27 +338,27 @@ def test_evicted_key_expires_and_forgotten_records_become_deletes(monkeypatch):
     assert d.apply("cache.add", "a", b"w", None) == 3  # the evicted copy expired
     d.apply("cache.set", "c", b"v", None)  # evicts a (b, a evicted)
     d.apply("cache.set", "d", b"v", None)  # evicts c: b forgotten
-    assert list(d.cache.evicted) == ["a", "c"]
+    assert list(d.cache.store.evicted) == ["a", "c"]
     assert d.get("b") is None
     assert ("b", None, 5, None) in d.cache.changes_since(0)
     d.apply("cache.set", "e", b"v", 100)
     d.now += 100
     d.apply("cache.set", "f", b"v", None)  # e expired before eviction: an expiry, not eviction
-    assert "e" not in d.cache.evicted and d.cache.tombstones["e"][0] == d.index
+    assert "e" not in d.cache.store.evicted and d.cache.store.tombstones["e"][0] == d.index
 
 
 def test_forgetting_evicted_keys_skips_held_and_queued_ones(monkeypatch):
-    monkeypatch.setattr(cache_mod, "EVICTED_MAX", 1)
+    monkeypatch.setattr(cache_store, "EVICTED_MAX", 1)
     d = Driver(max_bytes=_entry_size("a", b"v"))
     s = d.session()  # 1
     d.apply("cache.set", "a", b"v", None)  # 2
     d.apply("cache.set", "b", b"v", None)  # 3: a evicted
     d.apply("cache.fill", s, "a", 1_000)  # 4: a held (as evicted)
     d.apply("cache.set", "c", b"v", None)  # 5: b evicted; a is held so b is forgotten
-    assert list(d.cache.evicted) == ["a"] and d.get("b") is None
+    assert list(d.cache.store.evicted) == ["a"] and d.get("b") is None
     assert d.apply("cache.set", "a", b"w", None) == Pending(6)  # a queued (and still held)
     d.apply("cache.set", "d", b"v", None)  # 7: c evicted: nothing forgettable but c
-    assert list(d.cache.evicted) == ["a"]
+    assert list(d.cache.store.evicted) == ["a"]
     d.apply("cache.release", s, ["a"])  # 8: the write takes effect (a back in memory)
     assert d.done() == [(6, True, 6)]
     assert d.get("a") == {"value": b"w", "version": 6, "expires_ms": None}
@@ -423,7 +423,7 @@ def test_changes_are_numbered_in_effect_order_not_version_order():
 
 
 def test_changes_since_signals_full_resync_when_deletes_were_forgotten(monkeypatch):
-    monkeypatch.setattr(cache_mod, "TOMBSTONES_MAX", 2)
+    monkeypatch.setattr(cache_store, "TOMBSTONES_MAX", 2)
     d = Driver()
     d.apply("cache.set_many", [["a", b""], ["b", b""], ["c", b""], ["d", b""]], None)  # 1-4
     d.apply("cache.delete", "a")  # change 5
@@ -730,10 +730,10 @@ def test_a_key_with_queued_writes_expires_but_is_removed_after_them():
     d.now += 100
     assert d.m.next_deadline() == T0 + 1_000  # not a's expiry: writes wait on a
     d.tick()  # 6
-    assert d.get("a") is None and "a" in d.cache.data  # absent by log time, not removed
+    assert d.get("a") is None and "a" in d.cache.store.data  # absent by log time, not removed
     d.apply("cache.release", s, ["b"])  # 7
     assert d.done() == [(5, True, 1)]  # only b still existed
-    assert "a" not in d.cache.data and d.stats()["expirations_total"] == 1
+    assert "a" not in d.cache.store.data and d.stats()["expirations_total"] == 1
     # Per key, versions keep increasing: b deleted by the write (5), a expired after it (7).
     assert d.cache.changes_since(0) == [("b", None, 5, None), ("a", None, 7, None)]
 
@@ -883,7 +883,7 @@ def _step(d: Driver, s: int, step: int):
     if kind == 1:
         return d.apply("cache.set", key, str(step).encode(), None if step % 2 else 250)
     if kind == 2:
-        return d.apply("cache.incr", "n", 1) if "n" in d.cache.data else d.apply(
+        return d.apply("cache.incr", "n", 1) if "n" in d.cache.store.data else d.apply(
             "cache.set", "n", b"0", 10_000
         )  # fmt: skip
     if kind == 3:
@@ -899,7 +899,7 @@ def _step(d: Driver, s: int, step: int):
         return d.apply("cache.touch", key, 100)
     if kind == 8 and step % 40 == 8:
         return d.apply("cache.clear")
-    return d.apply("cache.cas", key, d.cache._version(key), b"c", None)
+    return d.apply("cache.cas", key, d.cache.store.version(key), b"c", None)
 
 
 def test_snapshot_restore_mid_way_then_identical_behaviour():
@@ -1087,7 +1087,7 @@ class CacheModel(RuleBasedStateMachine):
         return any(q[3] is None or set(q[3]) & set(keys) for q in earlier)
 
     def begin(self) -> None:
-        self.in_redis = set(self.d.cache.evicted)
+        self.in_redis = set(self.d.cache.store.evicted)
 
     def end(self) -> None:
         """End of an entry (not a rejected one: that changes nothing): leases that ran out go,
@@ -1259,9 +1259,9 @@ class CacheModel(RuleBasedStateMachine):
         cache = self.d.cache
         changes = cache.changes_since(self.mirror_seq)
         if changes is None:  # full resync: memory, plus evicted keys the mirror already has
-            kept = {k: self.mirror[k] for k, v in cache.evicted.items() if k in self.mirror}
+            kept = {k: self.mirror[k] for k, v in cache.store.evicted.items() if k in self.mirror}
             self.mirror = {k: (v, ver, exp) for k, v, ver, exp in cache.current_values()}
-            self.mirror.update({k: r for k, r in kept.items() if r[1] == cache.evicted[k]})
+            self.mirror.update({k: r for k, r in kept.items() if r[1] == cache.store.evicted[k]})
         else:
             for key, value, version, expires in changes:
                 if key not in self.mirror or self.mirror[key][1] < version:  # the Redis guard
@@ -1270,7 +1270,7 @@ class CacheModel(RuleBasedStateMachine):
         for key in ["a", "b", "c", "d"]:
             rec = self.alive(key)
             got = self.mirror.get(key)
-            if rec is not None and key in cache.evicted and (got is None or got[1] < rec[1]):
+            if rec is not None and key in cache.store.evicted and (got is None or got[1] < rec[1]):
                 continue  # evicted before the mirror copied it: a miss (readers check versions)
             if rec is not None:
                 assert got == rec

@@ -31,6 +31,8 @@ FORBIDDEN = {
     "os",
     "subprocess",
 }
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = set()

@@ -15,7 +15,7 @@ from raft_node.kvstore import KVStore
 from raft_node.server import NodeConfig, NodeServer
 from raft_node.storage.memory import MemoryStorage
 from raft_node.testing.launcher import free_port
-from raft_node.transport.tcp import TcpTransport
+from raft_node.transport.peers import PeerRouter
 
 SECRET = b"supervision-test-secret"
 
@@ -118,10 +118,10 @@ def test_a_dead_transport_peer_task_stops_the_node(monkeypatch: pytest.MonkeyPat
     """n2 is down, so n1's writer for it backs off; a bug there used to kill the task silently,
     leaving a node that could never reach n2 again."""
 
-    def broken_backoff(self: TcpTransport, attempt: int) -> float:
+    def broken_backoff(self: PeerRouter, attempt: int) -> float:
         raise Boom("backoff bug")
 
-    monkeypatch.setattr(TcpTransport, "_backoff", broken_backoff)
+    monkeypatch.setattr(PeerRouter, "_backoff", broken_backoff)
     server = _server(nodes=2)
     asyncio.run(_run_until_stopped(server))
     assert isinstance(server.fatal_error, Boom)

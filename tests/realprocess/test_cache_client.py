@@ -84,6 +84,25 @@ def test_no_reader_sees_an_old_value_after_a_write_returned(cluster):
     assert sum(r.stats()["hits"] for _, r in readers) > 0
 
 
+def test_an_evicted_registration_is_released_so_writes_do_not_wait_for_its_lease(cluster):
+    coord, cache = _cache(cluster, l1_size=2, lease=30.0)
+    coord_w, writer = _cache(cluster, mode=BOUNDED)
+    try:
+        for key in ("ev:a", "ev:b", "ev:c"):
+            writer.set(key, b"1")
+        assert cache.get("ev:a") == b"1" and cache.get("ev:b") == b"1"  # filled: registered
+        assert cache.get("ev:c") == b"1"  # no more popular than ev:a yet: a plain read
+        assert cache.get("ev:c") == b"1"  # now it is: admitted, ev:a evicted and released
+        assert list(cache._l1) == ["ev:b", "ev:c"]
+        started = time.monotonic()
+        writer.set("ev:a", b"2")  # waits for ev:a's holder: its release, not its 30 s lease
+        assert time.monotonic() - started < 10.0
+        assert cache.get("ev:a") == b"2"
+    finally:
+        for closing in (cache, writer, coord, coord_w):
+            closing.close()
+
+
 def test_bounded_mode_reads_without_registration(cluster):
     coord, cache = _cache(cluster, mode=BOUNDED, staleness=0.5)
     try:

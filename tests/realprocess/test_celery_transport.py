@@ -1,4 +1,7 @@
-"""Celery on the ``raft://`` transport, with a real worker, against real node processes."""
+"""Celery on the ``raft://`` transport with worker processes against real node processes: the
+faults (a worker killed with SIGKILL mid-task). The transport's semantics (publish, ack, reject,
+redelivery, priorities, fanout, in-thread workers) are tested faster over an in-process cluster:
+``tests/celery/test_raft_transport_inprocess.py``."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 
 from raft_node.testing.launcher import LocalCluster
 
@@ -25,40 +27,6 @@ def _app(cluster: LocalCluster, name: str) -> Celery:
     app.conf.task_acks_late = True
     app.conf.worker_prefetch_multiplier = 1
     return app
-
-
-def test_tasks_run_through_the_replicated_queue(coordination_cluster):
-    app = _app(coordination_cluster, "raft-basic")
-
-    @app.task
-    def add(x, y):
-        return x + y
-
-    with start_worker(app, perform_ping_check=False, pool="solo", loglevel="WARNING"):
-        results = [add.delay(i, i) for i in range(30)]
-        assert [r.get(timeout=30) for r in results] == [2 * i for i in range(30)]
-    with app.connection() as conn:
-        stats = conn.default_channel.coord.queue("celery").stats()
-    assert stats["in_flight"] == 0 and stats["ready"] == 0  # everything acked
-
-
-def test_higher_priority_tasks_run_first(coordination_cluster):
-    app = _app(coordination_cluster, "raft-priority")
-    order: list[int] = []
-
-    @app.task
-    def record(priority):
-        order.append(priority)
-
-    for priority in (1, 5, 9, 0, 9):
-        record.apply_async(args=(priority,), priority=priority, queue="prio")
-    with start_worker(
-        app, perform_ping_check=False, pool="solo", loglevel="WARNING", queues=["prio"]
-    ):
-        deadline = time.monotonic() + 30
-        while len(order) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert order == [9, 9, 5, 1, 0]
 
 
 def _worker(cluster: LocalCluster, markers, sleep: float) -> subprocess.Popen:
@@ -112,37 +80,3 @@ def test_task_of_a_worker_killed_with_sigkill_is_redelivered(coordination_cluste
             if proc and proc.poll() is None:
                 proc.terminate()
                 proc.wait(15)
-
-
-def test_a_worker_of_several_queues_waits_on_all_at_once(coordination_cluster):
-    """With a 6 s blocking wait, taking the queues in turn would leave a task in ``qb`` for
-    up to 6 s while the worker waits on an empty ``qa``; one wait over both serves it now."""
-    app = _app(coordination_cluster, "raft-multi")
-    app.conf.broker_transport_options = {
-        **app.conf.broker_transport_options,
-        "polling_wait": 6.0,
-    }
-    seen: list[tuple[str, float]] = []
-
-    @app.task
-    def mark(tag):
-        seen.append((tag, time.monotonic()))
-
-    with start_worker(
-        app,
-        perform_ping_check=False,
-        pool="solo",
-        loglevel="WARNING",
-        queues=["qa", "qb"],
-        shutdown_timeout=30,  # the worker leaves after its current 6 s wait
-    ):
-        time.sleep(1.0)  # the worker is now blocked waiting for work
-        for i, queue in enumerate(["qb", "qa", "qb", "qb"]):
-            sent = time.monotonic()
-            mark.apply_async(args=(f"{queue}-{i}",), queue=queue)
-            deadline = sent + 3.0
-            while len(seen) <= i and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert len(seen) == i + 1, f"{queue}-{i} not run within 3 s (waiting on the other?)"
-            time.sleep(0.3)  # let the worker block again
-    assert [tag for tag, _ in seen] == ["qb-0", "qa-1", "qb-2", "qb-3"]

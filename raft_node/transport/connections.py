@@ -1,0 +1,372 @@
+"""TCP connections of the node transport: accepting, the handshake, reading frames, limits,
+serving peers and clients, and dialling a peer (used by ``raft_node.transport.tcp``).
+
+This module owns sockets and frames, not routing: what an authenticated peer sends goes to
+``on_message``, what a client sends to ``on_client_frame``; which peer gets which message, and
+what happens when one is down, is ``raft_node.transport.peers``. ``TcpTransport``'s docstring
+describes the behaviour of both together.
+
+Every line these modules log goes to the logger ``raft_node.transport.tcp`` (``event=NAME
+k=v ...``, the fields also in ``extra``), one name for the whole TCP transport, which operators
+filter on. Counters go to the ``stats`` dict the transport shares between its parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+from raft_node.core.messages import Message, NodeId
+from raft_node.transport.auth import (
+    ROLE_PEER,
+    AuthError,
+    Identity,
+    client_handshake,
+    server_handshake,
+)
+from raft_node.transport.codec import CodecError, decode_message
+from raft_node.transport.protocol import ClientHandler
+from raft_node.transport.wire import (
+    FrameError,
+    FrameKind,
+    encode_frame,
+    frame_batches,
+)
+
+__all__ = ["Address", "InboundServer", "ProtocolViolation", "dial"]
+
+log = logging.getLogger("raft_node.transport.tcp")
+
+Address = tuple[str, int]
+
+READ_CHUNK = 256 * 1024
+FRAME_OVERHEAD = 6  # bytes of frame header (length, version, kind) counted in bytes_in/out
+_RAFT = int(FrameKind.RAFT)
+_CLIENT_REQUEST = int(FrameKind.CLIENT_REQUEST)
+
+
+class ProtocolViolation(Exception):
+    """An authenticated connection sent something it must not (closes that connection)."""
+
+
+def event(level: int, name: str, **fields: Any) -> None:
+    """One structured log line: ``event=NAME k=v ...``, fields also passed as ``extra``."""
+    if log.isEnabledFor(level):
+        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        log.log(level, "event=%s %s", name, text, extra={"event": name, **fields})
+
+
+def reason(e: BaseException) -> str:
+    return repr(f"{type(e).__name__}: {e}")
+
+
+def fmt_addr(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"{addr[0]}:{addr[1]}"
+    return str(addr)
+
+
+def _role(who: Identity | None) -> str:
+    return "unauthenticated" if who is None else f"{who.role}:{who.id}"
+
+
+def _tune_socket(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+async def dial(
+    addr: Address,
+    secret: bytes,
+    *,
+    my_id: NodeId,
+    peer_id: NodeId,
+    ssl_client: ssl.SSLContext | None,
+    connect_timeout: float,
+    handshake_timeout: float,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open an authenticated peer connection to ``peer_id`` at ``addr`` (TCP, TLS if
+    ``ssl_client``, then the HMAC handshake); raises on any failure, leaving nothing open."""
+    host, port = addr
+    async with asyncio.timeout(connect_timeout):
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_client, limit=READ_CHUNK)
+    try:
+        _tune_socket(writer)
+        await client_handshake(
+            reader,
+            writer,
+            secret,
+            my_id=my_id,
+            role=ROLE_PEER,
+            expect_server_id=peer_id,
+            timeout=handshake_timeout,
+        )
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+class InboundServer:
+    """The listening socket and every connection accepted on it.
+
+    Each connection first passes the mutual HMAC handshake (at most ``max_pending_handshakes``
+    at once; more are closed at once). A peer (its id in ``peer_ids``, a live view the transport
+    keeps current) may then send only ``RAFT`` frames whose message is from that peer and to this
+    node, up to ``max_peer_frame_bytes`` (a snapshot travels as one message). A client (accepted
+    only with an ``on_client_frame``) sends ``CLIENT_REQUEST`` frames up to ``max_frame_bytes``.
+    Anything else closes that connection with one log line."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        secret: bytes,
+        stats: dict[str, int],
+        on_message: Callable[[Message], None],
+        on_client_frame: ClientHandler | None,
+        peer_ids: Collection[NodeId],
+        *,
+        ssl_server: ssl.SSLContext | None,
+        max_frame_bytes: int,
+        max_peer_frame_bytes: int,
+        handshake_timeout: float,
+        frame_timeout: float,
+        idle_timeout: float | None,
+        max_client_inflight: int,
+        max_client_out_bytes: int,
+        max_pending_handshakes: int,
+    ) -> None:
+        self.node_id = node_id
+        self.on_message = on_message
+        self._secret = secret
+        self._stats = stats
+        self._on_client_frame = on_client_frame
+        self._peer_ids = peer_ids
+        self._ssl_server = ssl_server
+        self.max_frame_bytes = max_frame_bytes
+        self.max_peer_frame_bytes = max_peer_frame_bytes
+        self.handshake_timeout = handshake_timeout
+        self.frame_timeout = frame_timeout
+        self.idle_timeout = idle_timeout
+        self.max_client_inflight = max_client_inflight
+        self.max_client_out_bytes = max_client_out_bytes
+        self.max_pending_handshakes = max_pending_handshakes
+        self.handshaking = 0
+        self._server: asyncio.Server | None = None
+        self._conn_tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self, host: str, port: int) -> Address:
+        """Listen on ``host:port`` (port 0 picks a free one); answers the bound address."""
+        self._server = await asyncio.start_server(
+            self._handle_conn,
+            host,
+            port,
+            ssl=self._ssl_server,
+            ssl_handshake_timeout=self.handshake_timeout if self._ssl_server else None,
+            limit=READ_CHUNK,
+            reuse_address=True,
+        )
+        sockname = self._server.sockets[0].getsockname()
+        return (sockname[0], sockname[1])
+
+    def close(self) -> list[asyncio.Task[Any]]:
+        """Stop accepting and cancel every connection's task; answers those tasks (to await)."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._conn_tasks)
+        for t in tasks:
+            t.cancel()
+        return tasks
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    async def _handle_conn(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conn_tasks.add(task)
+        remote = fmt_addr(writer.get_extra_info("peername"))
+        who: Identity | None = None
+        try:
+            _tune_socket(writer)
+            who = await self._authenticate(reader, writer, remote)
+            if who is None:
+                return
+            if who.is_peer:
+                await self._serve_peer(who, reader)
+            else:
+                await self._serve_client(reader, writer)
+            level = logging.INFO if who.is_peer else logging.DEBUG
+            event(level, "conn_closed", remote=remote, role=_role(who), reason="'eof'")
+        except asyncio.CancelledError:
+            pass  # stop(): nothing to log
+        except Exception as e:
+            if isinstance(e, (FrameError, CodecError, ProtocolViolation, TimeoutError)):
+                self._stats["protocol_errors"] += 1
+            event(logging.WARNING, "conn_closed", remote=remote, role=_role(who), reason=reason(e))
+        finally:
+            writer.close()
+            if task is not None:
+                self._conn_tasks.discard(task)
+
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: str
+    ) -> Identity | None:
+        """The handshake; ``None`` (logged, counted) if it fails or too many are pending."""
+        if self.handshaking >= self.max_pending_handshakes:
+            self._stats["handshake_failures"] += 1
+            event(logging.WARNING, "handshake_refused", remote=remote, reason="'too many'")
+            return None
+        self.handshaking += 1
+        try:
+            return await server_handshake(
+                reader,
+                writer,
+                self._secret,
+                server_id=self.node_id,
+                peers=self._peer_ids,
+                allow_clients=self._on_client_frame is not None,
+                timeout=self.handshake_timeout,
+            )
+        except AuthError as e:
+            self._stats["auth_failures"] += 1
+            event(logging.WARNING, "auth_failed", remote=remote, reason=reason(e))
+        except (TimeoutError, OSError, EOFError) as e:
+            self._stats["handshake_failures"] += 1
+            event(logging.WARNING, "handshake_failed", remote=remote, reason=reason(e))
+        finally:
+            self.handshaking -= 1
+        return None
+
+    def _batches(self, reader: asyncio.StreamReader, limit: int | None = None) -> Any:
+        return contextlib.aclosing(
+            frame_batches(
+                reader,
+                limit or self.max_frame_bytes,
+                frame_timeout=self.frame_timeout,
+                idle_timeout=self.idle_timeout,
+                chunk_size=READ_CHUNK,
+            )
+        )
+
+    async def _serve_peer(self, who: Identity, reader: asyncio.StreamReader) -> None:
+        me, peer = self.node_id, who.id
+        on_message = self.on_message
+        stats = self._stats
+        async with self._batches(reader, self.max_peer_frame_bytes) as batches:
+            async for frames in batches:
+                stats["frames_in"] += len(frames)
+                for kind, body in frames:
+                    stats["bytes_in"] += len(body) + FRAME_OVERHEAD
+                    if kind != _RAFT:
+                        raise ProtocolViolation(f"frame kind {kind} on a peer connection")
+                    m = decode_message(body)
+                    if m.frm != peer or m.to != me:
+                        raise ProtocolViolation(f"message {m.frm!r}->{m.to!r} from {peer!r}")
+                    try:
+                        on_message(m)
+                    except Exception:
+                        stats["callback_errors"] += 1
+                        log.exception("event=callback_error callback=on_message peer=%s", peer)
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Requests in, responses out. All responses produced in one loop iteration leave in one
+        write; awaitable handlers run as tasks (at most ``max_client_inflight``; reading pauses
+        beyond that), cancelled when the connection closes. A client that does not read its
+        responses (more than ``max_client_out_bytes`` buffered) is disconnected."""
+        handler = self._on_client_frame
+        assert handler is not None  # the handshake refuses clients otherwise
+        stats = self._stats
+        transport = writer.transport
+        closed = False
+        slow: list[bool] = []
+        max_frame = self.max_frame_bytes
+        max_out = self.max_client_out_bytes
+
+        out: list[bytes] = []
+        loop = asyncio.get_running_loop()
+
+        def flush() -> None:
+            # All responses produced in one loop iteration leave in one write (one syscall).
+            if closed or transport.is_closing():
+                out.clear()
+                return
+            data = b"".join(out)
+            out.clear()
+            writer.write(data)
+            if transport.get_write_buffer_size() > max_out:
+                slow.append(True)
+                transport.abort()
+
+        def respond(body: bytes) -> None:
+            if closed or transport.is_closing():
+                return
+            try:
+                frame = encode_frame(FrameKind.CLIENT_RESPONSE, body, max_frame)
+            except FrameError as e:
+                event(logging.ERROR, "response_too_large", size=len(body), reason=reason(e))
+                return
+            out.append(frame)
+            if len(out) == 1:
+                loop.call_soon(flush)
+            stats["client_responses"] += 1
+            stats["frames_out"] += 1
+            stats["bytes_out"] += len(frame)
+
+        inflight = asyncio.Semaphore(self.max_client_inflight)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def run(pending: Awaitable[None]) -> None:
+            try:
+                await pending
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                stats["callback_errors"] += 1
+                log.exception("event=callback_error callback=on_client_frame")
+            finally:
+                inflight.release()
+
+        try:
+            async with self._batches(reader) as batches:
+                async for frames in batches:
+                    stats["frames_in"] += len(frames)
+                    for kind, body in frames:
+                        stats["bytes_in"] += len(body) + FRAME_OVERHEAD
+                        if kind != _CLIENT_REQUEST:
+                            raise ProtocolViolation(f"frame kind {kind} on a client connection")
+                        stats["client_requests"] += 1
+                        try:
+                            pending = handler(body, respond)
+                        except Exception:
+                            stats["callback_errors"] += 1
+                            log.exception("event=callback_error callback=on_client_frame")
+                            continue
+                        if pending is None:
+                            continue  # answered now, or will be via respond() later
+                        await inflight.acquire()
+                        t = loop.create_task(run(pending))
+                        tasks.add(t)
+                        t.add_done_callback(tasks.discard)
+        finally:
+            closed = True
+            for t in list(tasks):
+                t.cancel()
+        if slow:
+            raise ProtocolViolation(f"client does not read its responses (> {max_out} bytes)")

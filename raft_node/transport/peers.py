@@ -1,0 +1,378 @@
+"""Routing Raft messages to peers over TCP: one outbound queue and writer per peer, reconnect
+with backoff, and reports to the node (used by ``raft_node.transport.tcp``).
+
+This module decides *which* connection a message leaves on and what happens when it cannot;
+opening and authenticating that connection is ``raft_node.transport.connections.dial``.
+``TcpTransport``'s docstring describes the behaviour (queue bound, batching, backoff, snapshot
+reports); the code that keeps each promise is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from raft_node.core.messages import Message, MessageType, NodeId
+from raft_node.transport.auth import AuthError
+from raft_node.transport.codec import CodecError, encode_message
+from raft_node.transport.connections import (
+    FRAME_OVERHEAD,
+    Address,
+    dial,
+    event,
+    fmt_addr,
+    log,
+    reason,
+)
+from raft_node.transport.wire import FrameKind, frame_header
+
+__all__ = ["MAX_BATCH_BYTES", "PeerRouter"]
+
+MAX_BATCH_BYTES = 256 * 1024
+"""A writer coalesces queued messages up to about this many bytes per write + drain (bigger
+writes only make asyncio's send buffer shuffle more memory)."""
+_RAFT = int(FrameKind.RAFT)
+_SNAP = MessageType.SNAP
+
+
+@dataclass(eq=False, slots=True)
+class _Peer:
+    id: NodeId
+    addr: Address
+    queue: deque[Message] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    connected: bool = False
+    ever_connected: bool = False
+    drops: int = 0
+    failures: int = 0
+    frames_out: int = 0
+    reconnects: int = 0
+    writer: asyncio.StreamWriter | None = None  # set while connected (see _pump)
+    busy: bool = False  # the pump is writing/draining
+
+
+class PeerRouter:
+    """The outbound half of ``TcpTransport``: per-peer queues, writer tasks and reports.
+
+    ``peers`` holds every peer but this node; its keys are the ids allowed to connect inbound
+    (the transport hands that live view to the handshake)."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        secret: bytes,
+        stats: dict[str, int],
+        *,
+        on_unreachable: Callable[[NodeId], None] | None,
+        on_snapshot_status: Callable[[NodeId, bool], None] | None,
+        on_fatal: Callable[[BaseException, str], None] | None,
+        ssl_client: ssl.SSLContext | None,
+        max_peer_frame_bytes: int,
+        max_queue: int,
+        handshake_timeout: float,
+        connect_timeout: float,
+        write_timeout: float,
+        backoff_first: float,
+        backoff_max: float,
+        rng: random.Random,
+    ) -> None:
+        self.node_id = node_id
+        self._secret = secret
+        self._stats = stats
+        self._on_unreachable = on_unreachable
+        self._on_snapshot_status = on_snapshot_status
+        self._on_fatal = on_fatal
+        self._ssl_client = ssl_client
+        self.max_peer_frame_bytes = max_peer_frame_bytes
+        self.max_queue = max_queue
+        self.handshake_timeout = handshake_timeout
+        self.connect_timeout = connect_timeout
+        self.write_timeout = write_timeout
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        self._rng = rng
+        self.peers: dict[NodeId, _Peer] = {}
+        self._running = False
+
+    # -- membership ------------------------------------------------------------------------------
+
+    def add(self, node_id: NodeId, addr: Address) -> None:
+        """Add a peer or change its address (takes effect at the next connection attempt)."""
+        p = self.peers.get(node_id)
+        if p is not None:
+            p.addr = addr
+            return
+        p = self.peers[node_id] = _Peer(node_id, addr)
+        if self._running:
+            self._start_peer(p)
+
+    def remove(self, node_id: NodeId) -> None:
+        """Forget a peer: its queue is dropped."""
+        p = self.peers.pop(node_id, None)
+        if p is not None and p.task is not None:
+            p.task.cancel()
+
+    # -- life ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every peer's writer task (on the running loop)."""
+        self._running = True
+        for p in self.peers.values():
+            p.wake = asyncio.Event()  # bound to this loop (a transport may be restarted)
+            self._start_peer(p)
+
+    def cancel(self) -> list[asyncio.Task[None]]:
+        """Cancel every writer task; answers them (to await before ``reset``)."""
+        self._running = False
+        tasks = [p.task for p in self.peers.values() if p.task is not None]
+        for t in tasks:
+            t.cancel()
+        return tasks
+
+    def reset(self) -> None:
+        """After the writers ended: queued messages are discarded, nothing is connected."""
+        for p in self.peers.values():
+            p.task = None
+            p.queue.clear()
+            p.connected = False
+
+    def peer_stats(self) -> dict[NodeId, dict[str, Any]]:
+        return {
+            p.id: {
+                "connected": p.connected,
+                "queued": len(p.queue),
+                "drops": p.drops,
+                "frames_out": p.frames_out,
+                "reconnects": p.reconnects,
+                "failures": p.failures,
+            }
+            for p in self.peers.values()
+        }
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def send(self, msgs: Iterable[Message]) -> None:
+        peers = self.peers
+        stats = self._stats
+        max_queue = self.max_queue
+        touched: set[_Peer] = set()
+        for m in msgs:
+            p = peers.get(m.to)
+            if p is None:
+                stats["unknown_destination"] += 1
+                continue
+            q = p.queue
+            if len(q) >= max_queue:
+                old = q.popleft()
+                p.drops += 1
+                stats["drops"] += 1
+                if old.type == _SNAP:
+                    self._snapshot_status(p.id, False)
+            q.append(m)
+            touched.add(p)
+        for p in touched:
+            self._write_now(p)
+
+    # -- callbacks (never raise into the transport, never run inside send()) --------------------
+
+    def _call_soon(self, fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        with contextlib.suppress(RuntimeError):  # send() outside a loop: run nothing
+            asyncio.get_running_loop().call_soon(self._safe_call, fn, *args)
+
+    def _safe_call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self._stats["callback_errors"] += 1
+            log.exception("event=callback_error callback=%r", fn)
+
+    def _snapshot_status(self, peer: NodeId, ok: bool) -> None:
+        self._call_soon(self._on_snapshot_status, peer, ok)
+
+    # -- one peer's writer -----------------------------------------------------------------------
+
+    def _start_peer(self, p: _Peer) -> None:
+        name = f"peer-{self.node_id}-{p.id}"
+        p.task = asyncio.get_running_loop().create_task(self._run_peer(p), name=name)
+        p.task.add_done_callback(self._peer_task_done)
+
+    def _peer_task_done(self, task: asyncio.Task[Any]) -> None:
+        """A writer task only ends by cancellation; anything else is a bug that would leave
+        the peer unreachable forever: report it (``event=fatal``) to whoever runs us."""
+        if task.cancelled():
+            return
+        exc = task.exception() or RuntimeError(f"{task.get_name()} ended unexpectedly")
+        if self._on_fatal is not None:
+            self._on_fatal(exc, task.get_name())
+        else:
+            log.critical("event=fatal task=%s error=%r", task.get_name(), exc, exc_info=exc)
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.backoff_max, self.backoff_first * (2**attempt))
+        return base * (0.5 + 0.5 * self._rng.random())
+
+    async def _run_peer(self, p: _Peer) -> None:
+        attempt = 0
+        while True:
+            if not p.queue:
+                p.wake.clear()
+                await p.wake.wait()
+                continue
+            try:
+                reader, writer = await dial(
+                    p.addr,
+                    self._secret,
+                    my_id=self.node_id,
+                    peer_id=p.id,
+                    ssl_client=self._ssl_client,
+                    connect_timeout=self.connect_timeout,
+                    handshake_timeout=self.handshake_timeout,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._stats["connect_failures"] += 1
+                p.failures += 1
+                if isinstance(e, AuthError):
+                    self._stats["auth_failures"] += 1
+                level = logging.WARNING if attempt == 0 else logging.DEBUG
+                event(level, "connect_failed", peer=p.id, addr=fmt_addr(p.addr), reason=reason(e))
+                self._call_soon(self._on_unreachable, p.id)
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            self._stats["connects"] += 1
+            if p.ever_connected:
+                p.reconnects += 1
+                self._stats["reconnects"] += 1
+            p.ever_connected = True
+            p.connected = True
+            started = time.monotonic()
+            event(logging.INFO, "peer_connected", peer=p.id, addr=fmt_addr(p.addr))
+            try:
+                await self._pump(p, reader, writer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._stats["write_failures"] += 1
+                event(logging.WARNING, "peer_disconnected", peer=p.id, reason=reason(e))
+                self._call_soon(self._on_unreachable, p.id)
+            finally:
+                p.connected = False
+                writer.close()
+            # A connection that dies young (the peer accepts then drops us) must not make us
+            # spin: keep backing off unless it lived a while.
+            attempt = 0 if time.monotonic() - started > self.backoff_max else attempt + 1
+            await asyncio.sleep(self._backoff(attempt))
+
+    async def _pump(
+        self, p: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Write batches until the connection fails. The server never sends on a peer
+        connection after the handshake, so any read result (EOF or data) means it is dead."""
+        dead: list[BaseException] = []
+
+        async def watch() -> None:
+            try:
+                data = await reader.read(1)
+                dead.append(ConnectionError("closed by peer" if not data else "unexpected data"))
+            except Exception as e:
+                dead.append(e)
+            p.wake.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        p.writer = writer
+        try:
+            while True:
+                if dead:
+                    raise dead[0]
+                if not p.queue:
+                    p.wake.clear()
+                    await p.wake.wait()
+                    continue
+                p.busy = True
+                try:
+                    snaps = self._write_batch(p, writer)
+                    try:
+                        async with asyncio.timeout(self.write_timeout):
+                            await writer.drain()
+                    except BaseException:
+                        for _ in range(snaps):
+                            self._snapshot_status(p.id, False)
+                        raise
+                    for _ in range(snaps):
+                        self._snapshot_status(p.id, True)
+                finally:
+                    p.busy = False
+        finally:
+            p.writer = None
+            watcher.cancel()
+
+    def _write_now(self, p: _Peer) -> None:
+        """``send`` fast path: an idle, connected peer gets its frames written at once (asyncio
+        tries the socket immediately), saving a task switch on every Raft hop. Back-pressure
+        stays with the pump: with data already buffered, we leave it to the pump's drain."""
+        writer = p.writer
+        if writer is None or p.busy or writer.transport.get_write_buffer_size() > MAX_BATCH_BYTES:
+            p.wake.set()
+            return
+        snaps = self._write_batch(p, writer)
+        for _ in range(snaps):
+            self._snapshot_status(p.id, True)
+        if p.queue:
+            p.wake.set()
+
+    def _write_batch(self, p: _Peer, writer: asyncio.StreamWriter) -> int:
+        """Encode queued messages (up to ``MAX_BATCH_BYTES``) into one write; returns how many
+        snapshots it carried."""
+        stats = self._stats
+        max_body = self.max_peer_frame_bytes - 2
+        header = frame_header
+        parts: list[bytes] = []
+        size = snaps = 0
+        queue = p.queue
+        while queue and size < MAX_BATCH_BYTES:
+            m = queue.popleft()
+            try:
+                body = encode_message(m)
+            except CodecError as e:
+                stats["encode_errors"] += 1
+                event(logging.ERROR, "encode_failed", peer=p.id, reason=reason(e))
+                continue
+            if len(body) > max_body:
+                stats["oversize_drops"] += 1
+                event(
+                    logging.ERROR,
+                    "message_too_large",
+                    peer=p.id,
+                    type=m.type.name,
+                    size=len(body),
+                    max_frame_bytes=self.max_peer_frame_bytes,
+                )
+                if m.type == _SNAP:
+                    self._snapshot_status(p.id, False)
+                continue
+            if m.type == _SNAP:
+                snaps += 1
+            parts.append(header(_RAFT, len(body)))
+            parts.append(body)
+            size += len(body) + FRAME_OVERHEAD
+        if parts:
+            data = b"".join(parts)
+            writer.write(data)
+            n = len(parts) // 2
+            p.frames_out += n
+            stats["frames_out"] += n
+            stats["bytes_out"] += len(data)
+        return snaps
