@@ -24,7 +24,8 @@ import time
 from typing import Any
 
 from coordination.client.coordinator import EXCLUSIVE, SHARED, WAIT_MARGIN, _ms
-from coordination.exceptions import LockNotAcquired, StaleToken, typed
+from coordination.errors import typed
+from coordination.exceptions import LockNotAcquired, StaleToken
 from coordination.primitives import commands as c
 from raft_node.client import AsyncRaftClient, ClusterUnavailable, Rejected, Timeout
 

@@ -32,12 +32,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordination.errors import typed
 from coordination.exceptions import (
     LockNotAcquired,
     SessionExpired,
     StaleToken,
     UnknownSession,
-    typed,
 )
 from coordination.primitives import commands as c
 from raft_node.client import ClusterUnavailable, RaftClient, Rejected, Timeout
