@@ -8,11 +8,10 @@ The client keeps a pool of lanes so many coroutines can write concurrently.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
 from raft_node.client.connection import AsyncConnection
-from raft_node.client.policy import Attempts, ClientConfig
+from raft_node.client.policy import Attempts, ClientConfig, Lanes
 from raft_node.transport import client_protocol as p
 
 
@@ -20,8 +19,7 @@ class AsyncRaftClient(ClientConfig):
     def _init_connection_state(self) -> None:
         self._conn: AsyncConnection | None = None
         self._connecting: asyncio.Lock | None = None
-        self._lanes: list[list[Any]] = []  # free lanes: [client_id, seq]
-        self._lane_ids = itertools.count(1)
+        self._lanes = Lanes(self.name)
 
     async def __aenter__(self) -> AsyncRaftClient:
         return self
@@ -38,12 +36,11 @@ class AsyncRaftClient(ClientConfig):
 
     async def propose(self, body: bytes, *, timeout: float | None = None) -> Any:
         """Apply ``body`` through the log exactly once; returns the state machine's result."""
-        lane = self._lanes.pop() if self._lanes else [f"{self.name}.{next(self._lane_ids)}", 0]
-        lane[1] += 1
+        lane = self._lanes.take()
         try:
-            return await self._call(p.PROPOSE, [lane[0], lane[1], body], timeout)
+            return await self._call(p.PROPOSE, [lane.client_id, lane.next(), body], timeout)
         finally:
-            self._lanes.append(lane)
+            self._lanes.give(lane)
 
     async def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
         """Query the state machine; linearizable (ReadIndex) unless ``stale``."""

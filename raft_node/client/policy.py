@@ -5,6 +5,7 @@ asyncio client follow one policy and differ only in how they wait.
 - ``Targets``: the node to talk to next (the known leader, else round-robin over the seeds);
 - ``Backoff``: jittered exponential pauses between attempts;
 - ``Attempts``: one call's retry policy until its deadline;
+- ``Lane``/``Lanes``: request sequence numbers (a client id numbers its writes 1, 2, 3...);
 - ``ClientConfig``: what both clients are given (nodes, secret, timeout, name, TLS).
 """
 
@@ -158,6 +159,38 @@ class Attempts:
         if self.reached:
             return Timeout(f"no result within the deadline (last: {self.last})")
         return ClusterUnavailable(f"no node reachable (last: {self.last})")
+
+
+class Lane:
+    """A client id and its sequence numbers. The cluster applies a write once per
+    ``(client_id, seq)`` and remembers only the latest ``seq`` of each id, so a lane has at most
+    one write outstanding, and a retry reuses that write's number."""
+
+    __slots__ = ("client_id", "seq")
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.seq = 0
+
+    def next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+class Lanes:
+    """The free lanes of a client whose writes overlap: a write takes one (a new lane when all
+    are busy) and gives it back when answered."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._free: list[Lane] = []
+        self._ids = itertools.count(1)
+
+    def take(self) -> Lane:
+        return self._free.pop() if self._free else Lane(f"{self._name}.{next(self._ids)}")
+
+    def give(self, lane: Lane) -> None:
+        self._free.append(lane)
 
 
 class ClientConfig:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from raft_node.client.errors import AuthenticationFailed
-from raft_node.client.policy import Address, Attempts, ClientConfig
+from raft_node.client.policy import Address, Attempts, ClientConfig, Lane
 from raft_node.transport import client_protocol as p
 from raft_node.transport.auth import AuthError, client_handshake_sync
 from raft_node.transport.codec import decode_payload, encode_payload
@@ -25,7 +25,7 @@ class RaftClient(ClientConfig):
 
     def _init_connection_state(self) -> None:
         self.client_id = self.name
-        self._seq = 0
+        self._lane = Lane(self.client_id)
         self._sock: socket.socket | None = None
         self._sock_addr: Address | None = None
         self._ids = itertools.count(1)
@@ -45,8 +45,7 @@ class RaftClient(ClientConfig):
 
     def propose(self, body: bytes, *, timeout: float | None = None) -> Any:
         with self._lock:
-            self._seq += 1
-            return self._call(p.PROPOSE, [self.client_id, self._seq, body], timeout)
+            return self._call(p.PROPOSE, [self.client_id, self._lane.next(), body], timeout)
 
     def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
         with self._lock:
