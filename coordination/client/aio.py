@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from coordination.client import operations as ops
+import coordination.client.operations as ops
 from coordination.client.coordinator import settings_arguments
 from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
 from coordination.client.operations import EXCLUSIVE, Operation

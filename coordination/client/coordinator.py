@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from coordination.client import operations as ops
+import coordination.client.operations as ops
 from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
 from coordination.client.operations import EXCLUSIVE, SHARED, WAIT_MARGIN, Operation
 from coordination.errors import typed
@@ -145,7 +145,10 @@ class Coordinator:
     def transfer_leadership(self, target: str) -> str:
         """Hand leadership to node ``target``; returns the new leader's id."""
         with self._client() as client:
-            return client.transfer_leadership(target)
+            try:
+                return client.transfer_leadership(target)
+            except RaftError as exc:
+                raise typed(exc) from None
 
     def close(self) -> None:
         with self._sessions_lock:

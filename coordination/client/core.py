@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from coordination.client import operations as ops
+import coordination.client.operations as ops
 from coordination.client.operations import EXCLUSIVE, SHARED
 from coordination.exceptions import StaleToken
 from raft_node.client import ClusterUnavailable, RaftError, Timeout
