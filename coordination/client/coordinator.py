@@ -313,6 +313,7 @@ class Session(SessionKeepalive):
         super().__init__(ttl)
         self.coord = coord
         self.id: int = coord.run(ops.session_open(ttl, label))["session"]
+        self._renewed()
         self._lost = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(

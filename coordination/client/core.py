@@ -100,11 +100,6 @@ def message_fields(row: dict[str, Any]) -> tuple[int, bytes, int, int, dict[str,
     return row["id"], row["payload"], row["priority"], row["delivery_count"], meta
 
 
-def session_id(session: Any) -> int:
-    """The id of a session handle, or an id given as is."""
-    return session if isinstance(session, int) else session.id
-
-
 __all__ = [
     "EXCLUSIVE",
     "SHARED",
@@ -112,5 +107,4 @@ __all__ = [
     "SessionKeepalive",
     "message_fields",
     "require_current",
-    "session_id",
 ]
