@@ -239,7 +239,22 @@ SPEC: dict[str, Setting] = {
         "seconds, 0.001-3600",
         "Deadline of one client request (server side, and the clients' default).",
     ),
+    "API_REQUEST_TIMEOUT": Setting(
+        0.0,
+        seconds_between(0, 3600),
+        "seconds, 0-3600; 0 = REQUEST_TIMEOUT",
+        "Deadline of one REST API call to the cluster (a waiting call: its wait + 5 s if longer).",
+    ),
 }
+
+
+def api_request_timeout(conf: Mapping[str, Any]) -> float:
+    """How long the REST API gives one call to the cluster before answering 503 (a call that
+    asks the cluster to wait, for a lock, a message or other processes' L1 leases, gets its
+    wait plus ``operations.WAIT_MARGIN`` if that is longer). Its own setting, so a project can
+    answer HTTP clients sooner (or later) than its workers wait for the cluster; unset (0), it
+    is ``REQUEST_TIMEOUT``."""
+    return conf["API_REQUEST_TIMEOUT"] or conf["REQUEST_TIMEOUT"]
 
 
 def env_name(key: str) -> str:

@@ -1,7 +1,11 @@
-"""Typed errors of the coordination client. Every rejection code of the primitives maps to one
-class, so callers write ``except Deadlock`` rather than parse messages."""
+"""Typed errors of the coordination client. Every error code maps to one class, so callers write
+``except Deadlock`` rather than parse messages; the table of codes (which class, which HTTP
+status) is ``coordination.errors``. Each error carries ``code``, ``message`` and ``details`` (a
+dict: e.g. a deadlock's cycle), as the cluster sent them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from kombu.exceptions import EncodeError
 
@@ -9,6 +13,7 @@ from raft_node.client import (
     AuthenticationFailed,
     BadRequest,
     ClusterUnavailable,
+    NotLeader,
     RaftError,
     Rejected,
     Timeout,
@@ -27,10 +32,12 @@ __all__ = [
     "LockNotAcquired",
     "NotHolder",
     "NotInteger",
+    "NotLeader",
     "RaftError",
     "ResultTooLarge",
     "SessionExpired",
     "StaleToken",
+    "Superseded",
     "Timeout",
     "UnknownKey",
     "UnknownMessage",
@@ -40,7 +47,7 @@ __all__ = [
 
 
 class CoordinationError(Rejected):
-    """A primitive refused the request (``code`` says why)."""
+    """A primitive refused the request (``code`` says why; ``details`` may say more)."""
 
 
 class SessionExpired(CoordinationError):
@@ -84,9 +91,6 @@ class ResultTooLarge(LimitExceeded, EncodeError):
         self.task_id, self.size, self.limit, self.what = task_id, size, limit, what
         self.args = (task_id, size, limit, what)
 
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
 
 class UnknownQueue(CoordinationError):
     pass
@@ -108,12 +112,23 @@ class Evicted(CoordinationError):
     """The value lives only in the Redis mirror now; read it there and write with ``cas``."""
 
 
+class Superseded(CoordinationError):
+    """The cluster had already applied a later write of this client id (``duplicate``): a
+    client reusing an id with a stale sequence number, never a normal outcome."""
+
+
 class LockNotAcquired(CoordinationError):
     """``acquire`` gave up (try failed, or the wait timed out)."""
 
     def __init__(self, name: str, message: str = "") -> None:
-        super().__init__("not_acquired", message or f"lock {name!r} not acquired")
+        message = message or f"lock {name!r} not acquired"
+        super().__init__("not_acquired", message, {"lock": name})
         self.name = name
+        self.args = (name, message)
+
+    @classmethod
+    def from_record(cls, code: str, message: str, details: dict[str, Any]) -> LockNotAcquired:
+        return cls(str(details.get("lock", "")), message)
 
 
 class LockKeyError(ValueError):
@@ -125,27 +140,10 @@ class StaleToken(CoordinationError):
     """A fencing token is no longer the lock's current grant (raised by ``require_token``)."""
 
     def __init__(self, name: str, token: int) -> None:
-        super().__init__("stale_token", f"token {token} is not the current grant of {name!r}")
+        message = f"token {token} is not the current grant of {name!r}"
+        super().__init__("stale_token", message, {"lock": name, "token": token})
+        self.args = (name, token)
 
-
-_BY_CODE: dict[str, type[CoordinationError]] = {
-    "session_expired": SessionExpired,
-    "unknown_session": UnknownSession,
-    "deadlock": Deadlock,
-    "not_holder": NotHolder,
-    "lock_mode": LockModeError,
-    "limit_exceeded": LimitExceeded,
-    "unknown_queue": UnknownQueue,
-    "unknown_message": UnknownMessage,
-    "not_integer": NotInteger,
-    "unknown_key": UnknownKey,
-    "evicted": Evicted,
-}
-
-
-def typed(exc: Rejected) -> Exception:
-    """The typed exception for a node's rejection (``BadRequest`` for malformed commands)."""
-    if exc.code == "bad_command":
-        return BadRequest(exc.message)
-    cls = _BY_CODE.get(exc.code, CoordinationError)
-    return cls(exc.code, exc.message)
+    @classmethod
+    def from_record(cls, code: str, message: str, details: dict[str, Any]) -> StaleToken:
+        return cls(str(details.get("lock", "")), int(details.get("token", 0)))

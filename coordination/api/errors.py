@@ -1,8 +1,10 @@
 """Typed coordination errors as HTTP answers, with a stable ``code`` for clients.
 
-400 invalid input or a limit; 404 unknown session, queue or key; 409 conflict (not the holder,
-a lock mode clash, a message no longer leased to you, not an integer); 423 deadlock (the body
-names the cycle); 503 with ``Retry-After`` when the cluster has no quorum or does not answer.
+The status of each code is in ``coordination.errors`` (the one table of codes): 400 invalid input
+or a limit; 404 unknown session, queue or key; 409 conflict (not the holder, a lock mode clash, a
+message no longer leased to you, not an integer); 423 deadlock (the body names the cycle); 503
+with ``Retry-After`` when the cluster has no quorum or does not answer. The body is
+``{"code": ..., "detail": ...}``; anything else is DRF's to answer.
 """
 
 from __future__ import annotations
@@ -12,31 +14,19 @@ from typing import Any
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from coordination import exceptions as exc
+from coordination import errors
 
-STATUS = {
-    exc.LimitExceeded: 400,
-    exc.BadRequest: 400,
-    exc.UnknownSession: 404,
-    exc.SessionExpired: 404,
-    exc.UnknownQueue: 404,
-    exc.UnknownKey: 404,
-    exc.NotHolder: 409,
-    exc.LockModeError: 409,
-    exc.UnknownMessage: 409,
-    exc.NotInteger: 409,
-    exc.Evicted: 409,
-    exc.Deadlock: 423,
-}
+
+def error_response(error: Exception) -> Response | None:
+    """The API's answer to a registered error (None for anything else)."""
+    entry = errors.lookup(error)
+    if entry is None:
+        return None
+    headers = {"Retry-After": "1"} if entry.status == 503 else None
+    message = getattr(error, "message", "") or str(error)
+    return Response({"code": entry.api_code, "detail": message}, entry.status, headers=headers)
 
 
 def exception_handler(error: Exception, context: Any) -> Response | None:
-    if isinstance(error, (exc.ClusterUnavailable, exc.Timeout)):
-        body = {"code": "unavailable", "detail": str(error)}
-        return Response(body, status=503, headers={"Retry-After": "1"})
-    for cls, status in STATUS.items():
-        if isinstance(error, cls):
-            code = getattr(error, "code", "bad_request")
-            message = getattr(error, "message", str(error))
-            return Response({"code": code, "detail": message}, status=status)
-    return drf_exception_handler(error, context)
+    response = error_response(error)
+    return response if response is not None else drf_exception_handler(error, context)

@@ -1,7 +1,13 @@
 """REST views: validate, call the coordination client, shape the answer. No logic of their own.
 
 HTTP is stateless, so clients hold sessions explicitly: ``POST /api/sessions/`` opens one,
-``.../keepalive/`` renews it (every TTL/3), and locks and queue leases name it.
+``.../keepalive/`` renews it (every TTL/3), and locks and queue leases name it (by id: the
+views run the client's operations, ``coordination.client.operations``, on the ids given).
+
+Every call to the cluster goes through the process's ``Coordinator``, whose timeout is
+``API_REQUEST_TIMEOUT`` (``REQUEST_TIMEOUT`` unless set); a call that waits (a lock or queue
+``wait``, a cache write waiting out L1 leases) gets its wait plus the client's margin. Errors
+are raised typed and answered by ``coordination.api.errors`` (the table of codes).
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from coordination import inspection
+from coordination import conf, inspection
 from coordination.api import serializers as s
 from coordination.api.base import RaftsyncAPIView, operation
 from coordination.api.permissions import OperateCluster, UsePrimitives
+from coordination.client import operations as ops
 from coordination.client.coordinator import Coordinator
-from coordination.primitives import commands as c
+from coordination.exceptions import UnknownKey, UnknownSession
+from coordination.node import node_settings
+
+DEAD_LETTERS_SHOWN = 100  # the dead letters a GET lists (oldest first)
 
 _coord: Coordinator | None = None
 _coord_lock = threading.Lock()
@@ -32,7 +42,8 @@ def coordinator() -> Coordinator:
     global _coord
     with _coord_lock:
         if _coord is None:
-            _coord = Coordinator.from_settings()
+            timeout = conf.api_request_timeout(node_settings.coordination())
+            _coord = Coordinator.from_settings(timeout=timeout)
         return _coord
 
 
@@ -43,10 +54,6 @@ def reset_coordinator() -> None:
         if _coord is not None:
             _coord.close()
         _coord = None
-
-
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)
 
 
 def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
@@ -105,9 +112,7 @@ class TransferView(RaftsyncAPIView):
     @operation(request=s.Transfer, summary="Hand leadership to another node")
     def post(self, request: Request) -> Response:
         data = _valid(s.Transfer, request)
-        with coordinator().new_client() as client:
-            leader = client.transfer_leadership(data["to"])
-        return Response({"leader": leader})
+        return Response({"leader": coordinator().transfer_leadership(data["to"])})
 
 
 # -- sessions -------------------------------------------------------------------------------------
@@ -117,30 +122,30 @@ class SessionsView(Primitive):
     @operation(request=s.SessionOpen, summary="Open a session (renew it every TTL/3)")
     def post(self, request: Request) -> Response:
         data = _valid(s.SessionOpen, request)
-        result = coordinator().propose(c.session_open(_ms(data["ttl"]), data["label"]))
+        result = coordinator().run(ops.session_open(data["ttl"], data["label"]))
         return Response(result, status=status.HTTP_201_CREATED)
 
     @operation(operation_id="sessions_list")
     def get(self, request: Request) -> Response:
-        return Response(coordinator().query(c.session_list()))
+        return Response(coordinator().sessions())
 
 
 class SessionView(Primitive):
     def get(self, request: Request, session: int) -> Response:
-        found = coordinator().query(c.session_get(session))
+        found = coordinator().session_info(session)
         if found is None:
-            return Response({"code": "unknown_session", "detail": "no such session"}, 404)
+            raise UnknownSession("unknown_session", "no such session")
         return Response(found)
 
     def delete(self, request: Request, session: int) -> Response:
-        coordinator().propose(c.session_close(session))
+        coordinator().run(ops.session_close(session))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class KeepaliveView(Primitive):
     @operation(request=None)
     def post(self, request: Request, session: int) -> Response:
-        return Response(coordinator().propose(c.session_keepalive(session)))
+        return Response(coordinator().run(ops.session_keepalive(session)))
 
 
 # -- locks ----------------------------------------------------------------------------------------
@@ -149,18 +154,15 @@ class KeepaliveView(Primitive):
 class LockView(Primitive):
     @operation(summary="Holders, waiters and the last fencing token of a lock")
     def get(self, request: Request, name: str) -> Response:
-        return Response(coordinator().query(c.lock_inspect(name)))
+        return Response(coordinator().inspect_lock(name))
 
 
 class LockAcquireView(Primitive):
     @operation(request=s.LockAcquire, summary="Acquire (409 if busy, 423 on deadlock)")
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.LockAcquire, request)
-        coord = coordinator()
-        result = coord.propose(
-            c.lock_acquire(data["session"], name, data["mode"], data["owner"], _ms(data["wait"])),
-            timeout=coord.timeout + data["wait"],
-        )
+        op = ops.lock_acquire(data["session"], name, data["mode"], data["owner"], data["wait"])
+        result = coordinator().run(op)
         if not result.get("acquired"):
             return Response({"acquired": False, **result}, status=status.HTTP_409_CONFLICT)
         return Response(result)
@@ -170,14 +172,14 @@ class LockReleaseView(Primitive):
     @operation(request=s.LockHolder)
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.LockHolder, request)
-        return Response(coordinator().propose(c.lock_release(data["session"], name, data["owner"])))
+        return Response(coordinator().run(ops.lock_release(data["session"], name, data["owner"])))
 
 
 class LockRenewView(Primitive):
     @operation(request=s.LockHolder)
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.LockHolder, request)
-        token = coordinator().propose(c.lock_renew(data["session"], name, data["owner"]))
+        token = coordinator().run(ops.lock_renew(data["session"], name, data["owner"]))
         return Response({"token": token})
 
 
@@ -188,7 +190,7 @@ class LockCheckView(Primitive):
             token = int(request.query_params["token"])
         except (KeyError, ValueError):
             return Response({"token": ["an integer token is required"]}, status=400)
-        return Response({"current": bool(coordinator().query(c.lock_check_token(name, token)))})
+        return Response({"current": coordinator().check_token(name, token)})
 
 
 # -- queues ---------------------------------------------------------------------------------------
@@ -197,29 +199,23 @@ class LockCheckView(Primitive):
 class QueueView(Primitive):
     @operation(summary="Depth by priority, in flight, dead letters (404 if unknown)")
     def get(self, request: Request, name: str) -> Response:
-        return Response(coordinator().query(c.queue_stats(name)))
+        return Response(coordinator().queue(name).stats())
 
 
 class QueueMessagesView(Primitive):
     @operation(request=s.QueuePut, summary="Put a message (201 with its id)")
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.QueuePut, request)
-        result = coordinator().propose(
-            c.queue_put(
-                name,
-                data["payload"].encode(),
-                data["priority"],
-                data["dedup_id"],
-                _ms(data["delay"]),
-            )
-        )
+        payload = data["payload"].encode()
+        op = ops.queue_put(name, payload, data["priority"], data["dedup_id"], data["delay"])
+        result = coordinator().run(op)
         return Response(result, status=status.HTTP_201_CREATED)
 
     @operation(parameters=[s.QueuePeek], summary="The next ready messages (not leased)")
     def get(self, request: Request, name: str) -> Response:
         query = s.QueuePeek(data=request.query_params)
         query.is_valid(raise_exception=True)
-        rows = coordinator().query(c.queue_peek(name, query.validated_data["limit"]))
+        rows = coordinator().queue(name).peek(query.validated_data["limit"])
         return Response([{**row, "payload": _text(row["payload"])} for row in rows])
 
 
@@ -227,11 +223,8 @@ class QueueGetView(Primitive):
     @operation(request=s.QueueGet, summary="Lease the next message (204 if none)")
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.QueueGet, request)
-        coord = coordinator()
-        msg = coord.propose(
-            c.queue_get(data["session"], name, _ms(data["wait"]), _ms(data["visibility"])),
-            timeout=coord.timeout + data["wait"],
-        )
+        op = ops.queue_get(data["session"], name, data["wait"], data["visibility"])
+        msg = coordinator().run(op)
         if not msg:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response({**msg, "payload": _text(msg["payload"])})
@@ -241,7 +234,7 @@ class QueueAckView(Primitive):
     @operation(request=s.QueueAck)
     def post(self, request: Request, name: str, msg_id: int) -> Response:
         data = _valid(s.QueueAck, request)
-        coordinator().propose(c.queue_ack(data["session"], name, msg_id))
+        coordinator().run(ops.queue_ack(data["session"], name, msg_id))
         return Response({"acked": True})
 
 
@@ -249,15 +242,14 @@ class QueueNackView(Primitive):
     @operation(request=s.QueueNack)
     def post(self, request: Request, name: str, msg_id: int) -> Response:
         data = _valid(s.QueueNack, request)
-        coordinator().propose(
-            c.queue_nack(data["session"], name, msg_id, data["requeue"], _ms(data["delay"]))
-        )
+        op = ops.queue_nack(data["session"], name, msg_id, data["requeue"], data["delay"])
+        coordinator().run(op)
         return Response({"nacked": True})
 
 
 class QueueDeadLettersView(Primitive):
     def get(self, request: Request, name: str) -> Response:
-        rows = coordinator().query(c.queue_dead_letters(name, 100))
+        rows = coordinator().queue(name).dead_letters(DEAD_LETTERS_SHOWN)
         return Response([{**row, "payload": _text(row["payload"])} for row in rows])
 
 
@@ -266,7 +258,7 @@ class QueuePurgeView(RaftsyncAPIView):
 
     @operation(request=None)
     def post(self, request: Request, name: str) -> Response:
-        return Response({"purged": coordinator().propose(c.queue_purge(name))})
+        return Response({"purged": coordinator().queue(name).purge()})
 
 
 class QueueRequeueDeadView(RaftsyncAPIView):
@@ -274,7 +266,7 @@ class QueueRequeueDeadView(RaftsyncAPIView):
 
     @operation(request=None)
     def post(self, request: Request, name: str) -> Response:
-        return Response({"requeued": coordinator().propose(c.queue_requeue_dead(name, 1000))})
+        return Response({"requeued": coordinator().queue(name).requeue_dead()})
 
 
 # -- cache ----------------------------------------------------------------------------------------
@@ -282,23 +274,19 @@ class QueueRequeueDeadView(RaftsyncAPIView):
 
 class CacheView(Primitive):
     def get(self, request: Request, key: str) -> Response:
-        found = coordinator().query(c.cache_get(key))
+        found = coordinator().run(ops.cache_get(key))
         if not found or found.get("evicted"):
-            return Response({"code": "unknown_key", "detail": "no such key"}, status=404)
+            raise UnknownKey("unknown_key", "no such key")
         return Response({**found, "value": _text(found["value"])})
 
     @operation(request=s.CacheSet)
     def put(self, request: Request, key: str) -> Response:
         data = _valid(s.CacheSet, request)
-        coord = coordinator()
-        version = coord.propose(
-            c.cache_set(key, data["value"].encode(), _ms(data["ttl"])), timeout=coord.timeout + 65
-        )
+        version = coordinator().run(ops.cache_set(key, data["value"].encode(), data["ttl"]))
         return Response({"version": version})
 
     def delete(self, request: Request, key: str) -> Response:
-        coord = coordinator()
-        existed = coord.propose(c.cache_delete(key), timeout=coord.timeout + 65)
+        existed = coordinator().run(ops.cache_delete(key))
         return Response(status=204 if existed else 404)
 
 
@@ -306,8 +294,7 @@ class CacheIncrView(Primitive):
     @operation(request=s.CacheIncr)
     def post(self, request: Request, key: str) -> Response:
         data = _valid(s.CacheIncr, request)
-        coord = coordinator()
-        value = coord.propose(c.cache_incr(key, data["delta"]), timeout=coord.timeout + 65)
+        value = coordinator().run(ops.cache_incr(key, data["delta"]))
         return Response({"value": value})
 
 

@@ -1,7 +1,9 @@
 """The product's clients of a raftsync cluster, one room: everything a process holds to talk to it.
 
+- ``operations`` and ``core``: the sans-I/O client core (every call as data; locks' and
+  sessions' bookkeeping), shared by the two clients below so they cannot drift apart;
 - ``coordinator``: ``Coordinator`` (blocking: locks, sessions, queues, cache, results);
-- ``aio``: ``AsyncCoordinator``, the same operations for asyncio code;
+- ``aio``: ``AsyncCoordinator``, the same operations for asyncio code (it only waits otherwise);
 - ``cache``: ``Cache``, the replicated cache with a per-process L1 and optional Redis reads;
 - ``results``: the Celery result store's client side.
 

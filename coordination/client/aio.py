@@ -1,12 +1,16 @@
-"""The asyncio coordination client: same model as ``coordination.client``, for async code.
+"""The asyncio coordination client: every operation of ``Coordinator``, for async code.
 
     async with AsyncCoordinator(addresses, secret) as coord:
-        async with coord.lock("report:42"):
-            ...
+        async with coord.lock("report:42") as lock:
+            await lock.renew()
         await coord.queue("emails").put(b"hi")
+        msg = await coord.queue("emails").get(wait=5)
+        await msg.ack()
 
-One pipelined connection serves every call (``AsyncRaftClient``); sessions keep themselves
-alive from a task of their own.
+It shares the blocking client's core: every call is an operation of ``operations`` run by
+``run`` (the same commands, deadlines and decoding), and locks and sessions keep their state
+with ``core``'s classes; only the waiting differs (``await`` here). One pipelined connection
+serves every call (``AsyncRaftClient``); sessions keep themselves alive from a task of their own.
 
 All tasks share the coordinator's default session. The cluster's deadlock detector reasons about
 sessions, so two tasks of one session contending for a lock would look like a session waiting
@@ -20,13 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from coordination.client.coordinator import EXCLUSIVE, SHARED, WAIT_MARGIN, _ms
-from coordination.exceptions import LockNotAcquired, StaleToken, typed
-from coordination.primitives import commands as c
-from raft_node.client import AsyncRaftClient, ClusterUnavailable, Rejected, Timeout
+import coordination.client.operations as ops
+from coordination.client.coordinator import settings_arguments
+from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
+from coordination.client.operations import EXCLUSIVE, Operation
+from coordination.errors import typed
+from coordination.exceptions import LockNotAcquired
+from raft_node.client import AsyncRaftClient, RaftError
+
+T = TypeVar("T")
 
 
 class AsyncCoordinator:
@@ -38,14 +49,30 @@ class AsyncCoordinator:
         timeout: float = 5.0,
         session_ttl: float = 10.0,
         ssl: Any = None,
+        name: str | None = None,
     ) -> None:
+        self.addresses = addresses
+        self.secret = secret.encode() if isinstance(secret, str) else secret
         self.timeout = timeout
         self.session_ttl = session_ttl
-        self._client = AsyncRaftClient(addresses, secret, timeout=timeout, ssl=ssl)
-        self._default: AsyncSession | None = None
+        self.ssl = ssl
+        self.name = name or f"coord-{os.getpid()}"
+        self._client = AsyncRaftClient(
+            addresses, secret, timeout=timeout, ssl=ssl, name=f"{self.name}-{os.urandom(4).hex()}"
+        )
+        self._defaults: dict[float, AsyncSession] = {}
         self._default_lock = asyncio.Lock()
         self._gates: dict[str, asyncio.Lock] = {}
         self._gate_holders: dict[str, list[Any]] = {}  # name -> [owner, count]
+
+    @classmethod
+    def from_settings(
+        cls, addresses: Any = None, secret: bytes | str | None = None, **overrides: Any
+    ) -> AsyncCoordinator:
+        """An asyncio coordinator for this Django project's cluster, as
+        ``Coordinator.from_settings``."""
+        addresses, secret, kwargs = settings_arguments(addresses, secret, overrides)
+        return cls(addresses, secret, **kwargs)
 
     async def __aenter__(self) -> AsyncCoordinator:
         return self
@@ -54,32 +81,67 @@ class AsyncCoordinator:
         await self.close()
 
     async def close(self) -> None:
-        if self._default is not None:
-            await self._default.close()
+        sessions, self._defaults = list(self._defaults.values()), {}
+        for session in sessions:
+            await session.close()
         await self._client.close()
 
+    # -- calls ----------------------------------------------------------------------------------
+
+    async def run(self, op: Operation[T]) -> T:
+        """Run one operation (``coordination.client.operations``) and return its result;
+        errors come typed (``coordination.errors``)."""
+        deadline = op.deadline(self.timeout)
+        if op.write:
+            return op.decode(await self.propose(op.body, timeout=deadline))
+        return op.decode(await self.query(op.body, stale=op.stale, timeout=deadline))
+
     async def propose(self, body: bytes, timeout: float | None = None) -> Any:
+        """Apply a raw command (``coordination.primitives.commands``) exactly once."""
         try:
             return await self._client.propose(body, timeout=timeout)
-        except Rejected as exc:
+        except RaftError as exc:
             raise typed(exc) from None
 
-    async def query(self, body: bytes, *, stale: bool = False) -> Any:
+    async def query(self, body: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
+        """Run a raw query; linearizable unless ``stale``."""
         try:
-            return await self._client.read(body, stale=stale)
-        except Rejected as exc:
+            return await self._client.read(body, stale=stale, timeout=timeout)
+        except RaftError as exc:
             raise typed(exc) from None
+
+    async def transfer_leadership(self, target: str) -> str:
+        """Hand leadership to node ``target``; returns the new leader's id."""
+        try:
+            return await self._client.transfer_leadership(target)
+        except RaftError as exc:
+            raise typed(exc) from None
+
+    # -- sessions -------------------------------------------------------------------------------
 
     async def session(self, ttl: float | None = None, label: str = "") -> AsyncSession:
+        """Open a new session (kept alive by a task until ``close``)."""
         session = AsyncSession(self, self.session_ttl if ttl is None else ttl)
-        await session.open(label)
+        await session.open(label or self.name)
         return session
 
-    async def default_session(self) -> AsyncSession:
+    async def default_session(self, ttl: float | None = None) -> AsyncSession:
+        """The coordinator's session with that TTL (default ``session_ttl``), opened on first
+        use and reopened if it was lost."""
+        ttl = self.session_ttl if ttl is None else ttl
         async with self._default_lock:
-            if self._default is None or self._default.lost:
-                self._default = await self.session()
-            return self._default
+            session = self._defaults.get(ttl)
+            if session is None or session.lost:
+                session = self._defaults[ttl] = await self.session(ttl)
+            return session
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        return await self.run(ops.session_list())
+
+    async def session_info(self, session_id: int) -> dict[str, Any] | None:
+        return await self.run(ops.session_get(session_id))
+
+    # -- locks ----------------------------------------------------------------------------------
 
     def lock(
         self,
@@ -90,17 +152,69 @@ class AsyncCoordinator:
         owner: str | None = None,
         session: AsyncSession | None = None,
     ) -> AsyncLock:
+        """A lock handle (not yet acquired): ``async with`` or ``acquire()``/``release()``.
+        ``owner`` defaults to the calling task."""
         return AsyncLock(self, name, mode, session, owner, wait)
 
     async def check_token(self, name: str, token: int) -> bool:
-        return bool(await self.query(c.lock_check_token(name, token)))
+        return await self.run(ops.lock_check_token(name, token))
 
     async def require_token(self, name: str, token: int) -> None:
-        if not await self.check_token(name, token):
-            raise StaleToken(name, token)
+        require_current(name, token, await self.check_token(name, token))
+
+    async def inspect_lock(self, name: str) -> dict[str, Any]:
+        return await self.run(ops.lock_inspect(name))
+
+    async def locks(self, prefix: str = "", limit: int | None = None) -> Any:
+        return await self.run(ops.lock_list(prefix, limit))
+
+    async def deadlocks(self) -> Any:
+        return await self.run(ops.lock_deadlocks())
+
+    # -- queues ---------------------------------------------------------------------------------
 
     def queue(self, name: str) -> AsyncQueue:
         return AsyncQueue(self, name)
+
+    async def queues(self) -> Any:
+        return await self.run(ops.queue_list())
+
+    async def get_any(
+        self,
+        queues: list[str],
+        max_count: int = 1,
+        *,
+        wait: float = 0.0,
+        visibility: float = 30.0,
+        session: AsyncSession | None = None,
+    ) -> list[AsyncMessage]:
+        """As ``Coordinator.get_any``: the first of ``queues`` with any ready, in one entry."""
+        session = session or await self.default_session()
+        rows = await self.run(ops.queue_get_any(session.id, queues, max_count, wait, visibility))
+        return [self.queue(row["queue"])._message(row, session) for row in rows]
+
+    async def propose_ack(self, session: AsyncSession, queue: str, msg_id: int) -> None:
+        await self.run(ops.queue_ack(session.id, queue, msg_id))
+
+    async def propose_ack_many(
+        self, session: AsyncSession, queue: str, msg_ids: list[int]
+    ) -> list[int]:
+        return await self.run(ops.queue_ack_many(session.id, queue, msg_ids))
+
+    async def propose_nack(
+        self, session: AsyncSession, queue: str, msg_id: int, *, requeue: bool = True
+    ) -> None:
+        await self.run(ops.queue_nack(session.id, queue, msg_id, requeue))
+
+    # -- cache ----------------------------------------------------------------------------------
+
+    async def cache_keys(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        return await self.run(ops.cache_keys(prefix, limit))
+
+    async def cache_stats(self) -> dict[str, Any]:
+        return await self.run(ops.cache_stats())
+
+    # -- the default session's local turns ------------------------------------------------------
 
     async def _enter_gate(self, name: str, owner: str, wait: float) -> bool:
         """Take this process's turn for ``name`` on the default session (see module doc)."""
@@ -130,39 +244,46 @@ class AsyncCoordinator:
             self._gates[name].release()
 
 
-class AsyncSession:
+class AsyncSession(SessionKeepalive):
+    """A session kept alive by a task (policy: ``SessionKeepalive``)."""
+
     def __init__(self, coord: AsyncCoordinator, ttl: float) -> None:
-        self.coord, self.ttl = coord, ttl
-        self.id = 0
-        self.lost = False
-        self.last_renewed = time.monotonic()
+        super().__init__(ttl)
+        self.coord = coord
+        self._lost = False
         self._task: asyncio.Task[None] | None = None
 
-    async def open(self, label: str) -> None:
-        result = await self.coord.propose(c.session_open(_ms(self.ttl), label))
-        self.id = result["session"]
+    @property
+    def lost(self) -> bool:
+        """True once the cluster may have expired this session (locks must be presumed gone)."""
+        return self._lost
+
+    async def open(self, label: str = "") -> None:
+        self.id = (await self.coord.run(ops.session_open(self.ttl, label)))["session"]
+        self._renewed()
         self._task = asyncio.get_running_loop().create_task(self._keepalive())
 
     async def _keepalive(self) -> None:
+        keepalive = ops.session_keepalive(self.id)
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await asyncio.sleep(self.keepalive_interval)
+            error: RaftError | None = None
             try:
-                await self.coord._client.propose(c.session_keepalive(self.id))
-                self.last_renewed = time.monotonic()
-            except Rejected:
-                self.lost = True
+                await self.coord._client.propose(keepalive.body)
+            except RaftError as exc:
+                error = exc
+            if self._keepalive_lost(error):
+                self._lost = True
                 return
-            except (Timeout, ClusterUnavailable):
-                pass
-            if time.monotonic() - self.last_renewed >= self.ttl:
-                self.lost = True
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        with contextlib.suppress(Exception):
-            await self.coord.propose(c.session_close(self.id))
-        self.lost = True
+            self._task = None
+        if not self._lost:
+            with contextlib.suppress(RaftError):
+                await self.coord.run(ops.session_close(self.id))
+        self._lost = True
 
     async def __aenter__(self) -> AsyncSession:
         return self
@@ -171,7 +292,10 @@ class AsyncSession:
         await self.close()
 
 
-class AsyncLock:
+class AsyncLock(LockHold):
+    """A handle on a named lock for one (session, owner). Reentrant: nested acquires count.
+    Without a session it uses the default one, taking its turn locally first (module doc)."""
+
     def __init__(
         self,
         coord: AsyncCoordinator,
@@ -181,56 +305,53 @@ class AsyncLock:
         owner: str | None,
         wait: float | None,
     ) -> None:
-        if mode not in (EXCLUSIVE, SHARED):
-            raise ValueError(f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
-        self.coord, self.name, self.mode = coord, name, mode
-        self.session = session
-        task = asyncio.current_task()
-        self.owner = owner if owner is not None else f"task-{id(task)}"
-        self.wait = wait
-        self.token: int | None = None
-        self._gated = False
+        owner = owner if owner is not None else f"task-{id(asyncio.current_task())}"
+        super().__init__(name, mode, owner, wait)
+        self.coord, self.session = coord, session
+        self._gated = session is None  # on the default session: take turns locally
+        self._turns = 0  # local turns taken (one per acquire held)
 
     @property
     def lost(self) -> bool:
         return self.session is not None and self.session.lost
 
     async def acquire(self, wait: float | None = None) -> bool:
-        gated = self.session is None
-        if gated:
+        if self.session is None:
             self.session = await self.coord.default_session()
-        wait = (self.wait if wait is None else wait) or 0.0
-        started = time.monotonic()
-        if gated and not await self.coord._enter_gate(self.name, self.owner, wait):
-            return False
-        self._gated = gated
-        wait = max(0.0, wait - (time.monotonic() - started))
-        assert self.session is not None
+        wait = self._wait_for(wait)
+        if self._gated:
+            started = time.monotonic()
+            if not await self.coord._enter_gate(self.name, self.owner, wait):
+                return False
+            self._turns += 1
+            wait = max(0.0, wait - (time.monotonic() - started))
         try:
-            result = await self.coord.propose(
-                c.lock_acquire(self.session.id, self.name, self.mode, self.owner, _ms(wait)),
-                timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
-            )
+            acquired = await self.coord.run(self._acquire_op(self.session.id, wait))
         except BaseException:
-            if gated:
-                self.coord._leave_gate(self.name)
+            self._end_turn()
             raise
-        if not result or not result.get("acquired"):
-            if gated:
-                self.coord._leave_gate(self.name)
-            return False
-        self.token = result["token"]
-        return True
+        if not acquired:
+            self._end_turn()
+        return acquired
+
+    def _end_turn(self) -> None:
+        if self._turns:
+            self._turns -= 1
+            self.coord._leave_gate(self.name)
 
     async def release(self) -> None:
-        assert self.session is not None
+        assert self.session is not None, "release of a lock never acquired"
         try:
-            await self.coord.propose(c.lock_release(self.session.id, self.name, self.owner))
+            await self.coord.run(self._release_op(self.session.id))
         finally:
-            self.token = None
-            if self._gated:
-                self._gated = False
-                self.coord._leave_gate(self.name)
+            self._end_turn()
+
+    async def renew(self) -> int:
+        """Check the hold is still ours (``NotHolder`` otherwise) and keep the session alive."""
+        assert self.session is not None, "renew of a lock never acquired"
+        token = await self.coord.run(self._renew_op(self.session.id))
+        self.session._renewed()
+        return token
 
     async def __aenter__(self) -> AsyncLock:
         if not await self.acquire():
@@ -240,49 +361,117 @@ class AsyncLock:
     async def __aexit__(self, *exc: object) -> None:
         if not self.lost:
             await self.release()
-        elif self._gated:
-            self._gated = False
-            self.coord._leave_gate(self.name)
+        else:
+            self._end_turn()  # released by the cluster already
+
+
+@dataclass
+class AsyncMessage:
+    """A leased message (as ``coordination.client.Message``): ``await msg.ack()``.
+
+    Indexing (``msg["payload"]``, ``msg["session"]``) reads the row the asyncio client used to
+    return as a plain dict, so code written against that keeps working."""
+
+    id: int
+    payload: bytes
+    priority: int
+    delivery_count: int
+    queue: AsyncQueue = field(repr=False)
+    session: AsyncSession = field(repr=False)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    async def ack(self) -> None:
+        await self.queue.ack(self)
+
+    async def nack(self, requeue: bool = True, delay: float = 0.0) -> None:
+        await self.queue.nack(self, requeue=requeue, delay=delay)
+
+    async def touch(self, visibility: float) -> None:
+        """Keep the lease for ``visibility`` more seconds (a long-running task)."""
+        await self.queue.touch(self, visibility)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in ("id", "payload", "priority", "delivery_count"):
+            return getattr(self, key)
+        if key == "session":
+            return self.session.id
+        return self.meta[key]
 
 
 class AsyncQueue:
+    """A named priority queue (0..9, higher first; FIFO within a priority)."""
+
     def __init__(self, coord: AsyncCoordinator, name: str) -> None:
         self.coord, self.name = coord, name
 
     async def declare(
         self, max_deliveries: int = 5, dedup_window: float = 300.0, max_depth: int = 100_000
     ) -> dict[str, Any]:
-        return await self.coord.propose(
-            c.queue_declare(self.name, max_deliveries, _ms(dedup_window), max_depth)
-        )
+        op = ops.queue_declare(self.name, max_deliveries, dedup_window, max_depth)
+        return await self.coord.run(op)
 
     async def put(
         self, payload: bytes, *, priority: int = 0, dedup_id: str | None = None, delay: float = 0.0
     ) -> int:
-        result = await self.coord.propose(
-            c.queue_put(self.name, payload, priority, dedup_id, _ms(delay))
-        )
-        return result["id"]
+        op = ops.queue_put(self.name, payload, priority, dedup_id, delay)
+        return (await self.coord.run(op))["id"]
 
     async def get(
         self, *, wait: float = 0.0, visibility: float = 30.0, session: AsyncSession | None = None
-    ) -> dict[str, Any] | None:
+    ) -> AsyncMessage | None:
         session = session or await self.coord.default_session()
-        result = await self.coord.propose(
-            c.queue_get(session.id, self.name, _ms(wait), _ms(visibility)),
-            timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
-        )
-        if result:
-            result["session"] = session.id
-        return result
+        row = await self.coord.run(ops.queue_get(session.id, self.name, wait, visibility))
+        return self._message(row, session) if row else None
 
-    async def ack(self, message: dict[str, Any]) -> None:
-        await self.coord.propose(c.queue_ack(message["session"], self.name, message["id"]))
+    async def get_many(
+        self,
+        max_count: int,
+        *,
+        wait: float = 0.0,
+        visibility: float = 30.0,
+        session: AsyncSession | None = None,
+    ) -> list[AsyncMessage]:
+        session = session or await self.coord.default_session()
+        op = ops.queue_get_many(session.id, self.name, max_count, wait, visibility)
+        return [self._message(row, session) for row in await self.coord.run(op)]
 
-    async def nack(self, message: dict[str, Any], requeue: bool = True, delay: float = 0.0) -> None:
-        await self.coord.propose(
-            c.queue_nack(message["session"], self.name, message["id"], requeue, _ms(delay))
-        )
+    def _message(self, row: dict[str, Any], session: AsyncSession) -> AsyncMessage:
+        msg_id, payload, priority, delivery_count, meta = message_fields(row)
+        return AsyncMessage(msg_id, payload, priority, delivery_count, self, session, meta)
+
+    async def ack(self, message: AsyncMessage) -> None:
+        await self.coord.run(ops.queue_ack(message.session.id, self.name, message.id))
+
+    async def ack_many(self, messages: list[AsyncMessage]) -> list[int]:
+        if not messages:
+            return []
+        if len({m.session.id for m in messages}) != 1:
+            raise ValueError("ack_many takes messages leased to one session")
+        op = ops.queue_ack_many(messages[0].session.id, self.name, [m.id for m in messages])
+        return await self.coord.run(op)
+
+    async def nack(self, message: AsyncMessage, requeue: bool = True, delay: float = 0.0) -> None:
+        op = ops.queue_nack(message.session.id, self.name, message.id, requeue, delay)
+        await self.coord.run(op)
+
+    async def touch(self, message: AsyncMessage, visibility: float) -> None:
+        op = ops.queue_touch(message.session.id, self.name, message.id, visibility)
+        await self.coord.run(op)
 
     async def stats(self) -> dict[str, Any]:
-        return await self.coord.query(c.queue_stats(self.name))
+        return await self.coord.run(ops.queue_stats(self.name))
+
+    async def purge(self) -> int:
+        return await self.coord.run(ops.queue_purge(self.name))
+
+    async def delete(self) -> bool:
+        return await self.coord.run(ops.queue_delete(self.name))
+
+    async def peek(self, limit: int = 20) -> list[dict[str, Any]]:
+        return await self.coord.run(ops.queue_peek(self.name, limit))
+
+    async def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
+        return await self.coord.run(ops.queue_dead_letters(self.name, limit))
+
+    async def requeue_dead(self, max_count: int = 1000) -> int:
+        return await self.coord.run(ops.queue_requeue_dead(self.name, max_count))

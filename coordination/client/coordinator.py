@@ -1,4 +1,4 @@
-"""The coordination client: sessions, fenced locks, queues (and the cache, in ``cache_client``).
+"""The coordination client: sessions, fenced locks, queues (and the cache, in ``cache``).
 
     coord = Coordinator.from_settings()          # or Coordinator("h:7001,h:7002", secret)
     with coord.lock("report:42"):                # exclusive, on the coordinator's session
@@ -18,6 +18,10 @@ deadlock detector reasons about sessions, so two threads of one process wait for
 like any two clients (and a cycle between them is reported). Owners within one explicitly shared
 session do not wait on each other: such a wait is refused as a deadlock (the session would wait
 for itself). Lock handles default their ``owner`` to the calling thread.
+
+Every call is an operation of ``operations`` (command, deadline, decoding) run by ``run``; lock
+and session bookkeeping is ``core``'s. ``AsyncCoordinator`` (``aio``) shares both and differs
+only in how it waits.
 """
 
 from __future__ import annotations
@@ -27,27 +31,29 @@ import itertools
 import os
 import queue as queue_module
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from coordination.exceptions import (
-    LockNotAcquired,
-    SessionExpired,
-    StaleToken,
-    UnknownSession,
-    typed,
-)
-from coordination.primitives import commands as c
-from raft_node.client import ClusterUnavailable, RaftClient, Rejected, Timeout
+import coordination.client.operations as ops
+from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
+from coordination.client.operations import EXCLUSIVE, SHARED, WAIT_MARGIN, Operation
+from coordination.errors import typed
+from coordination.exceptions import LockNotAcquired, SessionExpired, UnknownSession
+from raft_node.client import ClusterUnavailable, RaftClient, RaftError, Timeout
 
-EXCLUSIVE, SHARED = "exclusive", "shared"
-WAIT_MARGIN = 5.0  # seconds added to a blocking call's deadline beyond its wait
+T = TypeVar("T")
 
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
+__all__ = [
+    "EXCLUSIVE",
+    "SHARED",
+    "WAIT_MARGIN",
+    "Coordinator",
+    "Lock",
+    "Message",
+    "Queue",
+    "Session",
+]
 
 
 class Coordinator:
@@ -81,20 +87,7 @@ class Coordinator:
         """A coordinator for this Django project's cluster (``COORDINATION`` settings); given
         ``addresses`` or ``secret`` replace the settings' (TLS and timeouts still come from
         them), and ``overrides`` the other constructor arguments."""
-        from coordination.node import node_settings, runtime
-
-        conf = node_settings.coordination()
-        _, client_ssl = node_settings.ssl_contexts(conf)
-        kwargs: dict[str, Any] = {
-            "timeout": conf["REQUEST_TIMEOUT"],
-            "session_ttl": conf["SESSION_TTL"],
-            "ssl": client_ssl,
-        }
-        kwargs.update(overrides)
-        if not addresses:
-            addresses = list(runtime.cluster_addresses(conf).values())
-        if secret is None:
-            secret = node_settings.cluster_secret(conf)
+        addresses, secret, kwargs = settings_arguments(addresses, secret, overrides)
         return cls(addresses, secret, **kwargs)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -125,18 +118,36 @@ class Coordinator:
             except queue_module.Full:
                 client.close()
 
+    def run(self, op: Operation[T]) -> T:
+        """Run one operation (``coordination.client.operations``) and return its result;
+        errors come typed (``coordination.errors``)."""
+        deadline = op.deadline(self.timeout)
+        if op.write:
+            return op.decode(self.propose(op.body, timeout=deadline))
+        return op.decode(self.query(op.body, stale=op.stale, timeout=deadline))
+
     def propose(self, body: bytes, timeout: float | None = None) -> Any:
+        """Apply a raw command (``coordination.primitives.commands``) exactly once."""
         with self._client() as client:
             try:
                 return client.propose(body, timeout=timeout)
-            except Rejected as exc:
+            except RaftError as exc:
                 raise typed(exc) from None
 
     def query(self, body: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
+        """Run a raw query; linearizable unless ``stale``."""
         with self._client() as client:
             try:
                 return client.read(body, stale=stale, timeout=timeout)
-            except Rejected as exc:
+            except RaftError as exc:
+                raise typed(exc) from None
+
+    def transfer_leadership(self, target: str) -> str:
+        """Hand leadership to node ``target``; returns the new leader's id."""
+        with self._client() as client:
+            try:
+                return client.transfer_leadership(target)
+            except RaftError as exc:
                 raise typed(exc) from None
 
     def close(self) -> None:
@@ -181,7 +192,11 @@ class Coordinator:
 
     def sessions(self) -> list[dict[str, Any]]:
         """Every live session (id, label, TTL, deadline and time left by log time)."""
-        return self.query(c.session_list())
+        return self.run(ops.session_list())
+
+    def session_info(self, session_id: int) -> dict[str, Any] | None:
+        """One session's record (as in ``sessions()``), or None if it is not live."""
+        return self.run(ops.session_get(session_id))
 
     # -- locks ----------------------------------------------------------------------------------
 
@@ -203,23 +218,22 @@ class Coordinator:
 
     def check_token(self, name: str, token: int) -> bool:
         """Whether ``token`` is still a current grant of ``name`` (linearizable read)."""
-        return bool(self.query(c.lock_check_token(name, token)))
+        return self.run(ops.lock_check_token(name, token))
 
     def require_token(self, name: str, token: int) -> None:
         """Raise ``StaleToken`` unless ``token`` is still current: call before a fenced write."""
-        if not self.check_token(name, token):
-            raise StaleToken(name, token)
+        require_current(name, token, self.check_token(name, token))
 
     def inspect_lock(self, name: str) -> dict[str, Any]:
-        return self.query(c.lock_inspect(name))
+        return self.run(ops.lock_inspect(name))
 
     def locks(self, prefix: str = "", limit: int | None = None) -> Any:
         """Locks with holders or waiters, by name: ``{name, mode, holders, waiters, last_token}``
         with counts (``inspect_lock`` has the details)."""
-        return self.query(c.lock_list(prefix, limit))
+        return self.run(ops.lock_list(prefix, limit))
 
     def deadlocks(self) -> Any:
-        return self.query(c.lock_deadlocks())
+        return self.run(ops.lock_deadlocks())
 
     # -- queues ---------------------------------------------------------------------------------
 
@@ -227,7 +241,7 @@ class Coordinator:
         return Queue(self, name)
 
     def queues(self) -> Any:
-        return self.query(c.queue_list())
+        return self.run(ops.queue_list())
 
     def get_any(
         self,
@@ -242,45 +256,66 @@ class Coordinator:
         one entry; blocked, wait in all of them at once (``[]`` if ``wait`` ran out). Each
         message's ``queue`` says where it came from."""
         session = session or self.default_session
-        rows = self.propose(
-            c.queue_get_any(session.id, queues, _ms(wait), _ms(visibility), max_count),
-            timeout=max(self.timeout, wait + WAIT_MARGIN),
-        )
+        rows = self.run(ops.queue_get_any(session.id, queues, max_count, wait, visibility))
         return [self.queue(row["queue"])._message(row, session) for row in rows]
 
     def propose_ack(self, session: Session, queue: str, msg_id: int) -> None:
         """Ack by ids (transports that keep ids rather than ``Message`` objects)."""
-        self.propose(c.queue_ack(session.id, queue, msg_id))
+        self.run(ops.queue_ack(session.id, queue, msg_id))
 
     def propose_ack_many(self, session: Session, queue: str, msg_ids: list[int]) -> list[int]:
         """Ack by ids (what a transport that tracks ids instead of ``Message`` objects needs);
         returns the ids no longer leased to the session."""
-        return self.propose(c.queue_ack_many(session.id, queue, msg_ids))["unknown"]
+        return self.run(ops.queue_ack_many(session.id, queue, msg_ids))
 
     def propose_nack(
         self, session: Session, queue: str, msg_id: int, *, requeue: bool = True
     ) -> None:
-        self.propose(c.queue_nack(session.id, queue, msg_id, requeue, 0))
+        self.run(ops.queue_nack(session.id, queue, msg_id, requeue))
 
-    # -- cache (the L1 client is ``cache_client.Cache``) -------------------------------------------
+    # -- cache (the L1 client is ``cache.Cache``) ----------------------------------------------
 
     def cache_keys(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
         """Keys held in cluster memory, by key: ``{key, version, size, expires_ms}``."""
-        return self.query(c.cache_keys(prefix, limit))
+        return self.run(ops.cache_keys(prefix, limit))
 
     def cache_stats(self) -> dict[str, Any]:
-        return self.query(c.cache_stats())
+        return self.run(ops.cache_stats())
 
 
-class Session:
+def settings_arguments(
+    addresses: Any, secret: bytes | str | None, overrides: dict[str, Any]
+) -> tuple[Any, bytes | str, dict[str, Any]]:
+    """A client's constructor arguments from this Django project's ``COORDINATION`` settings
+    (both clients' ``from_settings``)."""
+    from coordination.node import node_settings, runtime
+
+    conf = node_settings.coordination()
+    _, client_ssl = node_settings.ssl_contexts(conf)
+    kwargs: dict[str, Any] = {
+        "timeout": conf["REQUEST_TIMEOUT"],
+        "session_ttl": conf["SESSION_TTL"],
+        "ssl": client_ssl,
+    }
+    kwargs.update(overrides)
+    if not addresses:
+        addresses = list(runtime.cluster_addresses(conf).values())
+    if secret is None:
+        secret = node_settings.cluster_secret(conf)
+    return addresses, secret, kwargs
+
+
+class Session(SessionKeepalive):
+    """A session kept alive by a background thread with its own connection, so a long lock
+    wait on the coordinator's connections never starves it (policy: ``SessionKeepalive``)."""
+
     def __init__(self, coord: Coordinator, ttl: float, label: str) -> None:
+        super().__init__(ttl)
         self.coord = coord
-        self.ttl = ttl
-        result = coord.propose(c.session_open(_ms(ttl), label))
-        self.id: int = result["session"]
+        self.id: int = coord.run(ops.session_open(ttl, label))["session"]
+        self._renewed()
         self._lost = threading.Event()
         self._closed = threading.Event()
-        self.last_renewed = time.monotonic()
         self._thread = threading.Thread(
             target=self._keepalive, daemon=True, name=f"raftsync-session-{self.id}"
         )
@@ -292,20 +327,18 @@ class Session:
         return self._lost.is_set()
 
     def _keepalive(self) -> None:
-        interval = self.ttl / 3
-        client = self.coord.new_client(timeout=max(1.0, interval))
+        client = self.coord.new_client(timeout=max(1.0, self.keepalive_interval))
+        keepalive = ops.session_keepalive(self.id)
         try:
-            while not self._closed.wait(interval):
+            while not self._closed.wait(self.keepalive_interval):
+                error: RaftError | None = None
                 try:
-                    client.propose(c.session_keepalive(self.id))
-                    self.last_renewed = time.monotonic()
-                except Rejected:
-                    self._lost.set()  # expired or unknown: the cluster released everything
+                    client.propose(keepalive.body)
+                except RaftError as exc:
+                    error = exc
+                if self._keepalive_lost(error):
+                    self._lost.set()
                     return
-                except (Timeout, ClusterUnavailable):
-                    pass  # try again next interval
-                if time.monotonic() - self.last_renewed >= self.ttl:
-                    self._lost.set()  # we cannot prove it is alive: presume it is not
         finally:
             client.close()
 
@@ -314,7 +347,7 @@ class Session:
             return
         self._closed.set()
         with contextlib.suppress(SessionExpired, UnknownSession, Timeout, ClusterUnavailable):
-            self.coord.propose(c.session_close(self.id))
+            self.coord.run(ops.session_close(self.id))
         self._lost.set()
 
     def __enter__(self) -> Session:
@@ -324,7 +357,7 @@ class Session:
         self.close()
 
 
-class Lock:
+class Lock(LockHold):
     """A handle on a named lock for one (session, owner). Reentrant: nested acquires count."""
 
     def __init__(
@@ -336,13 +369,9 @@ class Lock:
         owner: str | None,
         wait: float | None,
     ) -> None:
-        if mode not in (EXCLUSIVE, SHARED):
-            raise ValueError(f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
-        self.coord, self.name, self.mode, self.session = coord, name, mode, session
-        self.owner = owner if owner is not None else f"thread-{threading.get_ident()}"
-        self.wait = wait
-        self.token: int | None = None
-        self.count = 0
+        owner = owner if owner is not None else f"thread-{threading.get_ident()}"
+        super().__init__(name, mode, owner, wait)
+        self.coord, self.session = coord, session
 
     @property
     def lost(self) -> bool:
@@ -350,28 +379,15 @@ class Lock:
         return self.session.lost
 
     def acquire(self, wait: float | None = None) -> bool:
-        wait = self.wait if wait is None else wait
-        wait_ms = _ms(wait or 0.0)
-        result = self.coord.propose(
-            c.lock_acquire(self.session.id, self.name, self.mode, self.owner, wait_ms),
-            timeout=max(self.coord.timeout, (wait or 0.0) + WAIT_MARGIN),
-        )
-        if not result or not result.get("acquired"):
-            return False
-        self.token = result["token"]
-        self.count = result.get("count", self.count + 1)
-        return True
+        return self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
 
     def release(self) -> None:
-        result = self.coord.propose(c.lock_release(self.session.id, self.name, self.owner))
-        self.count = result.get("count", 0) if isinstance(result, dict) else 0
-        if self.count == 0:
-            self.token = None
+        self.coord.run(self._release_op(self.session.id))
 
     def renew(self) -> int:
         """Check the hold is still ours (``NotHolder`` otherwise) and keep the session alive."""
-        token = self.coord.propose(c.lock_renew(self.session.id, self.name, self.owner))
-        self.session.last_renewed = time.monotonic()
+        token = self.coord.run(self._renew_op(self.session.id))
+        self.session._renewed()
         return token
 
     def __enter__(self) -> Lock:
@@ -415,9 +431,7 @@ class Queue:
     def declare(
         self, max_deliveries: int = 5, dedup_window: float = 300.0, max_depth: int = 100_000
     ) -> dict[str, Any]:
-        return self.coord.propose(
-            c.queue_declare(self.name, max_deliveries, _ms(dedup_window), max_depth)
-        )
+        return self.coord.run(ops.queue_declare(self.name, max_deliveries, dedup_window, max_depth))
 
     def put(
         self,
@@ -429,8 +443,7 @@ class Queue:
     ) -> int:
         """Enqueue; returns the message id. With ``dedup_id``, a repeat within the queue's dedup
         window returns the first id and enqueues nothing (exactly-once enqueue)."""
-        result = self.coord.propose(c.queue_put(self.name, payload, priority, dedup_id, _ms(delay)))
-        return result["id"]
+        return self.coord.run(ops.queue_put(self.name, payload, priority, dedup_id, delay))["id"]
 
     def get(
         self, *, wait: float = 0.0, visibility: float = 30.0, session: Session | None = None
@@ -438,11 +451,8 @@ class Queue:
         """Lease the next message for ``visibility`` seconds (redelivered if not acked by then,
         or if the session dies); ``wait`` blocks up to that long for one to arrive."""
         session = session or self.coord.default_session
-        result = self.coord.propose(
-            c.queue_get(session.id, self.name, _ms(wait), _ms(visibility)),
-            timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
-        )
-        return self._message(result, session) if result else None
+        row = self.coord.run(ops.queue_get(session.id, self.name, wait, visibility))
+        return self._message(row, session) if row else None
 
     def get_many(
         self,
@@ -455,59 +465,48 @@ class Queue:
         """Lease up to ``max_count`` messages in one log entry (``[]`` if none came within
         ``wait``); each is then acked, nacked or redelivered on its own."""
         session = session or self.coord.default_session
-        rows = self.coord.propose(
-            c.queue_get_many(session.id, self.name, _ms(wait), _ms(visibility), max_count),
-            timeout=max(self.coord.timeout, wait + WAIT_MARGIN),
-        )
-        return [self._message(row, session) for row in rows]
+        op = ops.queue_get_many(session.id, self.name, max_count, wait, visibility)
+        return [self._message(row, session) for row in self.coord.run(op)]
 
     def _message(self, row: dict[str, Any], session: Session) -> Message:
-        meta = {k: v for k, v in row.items() if k not in ("id", "payload", "priority")}
-        return Message(
-            row["id"], row["payload"], row["priority"], row["delivery_count"], self, session, meta
-        )
+        msg_id, payload, priority, delivery_count, meta = message_fields(row)
+        return Message(msg_id, payload, priority, delivery_count, self, session, meta)
 
     def ack(self, message: Message) -> None:
-        self.coord.propose(c.queue_ack(message.session.id, self.name, message.id))
+        self.coord.run(ops.queue_ack(message.session.id, self.name, message.id))
 
     def ack_many(self, messages: list[Message]) -> list[int]:
         """Ack several messages of one session in one entry; returns the ids that were no longer
         leased to it (they are, or will be, delivered again)."""
         if not messages:
             return []
-        sessions = {m.session.id for m in messages}
-        if len(sessions) != 1:
+        if len({m.session.id for m in messages}) != 1:
             raise ValueError("ack_many takes messages leased to one session")
-        result = self.coord.propose(
-            c.queue_ack_many(messages[0].session.id, self.name, [m.id for m in messages])
-        )
-        return result["unknown"]
+        op = ops.queue_ack_many(messages[0].session.id, self.name, [m.id for m in messages])
+        return self.coord.run(op)
 
     def nack(self, message: Message, requeue: bool = True, delay: float = 0.0) -> None:
-        self.coord.propose(
-            c.queue_nack(message.session.id, self.name, message.id, requeue, _ms(delay))
-        )
+        op = ops.queue_nack(message.session.id, self.name, message.id, requeue, delay)
+        self.coord.run(op)
 
     def touch(self, message: Message, visibility: float) -> None:
-        self.coord.propose(
-            c.queue_touch(message.session.id, self.name, message.id, _ms(visibility))
-        )
+        self.coord.run(ops.queue_touch(message.session.id, self.name, message.id, visibility))
 
     def stats(self) -> dict[str, Any]:
-        return self.coord.query(c.queue_stats(self.name))
+        return self.coord.run(ops.queue_stats(self.name))
 
     def purge(self) -> int:
-        return self.coord.propose(c.queue_purge(self.name))
+        return self.coord.run(ops.queue_purge(self.name))
 
     def delete(self) -> bool:
         """Remove the queue and every message in it (its dead-letter queue stays)."""
-        return self.coord.propose(c.queue_delete(self.name))
+        return self.coord.run(ops.queue_delete(self.name))
 
     def peek(self, limit: int = 20) -> list[dict[str, Any]]:
-        return self.coord.query(c.queue_peek(self.name, limit))
+        return self.coord.run(ops.queue_peek(self.name, limit))
 
     def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
-        return self.coord.query(c.queue_dead_letters(self.name, limit))
+        return self.coord.run(ops.queue_dead_letters(self.name, limit))
 
     def requeue_dead(self, max_count: int = 1000) -> int:
-        return self.coord.propose(c.queue_requeue_dead(self.name, max_count))
+        return self.coord.run(ops.queue_requeue_dead(self.name, max_count))

@@ -44,8 +44,11 @@ class Ctx:
     def complete(self, token: int, value: Any) -> None:
         self.completions.append((token, True, value))
 
-    def fail(self, token: int, code: str, message: str) -> None:
-        self.completions.append((token, False, (code, message)))
+    def fail(
+        self, token: int, code: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        """Fail a wait with a rejection: ``(code, message, details)``, as ``reject`` raises."""
+        self.completions.append((token, False, (code, message, details or {})))
 
 
 class Part(Protocol):

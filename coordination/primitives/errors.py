@@ -1,42 +1,56 @@
-"""Error codes the primitives reject commands with. Clients map each code to a typed exception
-(``coordination.client``); the REST API maps them to HTTP statuses. Codes are wire format."""
+"""How the primitives refuse a command: by a registered code (``coordination.errors``, the one
+table of codes, which also says what clients raise and which HTTP status the API answers).
+
+    reject(DEADLOCK, "cycle: ...", cycle=[12, 15, 12], locks=["b", "a"])
+
+The keyword arguments become the error's ``details``; they reach the client as they are
+(deterministic, msgpack-able values: a rejection is remembered for retries and snapshotted).
+"""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from coordination.errors import (
+    BAD_COMMAND,
+    DEADLOCK,
+    EVICTED,
+    LIMIT,
+    LOCK_MODE,
+    MACHINE_CODES,
+    NOT_HOLDER,
+    NOT_INTEGER,
+    SESSION_EXPIRED,
+    UNKNOWN_KEY,
+    UNKNOWN_MESSAGE,
+    UNKNOWN_QUEUE,
+    UNKNOWN_SESSION,
+)
 from raft_node.host.applier import CommandRejected
 
-BAD_COMMAND = "bad_command"  # malformed command (wrong op, arity or types)
-LIMIT = "limit_exceeded"  # a documented limit (name, size, range, depth) was exceeded
-UNKNOWN_SESSION = "unknown_session"  # no such session (never existed, or closed)
-SESSION_EXPIRED = "session_expired"  # the session timed out; everything it held is released
-NOT_HOLDER = "not_holder"  # release/renew of a lock the caller does not hold
-DEADLOCK = "deadlock"  # waiting would close a cycle in the wait-for graph (message names it)
-LOCK_MODE = "lock_mode"  # e.g. reentrant upgrade from shared to exclusive
-UNKNOWN_QUEUE = "unknown_queue"
-UNKNOWN_MESSAGE = "unknown_message"  # ack/nack of a message not leased to the caller
-NOT_INTEGER = "not_integer"  # incr of a cache value that is not an integer
-UNKNOWN_KEY = "unknown_key"  # incr of a cache key that does not exist
-EVICTED = "evicted"  # incr/touch of a cache key whose value now lives only in Redis
+__all__ = [
+    "BAD_COMMAND",
+    "CODES",
+    "DEADLOCK",
+    "EVICTED",
+    "LIMIT",
+    "LOCK_MODE",
+    "NOT_HOLDER",
+    "NOT_INTEGER",
+    "SESSION_EXPIRED",
+    "UNKNOWN_KEY",
+    "UNKNOWN_MESSAGE",
+    "UNKNOWN_QUEUE",
+    "UNKNOWN_SESSION",
+    "reject",
+]
 
-CODES = frozenset(
-    {
-        BAD_COMMAND,
-        LIMIT,
-        UNKNOWN_SESSION,
-        SESSION_EXPIRED,
-        NOT_HOLDER,
-        DEADLOCK,
-        LOCK_MODE,
-        UNKNOWN_QUEUE,
-        UNKNOWN_MESSAGE,
-        NOT_INTEGER,
-        UNKNOWN_KEY,
-        EVICTED,
-    }
-)
+CODES = MACHINE_CODES
 
 
-def reject(code: str, message: str) -> NoReturn:
-    raise CommandRejected(code, message)
+def reject(code: str, message: str, **details: Any) -> NoReturn:
+    """Refuse the command being applied with ``code``, which must be registered: a code
+    clients could not map would reach users as an untyped error."""
+    if code not in MACHINE_CODES:
+        raise ValueError(f"{code!r} is not a registered machine error code")
+    raise CommandRejected(code, message, details)

@@ -179,16 +179,12 @@ class Locks:
             message = "cycle: " + " -> ".join(
                 [f"session {sid}", *(f"session {s} (lock {n})" for s, n in cycle)]
             )
+            sessions, names = [sid, *(s for s, _ in cycle)], [n for _, n in cycle]
             self.deadlocks.append(
-                {
-                    "index": ctx.index,
-                    "cycle": [sid, *(s for s, _ in cycle)],
-                    "locks": [n for _, n in cycle],
-                    "message": message,
-                }
+                {"index": ctx.index, "cycle": sessions, "locks": names, "message": message}
             )
             del self.deadlocks[:-DEADLOCK_MEMORY]
-            reject(DEADLOCK, message)
+            reject(DEADLOCK, message, cycle=sessions, locks=names)
 
         wait = _Wait(ctx.index, sid, owner, mode, name, ctx.now_ms + wait_ms)
         self._add_wait(wait)
@@ -214,7 +210,13 @@ class Locks:
         lock = self.locks.get(name)
         hold = lock.holders.get((sid, owner)) if lock is not None else None
         if lock is None or hold is None:
-            reject(NOT_HOLDER, f"session {sid} owner {owner!r} does not hold lock {name}")
+            reject(
+                NOT_HOLDER,
+                f"session {sid} owner {owner!r} does not hold lock {name}",
+                lock=name,
+                session=sid,
+                owner=owner,
+            )
         return lock, hold
 
     # -- time and sessions ----------------------------------------------------------------------

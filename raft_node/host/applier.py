@@ -48,12 +48,22 @@ SYSTEM = ""  # client id of leader-proposed system commands
 class CommandRejected(Exception):
     """A command the state machine refuses. The refused operation changes nothing a client
     can observe through it (bookkeeping such as a replicated log of refused deadlocks may
-    record it, deterministically on every replica)."""
+    record it, deterministically on every replica).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``code`` identifies the refusal for programs, ``message`` explains it to people, and
+    ``details`` (msgpack-able values under string keys, deterministic: the rejection is
+    remembered for retries and snapshotted) says more to programs. All three reach the client
+    as they are, in the error record of the response; nothing is formatted into a string."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.details: dict[str, Any] = dict(details) if details else {}
+
+    def record(self) -> tuple[str, str, dict[str, Any]]:
+        """The rejection as an outcome's value: ``(code, message, details)``."""
+        return (self.code, self.message, self.details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +80,7 @@ class Outcome:
     client_id: str
     seq: int
     ok: bool
-    value: Any  # result if ok, else (code, message)
+    value: Any  # result if ok, else the rejection (code, message, details)
     pending: bool = False
 
 
@@ -114,14 +124,15 @@ class Applier:
         last = self.clients.get(client_id)
         if last is not None and seq <= last[0]:
             if seq < last[0]:
-                return [Outcome(client_id, seq, False, ("duplicate", "request superseded"))]
+                superseded = ("duplicate", "request superseded", {"seq": last[0]})
+                return [Outcome(client_id, seq, False, superseded)]
             if last[1] == _PENDING:
                 return [Outcome(client_id, seq, True, None, pending=True)]
             return [Outcome(client_id, seq, last[1], last[2])]
         try:
             value, ok = self.sm.apply(entry.index, body, self.now_ms), True
         except CommandRejected as exc:
-            value, ok = (exc.code, exc.message), False
+            value, ok = exc.record(), False
         self.clients.pop(client_id, None)
         if isinstance(value, Pending):
             self.clients[client_id] = (seq, _PENDING, value.token, self.now_ms)
@@ -141,6 +152,8 @@ class Applier:
             if origin is None:
                 continue
             client_id, seq = origin
+            if not ok:
+                value = rejection(value)
             record = self.clients.get(client_id)
             if record is not None and record[0] == seq:
                 self.clients[client_id] = (seq, ok, value, record[3])
@@ -188,9 +201,21 @@ class Applier:
         else:
             raise ValueError(f"unknown snapshot version {state[0]}")
         self.applied_index, self.now_ms = applied, now_ms
-        self.clients = {c[0]: (c[1], c[2], _freeze(c[3]), c[4]) for c in clients}
+        self.clients = {
+            c[0]: (c[1], c[2], _freeze(c[3]) if c[2] is not False else rejection(c[3]), c[4])
+            for c in clients
+        }
         self.waits = {t: (c, s) for t, c, s in waits}
         self.sm.restore(inner)
+
+
+def rejection(value: Any) -> tuple[str, str, dict[str, Any]]:
+    """A failed completion (or a remembered rejection) as ``(code, message, details)``: state
+    machines may report ``(code, message)``, and snapshots taken before rejections had
+    details hold that shape."""
+    code, message, *rest = value
+    details = rest[0] if rest and isinstance(rest[0], dict) else {}
+    return (code, message, details)
 
 
 def _freeze(value: Any) -> Any:

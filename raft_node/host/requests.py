@@ -180,8 +180,7 @@ class RequestHandler:
                 if outcome.ok:
                     waiter.answer(p.ok(waiter.req_id, outcome.value, hint))
                 else:
-                    code, message = outcome.value
-                    waiter.answer(p.err(waiter.req_id, p.REJECTED, f"{code}: {message}", hint))
+                    waiter.answer(p.rejected(waiter.req_id, *outcome.value, hint))
 
     def on_lost_leadership(self) -> None:
         pending, self._pending = self._pending, {}
@@ -219,7 +218,8 @@ class RequestHandler:
             return p.err(req.req_id, p.UNAVAILABLE, f"leader unreachable: {exc!r}", hint)
         if resp.ok:
             return p.ok(req.req_id, resp.value, resp.leader_hint or hint)
-        return p.err(req.req_id, resp.code, resp.message, resp.leader_hint or hint)
+        assert resp.error is not None
+        return p.error(req.req_id, resp.kind, resp.error, resp.leader_hint or hint)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class RequestHandler:
         try:
             value = self.server.applier.sm.query(query)
         except CommandRejected as exc:
-            return p.err(req_id, p.REJECTED, f"{exc.code}: {exc.message}")
+            return p.rejected(req_id, exc.code, exc.message, exc.details)
         return p.ok(req_id, value, self.server.leader_hint())
 
     def _maybe_start_round(self) -> None:

@@ -14,16 +14,21 @@ Requests (msgpack arrays)::
 Responses::
 
     [req_id, OK, value, leader_hint]
-    [req_id, ERR, code, message, leader_hint]
+    [req_id, ERR, kind, {"code": code, "message": message, "details": {...}}, leader_hint]
 
 A WATCH is answered first with ``[req_id, OK, ["subscribed", applied_index], hint]`` and then
 with one ``[req_id, OK, ["event", index, payload], hint]`` per event, in log order, until the
 connection closes. Events are emitted by every node as it applies entries, so any node can serve
 a watch; a client that reconnects may have missed events and must resynchronise.
 
-``code`` is one of ``ERROR_CODES``; the client maps it to a typed exception. ``leader_hint`` is
-the ``host:port`` of the leader as this node knows it ('' if unknown), so a client talking to a
-follower learns where to go next time.
+An error is a record, never a string to parse. ``kind`` is one of ``ERROR_KINDS`` and says what
+the client does next (retry elsewhere, retry, or raise); the record says what went wrong:
+``code`` (a stable identifier), ``message`` (for people) and ``details`` (a map with string keys,
+for programs: e.g. the cycle of a deadlock). For the engine's own kinds the record's ``code`` is
+the kind; for ``rejected`` it is the state machine's code (``deadlock``, ``bad_command``...),
+carried as the state machine raised it (``CommandRejected(code, message, details)``).
+``leader_hint`` is the ``host:port`` of the leader as this node knows it ('' if unknown), so a
+client talking to a follower learns where to go next time.
 
 A client session (``client_id``) must have at most one PROPOSE outstanding: the state machine's
 duplicate detection remembers only the latest ``seq`` per client. Concurrent callers use several
@@ -32,20 +37,21 @@ client ids (the async client does this for you).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PROPOSE, READ, STATUS, TRANSFER, WATCH = 1, 2, 3, 4, 5
 MAX_TOPIC = 200
 OK, ERR = 0, 1
 
-# Error codes (strings on the wire so logs and other-language clients read them).
+# Error kinds (strings on the wire so logs and other-language clients read them).
 NOT_LEADER = "not_leader"  # no leader known, or the request must go elsewhere; retry
 TIMEOUT = "timeout"  # not answered within the server's deadline; outcome unknown; retry
 UNAVAILABLE = "unavailable"  # node is shutting down or has no quorum; retry elsewhere/later
-REJECTED = "rejected"  # the state machine refused the command (sub-code in message)
+REJECTED = "rejected"  # the state machine refused the command (its code is the record's)
 BAD_REQUEST = "bad_request"  # malformed request; do not retry
-ERROR_CODES = frozenset({NOT_LEADER, TIMEOUT, UNAVAILABLE, REJECTED, BAD_REQUEST})
+ERROR_KINDS = frozenset({NOT_LEADER, TIMEOUT, UNAVAILABLE, REJECTED, BAD_REQUEST})
+MAX_ERROR_CODE = 64
 
 MAX_CLIENT_ID = 128
 MAX_BODY_BYTES = 1 << 20
@@ -126,12 +132,56 @@ def _check_body(body: Any) -> None:
         raise ProtocolError(f"body must be bytes of at most {MAX_BODY_BYTES}")
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """What went wrong, as it crosses the wire: a stable ``code``, a ``message`` for people and
+    ``details`` for programs (msgpack-able values under string keys)."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> ErrorRecord:
+        """Validate a decoded record. Raises ``ProtocolError``."""
+        if not isinstance(obj, dict) or set(obj) != {"code", "message", "details"}:
+            raise ProtocolError("error must be a map of code, message and details")
+        code, message, details = obj["code"], obj["message"], obj["details"]
+        if not isinstance(code, str) or not 0 < len(code) <= MAX_ERROR_CODE:
+            raise ProtocolError(f"error code must be a string of 1..{MAX_ERROR_CODE} chars")
+        if not isinstance(message, str):
+            raise ProtocolError("error message must be a string")
+        if not isinstance(details, dict) or not all(isinstance(k, str) for k in details):
+            raise ProtocolError("error details must be a map with string keys")
+        return cls(code, message, details)
+
+
 def ok(req_id: int, value: Any, leader_hint: str = "") -> list:
     return [req_id, OK, value, leader_hint]
 
 
-def err(req_id: int, code: str, message: str, leader_hint: str = "") -> list:
-    return [req_id, ERR, code, message, leader_hint]
+def err(req_id: int, kind: str, message: str, leader_hint: str = "") -> list:
+    """An error of the engine itself (``kind`` is also the record's code)."""
+    if kind == REJECTED:
+        raise ProtocolError("a rejection carries the state machine's code: use rejected()")
+    return error(req_id, kind, ErrorRecord(kind, message), leader_hint)
+
+
+def rejected(
+    req_id: int, code: str, message: str, details: dict[str, Any], leader_hint: str = ""
+) -> list:
+    """The state machine refused the command with ``CommandRejected(code, message, details)``."""
+    return error(req_id, REJECTED, ErrorRecord(code, message, details), leader_hint)
+
+
+def error(req_id: int, kind: str, record: ErrorRecord, leader_hint: str = "") -> list:
+    """Any error response (a node relaying its leader's answer passes the record on as is)."""
+    if kind not in ERROR_KINDS or (kind != REJECTED and record.code != kind):
+        raise ProtocolError(f"error kind {kind!r} with code {record.code!r}")
+    return [req_id, ERR, kind, record.to_wire(), leader_hint]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,22 +189,31 @@ class Response:
     req_id: int
     ok: bool
     value: Any  # result when ok
-    code: str  # error code when not ok
-    message: str
+    kind: str  # error kind when not ok ('' when ok)
+    error: ErrorRecord | None  # the error when not ok
     leader_hint: str
+
+    @property
+    def code(self) -> str:
+        """The error's code ('' when ok): the kind, or the state machine's code if rejected."""
+        return self.error.code if self.error is not None else ""
+
+    @property
+    def message(self) -> str:
+        return self.error.message if self.error is not None else ""
 
 
 def parse_response(obj: Any) -> Response:
     if isinstance(obj, (list, tuple)) and len(obj) == 4 and obj[1] == OK:
-        return Response(obj[0], True, obj[2], "", "", _hint(obj[3]))
-    if (
-        isinstance(obj, (list, tuple))
-        and len(obj) == 5
-        and obj[1] == ERR
-        and obj[2] in ERROR_CODES
-        and isinstance(obj[3], str)
-    ):
-        return Response(obj[0], False, None, obj[2], obj[3], _hint(obj[4]))
+        return Response(obj[0], True, obj[2], "", None, _hint(obj[3]))
+    if isinstance(obj, (list, tuple)) and len(obj) == 5 and obj[1] == ERR:
+        kind = obj[2]
+        if kind not in ERROR_KINDS:
+            raise ProtocolError(f"unknown error kind {kind!r:.80}")
+        record = ErrorRecord.from_wire(obj[3])
+        if kind != REJECTED and record.code != kind:
+            raise ProtocolError(f"error kind {kind!r} with code {record.code!r:.80}")
+        return Response(obj[0], False, None, kind, record, _hint(obj[4]))
     raise ProtocolError(f"malformed response {obj!r:.200}")
 
 

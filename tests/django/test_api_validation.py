@@ -3,10 +3,14 @@ is asked (no cluster runs here; reaching it would be a 503, not a 400)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from coordination.api.views import reset_coordinator
 
 pytestmark = pytest.mark.django_db
 
@@ -83,3 +87,22 @@ def test_session_authentication_with_csrf_and_anonymous_refused(api):
     assert browser.get("/api/locks/a/check/").status_code == 400  # authenticated, then validated
     refused = browser.post("/api/sessions/", {"ttl": 0}, format="json")
     assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+
+
+def test_api_request_timeout_bounds_a_call_to_an_unreachable_cluster(api, settings):
+    """``API_REQUEST_TIMEOUT``, not the clients' ``REQUEST_TIMEOUT``, is how long a view waits
+    for the cluster before answering 503."""
+    settings.COORDINATION = {
+        **settings.COORDINATION,
+        "REQUEST_TIMEOUT": 60,
+        "API_REQUEST_TIMEOUT": 0.3,
+    }
+    reset_coordinator()
+    try:
+        started = time.monotonic()
+        got = api.post("/api/sessions/", {"ttl": 5}, format="json")
+        elapsed = time.monotonic() - started
+    finally:
+        reset_coordinator()
+    assert got.status_code == 503 and got["Retry-After"] == "1", got.content
+    assert got.json()["code"] == "unavailable" and elapsed < 10

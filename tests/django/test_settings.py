@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from coordination import conf
-from coordination.conf import SPEC, SettingsError, cluster_secret, collect, resolve
+from coordination.conf import (
+    SPEC,
+    SettingsError,
+    api_request_timeout,
+    cluster_secret,
+    collect,
+    resolve,
+)
 from syncproject.envconfig import env_bool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,3 +148,11 @@ def test_env_bool() -> None:
     assert env_bool({}, "X", default=True) is True
     with pytest.raises(ValueError, match="X"):
         env_bool({"X": "maybe"}, "X")
+
+
+def test_the_api_request_timeout_defaults_to_the_request_timeout() -> None:
+    assert api_request_timeout(resolve({"REQUEST_TIMEOUT": 7})) == 7
+    assert api_request_timeout(resolve({"REQUEST_TIMEOUT": 7, "API_REQUEST_TIMEOUT": 2})) == 2
+    assert api_request_timeout(resolve({}, {"RAFTSYNC_API_REQUEST_TIMEOUT": "0.5"})) == 0.5
+    with pytest.raises(SettingsError, match="API_REQUEST_TIMEOUT"):
+        resolve({"API_REQUEST_TIMEOUT": -1})

@@ -809,7 +809,7 @@ def test_pending_write_is_answered_through_the_applier():
     assert [(o.client_id, o.seq, o.ok, o.value) for o in released] == [
         ("a", 3, True, 1),
         ("b", 1, True, 3),
-        ("c", 1, False, ("not_integer", "cache key 'k' does not hold a decimal integer")),
+        ("c", 1, False, ("not_integer", "cache key 'k' does not hold a decimal integer", {})),
     ]
     assert run(7, "c", 1, "cache.incr", "k", 1)[0].ok is False  # the retry gets the same
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from search_depth import examples
 
-from coordination.exceptions import Deadlock, typed
+from coordination.errors import typed
+from coordination.exceptions import Deadlock
 from coordination.primitives import limits
 from coordination.primitives.base import Pending
 from coordination.primitives.locks import DEADLOCK_MEMORY, Locks

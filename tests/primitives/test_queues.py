@@ -1116,7 +1116,9 @@ def test_delete_removes_the_queue_its_leases_and_fails_its_waiters(node: Node) -
     assert node.get(s1, "q")["payload"] == b"again"
     pending = node.get(s2, "q", wait=10_000)
     node.do("queue.delete", "q")
-    assert node.done() == {pending.token: (False, (errors.UNKNOWN_QUEUE, "queue 'q' was deleted"))}
+    assert node.done() == {
+        pending.token: (False, (errors.UNKNOWN_QUEUE, "queue 'q' was deleted", {}))
+    }
     assert waiting.token not in node.done()
     check_invariants(node.queues)
 
@@ -1161,7 +1163,9 @@ def test_blocked_get_any_waits_in_every_queue_and_is_served_once(node: Node) -> 
     check_invariants(replica.queues)
     for n in (node, replica):
         n.do("queue.delete", "b")  # its waiter fails and leaves "a" as well
-        assert n.done() == {later.token: (False, (errors.UNKNOWN_QUEUE, "queue 'b' was deleted"))}
+        assert n.done() == {
+            later.token: (False, (errors.UNKNOWN_QUEUE, "queue 'b' was deleted", {}))
+        }
         assert n.stats("a")["consumers_waiting"] == 0
         check_invariants(n.queues)
     timed = node.do("queue.get_any", s2, ["a"], 1_000, VIS, 1)

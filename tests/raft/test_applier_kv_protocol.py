@@ -38,6 +38,47 @@ def test_rejected_command_leaves_state_and_is_remembered():
     assert ap.apply(_entry(2, "c", 1, kvstore.put("k", b"v")))[0].value == bad.value
 
 
+class _Refuser:
+    """Refuses every command with the code, message and details it names."""
+
+    def apply(self, index, command, now_ms):
+        code, message, details = msgpack.unpackb(command)
+        raise CommandRejected(code, message, details)
+
+    def query(self, query):
+        return None
+
+    def snapshot(self):
+        return b""
+
+    def restore(self, data):
+        pass
+
+
+def test_a_rejection_keeps_its_code_message_and_details_through_retries_and_snapshots():
+    ap = Applier(_Refuser())
+    body = msgpack.packb(["deadlock", "cycle: 1 -> 2 -> 1", {"cycle": [1, 2, 1]}])
+    first = ap.apply(_entry(1, "c", 1, body))[0]
+    assert (first.ok, first.value) == (
+        False,
+        ("deadlock", "cycle: 1 -> 2 -> 1", {"cycle": [1, 2, 1]}),
+    )
+    assert ap.apply(_entry(2, "c", 1, body))[0].value == first.value  # a retry: remembered
+    restored = Applier(_Refuser())
+    restored.restore(ap.snapshot())
+    assert restored.apply(_entry(3, "c", 1, body))[0].value == first.value
+    ap.apply(_entry(5, "c", 2, body))
+    older = ap.apply(_entry(6, "c", 1, body))[0]
+    assert older.value == ("duplicate", "request superseded", {"seq": 2})
+
+
+def test_a_snapshot_from_before_details_restores_rejections_with_empty_details():
+    old = msgpack.packb((2, 7, 1000, [["c", 1, False, ["bad_key", "x"], 1000]], [], b""))
+    ap = Applier(_Refuser())
+    ap.restore(old)
+    assert ap.apply(_entry(8, "c", 1, b"\x90"))[0].value == ("bad_key", "x", {})
+
+
 def test_log_clock_never_goes_backwards():
     ap = Applier(KVStore())
     ap.apply(_entry(1, "a", 1, kvstore.put("k", b"1"), stamp=5000))
@@ -186,9 +227,47 @@ def test_protocol_accepts_every_request_kind():
     assert isinstance(p.parse_request([p.READ, 2, b"q", False]), p.Read)
     assert isinstance(p.parse_request([p.STATUS, 3]), p.Status)
     assert isinstance(p.parse_request([p.TRANSFER, 4, "n2"]), p.Transfer)
-    assert p.parse_response(p.err(5, p.REJECTED, "bad_key: x", "h:1")).leader_hint == "h:1"
+    rejected = p.parse_response(p.rejected(5, "bad_key", "x", {"key": "k"}, "h:1"))
+    assert rejected.leader_hint == "h:1" and rejected.kind == p.REJECTED
+    assert rejected.error == p.ErrorRecord("bad_key", "x", {"key": "k"})
+    timeout = p.parse_response(p.err(6, p.TIMEOUT, "retry"))
+    assert timeout.kind == timeout.code == p.TIMEOUT and timeout.error.details == {}
+
+
+def _record(**fields):
+    return {"code": "deadlock", "message": "cycle", "details": {}, **fields}
+
+
+@pytest.mark.parametrize(
+    "response_obj",
+    [
+        [5, p.ERR, "made-up", _record(), ""],  # unknown kind
+        [5, p.ERR, p.REJECTED, "deadlock: cycle", ""],  # the old "code: message" string
+        [5, p.ERR, p.REJECTED, "deadlock", "cycle", ""],  # the old shape, with the code split off
+        [5, p.ERR, p.REJECTED, ["deadlock", "cycle", {}], ""],
+        [5, p.ERR, p.REJECTED, {"code": "deadlock", "message": "cycle"}, ""],  # no details
+        [5, p.ERR, p.REJECTED, _record(extra=1), ""],
+        [5, p.ERR, p.REJECTED, _record(code=""), ""],
+        [5, p.ERR, p.REJECTED, _record(code=7), ""],
+        [5, p.ERR, p.REJECTED, _record(code="c" * (p.MAX_ERROR_CODE + 1)), ""],
+        [5, p.ERR, p.REJECTED, _record(message=None), ""],
+        [5, p.ERR, p.REJECTED, _record(details=[]), ""],
+        [5, p.ERR, p.REJECTED, _record(details={1: "x"}), ""],
+        [5, p.ERR, p.TIMEOUT, _record(), ""],  # an engine kind names itself as the code
+    ],
+)
+def test_protocol_rejects_malformed_error_responses(response_obj):
     with pytest.raises(p.ProtocolError):
-        p.parse_response([5, p.ERR, "made-up", "x", ""])
+        p.parse_response(response_obj)
+
+
+def test_protocol_refuses_to_send_malformed_errors():
+    with pytest.raises(p.ProtocolError):
+        p.err(1, p.REJECTED, "a rejection needs the state machine's code")
+    with pytest.raises(p.ProtocolError):
+        p.error(1, p.UNAVAILABLE, p.ErrorRecord("deadlock", "kind and code disagree"))
+    with pytest.raises(p.ProtocolError):
+        p.error(1, "made-up", p.ErrorRecord("made-up", "unknown kind"))
 
 
 def test_parse_addresses_forms():

@@ -1,4 +1,7 @@
-"""A module-scoped 3-node cluster hosting the coordination primitives (real processes)."""
+"""A module-scoped 3-node cluster hosting the coordination primitives (real processes).
+
+A test module may name another state machine in ``STATE_MACHINE`` (a dotted path the node
+processes can import, e.g. ``tests.realprocess.probe_machine.ProbeMachine``)."""
 
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ MACHINE = "coordination.primitives.machine.CoordinationMachine"
 
 
 @pytest.fixture(scope="module")
-def coordination_cluster(tmp_path_factory: pytest.TempPathFactory):
+def coordination_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    machine = getattr(request.module, "STATE_MACHINE", MACHINE)
     c = LocalCluster(
         tmp_path_factory.mktemp("coordination"),
         ROOT / "manage.py",
-        settings={"STATE_MACHINE": MACHINE},
+        settings={"STATE_MACHINE": machine},
     )
     c.start()
     c.wait_for_leader()

@@ -142,8 +142,9 @@ def test_deadlock_of_two_and_three_sessions_is_detected(cluster):
             )
             with pytest.raises(Deadlock) as info:  # closing the cycle fails at once
                 coord.lock(names[0], session=sessions[-1], wait=30).acquire()
+            assert set(info.value.details["cycle"]) == {s.id for s in sessions}
             for s in sessions:
-                assert f"session {s.id}" in str(info.value)
+                assert f"session {s.id}" in info.value.message
             for s in sessions:
                 s.close()  # releases everything; the waiters give up or are granted
             for t, _ in waiters:

@@ -1,0 +1,110 @@
+"""The state both coordination clients keep between calls, without I/O: a lock handle's hold
+(token, reentrant count), a session's keepalive policy, and a leased message's fields.
+
+``Coordinator`` and ``AsyncCoordinator`` subclass these and add only the waiting: a blocking
+call, or an ``await``. With ``operations`` (every call as data), this module is the client core
+both share; ``raft_node.client`` under them shares the engine-level policy (leader tracking,
+retries and backoff, request sequence numbers) between its blocking and asyncio clients the
+same way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import coordination.client.operations as ops
+from coordination.client.operations import EXCLUSIVE, SHARED
+from coordination.exceptions import StaleToken
+from raft_node.client import ClusterUnavailable, RaftError, Timeout
+
+
+class LockHold:
+    """A handle on a named lock for one (session, owner): what to send to acquire, release and
+    renew it, and what the answers mean for the handle. Reentrant: nested acquires count."""
+
+    def __init__(self, name: str, mode: str, owner: str, wait: float | None) -> None:
+        if mode not in (EXCLUSIVE, SHARED):
+            raise ValueError(f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
+        self.name, self.mode, self.owner, self.wait = name, mode, owner, wait
+        self.token: int | None = None
+        self.count = 0
+
+    def _wait_for(self, wait: float | None) -> float:
+        """``wait``: None takes the handle's; None or 0 tries once."""
+        return (self.wait if wait is None else wait) or 0.0
+
+    def _acquire_op(self, session_id: int, wait: float) -> ops.Operation[bool]:
+        def granted(result: Any) -> bool:
+            if not result or not result.get("acquired"):
+                return False
+            self.token = result["token"]
+            self.count = result.get("count", self.count + 1)
+            return True
+
+        base = ops.lock_acquire(session_id, self.name, self.mode, self.owner, wait)
+        return ops.Operation(base.body, True, granted, base.wait)
+
+    def _release_op(self, session_id: int) -> ops.Operation[None]:
+        def released(result: Any) -> None:
+            self.count = result.get("count", 0) if isinstance(result, dict) else 0
+            if self.count == 0:
+                self.token = None
+
+        base = ops.lock_release(session_id, self.name, self.owner)
+        return ops.Operation(base.body, True, released)
+
+    def _renew_op(self, session_id: int) -> ops.Operation[int]:
+        return ops.lock_renew(session_id, self.name, self.owner)
+
+
+class SessionKeepalive:
+    """A session's liveness as its client sees it: renewed every TTL/3 in the background (a
+    thread, or a task); lost once the cluster says it is gone (expired, closed, unknown), or
+    once no renewal succeeded for a whole TTL (the cluster will have expired it: presume it
+    did). Locks renewed explicitly count as renewals too."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.id = 0
+        self.last_renewed = time.monotonic()
+
+    @property
+    def keepalive_interval(self) -> float:
+        return self.ttl / 3
+
+    def _renewed(self) -> None:
+        self.last_renewed = time.monotonic()
+
+    def _keepalive_lost(self, error: RaftError | None) -> bool:
+        """After one keepalive (``error`` None if it succeeded): True if the session must now
+        be presumed lost; transient failures are retried at the next interval."""
+        if error is None:
+            self._renewed()
+            return False
+        if isinstance(error, (Timeout, ClusterUnavailable)):
+            return time.monotonic() - self.last_renewed >= self.ttl
+        return True  # refused (expired or unknown): the cluster released everything
+
+
+def require_current(name: str, token: int, current: bool) -> None:
+    """``require_token``'s rule, for both clients."""
+    if not current:
+        raise StaleToken(name, token)
+
+
+def message_fields(row: dict[str, Any]) -> tuple[int, bytes, int, int, dict[str, Any]]:
+    """A leased queue row as a message's fields: id, payload, priority, delivery count, and
+    the rest (``meta``: enqueued time, ``dead_letter`` origin, ``queue`` for ``get_any``)."""
+    meta = {k: v for k, v in row.items() if k not in ("id", "payload", "priority")}
+    return row["id"], row["payload"], row["priority"], row["delivery_count"], meta
+
+
+__all__ = [
+    "EXCLUSIVE",
+    "SHARED",
+    "LockHold",
+    "SessionKeepalive",
+    "message_fields",
+    "require_current",
+]

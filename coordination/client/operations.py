@@ -1,0 +1,257 @@
+"""Every operation of the coordination clients, as data: the command to send, whether it is a
+write, how long the cluster may hold it, and how to read its answer.
+
+    op = operations.lock_acquire(session_id, "report:42", wait=10.0)
+    result = coord.run(op)          # Coordinator: blocks
+    result = await coord.run(op)    # AsyncCoordinator: awaits
+
+This is the sans-I/O half of the clients (``core`` is the other: locks' and sessions'
+bookkeeping). Neither client builds a command or a deadline of its own: ``Coordinator`` and
+``AsyncCoordinator`` differ only in how they wait for ``run``, so they cannot drift apart, and
+the REST API runs the same operations. Commands come from ``coordination.primitives.commands``
+(the state machine's vocabulary); times here are seconds (floats), milliseconds on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from coordination.primitives import commands as c
+from coordination.primitives.cache_l1 import LEASE_MS
+
+T = TypeVar("T")
+
+EXCLUSIVE, SHARED = "exclusive", "shared"
+WAIT_MARGIN = 5.0  # seconds a blocking call's deadline allows beyond its wait (the answer's trip)
+CACHE_WRITE_WAIT = LEASE_MS[1] / 1000  # a cache write may wait out other processes' L1 leases
+
+
+def ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _ms_or_none(seconds: float | None) -> int | None:
+    return None if seconds is None else ms(seconds)
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Operation(Generic[T]):
+    """One call to the cluster. ``wait`` is how long the cluster may hold it before answering
+    (a lock or queue wait, a cache write waiting out L1 leases); None for a call answered at
+    once. ``decode`` turns the state machine's answer into the operation's result."""
+
+    body: bytes
+    write: bool = True
+    decode: Callable[[Any], T] = _unchanged
+    wait: float | None = None
+    stale: bool = False
+
+    def deadline(self, timeout: float) -> float:
+        """The call's deadline for a client whose own timeout is ``timeout``: a blocking call
+        gets its wait plus ``WAIT_MARGIN``, never less than the client's timeout."""
+        if self.wait is None:
+            return timeout
+        return max(timeout, self.wait + WAIT_MARGIN)
+
+
+def write(
+    body: bytes, decode: Callable[[Any], T] = _unchanged, wait: float | None = None
+) -> Operation[T]:
+    """A command applied through the log (exactly once, however often the client retries)."""
+    return Operation(body, True, decode, wait)
+
+
+def read(body: bytes, decode: Callable[[Any], T] = _unchanged, stale: bool = False) -> Operation[T]:
+    """A query: linearizable (ReadIndex on the leader) unless ``stale``."""
+    return Operation(body, False, decode, None, stale)
+
+
+# -- sessions -------------------------------------------------------------------------------------
+
+
+def session_open(ttl: float, label: str = "") -> Operation[dict[str, Any]]:
+    """Open a session: ``{"session": id, "ttl_ms", "expires_ms"}`` (nobody keeps it alive:
+    ``Session`` handles do, and HTTP clients of the API renew it themselves)."""
+    return write(c.session_open(ms(ttl), label))
+
+
+def session_keepalive(session: int) -> Operation[dict[str, Any]]:
+    return write(c.session_keepalive(session))
+
+
+def session_close(session: int) -> Operation[bool]:
+    return write(c.session_close(session))
+
+
+def session_get(session: int) -> Operation[dict[str, Any] | None]:
+    return read(c.session_get(session))
+
+
+def session_list() -> Operation[list[dict[str, Any]]]:
+    return read(c.session_list())
+
+
+# -- locks ----------------------------------------------------------------------------------------
+
+
+def lock_acquire(
+    session: int, name: str, mode: str = EXCLUSIVE, owner: str = "", wait: float = 0.0
+) -> Operation[dict[str, Any]]:
+    """``{"acquired": True, "token", "mode", "count"}`` or ``{"acquired": False}`` (a try that
+    found it busy, or a wait that ran out). The cluster holds the call up to ``wait``."""
+    return write(c.lock_acquire(session, name, mode, owner, ms(wait)), wait=wait)
+
+
+def lock_release(session: int, name: str, owner: str = "") -> Operation[dict[str, Any]]:
+    return write(c.lock_release(session, name, owner))
+
+
+def lock_renew(session: int, name: str, owner: str = "") -> Operation[int]:
+    """The hold's token if ``(session, owner)`` still holds ``name`` (else ``NotHolder``)."""
+    return write(c.lock_renew(session, name, owner))
+
+
+def lock_check_token(name: str, token: int) -> Operation[bool]:
+    return read(c.lock_check_token(name, token), bool)
+
+
+def lock_inspect(name: str) -> Operation[dict[str, Any]]:
+    return read(c.lock_inspect(name))
+
+
+def lock_list(prefix: str = "", limit: int | None = None) -> Operation[Any]:
+    return read(c.lock_list(prefix, limit))
+
+
+def lock_deadlocks() -> Operation[Any]:
+    return read(c.lock_deadlocks())
+
+
+# -- queues ---------------------------------------------------------------------------------------
+
+
+def queue_declare(
+    name: str,
+    max_deliveries: int | None = 5,
+    dedup_window: float | None = 300.0,
+    max_depth: int | None = 100_000,
+) -> Operation[dict[str, Any]]:
+    """``None`` keeps a setting as it is."""
+    return write(c.queue_declare(name, max_deliveries, _ms_or_none(dedup_window), max_depth))
+
+
+def queue_put(
+    name: str,
+    payload: bytes,
+    priority: int = 0,
+    dedup_id: str | None = None,
+    delay: float = 0.0,
+) -> Operation[dict[str, Any]]:
+    """``{"id", "duplicate"}``: with ``dedup_id``, a repeat within the dedup window returns the
+    first id and enqueues nothing."""
+    return write(c.queue_put(name, payload, priority, dedup_id, ms(delay)))
+
+
+def queue_get(
+    session: int, name: str, wait: float = 0.0, visibility: float = 30.0
+) -> Operation[dict[str, Any] | None]:
+    """The next message's row (leased to ``session`` for ``visibility``), or None."""
+    return write(c.queue_get(session, name, ms(wait), ms(visibility)), wait=wait)
+
+
+def queue_get_many(
+    session: int, name: str, max_count: int, wait: float = 0.0, visibility: float = 30.0
+) -> Operation[list[dict[str, Any]]]:
+    body = c.queue_get_many(session, name, ms(wait), ms(visibility), max_count)
+    return write(body, wait=wait)
+
+
+def queue_get_any(
+    session: int, names: list[str], max_count: int = 1, wait: float = 0.0, visibility: float = 30.0
+) -> Operation[list[dict[str, Any]]]:
+    """Rows of the first of ``names`` with any ready; each names its ``queue``."""
+    body = c.queue_get_any(session, names, ms(wait), ms(visibility), max_count)
+    return write(body, wait=wait)
+
+
+def queue_ack(session: int, name: str, msg_id: int) -> Operation[Any]:
+    return write(c.queue_ack(session, name, msg_id))
+
+
+def queue_ack_many(session: int, name: str, msg_ids: list[int]) -> Operation[list[int]]:
+    """The ids that were no longer leased to ``session``."""
+    return write(c.queue_ack_many(session, name, msg_ids), lambda result: result["unknown"])
+
+
+def queue_nack(
+    session: int, name: str, msg_id: int, requeue: bool = True, delay: float = 0.0
+) -> Operation[Any]:
+    return write(c.queue_nack(session, name, msg_id, requeue, ms(delay)))
+
+
+def queue_touch(session: int, name: str, msg_id: int, visibility: float) -> Operation[Any]:
+    return write(c.queue_touch(session, name, msg_id, ms(visibility)))
+
+
+def queue_stats(name: str) -> Operation[dict[str, Any]]:
+    return read(c.queue_stats(name))
+
+
+def queue_list() -> Operation[Any]:
+    return read(c.queue_list())
+
+
+def queue_peek(name: str, limit: int = 20) -> Operation[list[dict[str, Any]]]:
+    return read(c.queue_peek(name, limit))
+
+
+def queue_dead_letters(name: str, limit: int = 20) -> Operation[list[dict[str, Any]]]:
+    return read(c.queue_dead_letters(name, limit))
+
+
+def queue_purge(name: str) -> Operation[int]:
+    return write(c.queue_purge(name))
+
+
+def queue_delete(name: str) -> Operation[bool]:
+    return write(c.queue_delete(name))
+
+
+def queue_requeue_dead(name: str, max_count: int = 1000) -> Operation[int]:
+    return write(c.queue_requeue_dead(name, max_count))
+
+
+# -- cache (the L1 client is ``coordination.client.cache.Cache``) --------------------------------
+
+
+def cache_get(key: str) -> Operation[dict[str, Any] | None]:
+    """The stored record (``value``, ``version``, ``expires_ms``; ``evicted`` if the value lives
+    only in Redis now), or None."""
+    return read(c.cache_get(key))
+
+
+def cache_set(key: str, value: bytes, ttl: float | None = None) -> Operation[int]:
+    """The new version. Waits out other processes' L1 leases on the key."""
+    return write(c.cache_set(key, value, _ms_or_none(ttl)), wait=CACHE_WRITE_WAIT)
+
+
+def cache_delete(key: str) -> Operation[bool]:
+    return write(c.cache_delete(key), wait=CACHE_WRITE_WAIT)
+
+
+def cache_incr(key: str, delta: int = 1) -> Operation[int]:
+    return write(c.cache_incr(key, delta), wait=CACHE_WRITE_WAIT)
+
+
+def cache_keys(prefix: str = "", limit: int = 100) -> Operation[list[dict[str, Any]]]:
+    return read(c.cache_keys(prefix, limit))
+
+
+def cache_stats() -> Operation[dict[str, Any]]:
+    return read(c.cache_stats())

@@ -1,0 +1,118 @@
+"""The one table of error codes: for each code, the Python exception it raises and the HTTP
+status the REST API answers it with.
+
+An error crosses the wire as a record ``(code, message, details)`` (``raft_node``'s client
+protocol); nothing parses a message. Everyone reads this table:
+
+- the primitives refuse commands by code (``coordination.primitives.errors.reject`` accepts only
+  the ``MACHINE`` codes below);
+- the raft client raises a generic ``Rejected(code, message, details)``, and the coordination
+  clients turn it into the class registered here (``typed``);
+- the REST API answers a registered error with its status and ``{"code", "detail"}`` body
+  (``coordination.api.errors``).
+
+Origins: ``MACHINE`` codes come from the state machine (a primitive, or the applier's
+``duplicate``), ``ENGINE`` codes from the engine and the raft client (retries exhausted, bad
+requests, credentials), ``CLIENT`` codes are raised by the coordination client itself.
+
+``body_code`` is the ``code`` of the API's error body where it differs from the error's own:
+those bodies are a public contract older than this table (a malformed command was always a
+``bad_request``, a timeout always ``unavailable``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from coordination import exceptions as exc
+from raft_node.client import RaftError, Rejected
+
+MACHINE, ENGINE, CLIENT = "machine", "engine", "client"
+
+# Machine codes: what a primitive (or the applier) refuses a command with.
+BAD_COMMAND = "bad_command"  # malformed command (wrong op, arity or types)
+LIMIT = "limit_exceeded"  # a documented limit (name, size, range, depth) was exceeded
+UNKNOWN_SESSION = "unknown_session"  # no such session (never existed, or closed)
+SESSION_EXPIRED = "session_expired"  # the session timed out; everything it held is released
+NOT_HOLDER = "not_holder"  # release/renew of a lock the caller does not hold
+DEADLOCK = "deadlock"  # waiting would close a cycle in the wait-for graph (details: the cycle)
+LOCK_MODE = "lock_mode"  # e.g. reentrant upgrade from shared to exclusive
+UNKNOWN_QUEUE = "unknown_queue"
+UNKNOWN_MESSAGE = "unknown_message"  # ack/nack of a message not leased to the caller
+NOT_INTEGER = "not_integer"  # incr of a cache value that is not an integer
+UNKNOWN_KEY = "unknown_key"  # incr of a cache key that does not exist
+EVICTED = "evicted"  # incr/touch of a cache key whose value now lives only in Redis
+DUPLICATE = "duplicate"  # the applier: a write older than the client's latest (superseded)
+
+# Engine codes (the raft client's own errors) and client codes.
+BAD_REQUEST = "bad_request"
+NOT_LEADER = "not_leader"
+TIMEOUT = "timeout"
+UNAVAILABLE = "unavailable"
+AUTH_FAILED = "auth_failed"
+NOT_ACQUIRED = "not_acquired"
+STALE_TOKEN = "stale_token"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    code: str
+    exception: type[RaftError]
+    status: int  # the REST API's HTTP status
+    origin: str  # MACHINE, ENGINE or CLIENT
+    body_code: str = ""  # the API body's code, if not ``code``
+
+    @property
+    def api_code(self) -> str:
+        return self.body_code or self.code
+
+
+_TABLE = (
+    ErrorCode(BAD_COMMAND, exc.BadRequest, 400, MACHINE, body_code=BAD_REQUEST),
+    ErrorCode(LIMIT, exc.LimitExceeded, 400, MACHINE),
+    ErrorCode(UNKNOWN_SESSION, exc.UnknownSession, 404, MACHINE),
+    ErrorCode(SESSION_EXPIRED, exc.SessionExpired, 404, MACHINE),
+    ErrorCode(UNKNOWN_QUEUE, exc.UnknownQueue, 404, MACHINE),
+    ErrorCode(UNKNOWN_KEY, exc.UnknownKey, 404, MACHINE),
+    ErrorCode(NOT_HOLDER, exc.NotHolder, 409, MACHINE),
+    ErrorCode(LOCK_MODE, exc.LockModeError, 409, MACHINE),
+    ErrorCode(UNKNOWN_MESSAGE, exc.UnknownMessage, 409, MACHINE),
+    ErrorCode(NOT_INTEGER, exc.NotInteger, 409, MACHINE),
+    ErrorCode(EVICTED, exc.Evicted, 409, MACHINE),
+    ErrorCode(DUPLICATE, exc.Superseded, 409, MACHINE),
+    ErrorCode(DEADLOCK, exc.Deadlock, 423, MACHINE),
+    ErrorCode(BAD_REQUEST, exc.BadRequest, 400, ENGINE),
+    ErrorCode(NOT_LEADER, exc.NotLeader, 503, ENGINE, body_code=UNAVAILABLE),
+    ErrorCode(TIMEOUT, exc.Timeout, 503, ENGINE, body_code=UNAVAILABLE),
+    ErrorCode(UNAVAILABLE, exc.ClusterUnavailable, 503, ENGINE),
+    ErrorCode(AUTH_FAILED, exc.AuthenticationFailed, 500, ENGINE),
+    ErrorCode(NOT_ACQUIRED, exc.LockNotAcquired, 409, CLIENT),
+    ErrorCode(STALE_TOKEN, exc.StaleToken, 409, CLIENT),
+)
+
+CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _TABLE}
+MACHINE_CODES = frozenset(code for code, entry in CODES.items() if entry.origin == MACHINE)
+
+
+def lookup(error: BaseException) -> ErrorCode | None:
+    """The table's row for ``error`` (by its code), or None if it is not a registered error."""
+    if not isinstance(error, RaftError):
+        return None
+    return CODES.get(error.code)
+
+
+def build(code: str, message: str, details: dict[str, Any] | None = None) -> RaftError:
+    """The registered exception for ``code`` (``CoordinationError`` for an unknown code)."""
+    entry = CODES.get(code)
+    if entry is None:
+        return exc.CoordinationError(code, message, details)
+    return entry.exception.from_record(code, message, details or {})
+
+
+def typed(error: RaftError) -> RaftError:
+    """The specific exception for a raft client error: a generic ``Rejected`` becomes its
+    code's class; anything else is typed already and comes back as it is."""
+    if type(error) is not Rejected:
+        return error
+    return build(error.code, error.message, error.details)

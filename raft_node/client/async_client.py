@@ -1,0 +1,99 @@
+"""``AsyncRaftClient``: the asyncio client, pipelined over one connection.
+
+Writes carry ``(client_id, seq)``: each lane (a client id with its own sequence counter) has at
+most one write outstanding, so the cluster applies each write once however often it is retried.
+The client keeps a pool of lanes so many coroutines can write concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from raft_node.client.connection import AsyncConnection
+from raft_node.client.policy import Attempts, ClientConfig, Lanes
+from raft_node.transport import client_protocol as p
+
+
+class AsyncRaftClient(ClientConfig):
+    def _init_connection_state(self) -> None:
+        self._conn: AsyncConnection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._lanes = Lanes(self.name)
+
+    async def __aenter__(self) -> AsyncRaftClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    # -- public calls ---------------------------------------------------------------------------
+
+    async def propose(self, body: bytes, *, timeout: float | None = None) -> Any:
+        """Apply ``body`` through the log exactly once; returns the state machine's result."""
+        lane = self._lanes.take()
+        try:
+            return await self._call(p.PROPOSE, [lane.client_id, lane.next(), body], timeout)
+        finally:
+            self._lanes.give(lane)
+
+    async def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
+        """Query the state machine; linearizable (ReadIndex) unless ``stale``."""
+        return await self._call(p.READ, [query, stale], timeout)
+
+    async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """Status of the node currently connected to (not necessarily the leader)."""
+        return await self._call(p.STATUS, [], timeout, follow_leader=False)
+
+    async def transfer_leadership(self, target: str, *, timeout: float | None = None) -> Any:
+        return await self._call(p.TRANSFER, [target], timeout)
+
+    # -- machinery ------------------------------------------------------------------------------
+
+    async def _connection(self, budget: float) -> AsyncConnection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            conn = self._conn
+            if conn is not None and not conn.closed and conn.addr == self._targets.current:
+                return conn
+            if conn is not None:
+                await conn.close()
+            self._conn = None
+            conn = AsyncConnection(
+                self._targets.current,
+                self._secret,
+                self.name,
+                ssl=self._ssl,
+                max_frame_bytes=self._max,
+            )
+            await conn.open(min(budget, 2.0))
+            self._conn = conn
+            return conn
+
+    async def _call(
+        self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
+    ) -> Any:
+        tries = Attempts(
+            self._targets, self.timeout if timeout is None else timeout, follow_leader, self.timeout
+        )
+        while (budget := tries.budget()) > 0:
+            try:
+                conn = await self._connection(budget)
+                tries.reached = True
+                resp = await conn.request(kind, fields, budget)
+            except (OSError, EOFError, asyncio.IncompleteReadError, p.ProtocolError) as exc:
+                tries.unreachable(exc)
+            except TimeoutError:
+                if tries.no_answer():
+                    break
+            else:
+                if tries.answered(resp):
+                    return resp.value
+            await asyncio.sleep(tries.pause())
+        raise tries.give_up()

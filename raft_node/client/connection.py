@@ -1,0 +1,117 @@
+"""``AsyncConnection``: one authenticated connection to a node, with pipelined requests.
+
+Used by ``AsyncRaftClient`` and by a node forwarding proposals to its leader; many requests may
+be in flight at once, each answered by ``req_id`` in whatever order the node answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import ssl as ssl_module
+from collections.abc import Sequence
+from typing import Any
+
+from raft_node.client.errors import AuthenticationFailed
+from raft_node.client.policy import Address
+from raft_node.transport import client_protocol as p
+from raft_node.transport.auth import AuthError, client_handshake
+from raft_node.transport.codec import decode_payload, encode_payload
+from raft_node.transport.wire import MAX_FRAME_BYTES, FrameKind, encode_frame, read_frame
+
+
+class AsyncConnection:
+    """One authenticated connection with pipelined requests matched by ``req_id``."""
+
+    def __init__(
+        self,
+        addr: Address,
+        secret: bytes,
+        name: str,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.addr, self._secret, self._name = addr, secret, name
+        self._ssl, self._max = ssl, max_frame_bytes
+        self._ids = itertools.count(1)
+        self._inflight: dict[int, asyncio.Future[p.Response]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []
+        self.closed = False
+
+    async def open(self, timeout: float) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(*self.addr, ssl=self._ssl), timeout
+        )
+        try:
+            await client_handshake(reader, writer, self._secret, my_id=self._name, timeout=timeout)
+        except AuthError as exc:
+            writer.close()
+            raise AuthenticationFailed(str(exc)) from exc
+        except BaseException:
+            writer.close()
+            raise
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._writer = writer
+        self._reader_task = asyncio.create_task(self._read_loop(reader))
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, body = await read_frame(reader, self._max)
+                if kind != FrameKind.CLIENT_RESPONSE:
+                    raise ConnectionError(f"unexpected frame kind {kind}")
+                resp = p.parse_response(decode_payload(body))
+                fut = self._inflight.pop(resp.req_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(resp)
+        except (Exception, asyncio.CancelledError) as exc:
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self.closed = True
+        error = ConnectionError(f"connection to {self.addr} lost: {exc!r}")
+        for fut in self._inflight.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._inflight.clear()
+
+    async def request(self, kind: int, fields: Sequence[Any], timeout: float) -> p.Response:
+        if self.closed or self._writer is None:
+            raise ConnectionError("connection closed")
+        req_id = next(self._ids)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[p.Response] = loop.create_future()
+        self._inflight[req_id] = fut
+        body = encode_payload([kind, req_id, *fields])
+        # Requests issued in one loop iteration leave in one write; drain only under pressure.
+        self._out.append(encode_frame(FrameKind.CLIENT_REQUEST, body, self._max))
+        if len(self._out) == 1:
+            loop.call_soon(self._flush)
+        try:
+            if self._writer.transport.get_write_buffer_size() > 1 << 18:
+                await self._writer.drain()
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._inflight.pop(req_id, None)
+
+    def _flush(self) -> None:
+        if self._writer is not None and not self.closed:
+            self._writer.write(b"".join(self._out))
+        self._out.clear()
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
