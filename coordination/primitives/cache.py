@@ -264,7 +264,7 @@ class Cache:
         try:
             result, _ = self.writes.evaluate(kind, ctx, token, args, True)
         except CommandRejected as exc:  # evaluated only now: the state may have changed
-            ctx.fail(token, exc.code, exc.message)
+            ctx.fail(token, exc.code, exc.message, exc.details)
         else:
             ctx.complete(token, result)
 
