@@ -175,7 +175,9 @@ class Channel(virtual.Channel):
         return self._to_kombu(batch)
 
     def _to_kombu(self, batch: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-        """(queue, kombu message) per leased message, remembering each lease for the ack."""
+        """(queue, kombu message) per leased message, remembering each lease for the ack. A
+        redelivery carries ``delivery_info["redelivered"]``, where kombu's transports put it
+        and Celery reads it (``Reject(requeue=True)``, ``worker_deduplicate_successful_tasks``)."""
         if not batch:
             raise Empty()
         messages = []
@@ -183,7 +185,11 @@ class Channel(virtual.Channel):
             message = json.loads(msg.payload)
             props = message.setdefault("properties", {})
             if msg.delivery_count > 1:
-                message["redelivered"] = True
+                info = props.get("delivery_info")
+                if not isinstance(info, dict):
+                    info = props["delivery_info"] = {}
+                info["redelivered"] = True
+                message["redelivered"] = True  # as kombu's virtual ``_restore`` marks it
             self._leases[props["delivery_tag"]] = (msg.queue.name, msg.id)
             messages.append((msg.queue.name, message))
         return messages

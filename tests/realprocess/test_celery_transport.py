@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
+from kombu import Connection
 
 from raft_node.launcher import LocalCluster
 
@@ -146,3 +147,24 @@ def test_a_worker_of_several_queues_waits_on_all_at_once(coordination_cluster):
             assert len(seen) == i + 1, f"{queue}-{i} not run within 3 s (waiting on the other?)"
             time.sleep(0.3)  # let the worker block again
     assert [tag for tag, _ in seen] == ["qb-0", "qa-1", "qb-2", "qb-3"]
+
+
+def _url(cluster: LocalCluster) -> str:
+    return ";".join(f"raft://{h}:{p}" for h, p in cluster.addresses.values())
+
+
+def test_a_redelivered_message_says_so_in_its_delivery_info(coordination_cluster):
+    """Celery reads ``delivery_info["redelivered"]`` (``Reject(requeue=True)`` handling,
+    ``worker_deduplicate_successful_tasks``); kombu's own transports set it there."""
+    options = {"secret": coordination_cluster.secret, "polling_wait": 2.0}
+    with Connection(_url(coordination_cluster), transport_options=options) as conn:
+        queue = conn.SimpleQueue("redeliveredq")
+        queue.put({"n": 1})
+        first = queue.get(timeout=10)
+        assert not first.delivery_info.get("redelivered")
+        first.requeue()  # basic_reject(requeue=True): a nack, delivered again
+        again = queue.get(timeout=10)
+        assert again.payload == {"n": 1}
+        assert again.delivery_info["redelivered"] is True
+        again.ack()
+        queue.close()
