@@ -55,7 +55,7 @@ def option_problems(options: Any) -> list[str]:
     problems = [f"unknown option {name!r}" for name in options if name not in OPTION_DEFAULTS]
     size = options.get("L1_SIZE", 0)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        problems.append(f"L1_SIZE must be an integer >= 0, got {size!r}")
+        problems.append(f"L1_SIZE must be an integer >= 0 (0: no L1), got {size!r}")
     if options.get("MODE", "linearizable") not in MODES:
         problems.append(f"MODE must be one of {', '.join(MODES)}, got {options['MODE']!r}")
     for name, low, high in (("LEASE", 0.1, 60.0), ("STALENESS", 0.0, 3600.0)):

@@ -13,17 +13,25 @@ from raft_node.launcher import LocalCluster
 pytestmark = [pytest.mark.realprocess]
 
 
-@pytest.fixture
-def cache(coordination_cluster: LocalCluster):
-    location = ",".join(f"{h}:{p}" for h, p in coordination_cluster.addresses.values())
-    backend = RaftCache(
+def _backend(cluster: LocalCluster, **options) -> RaftCache:
+    location = ",".join(f"{h}:{p}" for h, p in cluster.addresses.values())
+    return RaftCache(
         location,
-        {"TIMEOUT": 60, "KEY_PREFIX": "t", "OPTIONS": {"SECRET": coordination_cluster.secret}},
+        {"TIMEOUT": 60, "KEY_PREFIX": "t", "OPTIONS": {"SECRET": cluster.secret, **options}},
     )
-    backend.clear()
-    yield backend
+
+
+def _close(backend: RaftCache) -> None:
     backend.client.close()
     backend.client.coord.close()
+
+
+@pytest.fixture
+def cache(coordination_cluster: LocalCluster):
+    backend = _backend(coordination_cluster)
+    backend.clear()
+    yield backend
+    _close(backend)
 
 
 def test_basic_contract(cache):
@@ -93,3 +101,16 @@ def test_value_and_key_encoding():
         assert type(decode_value(encode_value(value))) is type(value)
     assert cluster_key("prefix:1:simple") == "prefix:1:simple"
     assert cluster_key("has space") != cluster_key("has_space")
+
+
+@pytest.mark.parametrize("mode", ["linearizable", "bounded"])
+def test_l1_size_zero_reads_through_the_django_backend(coordination_cluster, mode):
+    backend = _backend(coordination_cluster, L1_SIZE=0, MODE=mode)
+    key = f"nol1-{mode}"
+    try:
+        assert backend.get(key) is None and backend.has_key(key) is False
+        backend.set(key, [1])
+        assert backend.get(key) == [1] and backend.has_key(key) is True
+        assert backend.get_or_set(key + "-gs", "v") == "v"
+    finally:
+        _close(backend)
