@@ -12,10 +12,17 @@
 ``COORDINATION`` settings are used (``OPTIONS["SECRET"]`` overrides the cluster secret).
 
 Values: integers are stored as ASCII decimal, so ``incr``/``decr`` run on the cluster atomically;
-everything else is pickled (as Django's own backends do). Keys: Django's full key (prefix,
-version, key) is used as is when it fits the cluster's key rules, else replaced by a SHA-256
-digest with a readable prefix. Timeouts: ``None`` never expires; ``0`` or less expires at once
-(the key is deleted), as Django specifies.
+everything else is pickled (as Django's own backends do).
+
+Keys: Django's full key (prefix, version, key) is used as is when it fits the cluster's key
+rules, else replaced by a SHA-256 digest with a readable prefix.
+
+Timeouts: ``None`` never expires; ``0`` or less expires at once (the key is deleted), as Django
+specifies; any positive number is accepted, and one longer than the cluster's longest TTL
+(``CACHE_TTL_MS``, 30 days) is stored with that TTL. Memcached reads such values as absolute
+times and Redis keeps them as given; here the key may simply expire sooner, as any cache entry
+may be evicted sooner. (The cluster's limit itself is not raised: a node replaying log entries
+it once refused would then apply them, and disagree with nodes that did not replay them.)
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 from coordination.exceptions import UnknownKey
-from coordination.primitives.limits import NAME_MAX_BYTES, NAME_PATTERN
+from coordination.primitives.limits import CACHE_TTL_MS, NAME_MAX_BYTES, NAME_PATTERN
 
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _MISSING = object()
@@ -44,6 +51,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "SECRET": "",
 }
 MODES = ("linearizable", "bounded")
+#: The longest TTL the cluster stores (seconds); a longer Django timeout is stored with it.
+MAX_TIMEOUT = CACHE_TTL_MS[1] / 1000
 
 
 def option_problems(options: Any) -> list[str]:
@@ -143,10 +152,11 @@ class RaftCache(BaseCache):
         return cluster_key(self.make_and_validate_key(key, version=version))
 
     def _ttl(self, timeout: Any) -> float | None:
-        """Seconds to live; None = forever; <= 0 = already expired."""
+        """Seconds to live; None = forever; <= 0 = already expired. Longer than the cluster's
+        longest TTL: that TTL (Django accepts any positive timeout; the cluster refuses more)."""
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
-        return None if timeout is None else float(timeout)
+        return None if timeout is None else min(float(timeout), MAX_TIMEOUT)
 
     # -- the Django cache API -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from coordination.cache_backend import RaftCache, cluster_key, decode_value, encode_value
+from coordination.primitives.limits import CACHE_TTL_MS
 from raft_node.launcher import LocalCluster
 
 pytestmark = [pytest.mark.realprocess]
@@ -101,6 +102,27 @@ def test_value_and_key_encoding():
         assert type(decode_value(encode_value(value))) is type(value)
     assert cluster_key("prefix:1:simple") == "prefix:1:simple"
     assert cluster_key("has space") != cluster_key("has_space")
+
+
+def test_a_timeout_beyond_the_clusters_longest_ttl_is_stored_with_it(cache):
+    """Django accepts any positive timeout (a year is common); the cluster keeps a key at most
+    CACHE_TTL_MS (30 days), so a longer one is stored with that TTL instead of refused."""
+    year = 60 * 60 * 24 * 365
+    cache.set("year", "y", timeout=year)
+    assert cache.add("year-add", "a", timeout=year) is True
+    cache.set_many({"year-many": "m"}, timeout=10**12)
+    cache.set("touched", "t", timeout=60)
+    assert cache.touch("touched", timeout=float("inf")) is True
+    assert cache.get_many(["year", "year-add", "year-many", "touched"]) == {
+        "year": "y",
+        "year-add": "a",
+        "year-many": "m",
+        "touched": "t",
+    }
+    keys = {k["key"]: k for k in cache.client.coord.cache_keys("t:1:", 10)}
+    now_ms = time.time() * 1000
+    for key in ("t:1:year", "t:1:year-add", "t:1:year-many", "t:1:touched"):
+        assert keys[key]["expires_ms"] - now_ms == pytest.approx(CACHE_TTL_MS[1], abs=60_000)
 
 
 @pytest.mark.parametrize("mode", ["linearizable", "bounded"])
