@@ -15,7 +15,11 @@ Values: integers are stored as ASCII decimal, so ``incr``/``decr`` run on the cl
 everything else is pickled (as Django's own backends do).
 
 Keys: Django's full key (prefix, version, key) is used as is when it fits the cluster's key
-rules, else replaced by a SHA-256 digest with a readable prefix.
+rules (at most 200 bytes of UTF-8 from ``[A-Za-z0-9_.:/@+=#{}[]-]``), else replaced by a SHA-256
+digest with a readable prefix, so any string works. As with Django's built-in backends, a key
+memcached would refuse (over 250 characters, or with spaces or control characters) still gives
+a ``CacheKeyWarning``, so code stays portable; a key that is not a string, or has characters
+UTF-8 cannot encode (lone surrogates), raises ``InvalidCacheKey``: no digest can be made of it.
 
 Timeouts: ``None`` never expires; ``0`` or less expires at once (the key is deleted), as Django
 specifies; any positive number is accepted, and one longer than the cluster's longest TTL
@@ -33,7 +37,7 @@ import re
 import threading
 from typing import Any
 
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, InvalidCacheKey
 
 from coordination.exceptions import UnknownKey
 from coordination.primitives.limits import CACHE_TTL_MS, NAME_MAX_BYTES, NAME_PATTERN
@@ -146,7 +150,17 @@ class RaftCache(BaseCache):
         )
 
     def validate_key(self, key: str) -> None:
-        """Any key works here (awkward ones are hashed): no memcached warnings."""
+        """Django's ``CacheKeyWarning`` for keys memcached would refuse, as the built-in
+        backends give it (the key still works here: awkward ones are hashed), and
+        ``InvalidCacheKey`` for a key no digest can be made of (not a string, or not
+        encodable as UTF-8)."""
+        if not isinstance(key, str):
+            raise InvalidCacheKey(f"Cache key must be a string, not {type(key).__name__}: {key!r}")
+        try:
+            key.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidCacheKey(f"Cache key is not encodable as UTF-8 ({exc}): {key!r}") from None
+        super().validate_key(key)
 
     def _key(self, key: Any, version: int | None) -> str:
         return cluster_key(self.make_and_validate_key(key, version=version))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 
 import pytest
+from django.core.cache import CacheKeyWarning, InvalidCacheKey
 
 from coordination.cache_backend import RaftCache, cluster_key, decode_value, encode_value
 from coordination.primitives.limits import CACHE_TTL_MS
@@ -55,20 +57,22 @@ def test_incr_decr_are_atomic_on_the_cluster(cache):
 
 
 def test_many_versions_and_awkward_keys(cache):
-    cache.set_many({"a": 1, "b": "two", "with space/ü": [3]})
-    assert cache.get_many(["a", "b", "with space/ü", "z"]) == {
-        "a": 1,
-        "b": "two",
-        "with space/ü": [3],
-    }
+    with pytest.warns(CacheKeyWarning):  # a space: memcached would refuse it, we hash it
+        cache.set_many({"a": 1, "b": "two", "with space/ü": [3]})
+        assert cache.get_many(["a", "b", "with space/ü", "z"]) == {
+            "a": 1,
+            "b": "two",
+            "with space/ü": [3],
+        }
     cache.delete_many(["a", "b"])
     assert cache.get_many(["a", "b"]) == {}
     cache.set("v", "one", version=1)
     cache.set("v", "two", version=2)
     assert cache.get("v", version=1) == "one" and cache.get("v", version=2) == "two"
     long_key = "x" * 500
-    cache.set(long_key, "long")
-    assert cache.get(long_key) == "long"
+    with pytest.warns(CacheKeyWarning):  # memcached's limit is 250: portable code is warned
+        cache.set(long_key, "long")
+        assert cache.get(long_key) == "long"
 
 
 def test_timeouts_none_zero_and_touch(cache):
@@ -136,3 +140,21 @@ def test_l1_size_zero_reads_through_the_django_backend(coordination_cluster, mod
         assert backend.get_or_set(key + "-gs", "v") == "v"
     finally:
         _close(backend)
+
+
+def test_keys_memcached_refuses_warn_as_with_djangos_backends(cache):
+    """CacheKeyWarning (the key still works: it is hashed); a key no digest can be made of
+    is refused with InvalidCacheKey before anything is sent."""
+    for key in ("with space", "x" * 251, "tab\there"):
+        with pytest.warns(CacheKeyWarning):
+            cache.set(key, key)
+        with pytest.warns(CacheKeyWarning):
+            assert cache.get(key) == key
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheKeyWarning)
+        cache.set("portable:key", 1)  # no warning for a portable key
+    with pytest.raises(InvalidCacheKey, match="UTF-8"):
+        cache.set("lone-\ud800-surrogate", 1)
+    cache.key_func = lambda key, prefix, version: key  # a custom KEY_FUNCTION gone wrong
+    with pytest.raises(InvalidCacheKey, match="must be a string"):
+        cache.get(b"bytes")
