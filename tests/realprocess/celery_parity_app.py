@@ -5,11 +5,14 @@
 Tasks record each run as a line ``run <tag> <redelivered> <pid>`` in
 ``RAFTSYNC_TEST_MARKERS/runs``. ``succeed_then_die`` kills its worker (``--pool solo``: the
 task runs in the worker's main process) right after its result is stored and before the message
-is acked, which is the window ``worker_deduplicate_successful_tasks`` exists for.
+is acked, which is the window ``worker_deduplicate_successful_tasks`` exists for; Celery's line
+saying it skipped such a redelivery ("already completed successfully") goes to
+``RAFTSYNC_TEST_MARKERS/ignored``, so the test sees the skip itself, not only its absence.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -43,6 +46,18 @@ app.conf.update(
     worker_deduplicate_successful_tasks=True,
     result_expires=600,
 )
+
+
+class _SkippedAsDone(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "already completed successfully" in record.getMessage()
+
+
+_ignored = logging.FileHandler(MARKERS / "ignored")
+_ignored.addFilter(_SkippedAsDone())
+_trace_log = logging.getLogger("celery.app.trace")  # Celery logs the skip there, at INFO
+_trace_log.addHandler(_ignored)
+_trace_log.setLevel(logging.INFO)
 
 
 def record(tag: str, redelivered: bool) -> None:

@@ -188,7 +188,11 @@ def test_a_success_whose_ack_was_lost_is_not_run_again(parity):
     assert (parity.markers / "died-once").exists()
     assert result.get(timeout=10) == "once"  # stored before the worker died
     parity.start_worker().wait_ready(app)
-    _wait_for(lambda: _queue_empty(parity.kind, parity.cluster, parity.queue), 30, "the redelivery")
+    ignored = parity.markers / "ignored"
+    _wait_for(
+        lambda: ignored.exists() and result.id in ignored.read_text(), 30, "the skipped redelivery"
+    )
+    _wait_for(lambda: _queue_empty(parity.kind, parity.cluster, parity.queue), 30, "its ack")
     assert parity.runs("once") == [False]  # and not once more, redelivered
 
 
