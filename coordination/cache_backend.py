@@ -12,10 +12,21 @@
 ``COORDINATION`` settings are used (``OPTIONS["SECRET"]`` overrides the cluster secret).
 
 Values: integers are stored as ASCII decimal, so ``incr``/``decr`` run on the cluster atomically;
-everything else is pickled (as Django's own backends do). Keys: Django's full key (prefix,
-version, key) is used as is when it fits the cluster's key rules, else replaced by a SHA-256
-digest with a readable prefix. Timeouts: ``None`` never expires; ``0`` or less expires at once
-(the key is deleted), as Django specifies.
+everything else is pickled (as Django's own backends do).
+
+Keys: Django's full key (prefix, version, key) is used as is when it fits the cluster's key
+rules (at most 200 bytes of UTF-8 from ``[A-Za-z0-9_.:/@+=#{}[]-]``), else replaced by a SHA-256
+digest with a readable prefix, so any string works. As with Django's built-in backends, a key
+memcached would refuse (over 250 characters, or with spaces or control characters) still gives
+a ``CacheKeyWarning``, so code stays portable; a key that is not a string, or has characters
+UTF-8 cannot encode (lone surrogates), raises ``InvalidCacheKey``: no digest can be made of it.
+
+Timeouts: ``None`` never expires; ``0`` or less expires at once (the key is deleted), as Django
+specifies; any positive number is accepted, and one longer than the cluster's longest TTL
+(``CACHE_TTL_MS``, 30 days) is stored with that TTL. Memcached reads such values as absolute
+times and Redis keeps them as given; here the key may simply expire sooner, as any cache entry
+may be evicted sooner. (The cluster's limit itself is not raised: a node replaying log entries
+it once refused would then apply them, and disagree with nodes that did not replay them.)
 """
 
 from __future__ import annotations
@@ -26,10 +37,10 @@ import re
 import threading
 from typing import Any
 
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, InvalidCacheKey
 
 from coordination.exceptions import UnknownKey
-from coordination.primitives.limits import NAME_MAX_BYTES, NAME_PATTERN
+from coordination.primitives.limits import CACHE_TTL_MS, NAME_MAX_BYTES, NAME_PATTERN
 
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _MISSING = object()
@@ -44,6 +55,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "SECRET": "",
 }
 MODES = ("linearizable", "bounded")
+#: The longest TTL the cluster stores (seconds); a longer Django timeout is stored with it.
+MAX_TIMEOUT = CACHE_TTL_MS[1] / 1000
 
 
 def option_problems(options: Any) -> list[str]:
@@ -55,7 +68,7 @@ def option_problems(options: Any) -> list[str]:
     problems = [f"unknown option {name!r}" for name in options if name not in OPTION_DEFAULTS]
     size = options.get("L1_SIZE", 0)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        problems.append(f"L1_SIZE must be an integer >= 0, got {size!r}")
+        problems.append(f"L1_SIZE must be an integer >= 0 (0: no L1), got {size!r}")
     if options.get("MODE", "linearizable") not in MODES:
         problems.append(f"MODE must be one of {', '.join(MODES)}, got {options['MODE']!r}")
     for name, low, high in (("LEASE", 0.1, 60.0), ("STALENESS", 0.0, 3600.0)):
@@ -137,16 +150,27 @@ class RaftCache(BaseCache):
         )
 
     def validate_key(self, key: str) -> None:
-        """Any key works here (awkward ones are hashed): no memcached warnings."""
+        """Django's ``CacheKeyWarning`` for keys memcached would refuse, as the built-in
+        backends give it (the key still works here: awkward ones are hashed), and
+        ``InvalidCacheKey`` for a key no digest can be made of (not a string, or not
+        encodable as UTF-8)."""
+        if not isinstance(key, str):
+            raise InvalidCacheKey(f"Cache key must be a string, not {type(key).__name__}: {key!r}")
+        try:
+            key.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidCacheKey(f"Cache key is not encodable as UTF-8 ({exc}): {key!r}") from None
+        super().validate_key(key)
 
     def _key(self, key: Any, version: int | None) -> str:
         return cluster_key(self.make_and_validate_key(key, version=version))
 
     def _ttl(self, timeout: Any) -> float | None:
-        """Seconds to live; None = forever; <= 0 = already expired."""
+        """Seconds to live; None = forever; <= 0 = already expired. Longer than the cluster's
+        longest TTL: that TTL (Django accepts any positive timeout; the cluster refuses more)."""
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
-        return None if timeout is None else float(timeout)
+        return None if timeout is None else min(float(timeout), MAX_TIMEOUT)
 
     # -- the Django cache API -------------------------------------------------------------------
 

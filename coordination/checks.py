@@ -135,8 +135,8 @@ def check_caches(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 _error(
                     "E008",
                     f"CACHES[{alias!r}]: {problem}",
-                    f"RaftCache OPTIONS are {', '.join(OPTION_DEFAULTS)} (L1_SIZE >= 0, MODE "
-                    "'linearizable' or 'bounded'); see coordination/cache_backend.py.",
+                    f"RaftCache OPTIONS are {', '.join(OPTION_DEFAULTS)} (L1_SIZE >= 0, 0 for "
+                    "no L1; MODE 'linearizable' or 'bounded'); see coordination/cache_backend.py.",
                     obj=f"settings.CACHES[{alias!r}]",
                 )
             )

@@ -26,8 +26,18 @@ countdown is never redelivered while a worker waits on it.
 
 Remote control works (``celery inspect``, ``control.ping``, ``revoke``): bindings are shared
 through the cluster as session-held locks (``celery_bindings``), so a broadcast reaches every
-live worker's control queue and replies reach the caller's reply queue. A worker's control queue
-is checked without blocking every ``broadcast_poll_interval`` seconds (default 0.5).
+live worker's control queue and replies reach the caller's reply queue.
+
+Broadcasts are pushed, like tasks: one blocking ``queue.get_any`` per wait covers the queues
+every channel of the connection consumes with ``no_ack`` (a worker's control queue, listed
+first, and reply queues) together with the task queues of the channel that has prefetch room.
+So a broadcast wakes a waiting worker at once, and one committed before a task (a ``revoke``
+sent before the task) is delivered before it: the leader serves the first listed queue with a
+message. While every task channel's prefetch window is full (no task can be fetched) the
+``no_ack`` queues are checked without blocking, at most every ``broadcast_poll_interval``
+seconds (default 0.5): a wait there would hold up the next fetch when a slot frees.
+``no_ack`` messages are acked as they are fetched (at most once, as AMQP's ``no_ack``), so a
+control message is never delivered again when its lease would have run out.
 
 The cluster addresses come from the URL (``;``-separated alternates), or
 ``transport_options["addresses"]``; a bare ``raft://`` means the ``COORDINATION`` cluster
@@ -41,6 +51,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Collection
 from datetime import datetime
 from queue import Empty
 from typing import Any
@@ -59,6 +70,7 @@ from coordination.exceptions import (
     UnknownSession,
 )
 from coordination.primitives import limits
+from coordination.primitives.queues import MAX_GET_ANY_QUEUES
 from raft_node.client import ClusterUnavailable, Timeout
 
 log = logging.getLogger("coordination.celery")
@@ -84,11 +96,11 @@ class Channel(virtual.Channel):
         # Most messages a fetch leases at once (never more than kombu's prefetch room).
         self.max_fetch = int(options.get("max_fetch", 16))
         self._acks = AckBatcher(self.coord, self.session)
-        # Queues this channel bound to a fanout exchange (a worker's remote-control "pidbox"):
-        # checked without blocking, at most every ``broadcast_poll_interval`` seconds, so a
-        # worker's blocking get on its task queue is not held up by an idle control queue.
-        self.broadcast_poll = float(options.get("broadcast_poll_interval", 0.5))
-        self._broadcast_queues: dict[str, float] = {}  # queue -> when it is next polled
+        # Queues consumed with no_ack (a worker's control queue, a caller's reply queue): acked
+        # when fetched, so any channel of the connection may fetch them (Transport.drain_events
+        # waits on them together with the task queues).
+        self._no_ack: set[str] = set()
+        self._fanout: set[str] = set()  # queues bound to a fanout exchange (broadcasts)
         self._bindings: dict[str, list[Any]] = {}  # queue -> the binding locks this channel holds
         self._turn = 0  # rotates the order get_any tries the consumed queues in
 
@@ -113,36 +125,70 @@ class Channel(virtual.Channel):
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         return self._fetch(queue, 1)[0][1]
 
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> None:
+        super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        if no_ack:
+            self._no_ack.add(queue)
+        else:
+            self._no_ack.discard(queue)
+
+    def basic_cancel(self, consumer_tag: str) -> None:
+        super().basic_cancel(consumer_tag)
+        self._no_ack.intersection_update(self._active_queues)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """kombu's ``basic_get``; with ``no_ack`` the message is acked at once (nothing else
+        ever would: its lease would run out and deliver it again)."""
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        if message is not None and no_ack:
+            lease = self._leases.pop(message.delivery_tag, None)
+            if lease is not None:
+                self._acks.add(*lease)
+        return message
+
+    def shared_queues(self) -> list[str]:
+        """The consumed queues any channel of the connection may fetch (``no_ack``: acked when
+        fetched), fanout-bound ones (broadcasts) first."""
+        queues = [q for q in self._active_queues if q in self._no_ack]
+        return sorted(queues, key=lambda q: q not in self._fanout)
+
+    def task_queues(self) -> list[str]:
+        """The consumed queues whose messages this channel leases until acked."""
+        return [q for q in self._active_queues if q not in self._no_ack]
+
     def _poll(self, cycle: Any, callback: Any, timeout: float | None = None) -> None:
-        """One wait over every task queue the channel consumes (``queue.get_any``, the list
-        rotated each time for fairness) instead of kombu's turn-by-turn gets, where a worker
-        of ``-Q a,b`` would wait out an empty ``a`` before looking at ``b``. Control queues
-        (fanout-bound) are checked first, when due."""
-        for queue in [q for q in self._active_queues if q in self._broadcast_queues]:
-            with contextlib.suppress(Empty):
-                return self._get_and_deliver(queue, callback)
-        queues = [q for q in self._active_queues if q not in self._broadcast_queues]
-        if len(queues) <= 1:
-            if not queues:
-                raise Empty()
-            return self._get_and_deliver(queues[0], callback)
-        self._turn = (self._turn + 1) % len(queues)
-        order = queues[self._turn :] + queues[: self._turn]
+        """kombu's per-channel drain (``Channel.drain_events``): the connection-wide wait of
+        ``Transport.drain_events`` restricted to this channel's queues."""
+        self.wait_and_deliver(self.shared_queues(), self.wait, callback)
+
+    def wait_and_deliver(
+        self, shared: list[str], wait: float, callback: Any, *, take: bool = True
+    ) -> None:
+        """One ``queue.get_any`` over ``shared`` (no_ack queues of any channel, listed first so
+        a broadcast is served before a task committed after it) and, with ``take``, this
+        channel's task queues (rotated each time for fairness; a worker of ``-Q a,b`` does not
+        wait out an empty ``a`` before looking at ``b``). Blocks up to ``wait`` seconds at the
+        leader; ``Empty`` if nothing came."""
+        tasks = self.task_queues() if take else []
+        if len(tasks) > 1:
+            self._turn = (self._turn + 1) % len(tasks)
+            tasks = tasks[self._turn :] + tasks[: self._turn]
+        queues = list(dict.fromkeys(shared + tasks))[:MAX_GET_ANY_QUEUES]
+        if not queues:
+            raise Empty()
         try:
             batch = self.coord.get_any(
-                order,
-                self._room(),
-                wait=self.wait,
+                queues,
+                self._room() if tasks else self.max_fetch,
+                wait=wait,
                 visibility=self.visibility,
                 session=self.session,
             )
         except UnknownQueue:
             raise Empty() from None
-        self._deliver(self._to_kombu(batch), callback)
-
-    def _get_and_deliver(self, queue: str, callback: Any) -> None:
-        """Lease as many messages as the consumer has prefetch room for, in one log entry."""
-        self._deliver(self._fetch(queue, self._room()), callback)
+        self._deliver(self._to_kombu(batch, set(shared)), callback)
 
     def _room(self) -> int:
         room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
@@ -159,23 +205,21 @@ class Channel(virtual.Channel):
                 raise
 
     def _fetch(self, queue: str, count: int) -> list[tuple[str, dict[str, Any]]]:
-        wait = self.wait
-        next_poll = self._broadcast_queues.get(queue)
-        if next_poll is not None:
-            if time.monotonic() < next_poll:
-                raise Empty()
-            self._broadcast_queues[queue] = time.monotonic() + self.broadcast_poll
-            wait = 0.0
         try:
             batch = self.coord.queue(queue).get_many(
-                count, wait=wait, visibility=self.visibility, session=self.session
+                count, wait=self.wait, visibility=self.visibility, session=self.session
             )
         except UnknownQueue:
             raise Empty() from None
         return self._to_kombu(batch)
 
-    def _to_kombu(self, batch: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-        """(queue, kombu message) per leased message, remembering each lease for the ack."""
+    def _to_kombu(
+        self, batch: list[Any], acked: Collection[str] = ()
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(queue, kombu message) per leased message. A message of a queue in ``acked`` (no_ack)
+        is acked now; any other's lease is remembered for its ack. A redelivery carries
+        ``delivery_info["redelivered"]``, where kombu's transports put it and Celery reads it
+        (``Reject(requeue=True)``, ``worker_deduplicate_successful_tasks``)."""
         if not batch:
             raise Empty()
         messages = []
@@ -183,8 +227,15 @@ class Channel(virtual.Channel):
             message = json.loads(msg.payload)
             props = message.setdefault("properties", {})
             if msg.delivery_count > 1:
-                message["redelivered"] = True
-            self._leases[props["delivery_tag"]] = (msg.queue.name, msg.id)
+                info = props.get("delivery_info")
+                if not isinstance(info, dict):
+                    info = props["delivery_info"] = {}
+                info["redelivered"] = True
+                message["redelivered"] = True  # as kombu's virtual ``_restore`` marks it
+            if msg.queue.name in acked:
+                self._acks.add(msg.queue.name, msg.id)
+            else:
+                self._leases[props["delivery_tag"]] = (msg.queue.name, msg.id)
             messages.append((msg.queue.name, message))
         return messages
 
@@ -210,7 +261,7 @@ class Channel(virtual.Channel):
         if lock is not None:
             self._bindings.setdefault(queue, []).append(lock)
         if self.typeof(exchange).type == "fanout":
-            self._broadcast_queues.setdefault(queue, 0.0)
+            self._fanout.add(queue)
 
     def get_table(self, exchange: str) -> list[tuple[str, str, str]]:
         """This process's bindings, plus the cluster's when they matter: always for a fanout
@@ -235,7 +286,7 @@ class Channel(virtual.Channel):
         for lock in self._bindings.pop(queue, []):
             with contextlib.suppress(*CLEANUP_ERRORS):
                 lock.release()
-        self._broadcast_queues.pop(queue, None)
+        self._fanout.discard(queue)
         with contextlib.suppress(*CLEANUP_ERRORS):
             self.coord.queue(queue).delete()
 
@@ -344,6 +395,57 @@ class Transport(virtual.Transport):
         asynchronous=False, exchange_type={"direct", "fanout"}
     )
 
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        options = client.transport_options or {}
+        self.broadcast_poll = float(options.get("broadcast_poll_interval", 0.5))
+        self._next_shared_check = 0.0  # when the no_ack queues are next checked, windows full
+        self._turn = 0  # rotates which channel with prefetch room waits (several task channels)
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """Deliver what the next wait brings, else ``socket.timeout`` once ``timeout`` ran out.
+
+        kombu's virtual transport drains channels in turn, each with its own wait: a worker's
+        control channel waited (or was polled) apart from its task channel, so a ``revoke``
+        sent before a task could reach the worker after it. Here one wait covers both (see
+        ``Channel.wait_and_deliver``): the ``no_ack`` queues of every channel, broadcasts
+        first, then the task queues of one channel with prefetch room (rotating among such
+        channels). With no room anywhere, the ``no_ack`` queues are checked without blocking,
+        at most every ``broadcast_poll_interval``; with no task consumer at all (a caller
+        collecting replies) the wait is on them alone.
+        """
+        start = time.monotonic()
+        while True:
+            left = None if timeout is None else timeout - (time.monotonic() - start)
+            try:
+                return self._drain_once(left)
+            except Empty:
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    raise TimeoutError() from None  # socket.timeout, as kombu raises
+                time.sleep(self.polling_interval)
+
+    def _drain_once(self, left: float | None) -> None:
+        channels = [ch for ch in self.channels if ch.connection is not None and ch._consumers]
+        shared = list(dict.fromkeys(q for ch in channels for q in ch.shared_queues()))
+        fanout = {q for ch in channels for q in ch._fanout}
+        shared.sort(key=lambda q: q not in fanout)  # broadcasts before replies
+        takers = [ch for ch in channels if ch.task_queues() and ch.qos.can_consume()]
+        if takers:
+            self._turn = (self._turn + 1) % len(takers)
+            channel = takers[self._turn]
+            return channel.wait_and_deliver(shared, _wait(channel.wait, left), self._deliver)
+        if not shared:
+            raise Empty()
+        owner = next(ch for ch in channels if ch.shared_queues())
+        wait = _wait(owner.wait, left)
+        if any(ch.task_queues() for ch in channels):  # every prefetch window is full
+            now = time.monotonic()
+            if now < self._next_shared_check:
+                raise Empty()
+            self._next_shared_check = now + self.broadcast_poll
+            wait = 0.0
+        owner.wait_and_deliver(shared, wait, self._deliver, take=False)
+
     def driver_version(self) -> str:
         return "1"
 
@@ -388,3 +490,9 @@ def register() -> None:
     from coordination import register_transport
 
     register_transport()
+
+
+def _wait(wait: float, left: float | None) -> float:
+    """The blocking wait of one get: the channel's ``polling_wait``, cut to what is left of
+    the caller's ``drain_events`` timeout."""
+    return wait if left is None else max(0.0, min(wait, left))

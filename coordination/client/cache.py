@@ -13,6 +13,9 @@ Reads go L1 -> cluster -> Redis. Two modes:
 - ``bounded``: L1 entries are plain cluster reads kept for ``staleness`` seconds, with no
   registration and no invalidation: faster writes, reads at most ``staleness`` old.
 
+``l1_size=0`` means no L1: every read goes to the cluster (a plain read, no registration), every
+write is a plain write, and no invalidation stream or session is opened.
+
 A value the cluster evicted from memory is read from Redis (``redis_url``) and used only if
 Redis holds exactly the version the cluster reports.
 
@@ -67,6 +70,8 @@ class Cache:
     ) -> None:
         if mode not in (LINEARIZABLE, BOUNDED):
             raise ValueError(f"mode must be {LINEARIZABLE!r} or {BOUNDED!r}")
+        if isinstance(l1_size, bool) or not isinstance(l1_size, int) or l1_size < 0:
+            raise ValueError(f"l1_size must be an integer >= 0 (0: no L1), got {l1_size!r}")
         self.coord = coord
         self.mode = mode
         self.l1_size = l1_size
@@ -80,10 +85,12 @@ class Cache:
         self._redis = RedisFallback(redis_url) if redis_url else None
         self.session = session
         self._watcher: Watcher | None = None
-        self._releaser = coord.new_client() if mode == LINEARIZABLE else None
+        # Registrations (and so the invalidation stream) only exist to keep L1 copies coherent.
+        registers = mode == LINEARIZABLE and l1_size > 0
+        self._releaser = coord.new_client() if registers else None
         # Releases of evicted registrations, sent off the reader's thread.
-        self._evictions = ReleaseWorker(self._release) if mode == LINEARIZABLE else None
-        if mode == LINEARIZABLE:
+        self._evictions = ReleaseWorker(self._release) if registers else None
+        if registers:
             self.session = session or coord.default_session
             self._watcher = Watcher(
                 coord.addresses,
@@ -162,9 +169,15 @@ class Cache:
     # -- reads ----------------------------------------------------------------------------------
 
     def _count(self, key: str) -> None:
+        if self.l1_size <= 0:
+            return  # no L1: nothing to admit
         self._admission.record(key)
 
     def _admissible(self, key: str) -> bool:
+        """Whether ``key`` may take an L1 slot (TinyLFU: more popular than the LRU victim).
+        Never without an L1 (``l1_size`` 0): there is no slot, and no victim to compare."""
+        if self.l1_size <= 0:
+            return False
         with self._lock:
             if len(self._l1) < self.l1_size:
                 return True
@@ -225,7 +238,7 @@ class Cache:
             else:
                 missing.append(key)
         if missing:
-            if self.mode == LINEARIZABLE:
+            if self.mode == LINEARIZABLE and self.l1_size > 0:
                 for key in missing:  # each fill registers: one log entry per key
                     value = self.get(key)
                     if value is not None:

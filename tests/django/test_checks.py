@@ -110,7 +110,10 @@ def test_e007_broker_outside_the_cluster(settings) -> None:
 
 @pytest.mark.parametrize(
     ("options", "expected"),
-    [({"L1_SZE": 10}, "unknown option 'L1_SZE'"), ({"L1_SIZE": -1}, "L1_SIZE must be")],
+    [
+        ({"L1_SZE": 10}, "unknown option 'L1_SZE'"),
+        ({"L1_SIZE": -1}, "L1_SIZE must be an integer >= 0 (0: no L1), got -1"),
+    ],
 )
 def test_e008_raft_cache_options(settings, options: dict, expected: str) -> None:
     _coordination(settings)
@@ -119,6 +122,19 @@ def test_e008_raft_cache_options(settings, options: dict, expected: str) -> None
         "coordination": {"BACKEND": "coordination.cache_backend.RaftCache", "OPTIONS": options},
     }
     _fails("E008", expected, "HINT: RaftCache OPTIONS are")
+
+
+def test_e008_accepts_an_l1_size_of_zero(settings) -> None:
+    """0 means no L1 (every read from the cluster); only a negative size is an error."""
+    _coordination(settings)
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "coordination": {
+            "BACKEND": "coordination.cache_backend.RaftCache",
+            "OPTIONS": {"L1_SIZE": 0},
+        },
+    }
+    call_command("check", fail_level="WARNING")
 
 
 def test_the_projects_schema_class_is_its_own_business(settings) -> None:

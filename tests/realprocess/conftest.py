@@ -24,6 +24,8 @@ def coordination_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytes
         settings={"STATE_MACHINE": machine},
     )
     c.start()
-    c.wait_for_leader()
+    # Generous: at the start of a parallel run on a loaded machine, two workers each start three
+    # node processes at once; a healthy cluster answers in a second or two anyway.
+    c.wait_for_leader(timeout=60)
     yield c
     c.stop()

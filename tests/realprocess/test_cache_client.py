@@ -136,3 +136,29 @@ def test_cache_operations_and_typed_errors(cluster):
     finally:
         cache.close()
         coord.close()
+
+
+@pytest.mark.parametrize("mode", ["linearizable", BOUNDED])
+def test_an_l1_size_of_zero_means_no_l1(cluster, mode):
+    """0 turns the L1 off (every read from the cluster, nothing held or registered); it
+    used to make every read raise StopIteration (no LRU victim to compare with)."""
+    coord, cache = _cache(cluster, l1_size=0, mode=mode)
+    _, other = _cache(cluster)
+    key = f"nol1-{mode}"
+    try:
+        assert cache.session is None  # no registrations, so no session or stream to keep
+        assert cache.get(key) is None
+        cache.set(key, b"v1")
+        assert cache.get(key) == b"v1" and cache.get(key) == b"v1"
+        assert cache.get_many([key, "absent"]) == {key: b"v1"}
+        other.set(key, b"v2")  # another process's write: seen at once, nothing was held
+        assert cache.get(key) == b"v2"
+        stats = cache.stats()
+        assert stats["l1_keys"] == 0 and stats["hits"] == 0
+        with pytest.raises(ValueError, match="l1_size"):
+            Cache(coord, l1_size=-1, mode=mode)
+    finally:
+        cache.close()
+        other.close()
+        coord.close()
+        other.coord.close()
