@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from raft_node.host.applier import CommandRejected
+from raft_node.core.fsm import CommandRejected
 
 BAD_COMMAND = "bad_command"  # malformed command (wrong op, arity or types)
 LIMIT = "limit_exceeded"  # a documented limit (name, size, range, depth) was exceeded

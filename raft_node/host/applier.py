@@ -27,7 +27,9 @@ Optional state machine hooks (duck-typed, all deterministic): ``drain_completion
 before anything else, e.g. to extend sessions by one TTL, as Chubby's grace period).
 
 Results are msgpack-able values; a rejected command (``CommandRejected``) is remembered too, so a
-retried invalid request is rejected identically.
+retried invalid request is rejected identically. ``CommandRejected`` and ``Pending`` belong to the
+state machine contract (``raft_node.core.fsm``); they are imported here, so the names still
+resolve from this module.
 """
 
 from __future__ import annotations
@@ -38,29 +40,11 @@ from typing import Any
 
 import msgpack
 
-from raft_node.core.fsm import StateMachine
+from raft_node.core.fsm import CommandRejected, Pending, StateMachine
 from raft_node.core.messages import Entry, EntryType
 
 DEFAULT_CLIENT_TTL_MS = 3_600_000
 SYSTEM = ""  # client id of leader-proposed system commands
-
-
-class CommandRejected(Exception):
-    """A command the state machine refuses. The refused operation changes nothing a client
-    can observe through it (bookkeeping such as a replicated log of refused deadlocks may
-    record it, deterministically on every replica)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """Returned by a state machine for a command that completes later (see module doc)."""
-
-    token: int
 
 
 @dataclass(frozen=True, slots=True)
