@@ -179,6 +179,7 @@ class NodeHost:
             self.metrics,
             self._start_read_round,
             self.query,
+            raft.rng.randrange(0, 1 << 32),
         )
         self._drain_events = getattr(state_machine, "drain_events", None)
         self._processing = False

@@ -85,8 +85,12 @@ class Waiters:
         metrics: NodeMetrics,
         read_index: Callable[[bytes], None],
         query: Callable[[bytes], tuple[bool, Any]],
+        incarnation: int,
     ) -> None:
-        self._id = node_id
+        """``incarnation`` must differ between two runs of the same node (a random number): read
+        contexts carry it, because a ReadIndex answer or heartbeat ack of a previous run may
+        still be on its way (a peer's queue outlives a restart) and must not be taken for an
+        answer to this run's round, which would serve a stale read."""
         self._monotonic = monotonic
         self._timeout = timeout
         self._metrics = metrics
@@ -95,6 +99,7 @@ class Waiters:
         self._pending: dict[tuple[str, int], list[Wait]] = {}
         self._expiry: deque[Wait] = deque()  # every wait, in deadline order
         self._ctx_ids = itertools.count(1)
+        self._ctx_prefix = f"{node_id}:{incarnation:x}:"
         self._round_ctx: bytes | None = None  # ReadIndex round in flight
         self._round_started = 0.0
         self._round_waits: list[Wait] = []
@@ -156,7 +161,7 @@ class Waiters:
         self._send_round()
 
     def _send_round(self) -> None:
-        self._round_ctx = f"{self._id}:{next(self._ctx_ids)}".encode()
+        self._round_ctx = f"{self._ctx_prefix}{next(self._ctx_ids)}".encode()
         self._round_started = self._monotonic()
         self._read_index(self._round_ctx)
 

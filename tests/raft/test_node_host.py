@@ -5,7 +5,7 @@ process and the simulator run, checked step by step."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -128,19 +128,34 @@ class Cluster:
 
         self.isolated: set[str] = set()
 
-    def settle(self) -> None:
+    def settle(self, hold: Callable[[Message], bool] | None = None) -> list[Message]:
         """Process every host and deliver every message until the network is quiet (messages
-        from or to an isolated node are lost)."""
+        from or to an isolated node are lost); returns the messages ``hold`` kept back."""
+        held = []
         for _ in range(1000):
             for host in self.hosts.values():
                 host.process()
             if not self.journal.outbox:
-                return
+                return held
             batch, self.journal.outbox = self.journal.outbox, []
             for m in batch:
-                if not {m.frm, m.to} & self.isolated:
+                if hold is not None and hold(m):
+                    held.append(m)
+                elif not {m.frm, m.to} & self.isolated:
                     self.hosts[m.to].step(m)
         raise AssertionError("network did not quiesce")
+
+    def restart(self, node: str, seed: str) -> NodeHost:
+        """A new run of ``node`` on its storage (its randomness seeded by ``seed``)."""
+        old = self.hosts[node]
+        self.hosts[node] = NodeHost(
+            Config(id=node, voters=list(self.hosts), rng=random.Random(seed), heartbeat_tick=1),
+            type(old.state_machine)(),
+            old.storage,
+            ListTransport(node, self.journal),
+            self.time.clock(),
+        )
+        return self.hosts[node]
 
     def tick_until_leader(self, among: Sequence[str]) -> NodeHost:
         for _ in range(200):
@@ -283,6 +298,31 @@ def test_waits_fail_on_lost_leadership_timeout_and_shutdown() -> None:
     new.fail_waiters(UNAVAILABLE, "stopping")
     assert last.got == [("failed", UNAVAILABLE)]
     assert new.waiting == 0
+
+
+def test_a_read_answer_meant_for_a_previous_run_does_not_serve_a_new_read() -> None:
+    """A peer's queue outlives a restart, so a ReadIndex answer to the previous run of a node
+    can arrive after it restarted. Read contexts carry a per-run random number: with a plain
+    counter, the stale answer matched the new run's first round and served it a read index
+    from before the restart (a stale read; found by the simulator once it ran this code)."""
+    cluster = Cluster(["n1", "n2", "n3"])
+    leader = cluster.elect("n1")
+    cluster.hosts["n2"].read(get("k"), Answer())
+    stale = cluster.settle(hold=lambda m: m.type == MT.READ_INDEX_RESP and m.to == "n2")
+    assert len(stale) == 1
+    leader.propose("c", 1, put("k", b"new"))
+    cluster.settle()
+    follower = cluster.restart("n2", seed="n2, second run")
+    leader.tick()  # a heartbeat: the new run learns who leads
+    cluster.settle()
+    assert follower.leader == "n1"
+    read = Answer()
+    follower.read(get("k"), read)
+    follower.step(stale[0])
+    follower.process()
+    assert read.got == []  # not taken for this run's answer
+    cluster.settle()
+    assert read.got == [("done", (True, b"new"))]
 
 
 def test_no_leader_known_fails_a_read_at_once() -> None:
