@@ -130,7 +130,7 @@ def secret(value: Any) -> str:
 
 def cluster(value: Any) -> str:
     """``"n1=host:port,..."`` (or a dict ``{"n1": "host:port"}``) -> the canonical string."""
-    from raft_node.server import parse_cluster
+    from raft_node.host.config import parse_cluster
 
     if isinstance(value, Mapping):
         value = ",".join(f"{node}={addr}" for node, addr in value.items())

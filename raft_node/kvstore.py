@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from raft_node.host.applier import CommandRejected
+from raft_node.core.fsm import CommandRejected
 
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1 << 20

@@ -17,7 +17,7 @@ from coordination import conf
 from coordination.conf import Resolved
 from coordination.node import runtime
 from raft_node.client import RaftClient
-from raft_node.server import Address
+from raft_node.host.config import Address
 
 
 def project_settings() -> tuple[Any, bool]:

@@ -59,7 +59,8 @@ return 1
 class RedisMirror:
     def __init__(self, server: NodeServer, url: str, prefix: str = PREFIX) -> None:
         self.server = server
-        self.cache = server.applier.sm.part("cache")  # type: ignore[attr-defined]
+        self.host = server.host
+        self.cache = server.host.state_machine.part("cache")
         self.prefix = prefix
         self.redis = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.script = self.redis.register_script(GUARDED_WRITE)
@@ -72,7 +73,7 @@ class RedisMirror:
     # -- node plugin ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.server.apply_listeners.append(self._on_applied)
+        self.host.apply_listeners.append(self._on_applied)
         # Supervised by the node: a bug in the mirror stops the node (event=fatal) rather than
         # leaving it serving with a mirror that silently stopped (Redis errors are retried).
         self._task = self.server.spawn(self._run(), "redis-mirror")
@@ -87,7 +88,7 @@ class RedisMirror:
         return max(0, self.cache.latest_change() - self.mirrored)
 
     def _on_applied(self, index: int) -> None:
-        leader = self.server.is_leader
+        leader = self.host.is_leader
         if leader and not self._was_leader:
             self.mirrored = 0  # others may have written meanwhile: resync (guarded, idempotent)
         self._was_leader = leader
@@ -101,7 +102,7 @@ class RedisMirror:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.server.is_leader and self.cache.latest_change() > self.mirrored:
+            while self.host.is_leader and self.cache.latest_change() > self.mirrored:
                 try:
                     await self._push_once()
                 except (RedisError, OSError, TimeoutError) as exc:
@@ -125,7 +126,7 @@ class RedisMirror:
         if changes is None:  # deletes trimmed past our watermark, or a clear: full resync
             self.mirrored, full = 0, True
             changes = self.cache.current_values()
-        now_ms = self.server.applier.now_ms
+        now_ms = self.host.log_time_ms
         for start in range(0, len(changes), CHUNK):
             chunk = changes[start : start + CHUNK]
             pipe = self.redis.pipeline(transaction=False)

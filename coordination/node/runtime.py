@@ -16,7 +16,7 @@ from typing import Any
 from coordination.conf import INVALID, Problem, Resolved, SettingsError, setting_name, weak_secret
 from raft_node.client import parse_addresses
 from raft_node.core.fsm import StateMachine
-from raft_node.server import Address, NodeConfig, parse_cluster
+from raft_node.host.config import Address, NodeConfig, parse_cluster
 
 
 def _error(key: str, message: str, hint: str = "") -> SettingsError:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from raft_node.host.applier import Pending
+from raft_node.core.fsm import Pending
 
 Op = Callable[["Ctx", list[Any]], Any]
 Query = Callable[[list[Any]], Any]

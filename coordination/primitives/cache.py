@@ -89,7 +89,7 @@ from coordination.primitives.cache_store import (
 from coordination.primitives.cache_writes import CacheWrites
 from coordination.primitives.errors import BAD_COMMAND, EVICTED, UNKNOWN_KEY, reject
 from coordination.primitives.sessions import Sessions
-from raft_node.host.applier import CommandRejected
+from raft_node.core.fsm import CommandRejected
 
 __all__ = ["ENTRY_OVERHEAD", "EVICTED", "UNKNOWN_KEY", "Cache"]
 

@@ -26,7 +26,7 @@ from coordination.errors import (
     UNKNOWN_QUEUE,
     UNKNOWN_SESSION,
 )
-from raft_node.host.applier import CommandRejected
+from raft_node.core.fsm import CommandRejected
 
 __all__ = [
     "BAD_COMMAND",

@@ -1,6 +1,7 @@
 """The cache side of the simulated clients: an L1 that follows the real client's protocol.
 
-Each client watches one node's event stream (``session:<id>``), as ``cache_client.Cache`` does.
+Each client watches one node's event stream (``session:<id>``, a subscription on that node's
+host), as ``cache_client.Cache`` does.
 A read is an L1 hit while the local lease lasts, else a ``cache.fill`` through the log that may
 register a lease. An invalidation event, delivered after a random delay by the watched node,
 drops the key and sends a release naming the fill's registration, on a separate lane without
@@ -16,15 +17,13 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from coordination.primitives import commands as c
-from raft_node.core.raft import ProposalDropped
-from raft_node.core.ready import Role
-from raft_node.host.applier import encode_command
+from coordination.simulation.clients import Driver, Request, SimClient
+from raft_node.host.node_host import ProposalDropped
 from raft_node.sim.linearizability import Operation, check_operations
 from raft_node.sim.models import RegisterModel
 
 if TYPE_CHECKING:
-    from coordination.simulation.workload import CoordinationWorkload, Request, SimClient
-    from raft_node.sim.cluster import SimNode
+    from raft_node.sim.engine import SimNode
 
 CACHE_KEYS = ("ck1", "ck2")
 LEASE_MS = 400
@@ -32,7 +31,7 @@ LEASE_SAFETY = 0.8
 
 
 class CacheClients:
-    def __init__(self, workload: CoordinationWorkload) -> None:
+    def __init__(self, workload: Driver) -> None:
         self.w = workload
         self.history: list[Operation] = []
         self.values = 0
@@ -61,7 +60,7 @@ class CacheClients:
             self.history.append(Operation(cl.name, key, "read", None, entry[0], sim.now, sim.now))
             return
         cl.l1.pop(key, None)
-        if cl.watch is None or sim.nodes[cl.watch].raw is None:
+        if cl.watch is None or cl.watch_topic != f"session:{cl.session}":
             self._watch(cl)
         self.w.start(cl, c.cache_fill(cl.session, key, LEASE_MS), "fill", {"key": key})
 
@@ -69,9 +68,21 @@ class CacheClients:
         """(Re)subscribe to a live node; a new stream may have missed events: drop the L1."""
         sim = self.w.sim
         assert sim is not None
-        node = sim.pick_node(prefer_leader=False)
-        cl.watch = node.id if node is not None else None
+        if cl.unwatch is not None:
+            cl.unwatch()
+        cl.watch, cl.watch_topic, cl.unwatch = None, "", None
         cl.l1.clear()
+        node = sim.pick_node(prefer_leader=False)
+        if node is None or node.host is None:
+            return
+        topic = f"session:{cl.session}"
+
+        def on_event(index: int, payload: Any) -> None:
+            if payload[0] == "invalidate":
+                sim.schedule(sim.rng.randrange(1, 40), ("invalidate", cl, payload[1]))
+
+        cl.watch, cl.watch_topic = node.id, topic
+        cl.unwatch = node.host.subscribe(topic, on_event)
 
     # -- results --------------------------------------------------------------------------------
 
@@ -108,20 +119,6 @@ class CacheClients:
 
     # -- invalidations --------------------------------------------------------------------------
 
-    def events(self, node: SimNode, events: list[tuple[str, Any]]) -> None:
-        sim = self.w.sim
-        assert sim is not None
-        for topic, payload in events:
-            if payload[0] != "invalidate":
-                continue
-            for cl in self.w.clients:
-                if (
-                    cl.session is not None
-                    and topic == f"session:{cl.session}"
-                    and cl.watch == node.id
-                ):
-                    sim.schedule(sim.rng.randrange(1, 40), ("invalidate", cl, payload[1]))
-
     def _drop_own(self, cl: SimClient, key: str) -> None:
         entry = cl.l1.pop(key, None)
         if entry is not None:
@@ -140,20 +137,19 @@ class CacheClients:
         if cl.session is None:
             return  # the session is gone, and its registrations with it
         node = sim.pick_node(prefer_leader=True)
-        if node is None or node.raw is None or node.raw.raft.role != Role.LEADER:
+        if node is None or node.host is None or not node.host.is_leader:
             return
         cl.release_seq += 1
         body = c.cache_release(cl.session, [(key, reg)])
-        data = encode_command(f"{cl.name}/release", cl.release_seq, self.w.clock(node), body)
-        # May run inside the engine's Ready handling: no process() here; the node's next tick
+        # May run inside the host's Ready handling: no process() here; the node's next tick
         # (or the Ready loop already running) picks the proposal up.
         with contextlib.suppress(ProposalDropped):
-            node.raw.propose(data)
+            node.host.propose(f"{cl.name}/release", cl.release_seq, body)
 
     def node_crashed(self, node: SimNode) -> None:
         for cl in self.w.clients:
-            if cl.watch == node.id:
-                cl.watch = None
+            if cl.watch == node.id:  # the subscription died with the host
+                cl.watch, cl.watch_topic, cl.unwatch = None, "", None
                 cl.l1.clear()  # events may be lost with the stream: trust nothing cached
 
     def session_lost(self, cl: SimClient) -> None:

@@ -1,9 +1,10 @@
 """Simulated clients of the coordination primitives, and what must hold of what they see.
 
-Each node hosts ``Applier(CoordinationMachine())`` exactly as ``NodeServer`` does: client
-commands travel in ``(client_id, seq)`` envelopes stamped with the proposing leader's (skewed)
-clock; a new leader proposes the grace command; a leader proposes a tick once log time passes
-the machine's next deadline. Clients each own a session, keep it alive (except while "paused",
+Each node runs ``CoordinationMachine`` in the production host, ``NodeHost``, as the node process
+does: client commands go through ``NodeHost.propose`` (the ``(client_id, seq)`` envelope stamped
+with the leader's skewed clock), and the host's own policy proposes the grace command on a new
+leader and a tick once log time passes the machine's next deadline; nothing of that policy is
+copied here. Clients each own a session, keep it alive (except while "paused",
 which lets it expire), and loop over lock and queue operations; every request is retried with
 the same ``seq`` until it completes, and blocking requests stay pending across retries.
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -37,46 +37,18 @@ import msgpack
 from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
 from coordination.simulation.cache_clients import CacheClients
-from raft_node.core.raft import ProposalDropped
-from raft_node.core.ready import Ready, Role
-from raft_node.host.applier import SYSTEM, Applier, decode_command, encode_command
+from coordination.simulation.clients import Request, RequestWait, SimClient
+from raft_node.host.applier import Outcome, decode_command
+from raft_node.host.node_host import ProposalDropped
 from raft_node.sim.invariants import Violation
 
 if TYPE_CHECKING:
-    from raft_node.sim.cluster import SimNode, Simulation
+    from raft_node.sim.engine import Engine, Entry, SimNode
 
 LOCKS = ("alpha", "beta")
 QUEUES = ("jobs",)
 SESSION_TTL_MS = 1_500
 RETRY_AFTER_MS = 400
-
-
-@dataclass
-class Request:
-    client: SimClient
-    seq: int
-    body: bytes
-    kind: str
-    info: dict[str, Any]
-    started: int = 0  # first sent (the invocation time in histories)
-    sent_at: int = -(10**9)
-    done: bool = False
-
-
-@dataclass
-class SimClient:
-    name: str
-    session: int | None = None
-    seq: int = 0
-    current: Request | None = None
-    paused_until: int = 0
-    next_keepalive: int = 0
-    held: dict[str, int] = field(default_factory=dict)  # lock -> token (as the client believes)
-    leased: list[dict[str, Any]] = field(default_factory=list)  # queue messages it holds
-    finished: bool = False  # liveness phase: session closed, nothing more to do
-    l1: dict[str, tuple[Any, int, int]] = field(default_factory=dict)  # value, reg, deadline
-    watch: str | None = None  # node whose event stream it follows
-    release_seq: int = 0
 
 
 class CoordinationWorkload:
@@ -85,7 +57,7 @@ class CoordinationWorkload:
     ) -> None:
         self.machine = machine  # tests pass a deliberately broken machine here
         self.clients = [SimClient(f"k{i}") for i in range(clients)]
-        self.sim: Simulation | None = None
+        self.sim: Engine | None = None
         self.resource_max: dict[str, int] = defaultdict(int)  # fenced resource per lock
         self.resource_writes: list[tuple[str, str, int, bool]] = []
         self.grants: dict[str, list[tuple[int, str]]] = defaultdict(list)  # lock -> (token, client)
@@ -105,73 +77,36 @@ class CoordinationWorkload:
 
     # -- engine hooks --------------------------------------------------------------------------
 
-    def attach(self, sim: Simulation) -> None:
+    def attach(self, sim: Engine) -> None:
         self.sim = sim
         for cl in self.clients:
             sim.schedule(sim.rng.randrange(1, 30), cl)
 
-    def new_state_machine(self) -> Applier:
-        return Applier(self.machine())
-
-    def snapshot(self, sm: Applier) -> bytes:
-        return sm.snapshot()
-
-    def restore(self, sm: Applier, data: bytes) -> None:
-        sm.restore(data)
-
-    def applied_index(self, sm: Applier) -> int:
-        return sm.applied_index
-
-    def clock(self, node: SimNode) -> int:
-        assert self.sim is not None
-        return self.sim.now + (node.tick_ms - 10) * 7  # a little skew between node clocks
-
-    def _propose_system(self, node: SimNode, body: bytes) -> int | None:
-        assert node.raw is not None
-        try:
-            index, _ = node.raw.propose(encode_command(SYSTEM, 0, self.clock(node), body))
-        except ProposalDropped:
-            return None
-        return index
-
-    def on_leader(self, node: SimNode) -> None:
-        self._propose_system(node, node.sm.leader_command())
-
-    def on_node_tick(self, node: SimNode) -> None:
-        host = node.host
-        if host.get("tick_index", 0) > node.sm.applied_index:
-            return
-        deadline = node.sm.next_deadline()
-        if deadline is not None and deadline <= self.clock(node):
-            host["tick_index"] = self._propose_system(node, node.sm.tick_command()) or 0
+    def new_state_machine(self) -> CoordinationMachine:
+        return self.machine()
 
     def on_crash(self, node: SimNode) -> None:
         self.cache.node_crashed(node)  # clients retry their requests on their own
+
+    def _leader(self) -> SimNode | None:
+        assert self.sim is not None
+        return next((n for n in self.sim.nodes.values() if n.host and n.host.is_leader), None)
 
     def settled(self) -> bool:
         """Clients done, and no message still delayed (so the final accounting sees all)."""
         if not all(cl.finished for cl in self.clients) or not self.puts:
             return all(cl.finished for cl in self.clients)
-        assert self.sim is not None
-        for node in self.sim.nodes.values():
-            if node.raw is not None and node.raw.raft.role == Role.LEADER:
-                stats = node.sm.sm.query(msgpack.packb(["queue.stats", QUEUES[0]]))
-                return not stats["delayed"]
-        return False
+        leader = self._leader()
+        if leader is None or leader.host is None:
+            return False
+        stats = leader.host.state_machine.query(msgpack.packb(["queue.stats", QUEUES[0]]))
+        return not stats["delayed"]
 
-    def apply(self, node: SimNode, rd: Ready) -> None:
-        waiters: dict[tuple[str, int], Request] = node.host.setdefault("waiters", {})
-        for entry in rd.committed_entries:
-            outcomes = node.sm.apply(entry)
-            self.cache.events(node, node.sm.sm.drain_events())
-            self._check_state(node, entry.index)
-            self._check_priority(node, entry, outcomes)
-            for outcome in outcomes:
-                if outcome.pending:
-                    continue
-                req = waiters.pop((outcome.client_id, outcome.seq), None)
-                if req is not None and not req.done:
-                    self._finish(req, outcome.ok, outcome.value)
+    def on_applied(self, node: SimNode, entry: Entry, outcomes: list[Outcome]) -> None:
+        """Checks on the replicated state after each entry (answers reach the clients through
+        their ``RequestWait``s once the host has handled the whole Ready)."""
+        self._check_state(node, entry.index)
+        self._check_priority(node, entry, outcomes)
 
     # -- client loop ---------------------------------------------------------------------------
 
@@ -282,14 +217,12 @@ class CoordinationWorkload:
         assert sim is not None
         req.sent_at = sim.now
         node = sim.pick_node(prefer_leader=True)
-        if node is None or node.raw is None or node.raw.raft.role != Role.LEADER:
+        if node is None or node.host is None or not node.host.is_leader:
             return
-        data = encode_command(req.client.name, req.seq, self.clock(node), req.body)
         try:
-            node.raw.propose(data)
+            node.host.propose(req.client.name, req.seq, req.body, RequestWait(req, self._finish))
         except ProposalDropped:
             return
-        node.host.setdefault("waiters", {})[(req.client.name, req.seq)] = req
         sim.process(node)
 
     # -- results -------------------------------------------------------------------------------
@@ -387,7 +320,8 @@ class CoordinationWorkload:
         if index <= self.checked_index:
             return  # every replica holds the same state at an index: check it once
         self.checked_index = index
-        machine = node.sm.sm
+        assert node.host is not None
+        machine = node.host.state_machine
         for name in LOCKS:
             info = machine.query(msgpack.packb(["lock.inspect", name]))
             holders = info.get("holders", []) if info else []
@@ -401,7 +335,7 @@ class CoordinationWorkload:
                         raise Violation(f"{name} token went back: {last} -> {h['token']}")
                     self.last_exclusive_token[name] = h["token"]
 
-    def _check_priority(self, node: SimNode, entry: Any, outcomes: list[Any]) -> None:
+    def _check_priority(self, node: SimNode, entry: Entry, outcomes: list[Outcome]) -> None:
         """A ``queue.get`` served at once took the highest-priority ready message: nothing of a
         higher priority is left ready after it (checked once per index)."""
         if entry.index != self.checked_index or not entry.data:
@@ -418,7 +352,8 @@ class CoordinationWorkload:
             self._gets_checked.add(key)
             if not is_get or outcome.client_id != client_id:
                 continue  # a waiter served by a put or a tick: served in its own order
-            stats = node.sm.sm.query(msgpack.packb(["queue.stats", msg["queue"]]))
+            assert node.host is not None
+            stats = node.host.state_machine.query(msgpack.packb(["queue.stats", msg["queue"]]))
             ready = [int(p) for p, n in stats["depth_by_priority"].items() if n]
             if ready and max(ready) > msg["priority"]:
                 raise Violation(
@@ -429,8 +364,9 @@ class CoordinationWorkload:
     def final_check(self) -> None:
         sim = self.sim
         assert sim is not None
-        leader = next(n for n in sim.nodes.values() if n.raw and n.raw.raft.role == Role.LEADER)
-        machine = leader.sm.sm
+        leader = self._leader()
+        assert leader is not None and leader.host is not None
+        machine = leader.host.state_machine
         remaining: set[int] = set()
         for name in QUEUES:
             if not self.puts:

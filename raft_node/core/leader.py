@@ -1,6 +1,8 @@
 """The leader's half of the protocol: replication, commit, ReadIndex and leadership transfer.
 
-A mixin of ``Raft`` (it shares its state; see ``raft_node.core.raft`` for the invariants).
+A mixin of ``Raft``: it shares its state, typed by the ``RaftState`` protocol
+(``raft_node.core.role_state``), so this module never imports ``raft.py``; see
+``raft_node.core.raft`` for the invariants.
 Kept in its own module because it is the largest role and the one with the performance-sensitive
 paths: proposal batching (``flush_broadcast``), the per-follower pipeline (``_maybe_send_append``
 bounded by ``Progress.inflights``), and commit counting (``maybe_commit``).
@@ -18,9 +20,9 @@ from raft_node.core.read_only import ReadState
 from raft_node.core.ready import Role
 
 if TYPE_CHECKING:
-    from raft_node.core.raft import Raft
+    from raft_node.core.role_state import RaftState
 
-    _Base = Raft
+    _Base = RaftState
 else:
     _Base = object
 

@@ -27,7 +27,9 @@ Optional state machine hooks (duck-typed, all deterministic): ``drain_completion
 before anything else, e.g. to extend sessions by one TTL, as Chubby's grace period).
 
 Results are msgpack-able values; a rejected command (``CommandRejected``) is remembered too, so a
-retried invalid request is rejected identically.
+retried invalid request is rejected identically. ``CommandRejected`` and ``Pending`` belong to the
+state machine contract (``raft_node.core.fsm``); they are imported here, so the names still
+resolve from this module.
 """
 
 from __future__ import annotations
@@ -38,39 +40,11 @@ from typing import Any
 
 import msgpack
 
-from raft_node.core.fsm import StateMachine
+from raft_node.core.fsm import CommandRejected, Pending, StateMachine
 from raft_node.core.messages import Entry, EntryType
 
 DEFAULT_CLIENT_TTL_MS = 3_600_000
 SYSTEM = ""  # client id of leader-proposed system commands
-
-
-class CommandRejected(Exception):
-    """A command the state machine refuses. The refused operation changes nothing a client
-    can observe through it (bookkeeping such as a replicated log of refused deadlocks may
-    record it, deterministically on every replica).
-
-    ``code`` identifies the refusal for programs, ``message`` explains it to people, and
-    ``details`` (msgpack-able values under string keys, deterministic: the rejection is
-    remembered for retries and snapshotted) says more to programs. All three reach the client
-    as they are, in the error record of the response; nothing is formatted into a string."""
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details: dict[str, Any] = dict(details) if details else {}
-
-    def record(self) -> tuple[str, str, dict[str, Any]]:
-        """The rejection as an outcome's value: ``(code, message, details)``."""
-        return (self.code, self.message, self.details)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """Returned by a state machine for a command that completes later (see module doc)."""
-
-    token: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,9 @@ class _NoMetric:
 
 
 if CollectorRegistry is None:
-    Counter = Gauge = Histogram = _NoMetric  # type: ignore[assignment,misc]
+    _Counter = _Gauge = _Histogram = _NoMetric
+else:
+    _Counter, _Gauge, _Histogram = Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -68,45 +70,54 @@ _LATENCY_BUCKETS = (
 
 
 class NodeMetrics:
-    def __init__(self, node_id: str) -> None:
-        self.registry = CollectorRegistry() if CollectorRegistry is not None else None
-        labels = {"registry": self.registry}
-        self.term = Gauge("raft_term", "Current Raft term", **labels)
-        self.role = Gauge(
+    def __init__(self, node_id: str, *, enabled: bool = True) -> None:
+        """``enabled=False``: every metric is a no-op (the simulator's thousands of short-lived
+        nodes, which nobody scrapes)."""
+        enabled = enabled and CollectorRegistry is not None
+        self.registry = CollectorRegistry() if enabled else None
+        self.enabled = enabled
+        labels: dict[str, Any] = {"registry": self.registry}
+        counter, gauge, histogram = (
+            (_Counter, _Gauge, _Histogram) if enabled else (_NoMetric, _NoMetric, _NoMetric)
+        )
+        self.term = gauge("raft_term", "Current Raft term", **labels)
+        self.role = gauge(
             "raft_role", "Role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader", **labels
         )
-        self.is_leader = Gauge("raft_is_leader", "1 if this node is the leader", **labels)
-        self.commit_index = Gauge("raft_commit_index", "Highest committed log index", **labels)
-        self.applied_index = Gauge("raft_applied_index", "Highest applied log index", **labels)
-        self.snapshot_index = Gauge("raft_snapshot_index", "Index of the latest snapshot", **labels)
-        self.elections = Counter("raft_elections_won", "Times this node became leader", **labels)
-        self.role_changes = Counter("raft_role_changes", "Role transitions", **labels)
-        self.proposals = Counter("raft_proposals", "Client commands proposed as leader", **labels)
-        self.proposals_failed = Counter(
+        self.is_leader = gauge("raft_is_leader", "1 if this node is the leader", **labels)
+        self.commit_index = gauge("raft_commit_index", "Highest committed log index", **labels)
+        self.applied_index = gauge("raft_applied_index", "Highest applied log index", **labels)
+        self.snapshot_index = gauge("raft_snapshot_index", "Index of the latest snapshot", **labels)
+        self.elections = counter("raft_elections_won", "Times this node became leader", **labels)
+        self.role_changes = counter("raft_role_changes", "Role transitions", **labels)
+        self.proposals = counter("raft_proposals", "Client commands proposed as leader", **labels)
+        self.proposals_failed = counter(
             "raft_proposals_failed", "Proposals answered with an error", **labels
         )
-        self.reads = Counter("raft_reads", "Client reads served", ["mode"], **labels)
-        self.fsync_seconds = Histogram(
+        self.reads = counter("raft_reads", "Client reads served", ["mode"], **labels)
+        self.fsync_seconds = histogram(
             "raft_fsync_seconds", "Duration of one Storage.save", buckets=_LATENCY_BUCKETS, **labels
         )
-        self.commit_seconds = Histogram(
+        self.commit_seconds = histogram(
             "raft_commit_seconds",
             "Leader: proposal to applied",
             buckets=_LATENCY_BUCKETS,
             **labels,
         )
-        self.batch_entries = Histogram(
+        self.batch_entries = histogram(
             "raft_ready_entries",
             "Entries persisted per Ready (group commit size)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             **labels,
         )
-        self.follower_lag = Gauge(
+        self.follower_lag = gauge(
             "raft_follower_lag_entries", "Leader: entries a follower is behind", ["peer"], **labels
         )
         self.node_id = node_id
 
     def observe_status(self, role: Role, term: int, commit: int, applied: int, snap: int) -> None:
+        if not self.enabled:
+            return
         self.term.set(term)
         self.role.set(int(role))
         self.is_leader.set(1 if role == Role.LEADER else 0)

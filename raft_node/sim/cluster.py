@@ -9,6 +9,12 @@ A run has two phases:
 2. Liveness: faults stop and partitions heal; within ``liveness_ms`` of virtual time there must
    be a leader, every client operation must complete, and every node must converge.
 
+Every node runs the production host, ``NodeHost`` (``raft_node.host.node_host``): the same Ready
+loop, applier, tick and grace policy, snapshot policy and request waiters as the node process.
+The simulator only supplies its inputs: a transport into the simulated network, the node's
+``SimDisk``, a skewed virtual clock, and hooks (``_SimHooks``) that check Raft's invariants
+between the steps of each Ready and inject crashes there.
+
 The ``Checker`` runs after every event (Raft safety). What clients do, and what must hold of
 their results, is a pluggable ``Workload``: the default ``KVWorkload`` (``kv_workload.py``) runs
 a replicated register and checks that acknowledged writes survive and the history is
@@ -21,60 +27,25 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from raft_node.core.messages import Message, NodeId
 from raft_node.core.messages import MessageType as MT
 from raft_node.core.raft import Config, Raft
-from raft_node.core.rawnode import RawNode
 from raft_node.core.ready import Ready, Role
+from raft_node.host.applier import Outcome
+from raft_node.host.node_host import Clock, HostSettings, NodeHost, ReadyHooks
+from raft_node.host.waiters import UNAVAILABLE
 from raft_node.sim.disk import SimDisk
+from raft_node.sim.engine import Entry, SimNode, SimulationFailure, Workload
 from raft_node.sim.invariants import Checker, Violation
+from raft_node.sim.kv_workload import KVWorkload
+
+__all__ = ["Faults", "SimNode", "SimResult", "Simulation", "SimulationFailure", "Workload"]
 
 TICK, DELIVER, CLIENT, FAULT = 0, 1, 2, 3
-
-
-class SimulationFailure(AssertionError):
-    pass
-
-
-class Workload(Protocol):
-    """What the simulated clients do and what must hold of their results.
-
-    The engine calls: ``attach`` once (schedule first client events with ``sim.schedule``),
-    ``new_state_machine`` at every node start, ``on_event`` for each scheduled event (``liveness``
-    is True after healing: finish outstanding work, start nothing new), ``apply`` for each Ready
-    (apply committed entries and read states to ``node.sm``, complete client operations),
-    ``on_crash``, ``on_leader``/``on_node_tick`` (host duties of a leader, e.g. proposing
-    ticks), ``settled`` during the liveness phase, and ``final_check``/``check_history`` at the
-    end (raise ``Violation``/``SimulationFailure``)."""
-
-    def attach(self, sim: Simulation) -> None: ...
-
-    def new_state_machine(self) -> Any: ...
-
-    def snapshot(self, sm: Any) -> bytes: ...
-
-    def restore(self, sm: Any, data: bytes) -> None: ...
-
-    def applied_index(self, sm: Any) -> int: ...
-
-    def on_event(self, payload: Any, liveness: bool) -> None: ...
-
-    def apply(self, node: SimNode, rd: Ready) -> None: ...
-
-    def on_crash(self, node: SimNode) -> None: ...
-
-    def on_leader(self, node: SimNode) -> None: ...
-
-    def on_node_tick(self, node: SimNode) -> None: ...
-
-    def settled(self) -> bool: ...
-
-    def final_check(self) -> None: ...
-
-    def check_history(self) -> tuple[int, int]: ...
+REQUEST_TIMEOUT_S = 3.0  # hosts answer "timeout" to client requests waiting longer
 
 
 @dataclass(frozen=True)
@@ -101,14 +72,63 @@ class Faults:
         )
 
 
-@dataclass
-class SimNode:
-    id: NodeId
-    disk: SimDisk
-    tick_ms: int
-    raw: RawNode | None = None
-    sm: Any = None
-    host: dict[str, Any] = field(default_factory=dict)  # the workload's per-incarnation state
+class NodeCrashed(Exception):
+    """Raised by the hooks to crash a node between two steps of its Ready handling."""
+
+
+class _SimTransport:
+    """A node's transport: messages go into the simulated network."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def send(self, messages: tuple[Message, ...]) -> None:
+        self.sim._send_all(messages)
+
+
+class _SimHooks(ReadyHooks):
+    """Raft's invariants checked at each step of a host's Ready handling, and crashes injected
+    between the steps: before the fsync (nothing persisted), in the middle of it (a torn write:
+    a prefix of the entries, no hard state), after it, or after sending."""
+
+    def __init__(self, sim: Simulation, node: SimNode) -> None:
+        self.sim, self.node = sim, node
+        self.crash_at: str | None = None
+        self.before = node.disk.hard_state
+
+    def before_save(self, rd: Ready) -> None:
+        sim, disk = self.sim, self.node.disk
+        rng, faults = sim.rng, sim.faults
+        self.crash_at = None
+        if faults.enabled and rng.random() < faults.crash_in_ready:
+            self.crash_at = rng.choice(("before_persist", "torn", "after_persist", "after_send"))
+        if self.crash_at == "before_persist":
+            raise NodeCrashed
+        if self.crash_at == "torn" and rd.entries:
+            disk.save_torn(rd.entries, rng.randrange(len(rd.entries)))
+            raise NodeCrashed
+        self.before = disk.hard_state
+
+    def after_save(self, rd: Ready) -> None:
+        sim, node = self.sim, self.node
+        assert node.host is not None
+        raft = node.host.raw.raft
+        role = raft.role if rd.soft_state is None else rd.soft_state.role
+        sim.checker.on_persisted(node.id, role, rd, node.disk, self.before)
+        if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
+            sim.elections += 1
+            sim.checker.on_became_leader(node.id, raft.term, node.disk)
+        if self.crash_at == "after_persist":
+            raise NodeCrashed
+
+    def after_send(self, rd: Ready) -> None:
+        if self.crash_at == "after_send":
+            raise NodeCrashed
+
+    def applied(self, entry: Entry, outcomes: list[Outcome]) -> None:
+        node = self.node
+        self.sim.checker.on_applied(node.id, entry.index, entry.term, node.disk)
+        self.sim.workload.on_applied(node, entry, outcomes)
 
 
 @dataclass
@@ -154,17 +174,13 @@ class Simulation:
             i: SimNode(i, SimDisk(self.checker.base_hash), self.rng.randrange(9, 12))
             for i in self.ids
         }
-        if workload is None:
-            from raft_node.sim.kv_workload import KVWorkload
-
-            workload = KVWorkload()
-        self.workload = workload
+        self.workload: Workload = workload if workload is not None else KVWorkload()
         self.elections = 0
         self.replay = f"{replay} --seed {seed} --nodes {nodes} --steps {steps}"
         for node in self.nodes.values():
             self._start(node)
             self._push(self.rng.randrange(0, node.tick_ms), TICK, node.id)
-        workload.attach(self)
+        self.workload.attach(self)
         self._push(self.faults.fault_every_ms, FAULT, None)
 
     def schedule(self, delay: int, payload: Any) -> None:
@@ -219,10 +235,8 @@ class Simulation:
             if kind == TICK:
                 node = self.nodes[payload]
                 self._push(node.tick_ms, TICK, node.id)
-                if node.raw is not None:
-                    node.raw.tick()
-                    if node.raw.raft.role == Role.LEADER:
-                        self.workload.on_node_tick(node)
+                if node.host is not None:
+                    node.host.tick()
                     self.process(node)
             elif kind == DELIVER:
                 self._deliver(payload)
@@ -246,78 +260,52 @@ class Simulation:
         )
 
     def _start(self, node: SimNode) -> None:
-        node.raw = RawNode(self._config(node.id), node.disk, self.raft_class)
-        node.sm = self.workload.new_state_machine()
-        node.host = {}
-        if node.disk.snapshot.index:
-            self.workload.restore(node.sm, node.disk.snapshot.data)
-        self.checker.on_start(node.id, node.raw.raft, node.disk)
+        """Start a node on its disk with a real ``NodeHost``: the simulated transport, a
+        skewed clock, crash-injecting hooks, and a snapshot every ``compact_every`` entries
+        keeping 0, 5 or 30 of them behind (so InstallSnapshot happens often)."""
+        sim = self
+        skew = (node.tick_ms - 10) * 7  # a little skew between the nodes' wall clocks
+        node.host = NodeHost(
+            self._config(node.id),
+            self.workload.new_state_machine(),
+            node.disk,
+            _SimTransport(self),
+            Clock(wall_ms=lambda: sim.now + skew, monotonic=lambda: sim.now / 1000),
+            settings=HostSettings(
+                snapshot_every=self.compact_every,
+                snapshot_keep=self.rng.choice((0, 5, 30)),
+                request_timeout=REQUEST_TIMEOUT_S,
+            ),
+            hooks=_SimHooks(self, node),
+            raft_class=self.raft_class,
+        )
+        node.state = {}
+        self.checker.on_start(node.id, node.host.raw.raft, node.disk)
 
     def _crash(self, node: SimNode) -> None:
+        """Lose the host and what the disk had not synced; waiting clients see the connection
+        drop (``UNAVAILABLE``) and retry elsewhere."""
+        host, node.host = node.host, None
         node.disk.crash()
-        node.raw = None
-        node.sm = None
+        if host is not None:
+            host.fail_waiters(UNAVAILABLE, "node crashed")
         self.workload.on_crash(node)
-        node.host = {}
+        node.state = {}
 
     def process(self, node: SimNode) -> None:
-        """Handle the node's pending Readys (call after giving it input)."""
-        raw = node.raw
-        for _ in range(8):
-            if raw is None or node.raw is not raw or not raw.has_ready():
-                break
-            self._handle_ready(node, raw, raw.ready())
-        if node.raw is not None:
-            self.checker.after_event(node.id, node.raw.raft)
-
-    def _handle_ready(self, node: SimNode, raw: RawNode, rd: Ready) -> None:
-        """The host loop of ``raft_node.core.ready``, with crashes injected between its steps."""
-        rng = self.rng
-        crash_at = None
-        if self.faults.enabled and rng.random() < self.faults.crash_in_ready:
-            crash_at = rng.choice(("before_persist", "torn", "after_persist", "after_send"))
-        early_first = rng.random() < 0.5
-        if early_first:
-            self._send_all(rd.messages_early)
-        if crash_at == "before_persist":
-            return self._crash(node)
-        if crash_at == "torn" and rd.entries:
-            node.disk.save_torn(rd.entries, rng.randrange(len(rd.entries)))
-            return self._crash(node)
-        before = node.disk.hard_state
-        node.disk.save(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
-        role = raw.raft.role if rd.soft_state is None else rd.soft_state.role
-        self.checker.on_persisted(node.id, role, rd, node.disk, before)
-        became_leader = rd.soft_state is not None and rd.soft_state.role == Role.LEADER
-        if became_leader:
-            self.elections += 1
-            self.checker.on_became_leader(node.id, raw.raft.term, node.disk)
-        if not early_first:
-            self._send_all(rd.messages_early)
-        if crash_at == "after_persist":
-            return self._crash(node)
-        self._send_all(rd.messages)
-        if crash_at == "after_send":
-            return self._crash(node)
-        if rd.snapshot is not None:
-            self.workload.restore(node.sm, rd.snapshot.data)
-        for e in rd.committed_entries:
-            self.checker.on_applied(node.id, e.index, e.term, node.disk)
-        self.workload.apply(node, rd)
-        raw.advance(rd)
-        if became_leader:
-            self.workload.on_leader(node)
-        self._maybe_compact(node, raw)
-        return None
-
-    def _maybe_compact(self, node: SimNode, raw: RawNode) -> None:
-        log = raw.raft.log
-        if log.applied - log.snapshot.index < self.compact_every:
+        """Let the node's host handle its pending Readys and snapshot if due (call after giving
+        it input); a crash injected by the hooks takes the node down."""
+        host = node.host
+        if host is None:
             return
-        data = self.workload.snapshot(node.sm)
-        snap = raw.compact(log.applied, data, self.rng.choice((0, 5, 30)))
-        node.disk.save_snapshot(snap)
-        node.disk.compact(min(log.offset, snap.index))
+        try:
+            host.process()
+            host.snapshot_if_due()
+        except NodeCrashed:
+            if node.host is host:
+                self._crash(node)
+            return
+        self.checker.after_event(node.id, host.raw.raft)
 
     # -- network -------------------------------------------------------------------------------
 
@@ -341,7 +329,7 @@ class Simulation:
 
     def _report_loss(self, m: Message) -> None:
         """Sometimes the transport notices a loss (as a TCP send error would) and says so."""
-        sender = self.nodes[m.frm].raw
+        sender = self.nodes[m.frm].host
         if sender is None or self.rng.random() < 0.5:
             return
         if m.type == MT.SNAP:
@@ -351,15 +339,15 @@ class Simulation:
 
     def _deliver(self, m: Message) -> None:
         node = self.nodes[m.to]
-        if node.raw is None or (m.frm, m.to) in self.blocked:
+        if node.host is None or (m.frm, m.to) in self.blocked:
             return
-        node.raw.step(m)
+        node.host.step(m)
         self.process(node)
 
     # -- for workloads -------------------------------------------------------------------------
 
     def up_nodes(self) -> list[SimNode]:
-        return [n for n in self.nodes.values() if n.raw is not None]
+        return [n for n in self.nodes.values() if n.host is not None]
 
     def pick_node(self, prefer_leader: bool) -> SimNode | None:
         """A random live node; with ``prefer_leader``, its known leader if that one is up (as a
@@ -368,9 +356,9 @@ class Simulation:
         if not up:
             return None
         node = self.rng.choice(up)
-        if prefer_leader and node.raw is not None and node.raw.raft.role != Role.LEADER:
-            lead = node.raw.raft.lead
-            if lead and self.nodes[lead].raw is not None:
+        if prefer_leader and node.host is not None and not node.host.is_leader:
+            lead = node.host.leader
+            if lead and self.nodes[lead].host is not None:
                 node = self.nodes[lead]
         return node
 
@@ -378,13 +366,13 @@ class Simulation:
 
     def _fault(self) -> None:
         rng = self.rng
-        down = [n for n in self.nodes.values() if n.raw is None]
+        down = [n for n in self.nodes.values() if n.host is None]
         choice = rng.random()
         if down and choice < 0.35:
             self._start(rng.choice(down))
         elif choice < 0.55:
             victim = rng.choice(list(self.nodes.values()))
-            if victim.raw is not None:
+            if victim.host is not None:
                 self._crash(victim)
         elif choice < 0.7:
             ids = self.ids[:]
@@ -404,34 +392,35 @@ class Simulation:
         self.faults = Faults(drop=0.0, duplicate=0.0, long_delay=0.0, max_delay_ms=5, enabled=False)
         self.blocked.clear()
         for node in self.nodes.values():
-            if node.raw is None:
+            if node.host is None:
                 self._start(node)
 
     # -- liveness and final checks -------------------------------------------------------------
 
-    def _leader(self) -> SimNode | None:
+    def leader(self) -> SimNode | None:
         for n in self.nodes.values():
-            if n.raw is not None and n.raw.raft.role == Role.LEADER:
+            if n.host is not None and n.host.is_leader:
                 return n
         return None
 
     def _liveness_reached(self) -> bool:
-        leader = self._leader()
+        leader = self.leader()
         if leader is None or not self.workload.settled():
             return False
-        assert leader.raw is not None
-        commit = leader.raw.raft.log.committed
+        assert leader.host is not None
+        commit = leader.host.raw.raft.log.committed
         return all(
-            n.raw is not None and n.raw.raft.log.applied == commit for n in self.nodes.values()
+            n.host is not None and n.host.raw.raft.log.applied == commit
+            for n in self.nodes.values()
         )
 
     def _liveness_report(self) -> str:
         parts = []
         for n in self.nodes.values():
-            if n.raw is None:
+            if n.host is None:
                 parts.append(f"{n.id}: down")
             else:
-                r = n.raw.raft
+                r = n.host.raw.raft
                 parts.append(
                     f"{n.id}: {r.role.name} term={r.term} commit={r.log.committed} "
                     f"applied={r.log.applied} last={r.log.last_index()}"

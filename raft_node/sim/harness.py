@@ -4,6 +4,17 @@ Unlike the randomized ``Simulation``, nothing happens here unless the test says 
 delivered breadth-first until the network is quiet, filtered by the cuts and drop rules the test
 sets up. Each node handles its ``Ready`` exactly in the documented order (persist, send, apply,
 advance) against a ``MemoryStorage`` that survives ``crash``/``restart``.
+
+Why this does not drive ``NodeHost`` (which the node process and ``Simulation`` both run): it is
+a harness for unit tests of the *core*, and it deliberately has no applier. The tests here
+propose raw bytes (``b"x"``) and assert on exactly which entries each node applied, no-op
+entries included, with their terms (``ListStateMachine``); ``NodeHost`` applies only commands in
+its applier's ``(client_id, seq, stamp, body)`` envelope, hides no-ops, and adds the host's own
+policy (tick and grace proposals, snapshots on its own schedule, request expiry), each of which
+would put entries into a transcript the test did not ask for. So its Ready loop stays the
+minimal one the core's contract describes, with no host policy to duplicate; everything the
+host adds is tested through ``NodeHost`` itself (``tests/raft/test_node_host.py``) and the
+randomized ``Simulation``.
 """
 
 from __future__ import annotations

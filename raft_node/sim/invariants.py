@@ -9,7 +9,9 @@ fit in CI:
 - Leader append-only: while a node leads in a term, its log only grows, in memory and on disk.
 - Log matching: two persisted entries with the same (index, term) have the same chain hash, i.e.
   identical prefixes (``entry_chain``).
-- Leader completeness: a new leader's log contains the latest entry known committed.
+- Leader completeness: a new leader's log contains the latest entry known committed in an
+  earlier term (a leader of an older term may still win after a newer term committed more: a
+  delayed vote can elect it while it is cut off from the newer leader).
 - State machine safety: every node applies the same entry (same chain hash) at each index.
 - Monotonicity: term and commit index never decrease (in memory per incarnation, and on disk);
   a persisted vote never changes within a term.
@@ -45,6 +47,8 @@ class Checker:
         self.applied_term: dict[int, int] = {0: 0}
         self.committed_chain: dict[int, int] = {0: 0}
         self.max_committed = 0
+        # term -> highest index seen committed by a node whose persisted term was that term
+        self.committed_in_term: dict[int, int] = {}
         self._memory: dict[NodeId, _Memory] = {}
         self._disk_leader_last: dict[tuple[NodeId, int], int] = {}
 
@@ -124,18 +128,23 @@ class Checker:
                 )
             self._disk_leader_last[key] = rd.entries[-1].index
         if hs.commit > disk.snapshot.index:
-            self._record_commit(node, hs.commit, disk.chain_at(hs.commit))
+            self._record_commit(node, hs.commit, disk.chain_at(hs.commit), hs.term)
 
-    def _record_commit(self, node: NodeId, index: int, chain: int | None) -> None:
+    def _record_commit(self, node: NodeId, index: int, chain: int | None, term: int) -> None:
         if chain is None:
             raise Violation(f"{node} committed index {index} that it has not persisted")
         known = self.committed_chain.setdefault(index, chain)
         if known != chain:
             raise Violation(f"{node} committed a different entry at index {index}")
         self.max_committed = max(self.max_committed, index)
+        if index > self.committed_in_term.get(term, 0):
+            self.committed_in_term[term] = index
 
     def on_became_leader(self, node: NodeId, term: int, disk: SimDisk) -> None:
-        index = self.max_committed
+        """Raft's Leader Completeness: an entry committed in term ``t`` is in the log of every
+        leader of a term after ``t``. A commit is recorded with the term its node had persisted
+        then, which is at least the term it was committed in, so this never over-reaches."""
+        index = max((i for t, i in self.committed_in_term.items() if t < term), default=0)
         if index <= disk.snapshot.index:
             return
         if disk.chain_at(index) != self.committed_chain[index]:

@@ -1,60 +1,53 @@
 """A tiny replicated key-value register, the state machine the simulator runs on the log.
 
-Commands carry ``(client, seq)``; the state machine remembers each client's last sequence number
-and result, so a command that a client retries after a leader change is applied once and
-answered with the first result (Raft thesis section 6.3). The simulator's linearizability check
-depends on this: without it a retried write could apply twice and be seen out of order.
+A ``StateMachine`` (``raft_node.core.fsm``) like the product's: the node host wraps it in its
+applier, whose ``(client, seq)`` envelope makes a command that a client retries after a leader
+change apply once and answer with the first result (Raft thesis section 6.3). The simulator's
+linearizability check depends on that dedup, so it tests the applier the node process runs.
+
+Commands are ``put|key|value`` and ``get|key|`` (a read through the log); the query (a
+ReadIndex read) is ``get|key|`` too.
 """
 
 from __future__ import annotations
 
 import json
 
-
-def encode_put(client: str, seq: int, key: str, value: str) -> bytes:
-    return f"put|{client}|{seq}|{key}|{value}".encode()
+from raft_node.core.fsm import CommandRejected
 
 
-def encode_get(client: str, seq: int, key: str) -> bytes:
-    return f"get|{client}|{seq}|{key}|".encode()
+def encode_put(key: str, value: str) -> bytes:
+    return f"put|{key}|{value}".encode()
+
+
+def encode_get(key: str) -> bytes:
+    return f"get|{key}|".encode()
 
 
 class KVStateMachine:
     def __init__(self) -> None:
         self.data: dict[str, str] = {}
-        self.sessions: dict[str, tuple[int, str | None]] = {}
-        self.applied_index = 0
 
-    def apply(self, index: int, command: bytes) -> str | None:
-        self.applied_index = index
-        if not command:
-            return None  # leader no-op
-        op, client, seq_s, key, value = command.decode().split("|", 4)
-        seq = int(seq_s)
-        last = self.sessions.get(client)
-        if last is not None and seq <= last[0]:
-            return last[1] if seq == last[0] else None  # duplicate: answer, do not re-apply
+    def apply(self, index: int, command: bytes, now_ms: int) -> str | None:
+        op, key, value = command.decode().split("|", 2)
         if op == "put":
             self.data[key] = value
-            result = None
-        else:
-            result = self.data.get(key)
-        self.sessions[client] = (seq, result)
-        return result
+            return None
+        if op == "get":
+            return self.data.get(key)
+        raise CommandRejected("bad_command", f"unknown command {op!r}")
+
+    def query(self, query: bytes) -> str | None:
+        op, key, _ = query.decode().split("|", 2)
+        if op != "get":
+            raise CommandRejected("bad_query", f"unknown query {op!r}")
+        return self.read(key)
 
     def read(self, key: str) -> str | None:
         return self.data.get(key)
 
     def snapshot(self) -> bytes:
-        state = {
-            "data": self.data,
-            "sessions": {c: list(v) for c, v in self.sessions.items()},
-            "applied": self.applied_index,
-        }
-        return json.dumps(state, sort_keys=True).encode()
+        return json.dumps(self.data, sort_keys=True).encode()
 
     def restore(self, blob: bytes) -> None:
-        state = json.loads(blob)
-        self.data = dict(state["data"])
-        self.sessions = {c: (v[0], v[1]) for c, v in state["sessions"].items()}
-        self.applied_index = state["applied"]
+        self.data = dict(json.loads(blob))

@@ -1,41 +1,59 @@
 """The simulator's default workload: three clients on a replicated key-value register.
 
-Clients write, read through the log, and read through ReadIndex (on leaders and followers).
-Writes and log reads are retried with the same ``(client, seq)`` until they complete; a lost
-ReadIndex read is abandoned. At the end every acknowledged operation must be in the applied log,
-all state machines must be equal, and the history must be linearizable per key.
+Clients write, read through the log, and read through ReadIndex (on leaders and followers), all
+through the nodes' hosts (``NodeHost.propose``/``read``), as the request handler does. Writes
+and log reads are retried with the same ``(client, seq)`` until they complete (the host's
+applier dedups them); a lost ReadIndex read is abandoned. At the end every acknowledged
+operation must be in the applied log, all state machines must be equal, and the history must be
+linearizable per key.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from raft_node.core.raft import ProposalDropped
-from raft_node.core.ready import Ready
+from raft_node.host.applier import Outcome
+from raft_node.host.node_host import ProposalDropped
+from raft_node.host.waiters import Wait
 from raft_node.sim import kv
 from raft_node.sim.clients import INDEX_READ, LOG_READ, WRITE, Client, ClientOp, history_operations
+from raft_node.sim.engine import Engine, Entry, SimNode
 from raft_node.sim.invariants import Violation
 from raft_node.sim.linearizability import check_operations
 from raft_node.sim.models import RegisterModel
-
-if TYPE_CHECKING:
-    from raft_node.sim.cluster import SimNode, Simulation
 
 KEYS = ("a", "b", "c")
 RETRY_AFTER_MS = 500
 
 
+class _OpWait(Wait):
+    """One attempt of a client operation, waiting on a host."""
+
+    __slots__ = ("op", "workload")
+
+    def __init__(self, workload: KVWorkload, op: ClientOp) -> None:
+        self.workload, self.op = workload, op
+
+    def done(self, ok: bool, value: Any) -> None:
+        self.workload._answered(self.op, ok, value)
+
+    def failed(self, reason: str, message: str) -> None:
+        self.workload._failed(self.op)
+
+
 class KVWorkload:
     def __init__(self, clients: int = 3) -> None:
         self.clients = [Client(f"c{i}") for i in range(clients)]
-        self.sim: Simulation | None = None
+        self.sim: Engine | None = None
+        # (client, seq) -> (index, term) of the entry that first applied it, on any node
+        self.applied_at: dict[tuple[str, int], tuple[int, int]] = {}
 
     def __repr__(self) -> str:
         return f"pending ops {[c.current for c in self.clients if c.current is not None]}"
 
     # -- engine hooks --------------------------------------------------------------------------
 
-    def attach(self, sim: Simulation) -> None:
+    def attach(self, sim: Engine) -> None:
         self.sim = sim
         for c in self.clients:
             sim.schedule(sim.rng.randrange(1, 20), c)
@@ -43,66 +61,41 @@ class KVWorkload:
     def new_state_machine(self) -> kv.KVStateMachine:
         return kv.KVStateMachine()
 
-    def snapshot(self, sm: kv.KVStateMachine) -> bytes:
-        return sm.snapshot()
-
-    def restore(self, sm: kv.KVStateMachine, data: bytes) -> None:
-        sm.restore(data)
-
-    def applied_index(self, sm: kv.KVStateMachine) -> int:
-        return sm.applied_index
-
-    def on_leader(self, node: SimNode) -> None:
-        pass
-
-    def on_node_tick(self, node: SimNode) -> None:
-        pass
+    def on_applied(self, node: SimNode, entry: Entry, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.client_id and not outcome.pending:
+                key = (outcome.client_id, outcome.seq)
+                self.applied_at.setdefault(key, (entry.index, entry.term))
 
     def on_crash(self, node: SimNode) -> None:
-        host = node.host
-        for _, op in host.get("proposals", {}).values():
-            op.needs_retry = True
-        for op in host.get("pending_reads", {}).values():
-            self._client(op).abandon(op)
-        for _, op in host.get("waiting_reads", []):
-            self._client(op).abandon(op)
+        pass  # the host answered its waits UNAVAILABLE: writes retry, reads were abandoned
 
     def settled(self) -> bool:
         return all(c.current is None for c in self.clients)
 
-    # -- applying ------------------------------------------------------------------------------
+    # -- answers from the hosts ----------------------------------------------------------------
 
-    def apply(self, node: SimNode, rd: Ready) -> None:
+    def _answered(self, op: ClientOp, ok: bool, value: Any) -> None:
         sim = self.sim
         assert sim is not None
-        sm = node.sm
-        proposals = node.host.setdefault("proposals", {})
-        pending_reads = node.host.setdefault("pending_reads", {})
-        waiting = node.host.setdefault("waiting_reads", [])
-        for e in rd.committed_entries:
-            result = sm.apply(e.index, e.data)
-            pending = proposals.pop(e.index, None)
-            if pending is None:
-                continue
-            term, op = pending
-            if e.term == term and not op.abandoned and op.ret is None:
-                op.index, op.term = e.index, e.term
-                self._client(op).finish(op, sim.now, result)
-            elif op.ret is None:
-                op.needs_retry = True
-        for rs in rd.read_states:
-            op = pending_reads.pop(rs.context, None)
-            if op is not None:
-                waiting.append((rs.index, op))
-        if waiting:
-            still = []
-            for index, op in waiting:
-                if sm.applied_index >= index:
-                    if not op.abandoned:
-                        self._client(op).finish(op, sim.now, sm.read(op.key))
-                else:
-                    still.append((index, op))
-            node.host["waiting_reads"] = still
+        if op.ret is not None or op.abandoned:
+            return  # an answer to an earlier attempt, or to a read we gave up on
+        if not ok:
+            raise Violation(f"{op.kind} {op.client}#{op.seq} rejected: {value}")
+        if op.kind != INDEX_READ:
+            at = self.applied_at.get((op.client, op.seq))
+            if at is None:
+                raise Violation(f"{op.kind} {op.client}#{op.seq} answered but never applied")
+            op.index, op.term = at
+        self._client(op).finish(op, sim.now, None if op.kind == WRITE else value)
+
+    def _failed(self, op: ClientOp) -> None:
+        if op.ret is not None or op.abandoned:
+            return
+        if op.kind == INDEX_READ:
+            self._client(op).abandon(op)  # a lost read constrained nothing
+        else:
+            op.needs_retry = True
 
     # -- clients -------------------------------------------------------------------------------
 
@@ -126,7 +119,7 @@ class KVWorkload:
             return
         if op.needs_retry or sim.now - op.attempt_at > RETRY_AFTER_MS:
             # No answer in time (its entry may have been overwritten, or compacted into a
-            # snapshot, on the node we asked): retry; the state machine's dedup makes it safe.
+            # snapshot, on the node we asked): retry; the applier's dedup makes it safe.
             self._propose(op)
 
     def _new_op(self, client: Client) -> ClientOp:
@@ -144,33 +137,25 @@ class KVWorkload:
         sim = self.sim
         assert sim is not None
         node = sim.pick_node(prefer_leader=True)
-        if node is None:
+        if node is None or node.host is None:
             return
-        assert node.raw is not None
-        if op.kind == WRITE:
-            cmd = kv.encode_put(op.client, op.seq, op.key, op.value or "")
-        else:
-            cmd = kv.encode_get(op.client, op.seq, op.key)
+        cmd = kv.encode_put(op.key, op.value or "") if op.kind == WRITE else kv.encode_get(op.key)
         try:
-            index, term = node.raw.propose(cmd)
+            node.host.propose(op.client, op.seq, cmd, _OpWait(self, op))
         except ProposalDropped:
             return
         op.needs_retry = False
         op.attempt_at = sim.now
-        node.host.setdefault("proposals", {})[index] = (term, op)
         sim.process(node)
 
     def _start_index_read(self, op: ClientOp) -> None:
         sim = self.sim
         assert sim is not None
         node = sim.pick_node(prefer_leader=False)
-        if node is None:
+        if node is None or node.host is None:
             return
-        assert node.raw is not None
-        ctx = f"{op.client}:{op.seq}".encode()
         op.node = node.id
-        node.host.setdefault("pending_reads", {})[ctx] = op
-        node.raw.read_index(ctx)
+        node.host.read(kv.encode_get(op.key), _OpWait(self, op))
         sim.process(node)
 
     # -- final checks --------------------------------------------------------------------------
@@ -182,12 +167,12 @@ class KVWorkload:
         for c in self.clients:
             for op in c.history:
                 acked = op.kind != INDEX_READ and op.ret is not None
-                if acked and applied_term.get(op.index) != op.term:
+                if acked and (op.index == 0 or applied_term.get(op.index) != op.term):
                     raise Violation(
                         f"acknowledged {op.kind} {op.client}#{op.seq} at "
                         f"({op.index}, term {op.term}) is not in the applied log"
                     )
-        states = {n.id: n.sm.data for n in sim.nodes.values() if n.sm is not None}
+        states = {n.id: n.host.state_machine.data for n in sim.nodes.values() if n.host}
         first = next(iter(states.values()))
         for nid, data in states.items():
             if data != first:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from raft_node.server import NodeConfig, NodeServer
+from raft_node.host.config import NodeConfig
+from raft_node.server import NodeServer
 from raft_node.storage.memory import MemoryStorage
 from raft_node.testing.launcher import Address, free_port
 
@@ -68,11 +69,11 @@ class InProcessCluster:
             )
             self.servers[node] = server = NodeServer(config, self._machine(), MemoryStorage())
             self._runs[node] = asyncio.run_coroutine_threadsafe(server.run(), loop)
-        self._until(lambda: all(s.leader_hint() for s in self.servers.values()), timeout)
+        self._until(lambda: all(s.host.leader for s in self.servers.values()), timeout)
 
     def leader(self) -> str | None:
         for node, server in self.servers.items():
-            if server.is_leader:
+            if server.host.is_leader:
                 return node
         return None
 

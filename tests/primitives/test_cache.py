@@ -21,8 +21,9 @@ from coordination.primitives import cache as cache_mod
 from coordination.primitives import cache_queue, cache_store, limits
 from coordination.primitives.cache import Cache
 from coordination.primitives.machine import TICK, CoordinationMachine
+from raft_node.core.fsm import CommandRejected, Pending
 from raft_node.core.messages import Entry
-from raft_node.host.applier import Applier, CommandRejected, Pending, encode_command
+from raft_node.host.applier import Applier, encode_command
 from raft_node.sim.linearizability import Operation, check_operations
 from raft_node.sim.models import RegisterModel
 

@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 
 from coordination.primitives.machine import TICK, CoordinationMachine
-from raft_node.host.applier import CommandRejected
+from raft_node.core.fsm import CommandRejected
 
 GOLDEN = Path(__file__).parent / "data" / "cache_snapshot_v1.msgpack"
 T0 = 1_000_000

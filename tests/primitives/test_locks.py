@@ -22,7 +22,7 @@ from coordination.primitives.base import Pending
 from coordination.primitives.locks import DEADLOCK_MEMORY, Locks
 from coordination.primitives.machine import TICK, CoordinationMachine
 from raft_node.client import Rejected
-from raft_node.host.applier import CommandRejected
+from raft_node.core.fsm import CommandRejected
 
 X, S = "exclusive", "shared"
 START_MS = 1_000_000
@@ -1090,7 +1090,7 @@ def test_waiters_per_lock_are_capped(monkeypatch):
 
     from coordination.primitives import limits
     from coordination.primitives.machine import CoordinationMachine
-    from raft_node.host.applier import CommandRejected
+    from raft_node.core.fsm import CommandRejected
 
     monkeypatch.setattr(limits, "LOCK_WAITERS_MAX", 2)
     m = CoordinationMachine()

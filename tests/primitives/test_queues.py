@@ -18,8 +18,9 @@ from coordination.primitives import errors, limits
 from coordination.primitives import queues as queues_module
 from coordination.primitives.machine import CoordinationMachine
 from coordination.primitives.queues import DEFAULT_MAX_DELIVERIES, Queues
+from raft_node.core.fsm import CommandRejected, Pending
 from raft_node.core.messages import Entry
-from raft_node.host.applier import SYSTEM, Applier, CommandRejected, Pending, encode_command
+from raft_node.host.applier import SYSTEM, Applier, encode_command
 
 VIS = 30_000
 

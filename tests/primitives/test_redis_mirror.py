@@ -18,8 +18,8 @@ from coordination.node.redis_mirror import GUARDED_WRITE, PREFIX, RedisMirror
 from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
 from raft_node.client import AsyncRaftClient
-from raft_node.core.ready import Role
-from raft_node.server import NodeConfig, NodeServer
+from raft_node.host.config import NodeConfig
+from raft_node.server import NodeServer
 from raft_node.storage.memory import MemoryStorage
 from raft_node.testing.launcher import free_port
 
@@ -84,7 +84,7 @@ def test_mirror_converges_across_a_redis_restart_and_never_blocks_commits():
         server.plugins.append(mirror)
         await server.start()
         try:
-            while server.raw.raft.role != Role.LEADER:
+            while not server.host.is_leader:
                 await asyncio.sleep(0.01)
             async with AsyncRaftClient([cluster["n1"]], SECRET, timeout=3) as client:
                 versions = {}

@@ -17,8 +17,9 @@ from search_depth import examples
 from coordination.primitives import errors, limits
 from coordination.primitives.machine import CoordinationMachine
 from coordination.primitives.results import MEMBER_OVERHEAD, RECORD_OVERHEAD, Results
+from raft_node.core.fsm import CommandRejected, Pending
 from raft_node.core.messages import Entry
-from raft_node.host.applier import Applier, CommandRejected, Pending, encode_command
+from raft_node.host.applier import Applier, encode_command
 
 
 class Node:

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from coordination.primitives.machine import GRACE, TICK, CoordinationMachine
-from raft_node.host.applier import CommandRejected
+from raft_node.core.fsm import CommandRejected
 
 
 class Driver:

@@ -7,8 +7,9 @@ import pytest
 
 from raft_node import kvstore
 from raft_node.client import parse_addresses
+from raft_node.core.fsm import CommandRejected, Pending
 from raft_node.core.messages import Entry, EntryType
-from raft_node.host.applier import Applier, CommandRejected, Pending, encode_command
+from raft_node.host.applier import Applier, encode_command
 from raft_node.kvstore import KVStore
 from raft_node.transport import client_protocol as p
 
@@ -184,7 +185,7 @@ def test_noop_entries_produce_no_outcome():
     ],
 )
 def test_kv_rejects_bad_commands_with_a_code(command: bytes):
-    from raft_node.host.applier import CommandRejected
+    from raft_node.core.fsm import CommandRejected
 
     with pytest.raises(CommandRejected) as info:
         KVStore().apply(1, command, 0)

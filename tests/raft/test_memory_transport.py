@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from raft_node.core.messages import Entry, Message, MessageType
+from raft_node.host.config import NodeConfig
 from raft_node.kvstore import KVStore
-from raft_node.server import NodeConfig, NodeServer
+from raft_node.server import NodeServer
 from raft_node.storage.memory import MemoryStorage
 from raft_node.transport.memory import MemoryNetwork, MemoryTransport
 
@@ -165,19 +166,19 @@ def test_a_node_cluster_elects_over_the_twin_and_re_elects_around_a_partition(
             await s.start()
 
         def leaders() -> list[NodeServer]:
-            return [s for s in servers if s.is_leader]
+            return [s for s in servers if s.host.is_leader]
 
         await until(lambda: len(leaders()) == 1)
         old = leaders()[0]
         assert all(isinstance(s.transport, MemoryTransport) for s in servers)
         others = [s for s in servers if s is not old]
-        network.isolate(old.id, [s.id for s in servers])
-        await until(lambda: any(s.is_leader for s in others))
+        network.isolate(old.host.id, [s.host.id for s in servers])
+        await until(lambda: any(s.host.is_leader for s in others))
         assert (
             old.transport.stats()["connect_failures"] + old.transport.stats()["write_failures"] > 0
         )
         network.heal()
-        await until(lambda: len(leaders()) == 1 and not old.is_leader)
+        await until(lambda: len(leaders()) == 1 and not old.host.is_leader)
         for s in servers:
             s.stop()
             await s._shutdown()

@@ -23,9 +23,9 @@ from raft_node.client import (
     Rejected,
     Timeout,
 )
-from raft_node.core.ready import Role
+from raft_node.host.config import NodeConfig, parse_cluster
 from raft_node.kvstore import KVStore
-from raft_node.server import NodeConfig, NodeServer, parse_cluster
+from raft_node.server import NodeServer
 from raft_node.storage.durable import DurableStorage
 from raft_node.storage.memory import MemoryStorage
 from raft_node.testing.launcher import free_port
@@ -56,7 +56,7 @@ async def _stop(servers: list[NodeServer]) -> None:
 
 async def _leader(servers: list[NodeServer]) -> NodeServer:
     for _ in range(500):
-        leaders = [s for s in servers if s.raw.raft.role == Role.LEADER]
+        leaders = [s for s in servers if s.host.is_leader]
         if leaders:
             return leaders[0]
         await asyncio.sleep(0.01)
@@ -251,7 +251,7 @@ def test_watch_streams_events_in_log_order_with_resync():
         try:
             await _leader(servers)
             seen, resyncs = [], []
-            follower = next(s for s in servers if s.raw.raft.role != Role.LEADER)
+            follower = next(s for s in servers if not s.host.is_leader)
             watcher = Watcher(
                 [cluster[follower.id]],
                 SECRET,

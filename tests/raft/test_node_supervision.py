@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from coordination.node import node_runner
+from raft_node.host.config import NodeConfig
 from raft_node.kvstore import KVStore
-from raft_node.server import NodeConfig, NodeServer
+from raft_node.server import NodeServer
 from raft_node.storage.memory import MemoryStorage
 from raft_node.testing.launcher import free_port
 from raft_node.transport.peers import PeerRouter
@@ -69,7 +70,7 @@ def test_an_exception_in_the_tick_loop_stops_the_node(caplog: pytest.LogCaptureF
         if ticks == 5:
             raise Boom("tick failed")
 
-    server.raw.tick = tick  # type: ignore[method-assign]
+    server.host.raw.tick = tick  # type: ignore[method-assign]
     with caplog.at_level(logging.CRITICAL, logger="raft_node.server"):
         asyncio.run(_run_until_stopped(server))
     assert isinstance(server.fatal_error, Boom)
@@ -149,5 +150,5 @@ def test_serve_exits_non_zero_after_a_fatal_task_error() -> None:
     def tick() -> None:
         raise Boom("tick failed")
 
-    server.raw.tick = tick  # type: ignore[method-assign]
+    server.host.raw.tick = tick  # type: ignore[method-assign]
     assert node_runner.serve(server) == 1

@@ -14,7 +14,7 @@ from typing import Any
 
 from coordination.primitives.base import Ctx, Op, Pending, Query
 from coordination.primitives.machine import CoordinationMachine
-from raft_node.host.applier import CommandRejected
+from raft_node.core.fsm import CommandRejected
 
 
 class Probe:

@@ -101,9 +101,9 @@ def test_linearizability_check_catches_stale_reads() -> None:
             super().__init__()
             self.previous: dict[str, str] = {}
 
-        def apply(self, index: int, command: bytes):
+        def apply(self, index: int, command: bytes, now_ms: int):
             self.previous = dict(self.data)
-            return super().apply(index, command)
+            return super().apply(index, command, now_ms)
 
         def read(self, key: str):
             return self.previous.get(key)  # one write behind
