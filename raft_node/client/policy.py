@@ -73,12 +73,17 @@ class Targets:
         self.current = next(self._rotation)
 
 
+# The clients' jitter comes from their own generator: drawing from the global one would move a
+# seeded ``random`` that the user's code (or a property-testing library) relies on.
+_JITTER = random.Random()
+
+
 class Backoff:
     def __init__(self, first: float = 0.02, cap: float = 0.5) -> None:
         self.delay, self.cap = first, cap
 
     def next(self) -> float:
-        delay = self.delay * (0.5 + random.random())
+        delay = self.delay * (0.5 + _JITTER.random())
         self.delay = min(self.delay * 2, self.cap)
         return delay
 

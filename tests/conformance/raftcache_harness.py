@@ -38,7 +38,7 @@ from django.conf import settings
 from django.core.cache import caches
 from vendored_django_cache import tests as django_tests
 
-from coordination import cache_client
+from coordination.client import cache as cache_client
 from coordination.exceptions import NotInteger
 from raft_node.testing.launcher import LocalCluster
 
