@@ -124,7 +124,7 @@ class NodeServer:
             self.id,
             config.cluster,
             config.secret,
-            self._on_message,
+            self.host.step,  # a message the core refuses is logged by the transport
             on_unreachable=self.host.report_unreachable,
             on_snapshot_status=self.host.report_snapshot,
             on_client_frame=self.requests.handle_frame,
@@ -243,12 +243,6 @@ class NodeServer:
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._process)
-
-    def _on_message(self, m: Message) -> None:
-        try:
-            self.host.step(m)
-        except Exception:  # an authenticated peer sent something the core refuses: a bug
-            log.exception("event=step_failed node=%s from=%s type=%s", self.id, m.frm, m.type)
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
