@@ -18,10 +18,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 # --dist loadfile: a test file's module-scoped cluster (and the plugin tests' venv) is started
-# once. (xdist's loadgroup marks do nothing under pytest 9.2 with xdist 3.8: xdist sets
+# once. Three workers on two cores: the real-process tests spend much of their time waiting on
+# their node and worker processes, so a third worker fills those waits (216 s against 255 s). (xdist's loadgroup marks do nothing under pytest 9.2 with xdist 3.8: xdist sets
 # item._nodeid, which pytest 9 no longer reads.)
 test: venv
-	$(VENV)/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 3 --dist loadfile $(PYTEST_ARGS)
 
 # The deep search, run by CI after the default suite: the property tests with their large example
 # counts and the simulators with 3000 seeds (tests/search_depth.py), plus anything marked slow.

@@ -19,10 +19,10 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 
 from coordination import inspection
-from coordination.api.views import coordinator
 from coordination.client.coordinator import Coordinator
 from coordination.exceptions import RaftError, Rejected, Timeout, UnknownQueue
 from coordination.primitives.queues_state import DLQ_SUFFIX
+from coordination.shared_coordinator import coordinator
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--sim-seeds",
         type=int,
-        default=seeds(quick=600, deep=3000),
+        default=seeds(quick=300, deep=3000),
         help=(
             "seeded Raft simulation runs (2/3 on 3 nodes, 1/3 on 5; the primitives' sweep runs a"
-            " fifth as many): 600 in the default suite, 3000 under RAFTSYNC_TEST_DEPTH=deep"
+            " fifth as many): 300 in the default suite, 3000 under RAFTSYNC_TEST_DEPTH=deep"
         ),
     )
     group.addoption("--sim-steps", type=int, default=4000, help="events per simulation run")

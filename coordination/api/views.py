@@ -12,7 +12,6 @@ are raised typed and answered by ``coordination.api.errors`` (the table of codes
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from rest_framework import status
@@ -22,39 +21,15 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from coordination import conf, inspection
+from coordination import inspection
 from coordination.api import serializers as s
 from coordination.api.base import RaftsyncAPIView, operation
 from coordination.api.permissions import OperateCluster, UsePrimitives
 from coordination.client import operations as ops
-from coordination.client.coordinator import Coordinator
 from coordination.exceptions import UnknownKey, UnknownSession
-from coordination.node import node_settings
+from coordination.shared_coordinator import coordinator, reset_coordinator  # noqa: F401 (re-exported)
 
 DEAD_LETTERS_SHOWN = 100  # the dead letters a GET lists (oldest first)
-
-_coord: Coordinator | None = None
-_coord_lock = threading.Lock()
-
-
-def coordinator() -> Coordinator:
-    """The process's coordinator (from ``COORDINATION``), created on first use."""
-    global _coord
-    with _coord_lock:
-        if _coord is None:
-            timeout = conf.api_request_timeout(node_settings.coordination())
-            _coord = Coordinator.from_settings(timeout=timeout)
-        return _coord
-
-
-def reset_coordinator() -> None:
-    """Forget the process's coordinator (tests that point it at another cluster)."""
-    global _coord
-    with _coord_lock:
-        if _coord is not None:
-            _coord.close()
-        _coord = None
-
 
 def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
     serializer = serializer_class(data=request.data)

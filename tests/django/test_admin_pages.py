@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from coordination import inspection
-from coordination.api.views import reset_coordinator
+from coordination.shared_coordinator import reset_coordinator
 from coordination.templatetags.raftsync_admin import ms, percent
 from raft_node.testing.launcher import free_port
 

@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
-from coordination.api.views import reset_coordinator
+from coordination.shared_coordinator import reset_coordinator
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from django.contrib.auth.models import Permission, User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from coordination.api.views import reset_coordinator
+from coordination.shared_coordinator import reset_coordinator
 
 pytestmark = pytest.mark.django_db
 

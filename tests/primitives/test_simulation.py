@@ -9,7 +9,7 @@ from coordination.simulation.workload import CoordinationWorkload
 from raft_node.sim.cluster import Simulation, SimulationFailure
 
 REPLAY = "python -m coordination.simulation"
-CHUNKS = 24  # fixed, so the default run (120 seeds) and the deep one (600) have the same tests
+CHUNKS = 24  # fixed, so the default run (60 seeds) and the deep one (600) have the same tests
 
 
 def _sweep(seeds: range, until: str | None = None, **kw) -> list[str]:

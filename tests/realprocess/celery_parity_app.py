@@ -65,13 +65,13 @@ def record(tag: str, redelivered: bool) -> None:
         f.write(f"run {tag} {int(bool(redelivered))} {os.getpid()}\n")
 
 
-@app.task(bind=True, name="parity.mark")
+@app.task(bind=True, shared=False, name="parity.mark")
 def mark(self: Any, tag: str) -> str:
     record(tag, self.request.delivery_info.get("redelivered"))
     return tag
 
 
-@app.task(bind=True, name="parity.reject_once")
+@app.task(bind=True, shared=False, name="parity.reject_once")
 def reject_once(self: Any, tag: str) -> str:
     """Rejected with requeue on its first delivery; done on the redelivery."""
     redelivered = self.request.delivery_info.get("redelivered")
@@ -81,7 +81,7 @@ def reject_once(self: Any, tag: str) -> str:
     return tag
 
 
-@app.task(bind=True, name="parity.succeed_then_die")
+@app.task(bind=True, shared=False, name="parity.succeed_then_die")
 def succeed_then_die(self: Any, tag: str) -> str:
     record(tag, self.request.delivery_info.get("redelivered"))
     return tag

@@ -23,11 +23,11 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from coordination.api.views import reset_coordinator
 from coordination.client import Coordinator
 from coordination.client.cache import Cache, process_stats
 from coordination.exceptions import Deadlock, RaftError
 from coordination.primitives import commands as c
+from coordination.shared_coordinator import reset_coordinator
 from raft_node.testing.launcher import LocalCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
