@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from coordination.primitives import locks, queues
@@ -32,10 +34,9 @@ def _sweep(seeds: range, until: str | None = None, **kw) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "prim_chunk" in metafunc.fixturenames:
         total = max(CHUNKS, metafunc.config.getoption("sim_seeds") // 5)
-        size = -(-total // CHUNKS)
-        chunks = [
-            range(500_000 + lo, 500_000 + min(lo + size, total)) for lo in range(0, total, size)
-        ]
+        # Exactly CHUNKS near-equal ranges whatever the total, so the test ids are the same set.
+        edges = [500_000 + total * i // CHUNKS for i in range(CHUNKS + 1)]
+        chunks = [range(lo, hi) for lo, hi in itertools.pairwise(edges)]
         metafunc.parametrize("prim_chunk", chunks, ids=[f"{c.start}-{c.stop - 1}" for c in chunks])
 
 

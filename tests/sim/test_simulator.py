@@ -6,6 +6,7 @@ failing seed with its replay command.
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -38,8 +39,10 @@ def _sweep(
 
 
 def _chunks(total: int, offset: int, count: int) -> list[range]:
-    size = max(1, -(-total // count))
-    return [range(offset + lo, offset + min(lo + size, total)) for lo in range(0, total, size)]
+    """Exactly ``count`` near-equal seed ranges (fewer only if there are fewer seeds)."""
+    count = min(count, total)
+    edges = [offset + total * i // count for i in range(count + 1)]
+    return [range(lo, hi) for lo, hi in itertools.pairwise(edges)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
