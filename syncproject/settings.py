@@ -97,7 +97,9 @@ CELERY_RESULT_BACKEND = os.environ.get("RAFTSYNC_CELERY_RESULT_BACKEND") or "raf
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# raft:// leases a delivered task for as long as the worker's session lives (no visibility
+# timeout to outgrow); a dead worker's tasks come back after session_ttl seconds.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"session_ttl": 30}
 
 # The replicated cache is its own alias: the default cache stays local, so throttling and
 # sessions do not depend on the cluster being reachable.

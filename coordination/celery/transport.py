@@ -1,12 +1,17 @@
 """``raft://``: a kombu transport on the replicated queue, so Celery needs no external broker.
 
     CELERY_BROKER_URL = "raft://127.0.0.1:7001;raft://127.0.0.1:7002;raft://127.0.0.1:7003"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"session_ttl": 30}
 
 Messages are kombu's JSON envelopes stored in the queue primitive, so every guarantee of the
-queue holds: a message is leased to the consuming channel's session for ``visibility_timeout``
-seconds; an ack removes it; a worker that dies (or whose session expires) without acking gets
-its messages redelivered with ``delivery_count + 1``; ``basic_reject(requeue=True)`` is a nack.
+queue holds: a message is leased to the consuming channel's session for as long as that
+session lives; an ack removes it; a worker that dies (or whose session expires: it is not
+renewed for ``session_ttl`` seconds, default 30) without acking gets its messages redelivered
+with ``delivery_count + 1``; ``basic_reject(requeue=True)`` is a nack. So an ``acks_late`` task
+that runs for hours is never delivered a second time while its worker lives (on Redis and SQS
+it is, once it outlives ``visibility_timeout``: celery#5935). Setting ``visibility_timeout``
+(seconds) bounds each lease as those brokers do, for a consumer that wants a live but stuck
+worker's messages back; it is off by default.
 Unacked messages are deliberately *not* re-published when a channel closes (kombu's default for
 virtual transports): their leases return them, exactly once each.
 
@@ -76,7 +81,6 @@ from raft_node.client import ClusterUnavailable, Timeout
 log = logging.getLogger("coordination.celery")
 # Best-effort clean-up: the queue or binding may be gone already, or our session with it.
 CLEANUP_ERRORS = (UnknownQueue, UnknownSession, SessionExpired, NotHolder)
-DEFAULT_VISIBILITY = 3600.0
 MAX_ETA = limits.DELAY_MS[1] / 1000  # the queue's longest delayed delivery (7 days)
 
 
@@ -87,7 +91,9 @@ class Channel(virtual.Channel):
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         options = connection.client.transport_options or {}
-        self.visibility = float(options.get("visibility_timeout", DEFAULT_VISIBILITY))
+        # None: session-held leases (module docstring); a number bounds each lease.
+        visibility = options.get("visibility_timeout")
+        self.visibility = None if visibility is None else float(visibility)
         # A get is a log entry (it leases): wait for a message on the leader rather than poll.
         self.wait = float(options.get("polling_wait", 1.0))
         self.coord = _coordinator(connection.client, options)

@@ -185,7 +185,7 @@ class AsyncCoordinator:
         max_count: int = 1,
         *,
         wait: float = 0.0,
-        visibility: float = 30.0,
+        visibility: float | None = 30.0,
         session: AsyncSession | None = None,
     ) -> list[AsyncMessage]:
         """As ``Coordinator.get_any``: the first of ``queues`` with any ready, in one entry."""
@@ -417,7 +417,11 @@ class AsyncQueue:
         return (await self.coord.run(op))["id"]
 
     async def get(
-        self, *, wait: float = 0.0, visibility: float = 30.0, session: AsyncSession | None = None
+        self,
+        *,
+        wait: float = 0.0,
+        visibility: float | None = 30.0,
+        session: AsyncSession | None = None,
     ) -> AsyncMessage | None:
         session = session or await self.coord.default_session()
         row = await self.coord.run(ops.queue_get(session.id, self.name, wait, visibility))
@@ -428,7 +432,7 @@ class AsyncQueue:
         max_count: int,
         *,
         wait: float = 0.0,
-        visibility: float = 30.0,
+        visibility: float | None = 30.0,
         session: AsyncSession | None = None,
     ) -> list[AsyncMessage]:
         session = session or await self.coord.default_session()

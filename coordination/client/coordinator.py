@@ -249,7 +249,7 @@ class Coordinator:
         max_count: int = 1,
         *,
         wait: float = 0.0,
-        visibility: float = 30.0,
+        visibility: float | None = 30.0,
         session: Session | None = None,
     ) -> list[Message]:
         """Lease up to ``max_count`` messages of the first of ``queues`` with any ready, in
@@ -446,10 +446,11 @@ class Queue:
         return self.coord.run(ops.queue_put(self.name, payload, priority, dedup_id, delay))["id"]
 
     def get(
-        self, *, wait: float = 0.0, visibility: float = 30.0, session: Session | None = None
+        self, *, wait: float = 0.0, visibility: float | None = 30.0, session: Session | None = None
     ) -> Message | None:
         """Lease the next message for ``visibility`` seconds (redelivered if not acked by then,
-        or if the session dies); ``wait`` blocks up to that long for one to arrive."""
+        or if the session dies; None: for as long as the session lives); ``wait`` blocks up to
+        that long for one to arrive."""
         session = session or self.coord.default_session
         row = self.coord.run(ops.queue_get(session.id, self.name, wait, visibility))
         return self._message(row, session) if row else None
@@ -459,7 +460,7 @@ class Queue:
         max_count: int,
         *,
         wait: float = 0.0,
-        visibility: float = 30.0,
+        visibility: float | None = 30.0,
         session: Session | None = None,
     ) -> list[Message]:
         """Lease up to ``max_count`` messages in one log entry (``[]`` if none came within

@@ -158,25 +158,36 @@ def queue_put(
     return write(c.queue_put(name, payload, priority, dedup_id, ms(delay)))
 
 
+def lease_ms(visibility: float | None) -> int | None:
+    """A lease's length on the wire: None is a session-held lease, which has no deadline and
+    ends only by ack, nack or the session ending (a live consumer is never redelivered what it
+    is still working on)."""
+    return None if visibility is None else ms(visibility)
+
+
 def queue_get(
-    session: int, name: str, wait: float = 0.0, visibility: float = 30.0
+    session: int, name: str, wait: float = 0.0, visibility: float | None = 30.0
 ) -> Operation[dict[str, Any] | None]:
     """The next message's row (leased to ``session`` for ``visibility``), or None."""
-    return write(c.queue_get(session, name, ms(wait), ms(visibility)), wait=wait)
+    return write(c.queue_get(session, name, ms(wait), lease_ms(visibility)), wait=wait)
 
 
 def queue_get_many(
-    session: int, name: str, max_count: int, wait: float = 0.0, visibility: float = 30.0
+    session: int, name: str, max_count: int, wait: float = 0.0, visibility: float | None = 30.0
 ) -> Operation[list[dict[str, Any]]]:
-    body = c.queue_get_many(session, name, ms(wait), ms(visibility), max_count)
+    body = c.queue_get_many(session, name, ms(wait), lease_ms(visibility), max_count)
     return write(body, wait=wait)
 
 
 def queue_get_any(
-    session: int, names: list[str], max_count: int = 1, wait: float = 0.0, visibility: float = 30.0
+    session: int,
+    names: list[str],
+    max_count: int = 1,
+    wait: float = 0.0,
+    visibility: float | None = 30.0,
 ) -> Operation[list[dict[str, Any]]]:
     """Rows of the first of ``names`` with any ready; each names its ``queue``."""
-    body = c.queue_get_any(session, names, ms(wait), ms(visibility), max_count)
+    body = c.queue_get_any(session, names, ms(wait), lease_ms(visibility), max_count)
     return write(body, wait=wait)
 
 

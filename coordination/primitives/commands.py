@@ -91,18 +91,18 @@ def queue_put(
     return _cmd("queue.put", name, payload, priority, dedup_id, delay_ms)
 
 
-def queue_get(session: int, name: str, wait_ms: int, visibility_ms: int) -> bytes:
+def queue_get(session: int, name: str, wait_ms: int, visibility_ms: int | None) -> bytes:
     return _cmd("queue.get", session, name, wait_ms, visibility_ms)
 
 
 def queue_get_many(
-    session: int, name: str, wait_ms: int, visibility_ms: int, max_count: int
+    session: int, name: str, wait_ms: int, visibility_ms: int | None, max_count: int
 ) -> bytes:
     return _cmd("queue.get_many", session, name, wait_ms, visibility_ms, max_count)
 
 
 def queue_get_any(
-    session: int, names: list[str], wait_ms: int, visibility_ms: int, max_count: int
+    session: int, names: list[str], wait_ms: int, visibility_ms: int | None, max_count: int
 ) -> bytes:
     return _cmd("queue.get_any", session, list(names), wait_ms, visibility_ms, max_count)
 

@@ -12,11 +12,14 @@ Design notes (the contract the clients and the kombu transport rely on):
   deadline). So no message is ever delivered to two consumers at once; duplicates happen only as
   redeliveries, each counted by ``delivery_count`` (1 on the first delivery).
 - **Leases end** by ``ack`` (gone), ``nack`` (requeue, optionally delayed, or dead-letter), the
-  lease deadline passing (tick) or the session ending. A lease ending without an ack is a
-  redelivery, except that a message whose ``delivery_count`` reached ``max_deliveries`` goes to
-  the dead-letter queue instead (reason ``max_deliveries``; ``nack(requeue=False)`` gives
-  ``rejected``). This includes ``nack(requeue=True)``, so a poison message that is always
-  nacked cannot loop forever.
+  lease deadline passing (tick) or the session ending. A get with ``visibility_ms`` None takes a
+  *session-held* lease: it has no deadline and ends only by ack, nack or the session ending, so a
+  consumer that lives (keeps its session alive) is never redelivered a message it is still
+  working on, however long the work takes (the ``raft://`` transport's default; celery#5935).
+  A lease ending without an ack is a redelivery, except that a message whose
+  ``delivery_count`` reached ``max_deliveries`` goes to the dead-letter queue instead (reason
+  ``max_deliveries``; ``nack(requeue=False)`` gives ``rejected``). This includes
+  ``nack(requeue=True)``, so a poison message that is always nacked cannot loop forever.
 - **Dead-letter queue** ``name + ".dlq"``: an ordinary queue, created on first use, whose
   messages carry ``dead_letter = {"reason", "from_queue", "delivery_count", "original_id"}`` and
   restart at ``delivery_count`` 0. A queue whose name ends in ``.dlq`` has no DLQ of its own
@@ -233,7 +236,7 @@ class Queues:
         """``name``: one queue (get, get_many) or a list of validated names (get_any)."""
         names = name if isinstance(name, list) else [_queue_name(name)]
         wait = limits.integer(wait, limits.WAIT_MS, "wait_ms")
-        visibility = limits.integer(visibility, limits.VISIBILITY_MS, "visibility_ms")
+        visibility = limits.optional_integer(visibility, limits.VISIBILITY_MS, "visibility_ms")
         sid = self._sessions.require(sid)
         queues = [self._require(n) for n in names]
         for q in queues:
@@ -300,7 +303,8 @@ class Queues:
 
     def touch(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
         """``[session, name, id, visibility_ms]`` -> ``{"id", "lease_expires_ms"}``: the lease
-        now ends ``visibility_ms`` from now (a long-running consumer extends it)."""
+        now ends ``visibility_ms`` from now (a long-running consumer extends it). A
+        session-held lease touched this way gets that deadline."""
         sid, name, mid, visibility = limits.args(args, 4, "queue.touch")
         visibility = limits.integer(visibility, limits.VISIBILITY_MS, "visibility_ms")
         q, mid = self._leased(sid, name, mid)
@@ -430,7 +434,7 @@ class Queues:
                     self._dirty[q.name] = None
             elif kind == "l":
                 lease = q.inflight.get(mid)
-                if lease is not None and lease[1] <= now:
+                if lease is not None and lease[1] is not None and lease[1] <= now:
                     self._unlease(q, mid)
                     self._redeliver(ctx, q, mid, 0)
             else:  # "x": mid is the dedup id
@@ -481,7 +485,7 @@ class Queues:
             self._dirty[q.name] = None
 
     def _lease_batch(
-        self, ctx: Ctx, q: QueueState, sid: int, visibility: int, count: int | None
+        self, ctx: Ctx, q: QueueState, sid: int, visibility: int | None, count: int | None
     ) -> Any:
         """One leased message (``count`` None: a plain get) or a list of up to ``count``."""
         if count is None:
@@ -491,13 +495,17 @@ class Queues:
             batch.append(self._lease(ctx, q, sid, visibility))
         return batch
 
-    def _lease(self, ctx: Ctx, q: QueueState, sid: int, visibility: int) -> dict[str, Any]:
+    def _lease(
+        self, ctx: Ctx, q: QueueState, sid: int, visibility: int | None
+    ) -> dict[str, Any]:
+        """Lease the next ready message to ``sid``; ``visibility`` None: session-held."""
         mid = q.pop_ready()
         q.messages[mid][2] += 1
-        deadline = ctx.now_ms + visibility
+        deadline = None if visibility is None else ctx.now_ms + visibility
         q.inflight[mid] = [sid, deadline]
         self._leases_by_session.setdefault(sid, {})[(q.name, mid)] = None
-        self._deadlines.push(deadline, ("l", q.name, mid))
+        if deadline is not None:
+            self._deadlines.push(deadline, ("l", q.name, mid))
         return q.view(mid)
 
     def _unlease(self, q: QueueState, mid: int) -> None:
@@ -569,7 +577,8 @@ class Queues:
                 deadlines.append((at, ("d", q.name, mid)))
             for mid, (sid, until) in q.inflight.items():
                 self._leases_by_session.setdefault(sid, {})[(q.name, mid)] = None
-                deadlines.append((until, ("l", q.name, mid)))
+                if until is not None:  # a session-held lease has no deadline
+                    deadlines.append((until, ("l", q.name, mid)))
             for dedup_id, (_, expires) in q.dedup.items():
                 deadlines.append((expires, ("x", q.name, dedup_id)))
         for token, (sid, _, until, _, _) in self.waiters.items():

@@ -8,7 +8,7 @@ exactly one of three places, recorded by membership:
   its own id, so it is retried before newer messages of its priority. Only the top is ever
   removed (``pop_ready``) except by ``purge``, which clears the heap, so no lazy deletion here.
 - ``delayed``: ``id -> visible_at_ms``;
-- ``inflight``: ``id -> [session, lease_deadline_ms]``.
+- ``inflight``: ``id -> [session, lease_deadline_ms]`` (deadline None: held until the session ends).
 
 ``dead_letter`` is ``None``, or for a message in a dead-letter queue the dict
 ``{"reason", "from_queue", "delivery_count", "original_id"}``.
@@ -59,7 +59,7 @@ class QueueState:
         self.ready: list[tuple[int, int]] = []
         self.ready_by_priority = [0] * PRIORITIES
         self.delayed: dict[int, int] = {}
-        self.inflight: dict[int, list[int]] = {}
+        self.inflight: dict[int, list[Any]] = {}
         self.waiters: dict[int, None] = {}  # tokens of blocked gets, FIFO
         self.dedup: dict[str, list[int]] = {}  # dedup_id -> [msg_id, expires_ms], oldest first
         self.total_put = 0

@@ -200,10 +200,12 @@ class CoordinationWorkload:
             self.start(cl, body, "put", {"payload": payload})
         elif rng.random() < 0.3:
             count = rng.randrange(2, 5)
-            body = c.queue_get_many(cl.session, QUEUES[0], rng.choice((0, 300)), 1_000, count)
+            lease = rng.choice((1_000, 1_000, None))  # None: held until the session ends
+            body = c.queue_get_many(cl.session, QUEUES[0], rng.choice((0, 300)), lease, count)
             self.start(cl, body, "get_many", {})
         else:
-            body = c.queue_get(cl.session, QUEUES[0], rng.choice((0, 300)), 1_000)
+            lease = rng.choice((1_000, 1_000, None))
+            body = c.queue_get(cl.session, QUEUES[0], rng.choice((0, 300)), lease)
             self.start(cl, body, "get", {})
 
     def start(self, cl: SimClient, body: bytes, kind: str, info: dict[str, Any]) -> None:

@@ -383,6 +383,30 @@ def test_lease_expiry_requeue_serves_a_waiter(node: Node) -> None:
     assert node.queues.queues["q"].inflight[msg["id"]][0] == s2
 
 
+def test_a_session_held_lease_outlives_any_deadline_and_ends_with_its_session(node: Node) -> None:
+    """``visibility_ms`` None: a live consumer is never redelivered what it is working on
+    (celery#5935); only its session ending (or ack/nack) ends the lease."""
+    sid = node.session(ttl_ms=60_000)
+    mid = node.put("q")
+    assert node.get(sid, "q", vis=None)["lease_expires_ms"] is None
+    for _ in range(30):  # 15 minutes of log time, the session kept alive
+        node.tick(30_000)
+        node.do("session.keepalive", sid)
+    assert node.stats("q")["in_flight"] == 1
+    assert node.queues.next_deadline() is None or node.queues.next_deadline() > node.now
+    replica = Node()  # a snapshot carries the session-held lease
+    replica.m.restore(node.m.snapshot())
+    replica.index, replica.now = node.index, node.now
+    assert replica.stats("q")["in_flight"] == 1
+    for n in (node, replica):
+        n.tick(61_000)  # no keepalive: the session expires, the message is ready again
+        assert n.stats("q")["ready"] == 1, n
+        s2 = n.session()
+        assert n.get(s2, "q", vis=None)["delivery_count"] == 2
+        check_invariants(n.queues)
+    assert mid
+
+
 def test_touch_extends_lease(node: Node) -> None:
     sid = node.session()
     mid = node.put("q")
@@ -685,7 +709,7 @@ class MMsg:
     payload: bytes
     count: int = 0
     state: str = "ready"  # ready | delayed | inflight
-    at: int = 0  # visible at (delayed) or lease deadline (inflight)
+    at: int | None = 0  # visible at (delayed) or lease deadline (inflight; None: session-held)
     holder: int | None = None
     dead: tuple[Any, ...] | None = None
 
@@ -718,10 +742,11 @@ class QueueModel(RuleBasedStateMachine):
     def depth(self, queue: str) -> int:
         return sum(1 for m in self.msgs.values() if m.queue == queue)
 
-    def lease(self, queue: str, sid: int, visibility: int) -> tuple[Any, ...]:
+    def lease(self, queue: str, sid: int, visibility: int | None) -> tuple[Any, ...]:
         m = self.ready(queue)[0]
         m.count += 1
-        m.state, m.holder, m.at = "inflight", sid, self.node.now + visibility
+        at = None if visibility is None else self.node.now + visibility  # None: session-held
+        m.state, m.holder, m.at = "inflight", sid, at
         return summary_of_model(m)
 
     def serve(self) -> None:
@@ -785,7 +810,7 @@ class QueueModel(RuleBasedStateMachine):
         slot=st.integers(0, 1),
         queue=st.sampled_from(["a", "b", "a", "b", "a.dlq"]),
         wait=st.sampled_from([0, 0, 2_500, 10_000]),
-        visibility=st.sampled_from([1_000, 4_000]),
+        visibility=st.sampled_from([1_000, 4_000, None]),
     )
     def get(self, slot: int, queue: str, wait: int, visibility: int) -> None:
         sid = self.sessions[slot]
@@ -805,7 +830,7 @@ class QueueModel(RuleBasedStateMachine):
         slot=st.integers(0, 1),
         queue=st.sampled_from(["a", "b", "a.dlq"]),
         count=st.integers(1, 4),
-        visibility=st.sampled_from([1_000, 4_000]),
+        visibility=st.sampled_from([1_000, 4_000, None]),
     )
     def get_many(self, slot: int, queue: str, count: int, visibility: int) -> None:
         sid = self.sessions[slot]
@@ -896,7 +921,7 @@ class QueueModel(RuleBasedStateMachine):
         now = self.node.now
         events: list[tuple[int, int, int]] = []
         for m in self.msgs.values():
-            if m.state != "ready" and m.at <= now:
+            if m.state != "ready" and m.at is not None and m.at <= now:
                 events.append((m.at, 0 if m.state == "delayed" else 1, m.id))
         events += [(w[3], 2, w[0]) for w in self.waiters if w[3] <= now]
         for _, kind, key in sorted(events):
@@ -989,7 +1014,7 @@ class QueueModel(RuleBasedStateMachine):
             stats = self.node.stats(name)
             assert stats["depth"] <= CONFIG[name][2]
             assert stats["consumers_waiting"] == sum(1 for w in self.waiters if w[2] == name)
-        deadlines = [m.at for m in self.msgs.values() if m.state != "ready"]
+        deadlines = [m.at for m in self.msgs.values() if m.state != "ready" and m.at is not None]
         deadlines += [w[3] for w in self.waiters] + [v[1] for v in self.dedup.values()]
         assert part.next_deadline() == (min(deadlines) if deadlines else None)
 

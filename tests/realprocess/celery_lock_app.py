@@ -23,9 +23,12 @@ from coordination.celery.decorators import current_lock, distributed_lock  # noq
 app = Celery("raft-locks")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.broker_transport_options = {
-    "visibility_timeout": float(os.environ.get("RAFTSYNC_TEST_VISIBILITY", "60")),
-    "session_ttl": float(os.environ.get("RAFTSYNC_TEST_BROKER_TTL", "30")),
+    "session_ttl": float(os.environ.get("RAFTSYNC_TEST_BROKER_TTL", "30"))
 }
+if os.environ.get("RAFTSYNC_TEST_VISIBILITY"):  # unset: session-held leases, the default
+    app.conf.broker_transport_options["visibility_timeout"] = float(
+        os.environ["RAFTSYNC_TEST_VISIBILITY"]
+    )
 
 
 def record(event: str, tag: str, key: str = "-", token: int = 0) -> None:
@@ -41,6 +44,14 @@ def hold(self, key: str, tag: str, seconds: float) -> None:
     record("start", tag, key, token)
     time.sleep(min(seconds, float(os.environ.get("RAFTSYNC_TEST_MAX_SLEEP", "inf"))))
     record("end", tag, key, token)
+
+
+@app.task(name="lock_test.sleep")
+def sleep(tag: str, seconds: float) -> None:
+    """A long ``acks_late`` task (the project's settings ack late)."""
+    record("start", tag)
+    time.sleep(seconds)
+    record("end", tag)
 
 
 @app.task(name="lock_test.mark")
