@@ -91,3 +91,11 @@ def test_bad_names_are_improperly_configured() -> None:
         load("COMPRESSOR", {"COMPRESSOR": 3})
     assert codec_problems({"SERIALIZER": "JSON", "COMPRESSOR": "ZSTD"}) == []  # any case
     assert len(codec_problems({"SERIALIZER": "x", "COMPRESSOR": "y"})) == 2
+
+
+def test_a_missing_package_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lz4.frame", None)  # import fails, as if not installed
+    with pytest.raises(ImproperlyConfigured, match=r"lz4 package.*pip install raftsync\[lz4\]"):
+        ValueCodec.from_options({"COMPRESSOR": "lz4"})
