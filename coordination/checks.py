@@ -123,21 +123,55 @@ def _members(resolved: Resolved) -> list[tuple[str, int]]:
 
 
 def check_caches(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E008: a RaftCache alias with an unknown or invalid OPTION."""
-    from coordination.cache_backend import OPTION_DEFAULTS, option_problems
+    """For each RaftCache alias: W002 an unknown OPTIONS key (ignored at run time, so a
+    django-redis OPTIONS dict works; a typo is pointed out), E008 a bad value of a known one,
+    E015 a SERIALIZER/COMPRESSOR that cannot be loaded (unknown name, missing package)."""
+    from coordination.cache_codec import codec_problems
+    from coordination.cache_options import (
+        OPTION_DEFAULTS,
+        option_problems,
+        unknown_option_message,
+        unknown_options,
+    )
 
     messages: list[CheckMessage] = []
     for alias, config in getattr(settings, "CACHES", {}).items():
         if config.get("BACKEND") != CACHE_BACKEND:
             continue
-        for problem in option_problems(config.get("OPTIONS", {})):
+        obj = f"settings.CACHES[{alias!r}]"
+        options = config.get("OPTIONS", {})
+        for name in unknown_options(options):
+            messages.append(
+                Warning(
+                    f"CACHES[{alias!r}]: {unknown_option_message(name)}",
+                    hint=f"RaftCache knows {', '.join(OPTION_DEFAULTS)}; delete {name!r} or "
+                    "fix its spelling.",
+                    obj=obj,
+                    id="coordination.W002",
+                )
+            )
+        problems = option_problems(options)
+        for problem in problems:
             messages.append(
                 _error(
                     "E008",
                     f"CACHES[{alias!r}]: {problem}",
                     f"RaftCache OPTIONS are {', '.join(OPTION_DEFAULTS)} (L1_SIZE >= 0, 0 for "
-                    "no L1; MODE 'linearizable' or 'bounded'); see coordination/cache_backend.py.",
-                    obj=f"settings.CACHES[{alias!r}]",
+                    "no L1; MODE 'linearizable' or 'bounded'); see coordination/cache_options.py.",
+                    obj=obj,
+                )
+            )
+        if problems and not isinstance(options, dict):
+            continue
+        for problem in codec_problems(options):
+            messages.append(
+                _error(
+                    "E015",
+                    f"CACHES[{alias!r}]: {problem}",
+                    "SERIALIZER is pickle (default), json, msgpack or a dotted path; COMPRESSOR "
+                    "is none (default), zlib, lz4 (pip install raftsync[lz4]), zstd (pip "
+                    "install raftsync[zstd]) or a dotted path.",
+                    obj=obj,
                 )
             )
     return messages

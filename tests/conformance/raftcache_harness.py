@@ -12,10 +12,14 @@ with one of the reasons below, so a run lists every difference and why:
 
 - every mode: ``test_cull``, ``test_zero_cull``, ``test_cull_delete_when_store_empty``
   (``NO_CULLING``: no entry-count culling; Django's Redis tests leave these out too);
-- bounded and L1_SIZE=0: ``test_expiration``, ``test_touch``, ``test_set_many_expiration``,
+- every mode but the default: ``test_expiration``, ``test_touch``, ``test_set_many_expiration``,
   ``test_forever_timeout``, and the middleware's ``test_view_decorator`` and
   ``test_cache_page_timeout`` (``SLEEPS_IN_DEFAULT_MODE_ONLY``: 17 s of sleeps, run once);
-- bounded: ``test_cache_versioning_incr_decr`` (``BOUNDED_STALENESS``).
+- bounded: ``test_cache_versioning_incr_decr`` (``BOUNDED_STALENESS``);
+- the json and msgpack serializers (test_django_cache_codecs.py): the tests that cache what
+  only pickle can store, model instances, responses (the cache middleware's), a function and a
+  class, a tuple, and the two that expect ``pickle.PickleError`` (``serializer_skips``); json
+  also ``test_binary_string`` (no bytes in JSON). The compressor modes skip nothing more.
 
 Everything else runs unchanged and passes, including what raftsync used to get wrong:
 ``test_long_timeout`` (a timeout over 30 days), ``test_invalid_key_characters`` and
@@ -196,3 +200,89 @@ def _close_clients_opened_since(before: set[Any]) -> None:
     for client in set(cache_client._open_caches) - before:
         client.close()
         client.coord.close()
+
+
+# -- one module, several modes ------------------------------------------------------------------
+
+NOT_PICKLE_OBJECTS = (
+    "{serializer} serializer: caches objects only pickle can store (model instances, an "
+    "HttpResponse, a function and a class by reference; a tuple comes back as a list), as "
+    "django-redis documents for its JSON serializer"
+)
+NOT_PICKLE_ERROR = (
+    "{serializer} serializer: expects pickle.PickleError for an unpicklable object; this "
+    "serializer refuses an object it cannot encode with its own TypeError (tests/client/"
+    "test_cache_codec.py)"
+)
+NOT_PICKLE_MIDDLEWARE = (
+    "{serializer} serializer: the cache middleware and cache_page store HttpResponse objects, "
+    "which only pickle can: give the alias they use the pickle serializer"
+)
+JSON_NO_BYTES = "json serializer: caches bytes, which JSON has no type for (msgpack has)"
+
+#: The named skips of a serializer other than pickle: test name -> reason.
+NOT_PICKLE_SKIPS = {
+    "test_data_types": NOT_PICKLE_OBJECTS,
+    "test_cache_read_for_model_instance": NOT_PICKLE_OBJECTS,
+    "test_cache_read_for_model_instance_with_deferred": NOT_PICKLE_OBJECTS,
+    "test_cache_write_for_model_instance_with_deferred": NOT_PICKLE_OBJECTS,
+    "test_cache_write_unpicklable_object": NOT_PICKLE_OBJECTS,
+    "test_add_fail_on_pickleerror": NOT_PICKLE_ERROR,
+    "test_set_fail_on_pickleerror": NOT_PICKLE_ERROR,
+    # the middleware classes (CacheMiddlewareTest, CacheHEADTest, CacheI18nTest...)
+    "test_middleware": NOT_PICKLE_MIDDLEWARE,
+    "test_cache_control_max_age": NOT_PICKLE_MIDDLEWARE,
+    "test_authorization_header_exceptions": NOT_PICKLE_MIDDLEWARE,
+    "test_no_vary_on_authorization_for_empty_authorization_header": NOT_PICKLE_MIDDLEWARE,
+    "test_vary_on_authorization_for_authorization_header": NOT_PICKLE_MIDDLEWARE,
+    "test_head_caches_correctly": NOT_PICKLE_MIDDLEWARE,
+    "test_head_with_cached_get": NOT_PICKLE_MIDDLEWARE,
+}
+
+
+def serializer_skips(serializer: str) -> dict[str, str]:
+    """The named skips of ``serializer`` (json or msgpack), reasons filled in."""
+    skips = {
+        name: reason.format(serializer=serializer) for name, reason in NOT_PICKLE_SKIPS.items()
+    }
+    if serializer == "json":
+        skips["test_binary_string"] = JSON_NO_BYTES
+    return skips
+
+
+def mode_classes(mode: str, options: dict[str, Any], skips: dict[str, str]) -> dict[str, type]:
+    """Django's cache test classes for one mode (``options``), named ``<Class>_<mode>`` so
+    that several modes share one module, and so one cluster. Every mode gets the culling skips
+    and the sleep-heavy expiry skips (the default mode runs those); ``skips`` (test name ->
+    reason) adds the mode's own, to each class that has a test of that name."""
+    from django.test import TestCase
+
+    specs: list[tuple[str, tuple[type, ...]]] = [
+        (
+            "RaftCacheTests",
+            (NoCulling, ExpiryOnce, RaftBaseCacheTests, django_tests.BaseCacheTests, TestCase),
+        ),
+        (
+            "RaftCacheMiddlewareTest",
+            (MiddlewareExpiryOnce, RaftCacheClass, django_tests.CacheMiddlewareTest),
+        ),
+    ]
+    for name in (
+        "CacheUtils",
+        "PrefixedCacheUtils",
+        "CacheHEADTest",
+        "CacheI18nTest",
+        "PrefixedCacheI18nTest",
+        "TestWithTemplateResponse",
+    ):
+        specs.append((f"Raft{name}", (RaftCacheClass, getattr(django_tests, name))))
+    out: dict[str, type] = {}
+    for name, bases in specs:
+        django_class = bases[-2] if bases[-1] is TestCase else bases[-1]
+        body: dict[str, Any] = {
+            test: skipped(reason) for test, reason in skips.items() if hasattr(django_class, test)
+        }
+        body["raft_options"] = options
+        cls = type(f"{name}_{mode}", bases, body)
+        out[cls.__name__] = cls
+    return out

@@ -111,8 +111,9 @@ def test_e007_broker_outside_the_cluster(settings) -> None:
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({"L1_SZE": 10}, "unknown option 'L1_SZE'"),
         ({"L1_SIZE": -1}, "L1_SIZE must be an integer >= 0 (0: no L1), got -1"),
+        ({"IGNORE_EXCEPTIONS": "yes"}, "IGNORE_EXCEPTIONS must be True or False, got 'yes'"),
+        ({"SOCKET_TIMEOUT": 0}, "SOCKET_TIMEOUT must be None or a number of seconds"),
     ],
 )
 def test_e008_raft_cache_options(settings, options: dict, expected: str) -> None:
