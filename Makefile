@@ -25,11 +25,13 @@ test: venv
 	$(VENV)/bin/python -m pytest -n 3 --dist loadfile $(PYTEST_ARGS)
 
 # The deep search, run by CI after the default suite: the property tests with their large example
-# counts and the simulators with 3000 seeds (tests/search_depth.py), plus anything marked slow.
+# counts and the simulators with 3000 seeds (tests/search_depth.py), plus anything marked slow
+# there, and Django's cache tests under each serializer and compressor.
 .PHONY: test-deep
 test-deep: venv
 	RAFTSYNC_TEST_DEPTH=deep $(VENV)/bin/python -m pytest -n 2 -m "slow or not slow" \
-		tests/sim tests/primitives tests/raft $(PYTEST_ARGS)
+		tests/sim tests/primitives tests/raft tests/conformance/test_django_cache_codecs.py \
+		$(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
