@@ -101,4 +101,3 @@ def test_the_admin_locks_page_shows_semaphores_with_holders_and_waiters(api_sett
         'data-semaphore="adm"'
         not in staff.get("/admin/coordination/coordination/locks/?prefix=adm").content.decode()
     )
-    del b
