@@ -19,6 +19,10 @@ In one run, raftsync first (its cluster is stopped before Redis is measured), th
   0: every get is a linearizable ReadIndex read), of a write (``set``); hit rate of a seeded
   Zipf(s) workload (90% get / 10% set over ``--zipf-keys`` keys, L1 of ``--l1`` keys,
   linearizable mode) next to the ideal hit rate for that L1 size, computed exactly.
+- **Semaphore** (``prim_semaphore``). acquire+release latency of a 3-slot semaphore, one
+  client; and ``--lock-threads`` threads contending for its 3 slots. redis-py has no
+  semaphore: the usual sorted-set + Lua recipe, its waiters polling every
+  ``--redis-lock-sleep`` s.
 
 The table goes to stdout and, with the machine and run details, to
 ``bench/results/primitives-<YYYYMMDD-HHMM>.md`` and ``bench/results/primitives-latest.md``.
@@ -52,7 +56,7 @@ from raft_node.testing.launcher import LocalCluster
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 MACHINE = "coordination.primitives.machine.CoordinationMachine"
-AREAS = ("locks", "queue", "cache")
+AREAS = ("locks", "queue", "cache", "semaphore")
 SEED_LOCK_P95 = "8.67 ms"
 SEED_QUEUE = "1,200 msg/s"
 SEED_HIT_RATE = "73%"
@@ -69,6 +73,8 @@ def area_timeout(args: argparse.Namespace, area: str) -> float:
     per_phase = args.warmup + args.seconds
     if area == "locks":
         return 90 + 4 * per_phase + args.lock_wait
+    if area == "semaphore":
+        return 90 + 2 * per_phase + args.lock_wait
     if area == "queue":
         return 90 + 3 * (args.warmup + args.queue_seconds)
     zipf = len(args.zipf_leases) * (args.zipf_warmup + args.zipf_ops) * 0.005
@@ -251,6 +257,12 @@ def summary_line(area: str, r: dict[str, Any]) -> str:
             f"{fmt_rate(get(r, 'contended', 'acquires_per_s'))} contended acquires/s "
             f"({fmt_rate(get(r, 'contended', 'handoffs_per_s'))} handoffs/s), "
             f"{fmt_rate(get(r, 'throughput', 'ops_per_s'))} pairs/s"
+        )
+    if area == "semaphore":
+        return (
+            f"uncontended p50 {fmt_lat(get(r, 'uncontended', 'p50_ms'))} ms, p95 "
+            f"{fmt_lat(get(r, 'uncontended', 'p95_ms'))} ms, "
+            f"{fmt_rate(get(r, 'contended', 'acquires_per_s'))} contended acquires/s"
         )
     if area == "queue":
         return (
@@ -468,6 +480,7 @@ def build_table(
                 "-",
             )
         )
+    rows += semaphore_rows(o, t, n)
     header = ("metric", "seed figure", "raftsync", "redis-py", "target")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
 
@@ -479,6 +492,43 @@ def build_table(
 
     sep = "| " + " | ".join(["-" * widths[0]] + ["-" * (w - 1) + ":" for w in widths[1:]]) + " |"
     return [line(header), sep, *(line(r) for r in rows)]
+
+
+def semaphore_rows(
+    o: dict[str, Any], t: dict[str, Any], n: int
+) -> list[tuple[str, str, str, str, str]]:
+    """The semaphore area's rows (none if the area did not run)."""
+    if "semaphore" not in o and "semaphore" not in t:
+        return []
+    rows: list[tuple[str, str, str, str, str]] = [
+        (
+            f"semaphore (3 slots) acquire+release {q}, uncontended (ms)",
+            "-",
+            fmt_lat(get(o, "semaphore", "uncontended", f"{q}_ms")),
+            fmt_lat(get(t, "semaphore", "uncontended", f"{q}_ms")),
+            "-",
+        )
+        for q in ("p50", "p95", "p99")
+    ]
+    rows.append(
+        (
+            f"semaphore acquires/s, {n} threads on 3 slots",
+            "-",
+            fmt_rate(get(o, "semaphore", "contended", "acquires_per_s")),
+            fmt_rate(get(t, "semaphore", "contended", "acquires_per_s")),
+            "-",
+        )
+    )
+    rows.append(
+        (
+            f"semaphore wait p50 / p95 / p99, {n} threads on 3 slots (ms)",
+            "-",
+            fmt_triplet(get(o, "semaphore", "contended")),
+            fmt_triplet(get(t, "semaphore", "contended")),
+            "-",
+        )
+    )
+    return rows
 
 
 def fmt_points(rate: float | None, best: float) -> str:
@@ -682,7 +732,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         " under the queue's 100,000-message depth limit)",
     )
     ap.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
-    ap.add_argument("--areas", default=",".join(AREAS), help="locks,queue,cache")
+    ap.add_argument("--areas", default=",".join(AREAS), help="locks,queue,cache,semaphore")
     ap.add_argument("--lock-threads", type=int, default=8)
     ap.add_argument("--lock-wait", type=float, default=5.0, help="contended acquire wait (s)")
     ap.add_argument("--lock-clients", type=int, default=16)

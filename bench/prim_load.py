@@ -1,5 +1,5 @@
-"""Load driver of the primitives benchmark: runs one area (locks, queue or cache) against one
-system (raftsync or redis-py) and prints one JSON line with the results. Started by
+"""Load driver of the primitives benchmark: runs one area (locks, queue, cache or semaphore)
+against one system (raftsync or redis-py) and prints one JSON line with the results. Started by
 ``bench_primitives.py`` as its own process per (system, area), so the client's threads and
 connections end with it, and a hung run is killed by the orchestrator's timeout.
 
@@ -36,7 +36,7 @@ def _clean(obj: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--system", choices=["raftsync", "redis"], required=True)
-    ap.add_argument("--area", choices=["locks", "queue", "cache"], required=True)
+    ap.add_argument("--area", choices=["locks", "queue", "cache", "semaphore"], required=True)
     ap.add_argument("--params", required=True, help="JSON object from bench_primitives.py")
     args = ap.parse_args(argv)
     params = json.loads(args.params)
@@ -46,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         params["secret"] = os.environ["RAFTSYNC_BENCH_SECRET"]
     else:
         import prim_redis as impl
-    result = impl.AREAS[args.area](params)
+    if args.area == "semaphore":  # both systems' scenarios live in one module
+        import prim_semaphore
+
+        run = prim_semaphore.raftsync if args.system == "raftsync" else prim_semaphore.redis_py
+    else:
+        run = impl.AREAS[args.area]
+    result = run(params)
     params.pop("secret", None)
     print(json.dumps(_clean(result)), flush=True)
     return 0

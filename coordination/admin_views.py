@@ -18,7 +18,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 
-from coordination import inspection
+from coordination import inspection, semaphore_inspection
 from coordination.client.coordinator import Coordinator
 from coordination.exceptions import RaftError, Rejected, Timeout, UnknownQueue
 from coordination.primitives.queues_state import DLQ_SUFFIX
@@ -108,7 +108,10 @@ def locks(model_admin: Any, request: HttpRequest) -> HttpResponse:
         request,
         "locks.html",
         "Locks",
-        lambda: inspection.locks(coordinator(), prefix),
+        lambda: {
+            **inspection.locks(coordinator(), prefix),
+            **semaphore_inspection.semaphores(coordinator(), prefix),
+        },
         prefix=prefix,
     )
 

@@ -43,6 +43,7 @@ UNKNOWN_MESSAGE = "unknown_message"  # ack/nack of a message not leased to the c
 NOT_INTEGER = "not_integer"  # incr of a cache value that is not an integer
 UNKNOWN_KEY = "unknown_key"  # incr of a cache key that does not exist
 EVICTED = "evicted"  # incr/touch of a cache key whose value now lives only in Redis
+SEMAPHORE_LIMIT = "semaphore_limit"  # acquire naming another limit than the live semaphore's
 DUPLICATE = "duplicate"  # the applier: a write older than the client's latest (superseded)
 
 # Engine codes (the raft client's own errors) and client codes.
@@ -81,6 +82,7 @@ _TABLE = (
     ErrorCode(NOT_INTEGER, exc.NotInteger, 409, MACHINE),
     ErrorCode(EVICTED, exc.Evicted, 409, MACHINE),
     ErrorCode(DUPLICATE, exc.Superseded, 409, MACHINE),
+    ErrorCode(SEMAPHORE_LIMIT, exc.SemaphoreLimitError, 409, MACHINE),
     ErrorCode(DEADLOCK, exc.Deadlock, 423, MACHINE),
     ErrorCode(BAD_REQUEST, exc.BadRequest, 400, ENGINE),
     ErrorCode(NOT_LEADER, exc.NotLeader, 503, ENGINE, body_code=UNAVAILABLE),

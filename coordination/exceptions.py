@@ -35,6 +35,8 @@ __all__ = [
     "NotLeader",
     "RaftError",
     "ResultTooLarge",
+    "SemaphoreLimitError",
+    "SemaphoreNotAcquired",
     "SessionExpired",
     "StaleToken",
     "Superseded",
@@ -92,6 +94,11 @@ class ResultTooLarge(LimitExceeded, EncodeError):
         self.args = (task_id, size, limit, what)
 
 
+class SemaphoreLimitError(CoordinationError):
+    """An acquire named another limit than the semaphore has while it is in use (``details``:
+    ``semaphore``, ``limit`` in force, ``requested``)."""
+
+
 class UnknownQueue(CoordinationError):
     pass
 
@@ -147,3 +154,16 @@ class StaleToken(CoordinationError):
     @classmethod
     def from_record(cls, code: str, message: str, details: dict[str, Any]) -> StaleToken:
         return cls(str(details.get("lock", "")), int(details.get("token", 0)))
+
+
+class SemaphoreNotAcquired(LockNotAcquired):
+    """A semaphore ``acquire`` gave up (no free slot on a try, or the wait timed out). A
+    ``LockNotAcquired``, so code handling both catches one class."""
+
+    def __init__(self, name: str, message: str = "") -> None:
+        super().__init__(name, message or f"semaphore {name!r}: no slot acquired")
+        self.details = {"semaphore": name}
+
+    @classmethod
+    def from_record(cls, code: str, message: str, details: dict[str, Any]) -> SemaphoreNotAcquired:
+        return cls(str(details.get("semaphore", "")), message)

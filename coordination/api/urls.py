@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.urls import path, register_converter
 
 from coordination.api import schema
+from coordination.api import semaphore_views as sv
 from coordination.api import views as v
 
 app_name = "raftsync-api"
@@ -35,6 +36,10 @@ urlpatterns = [
     path("locks/<name:name>/release/", v.LockReleaseView.as_view()),
     path("locks/<name:name>/renew/", v.LockRenewView.as_view()),
     path("locks/<name:name>/check/", v.LockCheckView.as_view()),
+    path("semaphores/<name:name>/", sv.SemaphoreView.as_view()),
+    path("semaphores/<name:name>/acquire/", sv.SemaphoreAcquireView.as_view()),
+    path("semaphores/<name:name>/release/", sv.SemaphoreReleaseView.as_view()),
+    path("semaphores/<name:name>/check/", sv.SemaphoreCheckView.as_view()),
     path("queues/<name:name>/", v.QueueView.as_view()),
     path("queues/<name:name>/messages/", v.QueueMessagesView.as_view()),
     path("queues/<name:name>/get/", v.QueueGetView.as_view()),

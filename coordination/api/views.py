@@ -60,6 +60,7 @@ class ApiRootView(RaftsyncAPIView):
                 "cluster": url("cluster"),
                 "sessions": url("sessions"),
                 "locks": url("root").rstrip("/") + "/locks/{name}/",
+                "semaphores": url("root").rstrip("/") + "/semaphores/{name}/",
                 "queues": url("root").rstrip("/") + "/queues/{name}/",
                 "cache": url("root").rstrip("/") + "/cache/{key}/",
                 "schema": url("schema"),

@@ -53,6 +53,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("raftsync_current_lock")
 _coordinators: dict[int, Any] = {}
 _coordinators_lock = threading.Lock()
+_process_names: dict[int, str] = {}  # pid -> its coordinator's name (``set_process_name``)
 CONFLICT_POLICIES = ("retry", "skip", "raise")
 
 
@@ -79,26 +80,7 @@ def distributed_lock(
         if run is not None and hasattr(fn, "apply_async"):  # applied on top of @app.task
             fn.run = decorate(run)  # type: ignore[attr-defined]
             return fn
-        signature = inspect.signature(fn)
-        if not callable(key):
-            check_key_template(key, signature, getattr(fn, "__qualname__", repr(fn)))
-
-        def lock_key(args: tuple, kwargs: dict) -> str:
-            if callable(key):
-                return key(*args, **kwargs)
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-            for param in signature.parameters.values():
-                if param.kind is param.VAR_KEYWORD:  # f(**kw): its names count as arguments
-                    arguments.update(arguments.pop(param.name, {}))
-            try:
-                return key.format(**arguments)
-            except (KeyError, IndexError, AttributeError) as exc:
-                raise LockKeyError(
-                    f"lock key template {key!r}: this call of {fn.__qualname__} gives no "
-                    f"value for {exc.args[0]!r}"
-                ) from None
+        lock_key = key_function(key, fn)
 
         def conflict(name: str) -> Any:
             task = _running_task()
@@ -156,6 +138,33 @@ def distributed_lock(
     return decorate
 
 
+def key_function(key: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., str]:
+    """``(args, kwargs) -> key`` for calls of ``fn``: ``key`` called with the arguments, or the
+    template formatted with the call's bound arguments (checked against ``fn`` now)."""
+    signature = inspect.signature(fn)
+    if not callable(key):
+        check_key_template(key, signature, getattr(fn, "__qualname__", repr(fn)))
+
+    def make_key(args: tuple, kwargs: dict) -> str:
+        if callable(key):
+            return key(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        for param in signature.parameters.values():
+            if param.kind is param.VAR_KEYWORD:  # f(**kw): its names count as arguments
+                arguments.update(arguments.pop(param.name, {}))
+        try:
+            return key.format(**arguments)
+        except (KeyError, IndexError, AttributeError) as exc:
+            raise LockKeyError(
+                f"lock key template {key!r}: this call of {fn.__qualname__} gives no "
+                f"value for {exc.args[0]!r}"
+            ) from None
+
+    return make_key
+
+
 def check_key_template(key: Any, signature: inspect.Signature, where: str) -> None:
     """Raise ``LockKeyError`` unless every field of ``key`` names a parameter of the function
     (``{customer_id}``, ``{order.id}``, ``{items[0]}``; positional ``{0}``/``{}`` are refused,
@@ -196,6 +205,12 @@ def _coordinator(ttl: float | None) -> Any:
     return process_coordinator() if ttl is None else process_coordinator(session_ttl=ttl)
 
 
+def set_process_name(name: str) -> None:
+    """Name this process's coordinator (and so its sessions' label) before it is made: a
+    worker process names itself at start, whichever of its hooks or tasks connects first."""
+    _process_names[os.getpid()] = name
+
+
 def process_coordinator(**options: Any) -> Any:
     """This process's coordinator, from the Django settings, created on first use with
     ``options`` (after a fork, a new one: sockets and sessions are not shared)."""
@@ -205,6 +220,8 @@ def process_coordinator(**options: Any) -> Any:
     with _coordinators_lock:
         coord = _coordinators.get(pid)
         if coord is None:
+            if pid in _process_names:
+                options.setdefault("name", _process_names[pid])
             coord = _coordinators[pid] = Coordinator.from_settings(**options)
         return coord
 

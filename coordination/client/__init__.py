@@ -4,6 +4,7 @@
   sessions' bookkeeping), shared by the two clients below so they cannot drift apart;
 - ``coordinator``: ``Coordinator`` (blocking: locks, sessions, queues, cache, results);
 - ``aio``: ``AsyncCoordinator``, the same operations for asyncio code (it only waits otherwise);
+- ``semaphores``: the semaphore handles of both clients (``coord.semaphore(name, limit)``);
 - ``cache``: ``Cache``, the replicated cache with a per-process L1 and optional Redis reads;
 - ``results``: the Celery result store's client side.
 

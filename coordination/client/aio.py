@@ -33,6 +33,7 @@ import coordination.client.operations as ops
 from coordination.client.coordinator import settings_arguments
 from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
 from coordination.client.operations import EXCLUSIVE, Operation
+from coordination.client.semaphores import AsyncSemaphore
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired
 from raft_node.client import AsyncRaftClient, RaftError
@@ -170,6 +171,29 @@ class AsyncCoordinator:
 
     async def deadlocks(self) -> Any:
         return await self.run(ops.lock_deadlocks())
+
+    # -- semaphores (``coordination.client.semaphores``) ---------------------------------------
+
+    def semaphore(
+        self,
+        name: str,
+        limit: int,
+        *,
+        wait: float | None = None,
+        owner: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> AsyncSemaphore:
+        """As ``Coordinator.semaphore``; ``owner`` defaults to the calling task."""
+        return AsyncSemaphore(self, name, limit, session, owner, wait)
+
+    async def inspect_semaphore(self, name: str) -> dict[str, Any]:
+        return await self.run(ops.sem_inspect(name))
+
+    async def semaphores(self, prefix: str = "", limit: int | None = None) -> Any:
+        return await self.run(ops.sem_list(prefix, limit))
+
+    async def check_semaphore_token(self, name: str, token: int) -> bool:
+        return await self.run(ops.sem_check_token(name, token))
 
     # -- queues ---------------------------------------------------------------------------------
 

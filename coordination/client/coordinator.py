@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import coordination.client.operations as ops
 from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
 from coordination.client.operations import EXCLUSIVE, SHARED, WAIT_MARGIN, Operation
+from coordination.client.semaphores import Semaphore
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired, SessionExpired, UnknownSession
 from raft_node.client import ClusterUnavailable, RaftClient, RaftError, Timeout
@@ -234,6 +235,31 @@ class Coordinator:
 
     def deadlocks(self) -> Any:
         return self.run(ops.lock_deadlocks())
+
+    # -- semaphores (``coordination.client.semaphores``) ---------------------------------------
+
+    def semaphore(
+        self,
+        name: str,
+        limit: int,
+        *,
+        wait: float | None = None,
+        owner: str | None = None,
+        session: Session | None = None,
+    ) -> Semaphore:
+        """A handle on one slot of the ``limit``-slot semaphore ``name`` (not yet acquired):
+        ``with`` or ``acquire()``/``release()``; ``wait`` as for ``lock``."""
+        return Semaphore(self, name, limit, session or self.default_session, owner, wait)
+
+    def inspect_semaphore(self, name: str) -> dict[str, Any]:
+        """Limit, holders with their tokens, waiters in arrival order."""
+        return self.run(ops.sem_inspect(name))
+
+    def semaphores(self, prefix: str = "", limit: int | None = None) -> Any:
+        return self.run(ops.sem_list(prefix, limit))
+
+    def check_semaphore_token(self, name: str, token: int) -> bool:
+        return self.run(ops.sem_check_token(name, token))
 
     # -- queues ---------------------------------------------------------------------------------
 

@@ -133,6 +133,35 @@ def lock_deadlocks() -> Operation[Any]:
     return read(c.lock_deadlocks())
 
 
+# -- semaphores -----------------------------------------------------------------------------------
+
+
+def sem_acquire(
+    session: int, name: str, limit: int, owner: str = "", wait: float = 0.0
+) -> Operation[dict[str, Any]]:
+    """``{"acquired": True, "token", "count", "limit"}`` or ``{"acquired": False, ...}`` (no
+    free slot on a try, or ``timed_out``). The cluster holds the call up to ``wait``."""
+    return write(c.sem_acquire(session, name, limit, owner, ms(wait)), wait=wait)
+
+
+def sem_release(session: int, name: str, owner: str = "") -> Operation[dict[str, Any]]:
+    return write(c.sem_release(session, name, owner))
+
+
+def sem_inspect(name: str) -> Operation[dict[str, Any]]:
+    """``{name, limit, holders: [{session, owner, token, count, granted_ms}], waiters: [...]
+    in arrival order, last_token}``."""
+    return read(c.sem_inspect(name))
+
+
+def sem_check_token(name: str, token: int) -> Operation[bool]:
+    return read(c.sem_check_token(name, token), bool)
+
+
+def sem_list(prefix: str = "", limit: int | None = None) -> Operation[Any]:
+    return read(c.sem_list(prefix, limit))
+
+
 # -- queues ---------------------------------------------------------------------------------------
 
 

@@ -75,6 +75,32 @@ def lock_deadlocks() -> bytes:
     return _cmd("lock.deadlocks")
 
 
+# -- semaphores ---------------------------------------------------------------------------------
+
+
+def sem_acquire(session: int, name: str, limit: int, owner: str, wait_ms: int) -> bytes:
+    return _cmd("sem.acquire", session, name, limit, owner, wait_ms)
+
+
+def sem_release(session: int, name: str, owner: str) -> bytes:
+    return _cmd("sem.release", session, name, owner)
+
+
+def sem_inspect(name: str) -> bytes:
+    return _cmd("sem.inspect", name)
+
+
+def sem_check_token(name: str, token: int) -> bytes:
+    return _cmd("sem.check_token", name, token)
+
+
+def sem_list(prefix: str = "", limit: int | None = None) -> bytes:
+    """Semaphores with holders or waiters, by name (``limit`` as in ``lock_list``)."""
+    if limit is None and not prefix:
+        return _cmd("sem.list")
+    return _cmd("sem.list", prefix, 1000 if limit is None else limit)
+
+
 # -- queues -------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ VISIBILITY_MS = (1_000, 12 * 3_600_000)  # queue lease: 1 s .. 12 h
 DELAY_MS = (0, 7 * 24 * 3_600_000)  # delayed delivery: up to 7 days
 CACHE_TTL_MS = (1, 30 * 24 * 3_600_000)  # up to 30 days; None = no expiry
 QUEUE_DEPTH_MAX = 100_000  # messages (ready + delayed + in flight) per queue
-LOCK_WAITERS_MAX = 10_000  # waiting requests per lock
+LOCK_WAITERS_MAX = 10_000  # waiting requests per lock (and per semaphore)
+SEMAPHORE_LIMIT = (1, 10_000)  # slots of one semaphore
 MAX_DELIVERIES = (1, 1000)
 DEDUP_WINDOW_MS = (0, 24 * 3_600_000)
 # Task results (``results``): one stored value fits a 1 MiB client request with its envelope

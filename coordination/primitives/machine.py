@@ -130,5 +130,6 @@ def _default_parts(sessions: Sessions) -> list[Part]:
     from coordination.primitives.locks import Locks
     from coordination.primitives.queues import Queues
     from coordination.primitives.results import Results
+    from coordination.primitives.semaphores import Semaphores
 
-    return [Locks(sessions), Queues(sessions), Cache(sessions), Results()]
+    return [Locks(sessions), Queues(sessions), Cache(sessions), Results(), Semaphores(sessions)]

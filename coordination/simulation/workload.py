@@ -21,6 +21,8 @@ Checks:
   write goes into a history checked per key against a register model.
 - **Priority order**: a ``queue.get`` served at once leaves no ready message of a higher
   priority behind it.
+- **Semaphore limit and tokens** (``semaphore_clients``): never more than its limit of
+  holders, no waiter beside a free slot, grant tokens strictly increasing.
 - **Queue accounting** at the end: every acknowledged put is either acked by a consumer or still
   in the queue (ready, delayed, in flight or dead-lettered); nothing is delivered that was never
   put; every delivery of a message carries a different ``delivery_count``.
@@ -38,6 +40,8 @@ from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
 from coordination.simulation.cache_clients import CacheClients
 from coordination.simulation.clients import Request, RequestWait, SimClient
+from coordination.simulation.semaphore_clients import KINDS as SEMAPHORE_KINDS
+from coordination.simulation.semaphore_clients import SemaphoreClients
 from raft_node.host.applier import Outcome, decode_command
 from raft_node.host.node_host import ProposalDropped
 from raft_node.sim.invariants import Violation
@@ -71,6 +75,7 @@ class CoordinationWorkload:
         self._gets_checked: set[tuple[str, int]] = set()
         self.payload_seq = 0
         self.cache = CacheClients(self)
+        self.semaphores = SemaphoreClients(self)
 
     def __repr__(self) -> str:
         return f"pending {[cl.current.kind for cl in self.clients if cl.current]}"
@@ -140,6 +145,8 @@ class CoordinationWorkload:
     def _wind_down(self, cl: SimClient) -> None:
         """After healing: give back what we hold, then close the session."""
         assert cl.session is not None
+        if self.semaphores.wind_down(cl):
+            return
         if cl.held:
             name = next(iter(cl.held))
             self.start(cl, c.lock_release(cl.session, name, ""), "release", {"lock": name})
@@ -160,6 +167,9 @@ class CoordinationWorkload:
             return
         if rng.random() < 0.3:
             self.cache.next_op(cl)
+            return
+        if rng.random() < 0.1:
+            self.semaphores.next_op(cl)
             return
         r = rng.random()  # lock and queue operations below
         if cl.held and r < 0.4:
@@ -241,6 +251,11 @@ class CoordinationWorkload:
             if not ok and value[0] in ("session_expired", "unknown_session"):
                 self._session_lost(cl)
             return
+        if kind in SEMAPHORE_KINDS:
+            self.semaphores.finished(req, ok, value)
+            if not ok and value[0] in ("session_expired", "unknown_session"):
+                self._session_lost(cl)
+            return
         if not ok:
             code = value[0]
             if code in ("session_expired", "unknown_session"):
@@ -291,6 +306,7 @@ class CoordinationWorkload:
         cl.session = None
         cl.leased = []
         self.cache.session_lost(cl)
+        self.semaphores.session_lost(cl)
 
     def _delivered(self, cl: SimClient, msg: dict[str, Any]) -> None:
         payload, mid, count = msg["payload"], msg["id"], msg["delivery_count"]
@@ -324,6 +340,7 @@ class CoordinationWorkload:
         self.checked_index = index
         assert node.host is not None
         machine = node.host.state_machine
+        self.semaphores.check(machine, index)
         for name in LOCKS:
             info = machine.query(msgpack.packb(["lock.inspect", name]))
             holders = info.get("holders", []) if info else []

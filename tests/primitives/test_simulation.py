@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from coordination.primitives import locks, queues
+from coordination.primitives import locks, queues, semaphores
 from coordination.simulation.workload import CoordinationWorkload
 from raft_node.sim.cluster import Simulation, SimulationFailure
 
@@ -86,3 +86,15 @@ def test_priority_check_catches_a_queue_that_serves_fifo_regardless_of_priority(
     monkeypatch.setattr(queues_state.QueueState, "pop_ready", fifo_pop)
     failures = _sweep(range(80), until="priority order")
     assert any("priority order" in f for f in failures), failures[:2]
+
+
+def test_semaphore_check_catches_a_semaphore_that_admits_one_too_many(monkeypatch) -> None:
+    plain_acquire = semaphores.Semaphores.acquire
+
+    def one_more(self, ctx, args):  # every acquire admits limit + 1 holders
+        sid, name, limit, owner, wait_ms = args
+        return plain_acquire(self, ctx, [sid, name, limit + 1, owner, wait_ms])
+
+    monkeypatch.setattr(semaphores.Semaphores, "acquire", one_more)
+    failures = _sweep(range(80), until="holders at index")
+    assert any("semaphore gamma has 3 holders" in f for f in failures), failures[:1]

@@ -19,6 +19,7 @@ django.setup()
 from celery import Celery  # noqa: E402
 
 from coordination.celery.decorators import current_lock, distributed_lock  # noqa: E402
+from coordination.celery.semaphores import current_slot, distributed_semaphore  # noqa: E402
 
 app = Celery("raft-locks")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -57,3 +58,22 @@ def sleep(tag: str, seconds: float) -> None:
 @app.task(name="lock_test.mark")
 def mark(tag: str) -> None:
     record("ran", tag)
+
+
+@app.task(bind=True, name="sem_test.hold", max_retries=None)
+@distributed_semaphore(limit=3, key="sem:{key}")
+def sem_hold(self, key: str, tag: str, seconds: float) -> None:
+    token = current_slot().token
+    record("start", tag, key, token)
+    time.sleep(min(seconds, float(os.environ.get("RAFTSYNC_TEST_MAX_SLEEP", "inf"))))
+    record("end", tag, key, token)
+
+
+@app.task(bind=True, name="sem_test.hold_one", max_retries=None)
+@distributed_semaphore(limit=1, key="one:{key}", wait=60)
+def sem_hold_one(self, key: str, tag: str, seconds: float) -> None:
+    """One slot, waited for in the cluster's queue (granted the moment a slot frees)."""
+    token = current_slot().token
+    record("start", tag, key, token)
+    time.sleep(seconds)
+    record("end", tag, key, token)
