@@ -43,6 +43,7 @@ UNKNOWN_MESSAGE = "unknown_message"  # ack/nack of a message not leased to the c
 NOT_INTEGER = "not_integer"  # incr of a cache value that is not an integer
 UNKNOWN_KEY = "unknown_key"  # incr of a cache key that does not exist
 EVICTED = "evicted"  # incr/touch of a cache key whose value now lives only in Redis
+INVALID_RATE = "invalid_rate"  # a rate limit's rate or burst is unusable (zero, negative, unit)
 DUPLICATE = "duplicate"  # the applier: a write older than the client's latest (superseded)
 
 # Engine codes (the raft client's own errors) and client codes.
@@ -71,6 +72,7 @@ class ErrorCode:
 _TABLE = (
     ErrorCode(BAD_COMMAND, exc.BadRequest, 400, MACHINE, body_code=BAD_REQUEST),
     ErrorCode(LIMIT, exc.LimitExceeded, 400, MACHINE),
+    ErrorCode(INVALID_RATE, exc.InvalidRate, 400, MACHINE),
     ErrorCode(UNKNOWN_SESSION, exc.UnknownSession, 404, MACHINE),
     ErrorCode(SESSION_EXPIRED, exc.SessionExpired, 404, MACHINE),
     ErrorCode(UNKNOWN_QUEUE, exc.UnknownQueue, 404, MACHINE),

@@ -26,6 +26,7 @@ __all__ = [
     "CoordinationError",
     "Deadlock",
     "Evicted",
+    "InvalidRate",
     "LimitExceeded",
     "LockKeyError",
     "LockModeError",
@@ -72,6 +73,13 @@ class LockModeError(CoordinationError):
 
 class LimitExceeded(CoordinationError):
     pass
+
+
+class InvalidRate(CoordinationError, ValueError):
+    """A rate limit's rate or burst is unusable: a zero or negative count, an unknown unit
+    (``"100/s"``, ``"100/m"``, ``"100/h"`` are the forms), a period or burst out of range. The
+    client raises it before sending; the cluster refuses such a ``ratelimit.take`` with it
+    too (HTTP 400). Also a ``ValueError``, as the bad argument it is."""
 
 
 class ResultTooLarge(LimitExceeded, EncodeError):

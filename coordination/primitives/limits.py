@@ -86,3 +86,9 @@ def args(values: list[Any], count: int, op: str) -> list[Any]:
     if len(values) != count:
         reject(BAD_COMMAND, f"{op} takes {count} arguments, got {len(values)}")
     return values
+# Rate limits (``ratelimits``): a rate is ``count`` tokens per ``period_ms``; ``burst`` tokens
+# at most in a bucket. Integer token math stays exact within int64 at these bounds.
+RATE_COUNT = (1, 1_000_000_000)
+RATE_PERIOD_MS = (1, 24 * 3_600_000)  # 1 ms .. 1 day
+RATE_BURST = (1, 1_000_000_000)
+RATELIMIT_BUCKETS_MAX = 100_000  # buckets not yet full again (full ones are dropped)

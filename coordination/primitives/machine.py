@@ -129,6 +129,7 @@ def _default_parts(sessions: Sessions) -> list[Part]:
     from coordination.primitives.cache import Cache
     from coordination.primitives.locks import Locks
     from coordination.primitives.queues import Queues
+    from coordination.primitives.ratelimits import RateLimits
     from coordination.primitives.results import Results
 
-    return [Locks(sessions), Queues(sessions), Cache(sessions), Results()]
+    return [Locks(sessions), Queues(sessions), Cache(sessions), Results(), RateLimits()]
