@@ -18,8 +18,8 @@ from search_depth import examples
 from coordination.exceptions import InvalidRate
 from coordination.primitives import limits
 from coordination.primitives.machine import CoordinationMachine
+from coordination.primitives.ratelimits import RateLimits
 from coordination.primitives.rates import default_burst, parse_rate
-from coordination.primitives.ratelimits import DROP_GRANULARITY_MS, RateLimits
 from raft_node.core.fsm import CommandRejected
 
 
