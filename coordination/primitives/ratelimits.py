@@ -83,6 +83,10 @@ class _Bucket:
         """Log time at which the bucket is full again (nothing taken meanwhile)."""
         return self.last + ceil_div(self.cap - self.level, self.count)
 
+    def drop_time(self) -> int:
+        """When it can be dropped: full again, rounded up to ``DROP_GRANULARITY_MS``."""
+        return ceil_div(self.full_at(), DROP_GRANULARITY_MS) * DROP_GRANULARITY_MS
+
     def view(self, key: str, now: int) -> dict[str, Any]:
         level = self.level_at(now)
         return {
@@ -201,7 +205,7 @@ class RateLimits:
     # -- time -----------------------------------------------------------------------------------
 
     def _schedule(self, key: str, bucket: _Bucket) -> None:
-        drop_at = ceil_div(bucket.full_at(), DROP_GRANULARITY_MS) * DROP_GRANULARITY_MS
+        drop_at = bucket.drop_time()
         if drop_at != bucket.drop_at:
             bucket.drop_at = drop_at
             self._deadlines.push(drop_at, key)
@@ -238,8 +242,6 @@ class RateLimits:
         deadlines: list[tuple[int, Any]] = []
         for key, count, period, burst, level, last in state["buckets"]:
             bucket = self.buckets[key] = _Bucket(count, period, burst, level, last)
-            bucket.drop_at = (
-                ceil_div(bucket.full_at(), DROP_GRANULARITY_MS) * DROP_GRANULARITY_MS
-            )
+            bucket.drop_at = bucket.drop_time()
             deadlines.append((bucket.drop_at, key))
         self._deadlines.rebuild(deadlines)

@@ -22,8 +22,9 @@ from coordination.client.aio import (
     AsyncQueue,
     AsyncSession,
 )
+from coordination.client.ratelimit import AsyncRateLimit
 
-ASYNC_TYPES = (AsyncCoordinator, AsyncLock, AsyncMessage, AsyncQueue, AsyncSession)
+ASYNC_TYPES = (AsyncCoordinator, AsyncLock, AsyncMessage, AsyncQueue, AsyncSession, AsyncRateLimit)
 CALL_LIMIT = 120.0  # no contract call may hang a test run
 
 

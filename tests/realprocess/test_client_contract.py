@@ -28,6 +28,7 @@ from coordination.client.aio import (
     AsyncQueue,
     AsyncSession,
 )
+from coordination.client.ratelimit import AsyncRateLimit, RateLimit
 from coordination.exceptions import (
     AuthenticationFailed,
     BadRequest,
@@ -411,9 +412,10 @@ PAIRS = [
     (Lock, AsyncLock),
     (Queue, AsyncQueue),
     (Message, AsyncMessage),
+    (RateLimit, AsyncRateLimit),
 ]
 ONLY_BLOCKING = {"new_client", "thread_session", "default_session"}  # threads; a property
-HANDLE_MAKERS = {"lock", "queue"}  # no I/O: they make a handle
+HANDLE_MAKERS = {"lock", "queue", "rate_limit"}  # no I/O: they make a handle
 
 
 @pytest.mark.parametrize(("blocking", "asynchronous"), PAIRS)
