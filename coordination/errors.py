@@ -54,6 +54,7 @@ UNAVAILABLE = "unavailable"
 AUTH_FAILED = "auth_failed"
 NOT_ACQUIRED = "not_acquired"
 STALE_TOKEN = "stale_token"
+RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ _TABLE = (
     ErrorCode(AUTH_FAILED, exc.AuthenticationFailed, 500, ENGINE),
     ErrorCode(NOT_ACQUIRED, exc.LockNotAcquired, 409, CLIENT),
     ErrorCode(STALE_TOKEN, exc.StaleToken, 409, CLIENT),
+    ErrorCode(RATE_LIMITED, exc.RateLimited, 429, CLIENT),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _TABLE}

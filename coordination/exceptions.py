@@ -35,6 +35,7 @@ __all__ = [
     "NotInteger",
     "NotLeader",
     "RaftError",
+    "RateLimited",
     "ResultTooLarge",
     "SessionExpired",
     "StaleToken",
@@ -155,3 +156,20 @@ class StaleToken(CoordinationError):
     @classmethod
     def from_record(cls, code: str, message: str, details: dict[str, Any]) -> StaleToken:
         return cls(str(details.get("lock", "")), int(details.get("token", 0)))
+
+
+class RateLimited(CoordinationError):
+    """A rate limit's tokens were not there: a blocking ``acquire`` (``@rate_limit`` on a plain
+    function) would have had to wait past its timeout, or a Celery task is being retried with
+    the countdown. ``retry_after`` is that countdown in seconds (HTTP 429 with ``Retry-After``
+    in the REST API)."""
+
+    def __init__(self, key: str, retry_after: float, message: str = "") -> None:
+        message = message or f"rate limit {key!r}: no tokens for {retry_after:.3f} s"
+        super().__init__("rate_limited", message, {"key": key, "retry_after": retry_after})
+        self.key, self.retry_after = key, retry_after
+        self.args = (key, retry_after, message)
+
+    @classmethod
+    def from_record(cls, code: str, message: str, details: dict[str, Any]) -> RateLimited:
+        return cls(str(details.get("key", "")), float(details.get("retry_after", 0.0)), message)

@@ -38,6 +38,7 @@ class RateLimitSpec:
         self.key = key
         self.count, self.period_ms = parse_rate(rate)
         self.burst = default_burst(self.count) if burst is None else check_burst(burst)
+        self.retry_after = 0.0  # the latest take's countdown (0.0: it was granted)
 
     @property
     def rate(self) -> str:
@@ -45,7 +46,8 @@ class RateLimitSpec:
 
     def _take_op(self, n: int) -> Operation[tuple[bool, float]]:
         def answer(result: dict[str, Any]) -> tuple[bool, float]:
-            return bool(result["granted"]), result["wait_ms"] / 1000
+            self.retry_after = result["wait_ms"] / 1000
+            return bool(result["granted"]), self.retry_after
 
         body = ops.ratelimit_take(self.key, self.count, self.period_ms, self.burst, n).body
         return Operation(body, True, answer)
