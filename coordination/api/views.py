@@ -62,6 +62,7 @@ class ApiRootView(RaftsyncAPIView):
                 "locks": url("root").rstrip("/") + "/locks/{name}/",
                 "queues": url("root").rstrip("/") + "/queues/{name}/",
                 "cache": url("root").rstrip("/") + "/cache/{key}/",
+                "ratelimits": url("ratelimits"),
                 "schema": url("schema"),
                 "docs": url("docs"),
             }
