@@ -21,6 +21,8 @@ Checks:
   write goes into a history checked per key against a register model.
 - **Priority order**: a ``queue.get`` served at once leaves no ready message of a higher
   priority behind it.
+- **Rate limits** (``ratelimit_clients``): grants never exceed the burst plus what the rate
+  refilled over any span of log time, and each grant a client is told of is one in the log.
 - **Queue accounting** at the end: every acknowledged put is either acked by a consumer or still
   in the queue (ready, delayed, in flight or dead-lettered); nothing is delivered that was never
   put; every delivery of a message carries a different ``delivery_count``.
@@ -38,6 +40,7 @@ from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
 from coordination.simulation.cache_clients import CacheClients
 from coordination.simulation.clients import Request, RequestWait, SimClient
+from coordination.simulation.ratelimit_clients import RateLimitClients
 from raft_node.host.applier import Outcome, decode_command
 from raft_node.host.node_host import ProposalDropped
 from raft_node.sim.invariants import Violation
@@ -71,6 +74,7 @@ class CoordinationWorkload:
         self._gets_checked: set[tuple[str, int]] = set()
         self.payload_seq = 0
         self.cache = CacheClients(self)
+        self.ratelimits = RateLimitClients(self)
 
     def __repr__(self) -> str:
         return f"pending {[cl.current.kind for cl in self.clients if cl.current]}"
@@ -107,6 +111,7 @@ class CoordinationWorkload:
         their ``RequestWait``s once the host has handled the whole Ready)."""
         self._check_state(node, entry.index)
         self._check_priority(node, entry, outcomes)
+        self.ratelimits.on_applied(node, entry, outcomes)
 
     # -- client loop ---------------------------------------------------------------------------
 
@@ -160,6 +165,9 @@ class CoordinationWorkload:
             return
         if rng.random() < 0.3:
             self.cache.next_op(cl)
+            return
+        if rng.random() < 0.2:
+            self.ratelimits.next_op(cl)
             return
         r = rng.random()  # lock and queue operations below
         if cl.held and r < 0.4:
@@ -238,6 +246,9 @@ class CoordinationWorkload:
             self.cache.finished(req, ok, value)
             if not ok and value[0] in ("session_expired", "unknown_session"):
                 self._session_lost(cl)
+            return
+        if kind == "take":
+            self.ratelimits.finished(req, ok, value)
             return
         if not ok:
             code = value[0]
@@ -384,4 +395,5 @@ class CoordinationWorkload:
     def check_history(self) -> tuple[int, int]:
         operations, states = self.cache.check()
         writes = [w for w in self.resource_writes if w[3]]
+        operations += self.ratelimits.check()
         return operations + len(writes) + len(self.puts), states
