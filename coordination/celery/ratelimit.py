@@ -31,7 +31,10 @@ process runs it, and the bucket survives a leader change (it is replicated state
   (``RateLimit.acquire``), up to ``timeout`` seconds (None: as long as it takes), then raises
   ``RateLimited``. ``async def`` functions are supported (the wait does not block the loop).
 
-Works in either decorator order with ``@app.task``, like ``@distributed_lock``.
+Works in either decorator order with ``@app.task``, like ``@distributed_lock``. As with
+``@distributed_lock``, the running task is found with ``celery.current_task``: a decorated
+helper called from inside a running task counts as that task (over the limit, the task is
+re-sent), so the wait never blocks a worker slot.
 """
 
 from __future__ import annotations

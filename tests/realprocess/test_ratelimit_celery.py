@@ -57,13 +57,13 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
-def _runs(markers: Path) -> list[tuple[float, str]]:
-    """(time, pid) of every run, in time order."""
+def _runs(markers: Path) -> list[tuple[float, str, str]]:
+    """(time, pid, task index) of every run, in time order."""
     out = []
     for path in markers.glob("ran-*"):
         for line in path.read_text().splitlines():
-            _, _, pid, at = line.split()
-            out.append((float(at), pid))
+            _, index, pid, at = line.split()
+            out.append((float(at), pid, index))
     return sorted(out)
 
 
@@ -101,8 +101,10 @@ def test_fifty_per_second_over_four_workers_and_a_leader_kill(coordination_clust
     finally:
         for w in workers:
             _stop(w)
-    window = [(at, pid) for at, pid in runs if at < start + WINDOW]
+    window = [(at, pid) for at, pid, _ in runs if at < start + WINDOW]
     pids = {pid for _, pid in window}
+    indexes = [index for _, _, index in runs]
+    assert len(set(indexes)) == len(indexes), "a task ran twice"  # re-sent, never duplicated
     assert len(pids) == WORKERS, f"runs came from {len(pids)} workers"  # every worker ran
     total = len(window)
     assert RATE * WINDOW * 0.95 <= total <= RATE * WINDOW * 1.05, total
