@@ -1,6 +1,7 @@
 """Rate specifications, one parser for every side (clients, the Celery decorator, the API and
 the state machine): ``"100/s"``, ``"100/m"``, ``"100/h"`` (Celery's own ``rate_limit`` format;
-a bare ``"100"`` is per second, as in Celery), or a ``(count, period_ms)`` pair of integers.
+a bare ``"100"`` or ``100`` is per second, as in Celery), or a ``(count, period_ms)`` pair of
+integers. Fractional counts (``"0.5/s"``) are refused: write ``"30/m"``.
 
 A rate is kept as two integers, ``count`` tokens per ``period_ms`` milliseconds, never as a
 float: the bucket's refill is then exact integer math on log time, identical on every replica.
@@ -37,6 +38,8 @@ def parse_rate(spec: Any) -> tuple[int, int]:
         if unit not in UNITS_MS:
             raise _invalid(f"rate {spec[:40]!r}: unknown unit {unit!r} (s, m or h)")
         return check_rate(count, UNITS_MS[unit])
+    if isinstance(spec, int) and not isinstance(spec, bool):  # Celery: a number is per second
+        return check_rate(spec, UNITS_MS["s"])
     if isinstance(spec, (tuple, list)) and len(spec) == 2:
         return check_rate(spec[0], spec[1])
     raise _invalid(f"rate must be a string such as '100/m' or (count, period_ms), not {spec!r}")

@@ -243,6 +243,7 @@ def test_bad_input_is_refused_with_a_typed_code_and_changes_nothing(
         (" 7 / m ", (7, 60_000)),
         ("20", (20, 1000)),  # Celery: a bare number is per second
         ((3, 250), (3, 250)),
+        (20, (20, 1000)),
     ],
 )
 def test_the_rate_parser_reads_celerys_format(spec: Any, expected: tuple[int, int]) -> None:
@@ -250,7 +251,8 @@ def test_the_rate_parser_reads_celerys_format(spec: Any, expected: tuple[int, in
 
 
 @pytest.mark.parametrize(
-    "spec", ["0/s", "-1/m", "100/d", "100/", "1.5/s", "fast", "", (0, 1000), (5, -1), 100, None]
+    "spec",
+    ["0/s", "-1/m", "100/d", "100/", "1.5/s", "fast", "", (0, 1000), (5, -1), 2.5, True, None],
 )
 def test_the_rate_parser_rejects_bad_rates_with_invalid_rate(spec: Any) -> None:
     with pytest.raises(InvalidRate) as info:
