@@ -1,4 +1,4 @@
-"""The admin's live cluster pages: nodes, sessions, locks, queues and the cache.
+"""The admin's live cluster pages: nodes, sessions, locks, queues, the cache and rate limits.
 
 There are no tables to register. The pages hang off the unmanaged ``Coordination`` model (shown
 as "Cluster") so they appear in the admin's app list and sit behind its login: ``admin_view``
@@ -57,4 +57,5 @@ class CoordinationAdmin(admin.ModelAdmin):
             # Queue names may contain "/": the name is the rest of the path.
             path("queues/<path:name>/", page(views.queue), name="coordination_queue"),
             path("cache/", page(views.cache), name="coordination_cache"),
+            path("ratelimits/", page(views.ratelimits), name="coordination_ratelimits"),
         ]

@@ -33,6 +33,7 @@ PAGES = [  # (url name, tab label), in tab order
     ("coordination_locks", "Locks"),
     ("coordination_queues", "Queues"),
     ("coordination_cache", "Cache"),
+    ("coordination_ratelimits", "Rate limits"),
 ]
 
 
@@ -196,5 +197,19 @@ def cache(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "cache.html",
         "Cache",
         lambda: inspection.cache(coordinator(), prefix),
+        prefix=prefix,
+    )
+
+
+def ratelimits(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    """Rate-limit buckets still refilling (key, rate, burst, tokens now); full ones are
+    dropped by the cluster, so a key not listed has its whole burst available."""
+    prefix = request.GET.get("prefix", "")
+    return _render(
+        model_admin,
+        request,
+        "ratelimits.html",
+        "Rate limits",
+        lambda: inspection.ratelimits(coordinator(), prefix),
         prefix=prefix,
     )

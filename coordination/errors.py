@@ -44,6 +44,7 @@ NOT_INTEGER = "not_integer"  # incr of a cache value that is not an integer
 UNKNOWN_KEY = "unknown_key"  # incr of a cache key that does not exist
 EVICTED = "evicted"  # incr/touch of a cache key whose value now lives only in Redis
 SEMAPHORE_LIMIT = "semaphore_limit"  # acquire naming another limit than the live semaphore's
+INVALID_RATE = "invalid_rate"  # a rate limit's rate or burst is unusable (zero, negative, unit)
 DUPLICATE = "duplicate"  # the applier: a write older than the client's latest (superseded)
 
 # Engine codes (the raft client's own errors) and client codes.
@@ -54,6 +55,7 @@ UNAVAILABLE = "unavailable"
 AUTH_FAILED = "auth_failed"
 NOT_ACQUIRED = "not_acquired"
 STALE_TOKEN = "stale_token"
+RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class ErrorCode:
 _TABLE = (
     ErrorCode(BAD_COMMAND, exc.BadRequest, 400, MACHINE, body_code=BAD_REQUEST),
     ErrorCode(LIMIT, exc.LimitExceeded, 400, MACHINE),
+    ErrorCode(INVALID_RATE, exc.InvalidRate, 400, MACHINE),
     ErrorCode(UNKNOWN_SESSION, exc.UnknownSession, 404, MACHINE),
     ErrorCode(SESSION_EXPIRED, exc.SessionExpired, 404, MACHINE),
     ErrorCode(UNKNOWN_QUEUE, exc.UnknownQueue, 404, MACHINE),
@@ -91,6 +94,7 @@ _TABLE = (
     ErrorCode(AUTH_FAILED, exc.AuthenticationFailed, 500, ENGINE),
     ErrorCode(NOT_ACQUIRED, exc.LockNotAcquired, 409, CLIENT),
     ErrorCode(STALE_TOKEN, exc.StaleToken, 409, CLIENT),
+    ErrorCode(RATE_LIMITED, exc.RateLimited, 429, CLIENT),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _TABLE}

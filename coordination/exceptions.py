@@ -26,6 +26,7 @@ __all__ = [
     "CoordinationError",
     "Deadlock",
     "Evicted",
+    "InvalidRate",
     "LimitExceeded",
     "LockKeyError",
     "LockModeError",
@@ -34,6 +35,7 @@ __all__ = [
     "NotInteger",
     "NotLeader",
     "RaftError",
+    "RateLimited",
     "ResultTooLarge",
     "SemaphoreLimitError",
     "SemaphoreNotAcquired",
@@ -74,6 +76,13 @@ class LockModeError(CoordinationError):
 
 class LimitExceeded(CoordinationError):
     pass
+
+
+class InvalidRate(CoordinationError, ValueError):
+    """A rate limit's rate or burst is unusable: a zero or negative count, an unknown unit
+    (``"100/s"``, ``"100/m"``, ``"100/h"`` are the forms), a period or burst out of range. The
+    client raises it before sending; the cluster refuses such a ``ratelimit.take`` with it
+    too (HTTP 400). Also a ``ValueError``, as the bad argument it is."""
 
 
 class ResultTooLarge(LimitExceeded, EncodeError):
@@ -167,3 +176,20 @@ class SemaphoreNotAcquired(LockNotAcquired):
     @classmethod
     def from_record(cls, code: str, message: str, details: dict[str, Any]) -> SemaphoreNotAcquired:
         return cls(str(details.get("semaphore", "")), message)
+
+
+class RateLimited(CoordinationError):
+    """A rate limit's tokens were not there: a blocking ``acquire`` (``@rate_limit`` on a plain
+    function) would have had to wait past its timeout, or a Celery task is being retried with
+    the countdown. ``retry_after`` is that countdown in seconds (HTTP 429 with ``Retry-After``
+    in the REST API)."""
+
+    def __init__(self, key: str, retry_after: float, message: str = "") -> None:
+        message = message or f"rate limit {key!r}: no tokens for {retry_after:.3f} s"
+        super().__init__("rate_limited", message, {"key": key, "retry_after": retry_after})
+        self.key, self.retry_after = key, retry_after
+        self.args = (key, retry_after, message)
+
+    @classmethod
+    def from_record(cls, code: str, message: str, details: dict[str, Any]) -> RateLimited:
+        return cls(str(details.get("key", "")), float(details.get("retry_after", 0.0)), message)

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from coordination.client import cache as cache_client
+from coordination.client import operations as ops
 from coordination.client.coordinator import Coordinator
 from coordination.primitives.queues_state import DLQ_SUFFIX, is_dlq
 from raft_node.client import RaftClient, RaftError
@@ -190,3 +191,24 @@ def cache(coord: Coordinator, prefix: str = "", limit: int = KEYS_SHOWN) -> dict
         },
         "l1": cache_client.process_stats(),
     }
+
+
+# -- rate limits ----------------------------------------------------------------------------------
+
+
+def ratelimits(coord: Coordinator, prefix: str = "", limit: int = KEYS_SHOWN) -> dict[str, Any]:
+    """Buckets still refilling, by key (one more asked, to tell whether the list is cut), each
+    with its rate shown as ``count/period``; and the part's totals."""
+    rows = coord.run(ops.ratelimit_list(prefix, limit + 1))
+    for row in rows:
+        row["rate"] = _rate_text(row["count"], row["period_ms"])
+    return {
+        "buckets": rows[:limit],
+        "truncated": len(rows) > limit,
+        "stats": coord.run(ops.ratelimit_stats()),
+    }
+
+
+def _rate_text(count: int, period_ms: int) -> str:
+    units = {1_000: "s", 60_000: "m", 3_600_000: "h"}
+    return f"{count}/{units[period_ms]}" if period_ms in units else f"{count}/{period_ms}ms"

@@ -2,19 +2,22 @@
 
 The status of each code is in ``coordination.errors`` (the one table of codes): 400 invalid input
 or a limit; 404 unknown session, queue or key; 409 conflict (not the holder, a lock mode clash, a
-message no longer leased to you, not an integer); 423 deadlock (the body names the cycle); 503
-with ``Retry-After`` when the cluster has no quorum or does not answer. The body is
+message no longer leased to you, not an integer); 423 deadlock (the body names the cycle); 429
+rate limited (``Retry-After``: whole seconds until the tokens are there); 503 with
+``Retry-After`` when the cluster has no quorum or does not answer. The body is
 ``{"code": ..., "detail": ...}``; anything else is DRF's to answer.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from coordination import errors
+from coordination.exceptions import RateLimited
 
 
 def error_response(error: Exception) -> Response | None:
@@ -23,6 +26,8 @@ def error_response(error: Exception) -> Response | None:
     if entry is None:
         return None
     headers = {"Retry-After": "1"} if entry.status == 503 else None
+    if isinstance(error, RateLimited):  # 429: when the tokens will be there, in whole seconds
+        headers = {"Retry-After": str(math.ceil(error.retry_after))}
     message = getattr(error, "message", "") or str(error)
     return Response({"code": entry.api_code, "detail": message}, entry.status, headers=headers)
 

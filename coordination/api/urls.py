@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.urls import path, register_converter
 
+from coordination.api import ratelimit_views as rl
 from coordination.api import schema
 from coordination.api import semaphore_views as sv
 from coordination.api import views as v
@@ -50,6 +51,9 @@ urlpatterns = [
     path("queues/<name:name>/requeue-dead/", v.QueueRequeueDeadView.as_view()),
     path("cache/<name:key>/", v.CacheView.as_view()),
     path("cache/<name:key>/incr/", v.CacheIncrView.as_view()),
+    path("ratelimits/", rl.RateLimitListView.as_view(), name="ratelimits"),
+    path("ratelimits/<name:key>/", rl.RateLimitView.as_view()),
+    path("ratelimits/<name:key>/take/", rl.RateLimitTakeView.as_view()),
     path("schema/", schema.SchemaView.as_view(), name="schema"),
     path("docs/", schema.SwaggerView.as_view(), name="docs"),
 ]

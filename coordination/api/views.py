@@ -63,6 +63,7 @@ class ApiRootView(RaftsyncAPIView):
                 "semaphores": url("root").rstrip("/") + "/semaphores/{name}/",
                 "queues": url("root").rstrip("/") + "/queues/{name}/",
                 "cache": url("root").rstrip("/") + "/cache/{key}/",
+                "ratelimits": url("ratelimits"),
                 "schema": url("schema"),
                 "docs": url("docs"),
             }

@@ -138,56 +138,76 @@ def distributed_lock(
     return decorate
 
 
-def key_function(key: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., str]:
+def key_function(
+    key: str | Callable[..., str], fn: Callable[..., Any], what: str = "lock"
+) -> Callable[..., str]:
     """``(args, kwargs) -> key`` for calls of ``fn``: ``key`` called with the arguments, or the
-    template formatted with the call's bound arguments (checked against ``fn`` now)."""
+    template formatted with the call's bound arguments (checked against ``fn`` now). Shared by
+    ``@distributed_lock`` and ``@distributed_semaphore``."""
     signature = inspect.signature(fn)
+    where = getattr(fn, "__qualname__", repr(fn))
     if not callable(key):
-        check_key_template(key, signature, getattr(fn, "__qualname__", repr(fn)))
+        check_key_template(key, signature, where, what)
 
     def make_key(args: tuple, kwargs: dict) -> str:
         if callable(key):
             return key(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        for param in signature.parameters.values():
-            if param.kind is param.VAR_KEYWORD:  # f(**kw): its names count as arguments
-                arguments.update(arguments.pop(param.name, {}))
-        try:
-            return key.format(**arguments)
-        except (KeyError, IndexError, AttributeError) as exc:
-            raise LockKeyError(
-                f"lock key template {key!r}: this call of {fn.__qualname__} gives no "
-                f"value for {exc.args[0]!r}"
-            ) from None
+        return format_key(key, signature, args, kwargs, where, what)
 
     return make_key
 
 
-def check_key_template(key: Any, signature: inspect.Signature, where: str) -> None:
+def format_key(
+    key: str,
+    signature: inspect.Signature,
+    args: tuple,
+    kwargs: dict,
+    where: str,
+    what: str = "lock",
+) -> str:
+    """``key`` filled from the call's *bound* arguments (``f(1)`` and ``f(customer_id=1)`` give
+    the same key; ``**kwargs`` names count as arguments); ``LockKeyError`` if a field has no
+    value in this call. Shared by ``@distributed_lock`` and ``@rate_limit``."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_KEYWORD:  # f(**kw): its names count as arguments
+            arguments.update(arguments.pop(param.name, {}))
+    try:
+        return key.format(**arguments)
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise LockKeyError(
+            f"{what} key template {key!r}: this call of {where} gives no value for "
+            f"{exc.args[0]!r}"
+        ) from None
+
+
+def check_key_template(
+    key: Any, signature: inspect.Signature, where: str, what: str = "lock"
+) -> None:
     """Raise ``LockKeyError`` unless every field of ``key`` names a parameter of the function
     (``{customer_id}``, ``{order.id}``, ``{items[0]}``; positional ``{0}``/``{}`` are refused,
     since arguments are matched by name)."""
     if not isinstance(key, str):
-        raise LockKeyError(f"lock key must be a template string or a callable, not {key!r}")
+        raise LockKeyError(f"{what} key must be a template string or a callable, not {key!r}")
     params = signature.parameters
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     try:
         fields = [field for _, field, _, _ in string.Formatter().parse(key) if field is not None]
     except ValueError as exc:
-        raise LockKeyError(f"lock key template {key!r} of {where} is malformed: {exc}") from None
+        raise LockKeyError(f"{what} key template {key!r} of {where} is malformed: {exc}") from None
     for field in fields:
         root = re.split(r"[.\[]", field, maxsplit=1)[0]
         if not root or root.isdigit():
             raise LockKeyError(
-                f"lock key template {key!r} of {where} has a positional field {{{field}}}: "
+                f"{what} key template {key!r} of {where} has a positional field {{{field}}}: "
                 f"name a parameter instead ({', '.join(named) or 'it takes none'})"
             )
         if root not in params and not open_ended:
             raise LockKeyError(
-                f"lock key template {key!r} names {{{root}}}, which is not a parameter of "
+                f"{what} key template {key!r} names {{{root}}}, which is not a parameter of "
                 f"{where}{signature}"
             )
 

@@ -33,6 +33,7 @@ import coordination.client.operations as ops
 from coordination.client.coordinator import settings_arguments
 from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
 from coordination.client.operations import EXCLUSIVE, Operation
+from coordination.client.ratelimit import AsyncRateLimit
 from coordination.client.semaphores import AsyncSemaphore
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired
@@ -229,6 +230,12 @@ class AsyncCoordinator:
         self, session: AsyncSession, queue: str, msg_id: int, *, requeue: bool = True
     ) -> None:
         await self.run(ops.queue_nack(session.id, queue, msg_id, requeue))
+
+    # -- rate limits ----------------------------------------------------------------------------
+
+    def rate_limit(self, key: str, rate: Any, burst: int | None = None) -> AsyncRateLimit:
+        """As ``Coordinator.rate_limit``; the handle's calls are awaited."""
+        return AsyncRateLimit(self, key, rate, burst)
 
     # -- cache ----------------------------------------------------------------------------------
 

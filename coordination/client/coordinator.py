@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import coordination.client.operations as ops
 from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
 from coordination.client.operations import EXCLUSIVE, SHARED, WAIT_MARGIN, Operation
+from coordination.client.ratelimit import RateLimit
 from coordination.client.semaphores import Semaphore
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired, SessionExpired, UnknownSession
@@ -298,6 +299,14 @@ class Coordinator:
         self, session: Session, queue: str, msg_id: int, *, requeue: bool = True
     ) -> None:
         self.run(ops.queue_nack(session.id, queue, msg_id, requeue))
+
+    # -- rate limits ----------------------------------------------------------------------------
+
+    def rate_limit(self, key: str, rate: Any, burst: int | None = None) -> RateLimit:
+        """A handle on the cluster-wide token bucket ``key`` (``coordination.client
+        .ratelimit``): ``rate`` is ``"100/s"``, ``"100/m"``, ``"100/h"`` or ``(count,
+        period_ms)``; ``burst`` defaults to the count."""
+        return RateLimit(self, key, rate, burst)
 
     # -- cache (the L1 client is ``cache.Cache``) ----------------------------------------------
 

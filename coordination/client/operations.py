@@ -295,3 +295,27 @@ def cache_keys(prefix: str = "", limit: int = 100) -> Operation[list[dict[str, A
 
 def cache_stats() -> Operation[dict[str, Any]]:
     return read(c.cache_stats())
+
+
+# -- rate limits (the handles are ``coordination.client.ratelimit``) -----------------------------
+
+
+def ratelimit_take(
+    key: str, count: int, period_ms: int, burst: int, n: int = 1
+) -> Operation[dict[str, Any]]:
+    """``{"granted", "wait_ms", "tokens", "burst"}``: refused, ``wait_ms`` is the countdown
+    until ``n`` tokens exist (nothing is reserved)."""
+    return write(c.ratelimit_take(key, count, period_ms, burst, n))
+
+
+def ratelimit_get(key: str) -> Operation[dict[str, Any] | None]:
+    """A bucket's view (tokens now), or None: no bucket, which is a full one."""
+    return read(c.ratelimit_get(key))
+
+
+def ratelimit_list(prefix: str = "", limit: int = 100) -> Operation[list[dict[str, Any]]]:
+    return read(c.ratelimit_list(prefix, limit))
+
+
+def ratelimit_stats() -> Operation[dict[str, Any]]:
+    return read(c.ratelimit_stats())

@@ -283,3 +283,23 @@ def result_incr(key: str, delta: int, ttl_ms: int | None, member: str | None = N
 
 def result_stats() -> bytes:
     return _cmd("result.stats")
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+def ratelimit_take(key: str, count: int, period_ms: int, burst: int, n: int = 1) -> bytes:
+    """Take ``n`` tokens of ``key``'s bucket (``count`` per ``period_ms``, at most ``burst``)."""
+    return _cmd("ratelimit.take", key, count, period_ms, burst, n)
+
+
+def ratelimit_get(key: str) -> bytes:
+    return _cmd("ratelimit.get", key)
+
+
+def ratelimit_list(prefix: str = "", limit: int = 100) -> bytes:
+    return _cmd("ratelimit.list", prefix, limit)
+
+
+def ratelimit_stats() -> bytes:
+    return _cmd("ratelimit.stats")

@@ -36,6 +36,12 @@ RESULT_WAITERS_MAX = 10_000  # blocked result.wait requests, over all keys
 RESULT_WAITED_KEYS_MAX = 200_000  # keys those requests wait on, in total (up to 1,000 each)
 RESULT_COUNTER_MEMBERS_MAX = 100_000  # distinct members one counter remembers (chord parts)
 RESULT_READ_BUDGET_BYTES = 2 * 1024 * 1024  # values in one get_many / wait answer (>= 1 record)
+# Rate limits (``ratelimits``): a rate is ``count`` tokens per ``period_ms``; ``burst`` tokens
+# at most in a bucket. Integer token math stays exact within int64 at these bounds.
+RATE_COUNT = (1, 1_000_000_000)
+RATE_PERIOD_MS = (1, 24 * 3_600_000)  # 1 ms .. 1 day
+RATE_BURST = (1, 1_000_000_000)
+RATELIMIT_BUCKETS_MAX = 100_000  # buckets not yet full again (full ones are dropped)
 
 
 def name(value: Any, what: str = "name") -> str:

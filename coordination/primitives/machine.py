@@ -129,7 +129,15 @@ def _default_parts(sessions: Sessions) -> list[Part]:
     from coordination.primitives.cache import Cache
     from coordination.primitives.locks import Locks
     from coordination.primitives.queues import Queues
+    from coordination.primitives.ratelimits import RateLimits
     from coordination.primitives.results import Results
     from coordination.primitives.semaphores import Semaphores
 
-    return [Locks(sessions), Queues(sessions), Cache(sessions), Results(), Semaphores(sessions)]
+    return [
+        Locks(sessions),
+        Queues(sessions),
+        Cache(sessions),
+        Results(),
+        Semaphores(sessions),
+        RateLimits(),
+    ]

@@ -23,6 +23,8 @@ Checks:
   priority behind it.
 - **Semaphore limit and tokens** (``semaphore_clients``): never more than its limit of
   holders, no waiter beside a free slot, grant tokens strictly increasing.
+- **Rate limits** (``ratelimit_clients``): grants never exceed the burst plus what the rate
+  refilled over any span of log time, and each grant a client is told of is one in the log.
 - **Queue accounting** at the end: every acknowledged put is either acked by a consumer or still
   in the queue (ready, delayed, in flight or dead-lettered); nothing is delivered that was never
   put; every delivery of a message carries a different ``delivery_count``.
@@ -40,6 +42,7 @@ from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
 from coordination.simulation.cache_clients import CacheClients
 from coordination.simulation.clients import Request, RequestWait, SimClient
+from coordination.simulation.ratelimit_clients import RateLimitClients
 from coordination.simulation.semaphore_clients import KINDS as SEMAPHORE_KINDS
 from coordination.simulation.semaphore_clients import SemaphoreClients
 from raft_node.host.applier import Outcome, decode_command
@@ -76,6 +79,7 @@ class CoordinationWorkload:
         self.payload_seq = 0
         self.cache = CacheClients(self)
         self.semaphores = SemaphoreClients(self)
+        self.ratelimits = RateLimitClients(self)
 
     def __repr__(self) -> str:
         return f"pending {[cl.current.kind for cl in self.clients if cl.current]}"
@@ -112,6 +116,7 @@ class CoordinationWorkload:
         their ``RequestWait``s once the host has handled the whole Ready)."""
         self._check_state(node, entry.index)
         self._check_priority(node, entry, outcomes)
+        self.ratelimits.on_applied(node, entry, outcomes)
 
     # -- client loop ---------------------------------------------------------------------------
 
@@ -170,6 +175,9 @@ class CoordinationWorkload:
             return
         if rng.random() < 0.1:
             self.semaphores.next_op(cl)
+            return
+        if rng.random() < 0.2:
+            self.ratelimits.next_op(cl)
             return
         r = rng.random()  # lock and queue operations below
         if cl.held and r < 0.4:
@@ -255,6 +263,9 @@ class CoordinationWorkload:
             self.semaphores.finished(req, ok, value)
             if not ok and value[0] in ("session_expired", "unknown_session"):
                 self._session_lost(cl)
+            return
+        if kind == "take":
+            self.ratelimits.finished(req, ok, value)
             return
         if not ok:
             code = value[0]
@@ -403,4 +414,5 @@ class CoordinationWorkload:
     def check_history(self) -> tuple[int, int]:
         operations, states = self.cache.check()
         writes = [w for w in self.resource_writes if w[3]]
+        operations += self.ratelimits.check()
         return operations + len(writes) + len(self.puts), states

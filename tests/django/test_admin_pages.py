@@ -14,7 +14,7 @@ from coordination.templatetags.raftsync_admin import ms, percent
 from raft_node.testing.launcher import free_port
 
 BASE = "/admin/coordination/coordination/"
-PAGES = ["", "sessions/", "locks/", "queues/", "queues/a/b/", "cache/"]
+PAGES = ["", "sessions/", "locks/", "queues/", "queues/a/b/", "cache/", "ratelimits/"]
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_the_index_leads_to_the_pages():
     index = staff.get("/admin/").content.decode()
     assert f'href="{BASE}"' in index and ">Cluster<" in index
     app = staff.get("/admin/coordination/").content.decode()
-    for page in ("", "sessions/", "locks/", "queues/", "cache/"):
+    for page in ("", "sessions/", "locks/", "queues/", "cache/", "ratelimits/"):
         assert f'href="{BASE}{page}"' in app
 
 

@@ -22,9 +22,18 @@ from coordination.client.aio import (
     AsyncQueue,
     AsyncSession,
 )
+from coordination.client.ratelimit import AsyncRateLimit
 from coordination.client.semaphores import AsyncSemaphore
 
-ASYNC_TYPES = (AsyncCoordinator, AsyncLock, AsyncMessage, AsyncQueue, AsyncSession, AsyncSemaphore)
+ASYNC_TYPES = (
+    AsyncCoordinator,
+    AsyncLock,
+    AsyncMessage,
+    AsyncQueue,
+    AsyncSession,
+    AsyncSemaphore,
+    AsyncRateLimit,
+)
 CALL_LIMIT = 120.0  # no contract call may hang a test run
 
 

@@ -28,6 +28,7 @@ from coordination.client.aio import (
     AsyncQueue,
     AsyncSession,
 )
+from coordination.client.ratelimit import AsyncRateLimit, RateLimit
 from coordination.client.semaphores import AsyncSemaphore, Semaphore
 from coordination.exceptions import (
     AuthenticationFailed,
@@ -413,9 +414,10 @@ PAIRS = [
     (Queue, AsyncQueue),
     (Message, AsyncMessage),
     (Semaphore, AsyncSemaphore),
+    (RateLimit, AsyncRateLimit),
 ]
 ONLY_BLOCKING = {"new_client", "thread_session", "default_session"}  # threads; a property
-HANDLE_MAKERS = {"lock", "queue", "semaphore"}  # no I/O: they make a handle
+HANDLE_MAKERS = {"lock", "queue", "semaphore", "rate_limit"}  # no I/O: they make a handle
 
 
 @pytest.mark.parametrize(("blocking", "asynchronous"), PAIRS)
