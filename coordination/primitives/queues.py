@@ -56,6 +56,7 @@ from __future__ import annotations
 from typing import Any
 
 from coordination.primitives import limits
+from coordination.primitives import queues_keys as keys
 from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
 from coordination.primitives.errors import (
     BAD_COMMAND,
@@ -65,7 +66,6 @@ from coordination.primitives.errors import (
     UNKNOWN_QUEUE,
     reject,
 )
-from coordination.primitives import queues_keys as keys
 from coordination.primitives.queues_keys import DEDUP_MAX_ENTRIES, DEFAULT_DEDUP_WINDOW_MS
 from coordination.primitives.queues_state import DLQ_SUFFIX, QueueState, is_dlq
 from coordination.primitives.sessions import Sessions

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from search_depth import examples
 
-from coordination.primitives import errors, limits
-from coordination.primitives import queues_keys
+from coordination.primitives import errors, limits, queues_keys
 from coordination.primitives.machine import CoordinationMachine
 from coordination.primitives.queues import DEFAULT_MAX_DELIVERIES, Queues
 from raft_node.core.fsm import CommandRejected, Pending
