@@ -53,6 +53,7 @@ UNAVAILABLE = "unavailable"
 AUTH_FAILED = "auth_failed"
 NOT_ACQUIRED = "not_acquired"
 STALE_TOKEN = "stale_token"
+ALREADY_QUEUED = "already_queued"  # a @once task whose key is held by a queued or running task
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ _TABLE = (
     ErrorCode(AUTH_FAILED, exc.AuthenticationFailed, 500, ENGINE),
     ErrorCode(NOT_ACQUIRED, exc.LockNotAcquired, 409, CLIENT),
     ErrorCode(STALE_TOKEN, exc.StaleToken, 409, CLIENT),
+    ErrorCode(ALREADY_QUEUED, exc.AlreadyQueued, 409, CLIENT),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _TABLE}

@@ -84,21 +84,7 @@ def distributed_lock(
             check_key_template(key, signature, getattr(fn, "__qualname__", repr(fn)))
 
         def lock_key(args: tuple, kwargs: dict) -> str:
-            if callable(key):
-                return key(*args, **kwargs)
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-            for param in signature.parameters.values():
-                if param.kind is param.VAR_KEYWORD:  # f(**kw): its names count as arguments
-                    arguments.update(arguments.pop(param.name, {}))
-            try:
-                return key.format(**arguments)
-            except (KeyError, IndexError, AttributeError) as exc:
-                raise LockKeyError(
-                    f"lock key template {key!r}: this call of {fn.__qualname__} gives no "
-                    f"value for {exc.args[0]!r}"
-                ) from None
+            return build_key(key, signature, args, kwargs, fn.__qualname__)
 
         def conflict(name: str) -> Any:
             task = _running_task()
@@ -181,6 +167,31 @@ def check_key_template(key: Any, signature: inspect.Signature, where: str) -> No
                 f"lock key template {key!r} names {{{root}}}, which is not a parameter of "
                 f"{where}{signature}"
             )
+
+
+def build_key(
+    key: str | Callable[..., str],
+    signature: inspect.Signature,
+    args: tuple | list,
+    kwargs: dict[str, Any],
+    where: str,
+) -> str:
+    """``key`` for one call: the callable's answer, or the template formatted with the call's
+    *bound* arguments (so ``f(1)`` and ``f(customer_id=1)`` give the same key)."""
+    if callable(key):
+        return key(*args, **kwargs)
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_KEYWORD:  # f(**kw): its names count as arguments
+            arguments.update(arguments.pop(param.name, {}))
+    try:
+        return key.format(**arguments)
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise LockKeyError(
+            f"lock key template {key!r}: this call of {where} gives no value for {exc.args[0]!r}"
+        ) from None
 
 
 def _running_task() -> Any:
