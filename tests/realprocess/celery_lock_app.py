@@ -19,6 +19,7 @@ django.setup()
 from celery import Celery  # noqa: E402
 
 from coordination.celery.decorators import current_lock, distributed_lock  # noqa: E402
+from coordination.celery.once import once  # noqa: E402
 
 app = Celery("raft-locks")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -57,3 +58,13 @@ def sleep(tag: str, seconds: float) -> None:
 @app.task(name="lock_test.mark")
 def mark(tag: str) -> None:
     record("ran", tag)
+
+
+@once(key="once:{customer}")
+@app.task(bind=True, name="once_test.report")
+def once_report(self, customer: str, tag: str, seconds: float) -> None:
+    """A ``@once`` task (test_celery_once.py); a redelivered run takes 0.3 s, not ``seconds``."""
+    record("start", tag, customer)
+    redelivered = (self.request.delivery_info or {}).get("redelivered")
+    time.sleep(0.3 if redelivered else seconds)
+    record("end", tag, customer)
