@@ -66,7 +66,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from coordination.celery import bindings as celery_bindings
 from coordination.celery import connect
-from coordination.celery.once import held_key
+from coordination.celery.once import held_key, report_duplicate
 from coordination.client.coordinator import Coordinator, Session
 from coordination.exceptions import (
     AlreadyQueued,
@@ -136,7 +136,10 @@ class Channel(virtual.Channel):
             return
         put = self.coord.queue(queue).put
         result = put(body, priority=priority, delay=delay, hold_key=hold[0], tag=hold[1])
-        if result.duplicate and result.tag != hold[1]:  # same tag: a publish retried, landed
+        # Same tag: this very task's publish retried after its first put landed. Else tell
+        # the apply_async hook; with no hook to tell (send_task), raise.
+        duplicate = result.duplicate and result.tag != hold[1]
+        if duplicate and not report_duplicate(hold[0], result.tag or ""):
             raise AlreadyQueued(hold[0], result.tag or "")
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
