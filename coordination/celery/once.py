@@ -20,8 +20,8 @@ How a send flows:
 
 - ``apply_async``/``delay`` (the hook below, installed on Celery's base ``Task`` like
   ``coordination.celery.lock_option``) computes the key from the call's *bound* arguments
-  (``build_key``; bad templates fail at decoration, a key past ``limits.NAME_MAX_BYTES`` or a
-  non-``raft://`` broker fails here, typed) and passes it in the message headers;
+  (``build_key``; bad templates fail at decoration, a key past ``limits.NAME_MAX_BYTES`` fails
+  here, typed) and passes it in the message headers;
 - the ``before_task_publish`` handler stamps the header for sends that bypass the hook
   (``app.send_task`` by name, when the task is registered in ``current_app``);
 - the ``raft://`` transport (``Channel._put``) sends it as the put's held key with the task id
@@ -37,7 +37,8 @@ key must outlive the message's delivery: without it the worker acks, and frees t
 task *starts*. A ``retry()`` republishes without the key (the original message still holds it
 until the retrying run is acked, so a duplicate may slip in between that ack and the retry's
 run). Keys are per queue: the same key routed to two queues is two keys. Only ``raft://`` holds
-keys: other brokers raise ``OnceUnsupported`` at send time rather than run unguarded.
+keys in the queue; other brokers get a session-held cluster lock instead
+(``coordination.celery.once_fallback``, with weaker guarantees listed there).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ from typing import Any
 
 from celery import Task, current_app
 from celery.signals import before_task_publish
-from django.core.exceptions import ImproperlyConfigured
 
+from coordination.celery import once_fallback
 from coordination.celery.decorators import build_key, check_key_template
 from coordination.exceptions import AlreadyQueued, LimitExceeded, LockKeyError
 from coordination.primitives import limits
@@ -65,21 +66,18 @@ __all__ = [
     "ONCE_HEADER",
     "POLICIES",
     "AlreadyQueued",
-    "OnceUnsupported",
     "held_key",
     "once",
     "report_duplicate",
 ]
 
 
-class OnceUnsupported(ImproperlyConfigured):
-    """A ``@once`` task sent through a broker that cannot hold keys (only ``raft://`` can)."""
-
-
 def once(
-    key: str | Callable[..., str], *, on_duplicate: str = "return"
+    key: str | Callable[..., str], *, on_duplicate: str = "return", coordinator: Any = None
 ) -> Callable[[Any], Any]:
-    """Mark a Celery task (apply it above ``@app.task``/``@shared_task``) as once-per-key."""
+    """Mark a Celery task (apply it above ``@app.task``/``@shared_task``) as once-per-key.
+    ``coordinator``: the cluster client of the lock fallback on non-``raft://`` brokers
+    (default: the process's, from the Django settings)."""
     if on_duplicate not in POLICIES:
         raise ValueError(f"on_duplicate must be one of {POLICIES}, not {on_duplicate!r}")
 
@@ -88,7 +86,7 @@ def once(
             raise TypeError("@once goes above @app.task (it marks a Celery task)")
         if not callable(key):
             check_key_template(key, inspect.signature(task.run), task.name)
-        task.once = {"key": key, "on_duplicate": on_duplicate}
+        task.once = {"key": key, "on_duplicate": on_duplicate, "coordinator": coordinator}
         task.acks_late = True  # the key lives until the ack: after the task, not before it
         return task
 
@@ -152,10 +150,7 @@ def _teach_celery() -> None:
             return plain(self, args, kwargs, *more, **options)
         key = once_key(self, args, kwargs)
         if not _is_raft(self.app):
-            raise OnceUnsupported(
-                f"@once task {self.name} needs the raft:// broker to hold its key "
-                f"(this app's broker is {str(self.app.conf.broker_url).split('://')[0]}://)"
-            )
+            return once_fallback.send(self, plain, key, args, kwargs, more, options)
         options["headers"] = {**(options.get("headers") or {}), ONCE_HEADER: key}
         slot: dict[str, tuple[str, str]] = {}
         token = _outcome.set(slot)

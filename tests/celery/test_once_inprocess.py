@@ -5,13 +5,17 @@ revoked task) is in ``tests/realprocess/test_celery_once.py``."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
 from celery import Celery
+from celery.contrib.testing.worker import start_worker
 
 import coordination  # noqa: F401  (registers raft:// with kombu)
-from coordination.celery.once import ONCE_HEADER, OnceUnsupported, held_key, once
+import coordination.client.operations as ops
+from coordination.celery.once import ONCE_HEADER, held_key, once
 from coordination.client import Coordinator
 from coordination.client.aio import AsyncCoordinator
 from coordination.exceptions import AlreadyQueued, LimitExceeded, LockKeyError
@@ -112,14 +116,40 @@ def test_bad_options_fail_when_written_or_sent(inprocess_cluster: InProcessClust
 
     with pytest.raises(LimitExceeded):
         long_key.delay("x" * 300)
+
+
+def test_other_brokers_hold_a_session_lock_until_the_worker_ends_the_task(coord) -> None:
+    """memory:// stands for Redis/RabbitMQ: the lock fallback, with a real (threaded) worker."""
     memory = Celery("once-mem", broker="memory://", set_as_current=False)
+    memory.conf.task_default_queue = "once-mem-q"
+    ran: list[int] = []
+    gate = threading.Event()
 
-    @once(key="k:{n}")
+    @once(key="m:{n}", coordinator=coord)
     @memory.task(name="once.memory", shared=False)
-    def elsewhere(n: int) -> None: ...
+    def elsewhere(n: int) -> None:
+        gate.wait(10)
+        ran.append(n)
 
-    with pytest.raises(OnceUnsupported):
-        elsewhere.delay(1)
+    def holders() -> list[str]:
+        return [h["owner"] for h in coord.run(ops.lock_inspect("once:m:1"))["holders"]]
+
+    first = elsewhere.delay(1)
+    assert holders() == [first.id]  # owned by the task id, in the producer's session
+    assert elsewhere.delay(1).id == first.id
+    elsewhere.once = {**elsewhere.once, "on_duplicate": "raise"}
+    with pytest.raises(AlreadyQueued) as info:
+        elsewhere.delay(n=1)
+    assert info.value.task_id == first.id
+    elsewhere.once = {**elsewhere.once, "on_duplicate": "return"}
+    with start_worker(memory, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        gate.set()
+        deadline = time.monotonic() + 10
+        while holders():  # task_postrun in the worker releases it for the producer
+            assert time.monotonic() < deadline, "the worker never released the key"
+            time.sleep(0.02)
+    assert ran == [1]
+    assert elsewhere.delay(1).id != first.id  # free again
 
 
 def test_held_key_header_rules() -> None:
