@@ -146,7 +146,7 @@ def _teach_celery() -> None:
 
     def apply_async(self: Any, args: Any = None, kwargs: Any = None, *more: Any, **options: Any):
         spec = getattr(self, "once", None)
-        if not spec:
+        if not spec or options.get("retries"):  # a retry() re-sends without the key
             return plain(self, args, kwargs, *more, **options)
         key = once_key(self, args, kwargs)
         if not _is_raft(self.app):

@@ -79,7 +79,9 @@ def test_return_policy_gives_the_queued_task_and_raise_policy_raises(
     with pytest.raises(AlreadyQueued) as info:
         job_raise.delay(1)
     assert info.value.task_id == first.id and info.value.key == "r:1"
-    assert coord.queue("once-a-q").stats()["depth"] == 2
+    retried = job.apply_async((1,), task_id=first.id, retries=1)  # what retry() sends
+    assert retried.id == first.id  # queued, not swallowed as a duplicate of itself
+    assert coord.queue("once-a-q").stats()["depth"] == 3
     coord.queue("once-a-q").purge()
     assert job.delay(1).id != first.id  # purge freed it
 
@@ -142,13 +144,18 @@ def test_other_brokers_hold_a_session_lock_until_the_worker_ends_the_task(coord)
         elsewhere.delay(n=1)
     assert info.value.task_id == first.id
     elsewhere.once = {**elsewhere.once, "on_duplicate": "return"}
+    # what retry() sends from a worker (another thread: another session) is queued, not taken
+    # for a duplicate of the run that is retrying (the lock is that run's) and dropped
+    retry = threading.Thread(target=elsewhere.apply_async, args=((1,),), kwargs={"retries": 1})
+    retry.start()
+    retry.join(10)
     with start_worker(memory, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         gate.set()
         deadline = time.monotonic() + 10
         while holders():  # task_postrun in the worker releases it for the producer
             assert time.monotonic() < deadline, "the worker never released the key"
             time.sleep(0.02)
-    assert ran == [1]
+    assert ran == [1, 1]
     assert elsewhere.delay(1).id != first.id  # free again
 
 
