@@ -56,6 +56,7 @@ AUTH_FAILED = "auth_failed"
 NOT_ACQUIRED = "not_acquired"
 STALE_TOKEN = "stale_token"
 RATE_LIMITED = "rate_limited"
+ALREADY_QUEUED = "already_queued"  # a @once task whose key is held by a queued or running task
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ _TABLE = (
     ErrorCode(NOT_ACQUIRED, exc.LockNotAcquired, 409, CLIENT),
     ErrorCode(STALE_TOKEN, exc.StaleToken, 409, CLIENT),
     ErrorCode(RATE_LIMITED, exc.RateLimited, 429, CLIENT),
+    ErrorCode(ALREADY_QUEUED, exc.AlreadyQueued, 409, CLIENT),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _TABLE}

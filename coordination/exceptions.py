@@ -20,6 +20,7 @@ from raft_node.client import (
 )
 
 __all__ = [
+    "AlreadyQueued",
     "AuthenticationFailed",
     "BadRequest",
     "ClusterUnavailable",
@@ -145,6 +146,21 @@ class LockNotAcquired(CoordinationError):
     @classmethod
     def from_record(cls, code: str, message: str, details: dict[str, Any]) -> LockNotAcquired:
         return cls(str(details.get("lock", "")), message)
+
+
+class AlreadyQueued(CoordinationError):
+    """A ``@once`` task was sent while a task with the same key is queued or running; its id is
+    ``task_id`` (so the caller can follow the existing run: ``AsyncResult(task_id)``)."""
+
+    def __init__(self, key: str, task_id: str, message: str = "") -> None:
+        message = message or f"a task with once key {key!r} is already queued ({task_id})"
+        super().__init__("already_queued", message, {"key": key, "task_id": task_id})
+        self.key, self.task_id = key, task_id
+        self.args = (key, task_id, message)
+
+    @classmethod
+    def from_record(cls, code: str, message: str, details: dict[str, Any]) -> AlreadyQueued:
+        return cls(str(details.get("key", "")), str(details.get("task_id", "")), message)
 
 
 class LockKeyError(ValueError):

@@ -150,9 +150,7 @@ def key_function(
         check_key_template(key, signature, where, what)
 
     def make_key(args: tuple, kwargs: dict) -> str:
-        if callable(key):
-            return key(*args, **kwargs)
-        return format_key(key, signature, args, kwargs, where, what)
+        return build_key(key, signature, args, kwargs, where, what)
 
     return make_key
 
@@ -210,6 +208,22 @@ def check_key_template(
                 f"{what} key template {key!r} names {{{root}}}, which is not a parameter of "
                 f"{where}{signature}"
             )
+
+
+def build_key(
+    key: str | Callable[..., str],
+    signature: inspect.Signature,
+    args: tuple | list,
+    kwargs: dict[str, Any],
+    where: str,
+    what: str = "lock",
+) -> str:
+    """``key`` for one call: the callable's answer, or the template formatted with the call's
+    *bound* arguments (``format_key``). Used where the signature is known apart from a function
+    (``@once`` keys a task's ``apply_async`` arguments)."""
+    if callable(key):
+        return key(*args, **kwargs)
+    return format_key(key, signature, tuple(args), kwargs, where, what)
 
 
 def _running_task() -> Any:

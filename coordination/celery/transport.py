@@ -66,8 +66,10 @@ from kombu.utils.url import maybe_sanitize_url
 
 from coordination.celery import bindings as celery_bindings
 from coordination.celery import connect
+from coordination.celery.once import held_key, report_duplicate
 from coordination.client.coordinator import Coordinator, Session
 from coordination.exceptions import (
+    AlreadyQueued,
     NotHolder,
     SessionExpired,
     UnknownMessage,
@@ -125,8 +127,20 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = message.get("properties", {}).get("priority") or 0
         priority = max(0, min(9, int(priority)))
-        delay = eta_delay(message.get("headers") or {})
-        self.coord.queue(queue).put(json.dumps(message).encode(), priority=priority, delay=delay)
+        headers = message.get("headers") or {}
+        delay = eta_delay(headers)
+        hold = held_key(headers)  # a @once task: its key is held while the message is queued
+        body = json.dumps(message).encode()
+        if hold is None:
+            self.coord.queue(queue).put(body, priority=priority, delay=delay)
+            return
+        put = self.coord.queue(queue).put
+        result = put(body, priority=priority, delay=delay, hold_key=hold[0], tag=hold[1])
+        # Same tag: this very task's publish retried after its first put landed. Else tell
+        # the apply_async hook; with no hook to tell (send_task), raise.
+        duplicate = result.duplicate and result.tag != hold[1]
+        if duplicate and not report_duplicate(hold[0], result.tag or ""):
+            raise AlreadyQueued(hold[0], result.tag or "")
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         return self._fetch(queue, 1)[0][1]

@@ -442,10 +442,17 @@ class AsyncQueue:
         return await self.coord.run(op)
 
     async def put(
-        self, payload: bytes, *, priority: int = 0, dedup_id: str | None = None, delay: float = 0.0
-    ) -> int:
-        op = ops.queue_put(self.name, payload, priority, dedup_id, delay)
-        return (await self.coord.run(op))["id"]
+        self,
+        payload: bytes,
+        *,
+        priority: int = 0,
+        dedup_id: str | None = None,
+        delay: float = 0.0,
+        hold_key: str | None = None,
+        tag: str = "",
+    ) -> ops.PutResult:
+        op = ops.queue_put(self.name, payload, priority, dedup_id, delay, hold_key, tag)
+        return ops.PutResult(await self.coord.run(op))
 
     async def get(
         self,

@@ -475,10 +475,15 @@ class Queue:
         priority: int = 0,
         dedup_id: str | None = None,
         delay: float = 0.0,
-    ) -> int:
-        """Enqueue; returns the message id. With ``dedup_id``, a repeat within the queue's dedup
-        window returns the first id and enqueues nothing (exactly-once enqueue)."""
-        return self.coord.run(ops.queue_put(self.name, payload, priority, dedup_id, delay))["id"]
+        hold_key: str | None = None,
+        tag: str = "",
+    ) -> ops.PutResult:
+        """Enqueue; returns the message id (a ``PutResult``: an ``int`` with ``duplicate`` and
+        ``tag``). With ``dedup_id``, a repeat within the queue's dedup window returns the first
+        id and enqueues nothing (exactly-once enqueue). With ``hold_key``, a repeat while the
+        first message is still in the queue does the same and carries the first put's ``tag``."""
+        op = ops.queue_put(self.name, payload, priority, dedup_id, delay, hold_key, tag)
+        return ops.PutResult(self.coord.run(op))
 
     def get(
         self, *, wait: float = 0.0, visibility: float | None = 30.0, session: Session | None = None

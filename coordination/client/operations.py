@@ -175,16 +175,38 @@ def queue_declare(
     return write(c.queue_declare(name, max_deliveries, _ms_or_none(dedup_window), max_depth))
 
 
+class PutResult(int):
+    """A put's message id (an ``int``, as ``put`` always returned) that also says whether the
+    put was a duplicate and, for a held-key duplicate, the first producer's ``tag``."""
+
+    duplicate: bool
+    tag: str | None
+
+    def __new__(cls, row: dict[str, Any]) -> PutResult:
+        result = super().__new__(cls, row["id"])
+        result.duplicate, result.tag = bool(row["duplicate"]), row.get("tag")
+        return result
+
+    def __repr__(self) -> str:
+        return f"PutResult(id={int(self)}, duplicate={self.duplicate}, tag={self.tag!r})"
+
+
 def queue_put(
     name: str,
     payload: bytes,
     priority: int = 0,
     dedup_id: str | None = None,
     delay: float = 0.0,
+    hold_key: str | None = None,
+    tag: str = "",
 ) -> Operation[dict[str, Any]]:
     """``{"id", "duplicate"}``: with ``dedup_id``, a repeat within the dedup window returns the
-    first id and enqueues nothing."""
-    return write(c.queue_put(name, payload, priority, dedup_id, ms(delay)))
+    first id and enqueues nothing. With ``hold_key``, a put while a message put with that key is
+    still in the queue (ready, delayed or in flight) returns that message's id and its ``tag``
+    (``{"id", "duplicate": True, "tag"}``) and enqueues nothing; the key is free again in the
+    entry that acks, dead-letters or purges the message."""
+    hold = None if hold_key is None else (hold_key, tag)
+    return write(c.queue_put(name, payload, priority, dedup_id, ms(delay), hold))
 
 
 def lease_ms(visibility: float | None) -> int | None:

@@ -112,9 +112,18 @@ def queue_declare(
 
 
 def queue_put(
-    name: str, payload: bytes, priority: int = 0, dedup_id: str | None = None, delay_ms: int = 0
+    name: str,
+    payload: bytes,
+    priority: int = 0,
+    dedup_id: str | None = None,
+    delay_ms: int = 0,
+    hold: tuple[str, str] | None = None,
 ) -> bytes:
-    return _cmd("queue.put", name, payload, priority, dedup_id, delay_ms)
+    """``hold``: ``(key, tag)`` held while the message is in the queue; without it the command
+    is the 5-argument form every version understands."""
+    if hold is None:
+        return _cmd("queue.put", name, payload, priority, dedup_id, delay_ms)
+    return _cmd("queue.put", name, payload, priority, dedup_id, delay_ms, list(hold))
 
 
 def queue_get(session: int, name: str, wait_ms: int, visibility_ms: int | None) -> bytes:

@@ -28,10 +28,10 @@ Design notes (the contract the clients and the kombu transport rely on):
 - **Depth** (ready + delayed + in flight) is limited per queue by ``max_depth``; a put beyond it
   is rejected, ``requeue_dead`` stops at it. Requeues never need room (the message is already
   counted).
-- **Dedup.** A put with a ``dedup_id`` seen in the same queue less than ``dedup_window_ms`` ago
-  (log time) returns the first id with ``duplicate: True`` and changes nothing, even if that
-  message is gone already. Entries are forgotten when the window passes (tick), and at most
-  ``DEDUP_MAX_ENTRIES`` per queue are kept (oldest forgotten first). A window of 0 disables it.
+- **Dedup and held keys** (``queues_keys``): a put repeating a ``dedup_id`` within the queue's
+  ``dedup_window_ms``, or a *held* key whose message is still in the queue (until the entry that
+  acks, dead-letters, purges or drops it), returns the first id with ``duplicate: True`` and
+  changes nothing.
 - **Batches.** ``get_many`` leases up to ``max_count`` ready messages in one entry (a consumer
   with room for several pays one commit), answering a list; ``get_any`` does the same from the
   first of several queues with messages, and blocked, waits in all of them at once;
@@ -56,6 +56,7 @@ from __future__ import annotations
 from typing import Any
 
 from coordination.primitives import limits
+from coordination.primitives import queues_keys as keys
 from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
 from coordination.primitives.errors import (
     BAD_COMMAND,
@@ -65,12 +66,11 @@ from coordination.primitives.errors import (
     UNKNOWN_QUEUE,
     reject,
 )
+from coordination.primitives.queues_keys import DEDUP_MAX_ENTRIES, DEFAULT_DEDUP_WINDOW_MS
 from coordination.primitives.queues_state import DLQ_SUFFIX, QueueState, is_dlq
 from coordination.primitives.sessions import Sessions
 
 DEFAULT_MAX_DELIVERIES = 5
-DEFAULT_DEDUP_WINDOW_MS = 300_000
-DEDUP_MAX_ENTRIES = 100_000  # per queue
 MAX_GET_ANY_QUEUES = 32  # queues one get_any may wait on
 REASON_MAX_DELIVERIES = "max_deliveries"
 REASON_REJECTED = "rejected"
@@ -87,16 +87,6 @@ def _queue_name(value: Any) -> str:
             f"(its dead-letter queue name needs {len(DLQ_SUFFIX)} more)",
         )
     return name
-
-
-def _dedup_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        reject(BAD_COMMAND, "dedup_id must be a non-empty string or null")
-    if len(value.encode()) > limits.NAME_MAX_BYTES:
-        reject(LIMIT, f"dedup_id longer than {limits.NAME_MAX_BYTES} bytes")
-    return value
 
 
 def _msg_id(value: Any) -> int:
@@ -170,19 +160,23 @@ class Queues:
         return q.config()
 
     def put(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
-        """``[name, payload, priority, dedup_id, delay_ms]`` -> ``{"id", "duplicate"}``."""
-        name, payload, priority, dedup_id, delay = limits.args(args, 5, "queue.put")
+        """``[name, payload, priority, dedup_id, delay_ms(, hold)]`` -> ``{"id", "duplicate"}``
+        (a held-key duplicate adds the first put's ``"tag"``). ``hold`` is ``None`` or
+        ``[key, tag]``; commands without it (5 arguments) are as valid as ever."""
+        if len(args) == 5:
+            args = [*args, None]
+        name, payload, priority, dedup_id, delay, hold = limits.args(args, 6, "queue.put")
         name = _queue_name(name)
         payload = limits.blob(payload, limits.PAYLOAD_MAX_BYTES, "payload")
         priority = limits.integer(priority, (limits.PRIORITY_MIN, limits.PRIORITY_MAX), "priority")
-        dedup_id = _dedup_id(dedup_id)
+        dedup_id = keys.dedup_id(dedup_id)
         delay = limits.integer(delay, limits.DELAY_MS, "delay_ms")
+        hold = keys.hold(hold)
         q = self.queues.get(name)
         if q is not None:
-            if dedup_id is not None:
-                seen = q.dedup.get(dedup_id)
-                if seen is not None and seen[1] > ctx.now_ms:
-                    return {"id": seen[0], "duplicate": True}
+            duplicate = keys.duplicate_of(q, dedup_id, hold, ctx.now_ms)
+            if duplicate is not None:
+                return duplicate
             if len(q.messages) >= q.max_depth:
                 reject(LIMIT, f"queue {name!r} is full ({q.max_depth} messages)")
         else:
@@ -191,13 +185,7 @@ class Queues:
         q.messages[mid] = [payload, priority, 0, None]
         q.total_put += 1
         self._enqueue(q, mid, ctx.now_ms, delay)
-        if dedup_id is not None and q.dedup_window_ms > 0:
-            q.dedup.pop(dedup_id, None)
-            expires = ctx.now_ms + q.dedup_window_ms
-            q.dedup[dedup_id] = [mid, expires]
-            self._deadlines.push(expires, ("x", name, dedup_id))
-            while len(q.dedup) > DEDUP_MAX_ENTRIES:
-                del q.dedup[next(iter(q.dedup))]
+        keys.remember(q, mid, dedup_id, hold, ctx.now_ms, self._deadlines)
         self._flush(ctx)
         return {"id": mid, "duplicate": False}
 
@@ -258,7 +246,7 @@ class Queues:
         sid, name, mid = limits.args(args, 3, "queue.ack")
         q, mid = self._leased(sid, name, mid)
         self._unlease(q, mid)
-        del q.messages[mid]
+        q.remove(mid)
         q.total_acked += 1
         return True
 
@@ -280,7 +268,7 @@ class Queues:
                 unknown.append(mid)
                 continue
             self._unlease(q, mid)
-            del q.messages[mid]
+            q.remove(mid)
             q.total_acked += 1
             acked += 1
         return {"acked": acked, "unknown": unknown}
@@ -320,7 +308,7 @@ class Queues:
         removed = [*q.clear_ready(), *q.delayed]
         q.delayed = {}
         for mid in removed:
-            del q.messages[mid]
+            q.remove(mid)
         return len(removed)
 
     def delete(self, ctx: Ctx, args: list[Any]) -> bool:
@@ -359,7 +347,7 @@ class Queues:
         moved = 0
         while dlq is not None and dlq.ready and moved < max_count and len(q.messages) < q.max_depth:
             mid = dlq.pop_ready()
-            payload, priority, _, _ = dlq.messages.pop(mid)
+            payload, priority, _, _ = dlq.remove(mid)
             q.messages[mid] = [payload, priority, 0, None]
             q.push_ready(mid)
             moved += 1
@@ -520,7 +508,7 @@ class Queues:
             self._enqueue(q, mid, ctx.now_ms, delay)
 
     def _dead_letter(self, q: QueueState, mid: int, reason: str) -> None:
-        payload, priority, count, _ = q.messages.pop(mid)
+        payload, priority, count, _ = q.remove(mid)
         q.total_dead_lettered += 1
         if q.is_dlq:
             q.dropped += 1

@@ -10,6 +10,10 @@ exactly one of three places, recorded by membership:
 - ``delayed``: ``id -> visible_at_ms``;
 - ``inflight``: ``id -> [session, lease_deadline_ms]`` (deadline None: held until the session ends).
 
+A message put with a *held* key (``coordination.primitives.queues_keys``) is in ``held``
+(``key -> [id, tag]``) and ``held_of`` (``id -> key``) for exactly as long as it is in
+``messages``: every removal goes through ``remove``, which frees the key in the same entry.
+
 ``dead_letter`` is ``None``, or for a message in a dead-letter queue the dict
 ``{"reason", "from_queue", "delivery_count", "original_id"}``.
 """
@@ -35,6 +39,8 @@ class QueueState:
         "dedup_window_ms",
         "delayed",
         "dropped",
+        "held",
+        "held_of",
         "inflight",
         "max_deliveries",
         "max_depth",
@@ -62,6 +68,8 @@ class QueueState:
         self.inflight: dict[int, list[Any]] = {}
         self.waiters: dict[int, None] = {}  # tokens of blocked gets, FIFO
         self.dedup: dict[str, list[int]] = {}  # dedup_id -> [msg_id, expires_ms], oldest first
+        self.held: dict[str, list[Any]] = {}  # held key -> [msg_id, tag], put order
+        self.held_of: dict[int, str] = {}  # msg_id -> its held key
         self.total_put = 0
         self.total_acked = 0
         self.total_dead_lettered = 0  # sent to the DLQ (or dropped) from this queue
@@ -91,6 +99,20 @@ class QueueState:
         self.ready = []
         self.ready_by_priority = [0] * PRIORITIES
         return ids
+
+    # -- held keys ------------------------------------------------------------------------------
+
+    def hold(self, key: str, mid: int, tag: str) -> None:
+        self.held[key] = [mid, tag]
+        self.held_of[mid] = key
+
+    def remove(self, mid: int) -> list[Any]:
+        """Take ``mid`` out of ``messages`` (the caller has taken it out of ready, delayed or
+        in flight) and free its held key: the one way a message leaves a queue."""
+        key = self.held_of.pop(mid, None)
+        if key is not None:
+            del self.held[key]
+        return self.messages.pop(mid)
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -146,12 +168,13 @@ class QueueState:
             [[mid, *lease] for mid, lease in self.inflight.items()],
             [[key, *entry] for key, entry in self.dedup.items()],
             list(self.waiters),
+            [[key, *entry] for key, entry in self.held.items()],  # optional: absent before
         ]
 
     @classmethod
     def from_state(cls, state: list[Any]) -> QueueState:
         name, max_deliveries, window, depth, counters, msgs, ready, delayed, inflight, dedup, w = (
-            state
+            state[:11]
         )
         q = cls(name, max_deliveries, window, depth)
         q.total_put, q.total_acked, q.total_dead_lettered, q.dropped = counters
@@ -163,4 +186,6 @@ class QueueState:
         q.inflight = {row[0]: list(row[1:]) for row in inflight}
         q.dedup = {row[0]: list(row[1:]) for row in dedup}
         q.waiters = dict.fromkeys(w)
+        for key, mid, tag in state[11] if len(state) > 11 else ():  # older snapshots: none
+            q.hold(key, mid, tag)
         return q

@@ -25,6 +25,8 @@ Checks:
   holders, no waiter beside a free slot, grant tokens strictly increasing.
 - **Rate limits** (``ratelimit_clients``): grants never exceed the burst plus what the rate
   refilled over any span of log time, and each grant a client is told of is one in the log.
+- **Held keys**: after every entry, no two live messages of a queue were put with the same held
+  key (a third of the puts carry one of three keys).
 - **Queue accounting** at the end: every acknowledged put is either acked by a consumer or still
   in the queue (ready, delayed, in flight or dead-lettered); nothing is delivered that was never
   put; every delivery of a message carries a different ``delivery_count``.
@@ -115,6 +117,7 @@ class CoordinationWorkload:
         """Checks on the replicated state after each entry (answers reach the clients through
         their ``RequestWait``s once the host has handled the whole Ready)."""
         self._check_state(node, entry.index)
+        self._check_held_keys(node)
         self._check_priority(node, entry, outcomes)
         self.ratelimits.on_applied(node, entry, outcomes)
 
@@ -214,7 +217,11 @@ class CoordinationWorkload:
             self.payload_seq += 1
             payload = f"{cl.name}/{self.payload_seq}".encode()
             prio = rng.randrange(0, 10)
-            body = c.queue_put(QUEUES[0], payload, prio, None, rng.choice((0, 0, 300)))
+            hold = None
+            if self.payload_seq % 3 == 0:  # a held key (``@once``), named in the payload
+                hold = (f"h{prio % 3}", cl.name)
+                payload += f"/{hold[0]}".encode()
+            body = c.queue_put(QUEUES[0], payload, prio, None, rng.choice((0, 0, 300)), hold)
             self.start(cl, body, "put", {"payload": payload})
         elif rng.random() < 0.3:
             count = rng.randrange(2, 5)
@@ -364,6 +371,20 @@ class CoordinationWorkload:
                     if h["token"] < last:
                         raise Violation(f"{name} token went back: {last} -> {h['token']}")
                     self.last_exclusive_token[name] = h["token"]
+
+    def _check_held_keys(self, node: SimNode) -> None:
+        """Never two live messages (ready, delayed or in flight) put with one held key. Read
+        from the payloads, not from the part's own key table, so a table that forgets a key
+        while its message lives is caught too."""
+        assert node.host is not None
+        part = node.host.state_machine.part("queues")
+        for name in QUEUES:
+            q = part.queues.get(name)
+            if q is None:
+                continue
+            keys = [p[0].rsplit(b"/", 1)[1] for p in q.messages.values() if b"/h" in p[0]]
+            if len(keys) != len(set(keys)):
+                raise Violation(f"two live messages of {name} share a held key: {sorted(keys)}")
 
     def _check_priority(self, node: SimNode, entry: Entry, outcomes: list[Outcome]) -> None:
         """A ``queue.get`` served at once took the highest-priority ready message: nothing of a

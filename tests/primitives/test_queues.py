@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from search_depth import examples
 
-from coordination.primitives import errors, limits
-from coordination.primitives import queues as queues_module
+from coordination.primitives import errors, limits, queues_keys
 from coordination.primitives.machine import CoordinationMachine
 from coordination.primitives.queues import DEFAULT_MAX_DELIVERIES, Queues
 from raft_node.core.fsm import CommandRejected, Pending
@@ -65,8 +64,10 @@ class Node:
         return self.do("session.open", ttl_ms, "worker")["session"]
 
     def put(self, name: str, payload: bytes = b"x", priority: int = 0, **kw: Any) -> int:
-        result = self.do("queue.put", name, payload, priority, kw.get("dedup"), kw.get("delay", 0))
-        return result["id"]
+        args = [name, payload, priority, kw.get("dedup"), kw.get("delay", 0)]
+        if "hold" in kw:
+            args.append(kw["hold"])
+        return self.do("queue.put", *args)["id"]
 
     def get(self, sid: int, name: str, wait: int = 0, vis: int = VIS) -> Any:
         return self.do("queue.get", sid, name, wait, vis)
@@ -97,6 +98,8 @@ def check_invariants(part: Queues) -> None:
         for token in q.waiters:
             waits_in = part.waiters[token][1]
             assert name in waits_in if isinstance(waits_in, list) else waits_in == name
+        assert {entry[0]: key for key, entry in q.held.items()} == q.held_of, "held index"
+        assert set(q.held_of) <= set(q.messages), "a held key of a message gone"
     assert {s: set(v) for s, v in part._leases_by_session.items()} == leases
     registered = sum(len(w[1]) if isinstance(w[1], list) else 1 for w in part.waiters.values())
     assert sum(len(q.waiters) for q in part.queues.values()) == registered
@@ -201,11 +204,116 @@ def test_dedup_of_full_queue_is_still_a_duplicate(node: Node) -> None:
 
 
 def test_dedup_memory_is_bounded(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queues_module, "DEDUP_MAX_ENTRIES", 3)
+    monkeypatch.setattr(queues_keys, "DEDUP_MAX_ENTRIES", 3)
     ids = [node.put("q", dedup=f"k{i}") for i in range(4)]
     assert list(node.queues.queues["q"].dedup) == ["k1", "k2", "k3"]  # oldest forgotten
     assert node.do("queue.put", "q", b"x", 0, "k0", 0)["duplicate"] is False
     assert node.do("queue.put", "q", b"x", 0, "k3", 0) == {"id": ids[3], "duplicate": True}
+
+
+# -- held keys (``once`` semantics) ------------------------------------------------------------
+
+
+def _held_put(node: Node, name: str, key: str, tag: str, **kw: Any) -> dict[str, Any]:
+    return node.do("queue.put", name, b"x", 0, kw.get("dedup"), kw.get("delay", 0), [key, tag])
+
+
+def test_held_key_is_a_duplicate_while_queued_and_freed_on_ack(node: Node) -> None:
+    sid = node.session()
+    first = _held_put(node, "q", "report:1", "task-a")
+    assert first == {"id": first["id"], "duplicate": False}
+    assert _held_put(node, "q", "report:1", "task-b") == {
+        "id": first["id"], "duplicate": True, "tag": "task-a"
+    }
+    assert node.stats("q")["depth"] == 1 and node.stats("q")["total_put"] == 1
+    other = _held_put(node, "q", "report:2", "task-c")  # another key is independent
+    assert other["duplicate"] is False
+    node.get(sid, "q")  # in flight: still held
+    assert _held_put(node, "q", "report:1", "task-d")["duplicate"] is True
+    assert node.do("queue.ack", sid, "q", first["id"]) is True
+    again = _held_put(node, "q", "report:1", "task-e")  # freed in the ack's entry
+    assert again["duplicate"] is False and again["id"] > first["id"]
+
+
+def test_held_key_freed_by_ack_many(node: Node) -> None:
+    sid = node.session()
+    mid = _held_put(node, "q", "k", "t")["id"]
+    node.get(sid, "q")
+    node.do("queue.ack_many", sid, "q", [mid])
+    assert _held_put(node, "q", "k", "t2")["duplicate"] is False
+
+
+def test_held_key_kept_across_redelivery_and_delay(node: Node) -> None:
+    sid = node.session()
+    mid = _held_put(node, "q", "k", "t", delay=5_000)["id"]
+    assert _held_put(node, "q", "k", "u")["duplicate"] is True  # delayed counts
+    node.tick(5_000)
+    assert node.get(sid, "q", vis=1_000)["id"] == mid
+    node.tick(1_000)  # lease expired: redelivered, still the holder
+    assert _held_put(node, "q", "k", "u") == {"id": mid, "duplicate": True, "tag": "t"}
+    node.do("queue.nack", sid, "q", node.get(sid, "q")["id"], True, 0)  # nack + requeue
+    assert _held_put(node, "q", "k", "u")["duplicate"] is True
+    node.do("session.close", sid)  # session-held lease ends with the session: redelivered
+    assert _held_put(node, "q", "k", "u")["duplicate"] is True
+    assert node.stats("q")["depth"] == 1
+
+
+def test_held_key_freed_when_dead_lettered(node: Node) -> None:
+    sid = node.session()
+    node.do("queue.declare", "q", 1, None, None)
+    mid = _held_put(node, "q", "k", "t")["id"]
+    node.get(sid, "q")
+    node.do("queue.nack", sid, "q", mid, False, 0)  # rejected: to q.dlq
+    assert node.stats("q")["dead_letters"] == 1
+    assert _held_put(node, "q", "k", "t2")["duplicate"] is False
+    mid2 = node.queues.queues["q"].held["k"][0]
+    node.get(sid, "q")
+    node.do("queue.nack", sid, "q", mid2, True, 0)  # max_deliveries 1 reached: to the DLQ
+    assert node.stats("q")["dead_letters"] == 2
+    assert _held_put(node, "q", "k", "t3")["duplicate"] is False
+    node.do("queue.requeue_dead", "q", 10)  # back from the DLQ without a key
+    assert list(node.queues.queues["q"].held) == ["k"]
+
+
+def test_held_key_freed_by_purge_and_delete(node: Node) -> None:
+    sid = node.session()
+    leased = _held_put(node, "q", "leased", "t")["id"]
+    _held_put(node, "q", "ready", "t")
+    _held_put(node, "q", "later", "t", delay=60_000)
+    assert node.do("queue.get", sid, "q", 0, VIS)["id"] == leased
+    assert node.do("queue.purge", "q") == 2
+    assert _held_put(node, "q", "later", "t2")["duplicate"] is False
+    assert _held_put(node, "q", "ready", "t2")["duplicate"] is False
+    assert _held_put(node, "q", "leased", "t2")["id"] == leased  # leases stay, so does it
+    node.do("queue.delete", "q")
+    assert _held_put(node, "q", "leased", "t3")["duplicate"] is False
+
+
+def test_held_key_rejects_bad_input_and_full_queue(node: Node) -> None:
+    node.rejected(errors.BAD_COMMAND, "queue.put", "q", b"x", 0, None, 0, ["k"])
+    node.rejected(errors.BAD_COMMAND, "queue.put", "q", b"x", 0, None, 0, ["", "t"])
+    node.rejected(errors.BAD_COMMAND, "queue.put", "q", b"x", 0, None, 0, ["k", 5])
+    node.rejected(errors.LIMIT, "queue.put", "q", b"x", 0, None, 0, ["k" * 201, "t"])
+    node.rejected(errors.LIMIT, "queue.put", "q", b"x", 0, None, 0, ["k", "t" * 129])
+    node.rejected(errors.BAD_COMMAND, "queue.put", "q", b"x", 0, None, 0, None, 1)
+    node.do("queue.declare", "q", None, None, 1)
+    first = _held_put(node, "q", "k", "t")["id"]
+    assert _held_put(node, "q", "k", "t")["id"] == first  # a duplicate needs no room
+    node.rejected(errors.LIMIT, "queue.put", "q", b"x", 0, None, 0, ["k2", "t"])
+
+
+def test_held_keys_snapshot_round_trip_and_old_snapshots(node: Node) -> None:
+    mid = _held_put(node, "q", "k", "t")["id"]
+    replica = Node()
+    replica.m.restore(node.m.snapshot())
+    replica.index, replica.now = node.index, node.now
+    assert queue_state(replica.m) == queue_state(node.m)
+    assert _held_put(replica, "q", "k", "u") == {"id": mid, "duplicate": True, "tag": "t"}
+    old = node.queues.to_state()
+    old[0] = [row[:11] for row in old[0]]  # a snapshot taken before held keys existed
+    older = Node()
+    older.queues.from_state(old)
+    assert older.queues.queues["q"].held == {} and len(older.queues.queues["q"].messages) == 1
 
 
 def test_full_dead_letter_queue_drops_and_counts(node: Node) -> None:
@@ -712,6 +820,7 @@ class MMsg:
     at: int | None = 0  # visible at (delayed) or lease deadline (inflight; None: session-held)
     holder: int | None = None
     dead: tuple[Any, ...] | None = None
+    hold: tuple[str, str] | None = None  # (held key, tag) while in its own queue
 
 
 class QueueModel(RuleBasedStateMachine):
@@ -738,6 +847,10 @@ class QueueModel(RuleBasedStateMachine):
     def ready(self, queue: str) -> list[MMsg]:
         ready = [m for m in self.msgs.values() if m.queue == queue and m.state == "ready"]
         return sorted(ready, key=lambda m: (-m.priority, m.id))
+
+    def held(self, queue: str) -> dict[str, MMsg]:
+        """Held key -> the live message of ``queue`` holding it (in the model, derived)."""
+        return {m.hold[0]: m for m in self.msgs.values() if m.queue == queue and m.hold}
 
     def depth(self, queue: str) -> int:
         return sum(1 for m in self.msgs.values() if m.queue == queue)
@@ -772,7 +885,7 @@ class QueueModel(RuleBasedStateMachine):
             del self.msgs[m.id]
             self.finished.add(m.id)
             return
-        m.dead = (reason, m.queue, m.count, m.id)
+        m.dead, m.hold = (reason, m.queue, m.count, m.id), None  # the DLQ frees a held key
         m.queue += ".dlq"
         self.known.add(m.queue)
         m.count, m.state = 0, "ready"
@@ -784,12 +897,23 @@ class QueueModel(RuleBasedStateMachine):
         priority=st.sampled_from([0, 1, 5, 9]),
         delay=st.sampled_from([0, 0, 0, 1_500]),
         dedup=st.sampled_from([None, None, "k1", "k2"]),
+        hold=st.sampled_from([None, None, "h1", "h2", "h3"]),
     )
-    def put(self, queue: str, priority: int, delay: int, dedup: str | None) -> None:
+    def put(
+        self, queue: str, priority: int, delay: int, dedup: str | None, hold: str | None
+    ) -> None:
         self.counter += 1
         payload = b"p%d" % self.counter
         seen = self.dedup.get((queue, dedup)) if dedup else None
-        args = (queue, payload, priority, dedup, delay)
+        tag = f"t{self.counter}"
+        args: tuple[Any, ...] = (queue, payload, priority, dedup, delay)
+        if hold is not None or self.counter % 2:  # old 5-argument commands stay in the mix
+            args = (*args, None if hold is None else [hold, tag])
+        holder = self.held(queue).get(hold) if hold else None
+        if holder is not None:
+            expected = {"id": holder.id, "duplicate": True, "tag": holder.hold[1]}
+            assert self.node.do("queue.put", *args) == expected
+            return
         if seen is not None and seen[1] > self.node.now:
             assert self.node.do("queue.put", *args) == {"id": seen[0], "duplicate": True}
             return
@@ -800,6 +924,7 @@ class QueueModel(RuleBasedStateMachine):
         assert self.node.do("queue.put", *args) == {"id": mid, "duplicate": False}
         self.put_ids.add(mid)
         m = self.msgs[mid] = MMsg(mid, queue, priority, payload)
+        m.hold = (hold, tag) if hold else None
         if delay:
             m.state, m.at = "delayed", self.node.now + delay
         if dedup and CONFIG[queue][1]:
@@ -1007,6 +1132,9 @@ class QueueModel(RuleBasedStateMachine):
             for m in self.msgs.values()
         }
         assert actual == model
+        for name, q in part.queues.items():
+            held = {key: [m.id, m.hold[1]] for key, m in self.held(name).items() if m.hold}
+            assert q.held == held, f"held keys of {name!r}"
         # no acknowledged put lost: every put is still somewhere, or was acked/purged/dropped
         assert self.put_ids == set(self.msgs) | self.finished
         assert set(part.queues) == self.known

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from coordination.primitives import locks, queues, semaphores
+from coordination.primitives import locks, queues, queues_keys, semaphores
 from coordination.simulation.workload import CoordinationWorkload
 from raft_node.sim.cluster import Simulation, SimulationFailure
 
@@ -59,6 +59,13 @@ def test_queue_accounting_catches_a_queue_that_drops_expired_leases(monkeypatch)
     monkeypatch.setattr(queues.Queues, "_redeliver", drop)
     failures = _sweep(range(60), until="acknowledged puts lost")
     assert any("acknowledged puts lost" in f for f in failures), failures[:2]
+
+
+def test_held_key_check_catches_a_queue_that_ignores_held_keys(monkeypatch) -> None:
+    plain = queues_keys.duplicate_of
+    monkeypatch.setattr(queues_keys, "duplicate_of", lambda q, d, held, now: plain(q, d, None, now))
+    failures = _sweep(range(60), until="share a held key")
+    assert any("share a held key" in f for f in failures), failures[:2]
 
 
 def test_cache_linearizability_check_catches_writes_that_skip_l1_holders(monkeypatch) -> None:

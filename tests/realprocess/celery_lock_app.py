@@ -19,6 +19,7 @@ django.setup()
 from celery import Celery  # noqa: E402
 
 from coordination.celery.decorators import current_lock, distributed_lock  # noqa: E402
+from coordination.celery.once import once  # noqa: E402
 from coordination.celery.semaphores import current_slot, distributed_semaphore  # noqa: E402
 
 app = Celery("raft-locks")
@@ -77,3 +78,13 @@ def sem_hold_one(self, key: str, tag: str, seconds: float) -> None:
     record("start", tag, key, token)
     time.sleep(seconds)
     record("end", tag, key, token)
+
+
+@once(key="once:{customer}")
+@app.task(bind=True, name="once_test.report")
+def once_report(self, customer: str, tag: str, seconds: float) -> None:
+    """A ``@once`` task (test_celery_once.py); a redelivered run takes 0.3 s, not ``seconds``."""
+    record("start", tag, customer)
+    redelivered = (self.request.delivery_info or {}).get("redelivered")
+    time.sleep(0.3 if redelivered else seconds)
+    record("end", tag, customer)
