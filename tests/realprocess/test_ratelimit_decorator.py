@@ -99,7 +99,7 @@ def test_a_task_over_the_limit_is_resent_with_the_countdown_and_keeps_its_retrie
     app = Celery("rl-unit", broker="memory://")
     runs = []
 
-    @app.task(bind=True, max_retries=0)  # any counted retry would be MaxRetriesExceeded
+    @app.task(bind=True, max_retries=0, shared=False)  # a counted retry: MaxRetriesExceeded
     @rate_limit("2/s", key=uid, burst=1, coordinator=coord)
     def job(self, i):
         runs.append(i)
@@ -127,7 +127,7 @@ def test_a_task_over_the_limit_is_resent_with_the_countdown_and_keeps_its_retrie
 def test_an_eager_task_blocks_instead_of_retrying(coord, uid):
     app = Celery("rl-eager", broker="memory://")
 
-    @app.task(rate_limit=None)
+    @app.task(rate_limit=None, shared=False)
     @rate_limit("10/s", key=uid, burst=1, coordinator=coord)
     def job(i):
         return i
