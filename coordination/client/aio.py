@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import coordination.client.operations as ops
 from coordination.client.coordinator import settings_arguments
 from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
+from coordination.client.election import AsyncElection
 from coordination.client.operations import EXCLUSIVE, Operation
 from coordination.client.ratelimit import AsyncRateLimit
 from coordination.client.semaphores import AsyncSemaphore
@@ -172,6 +173,12 @@ class AsyncCoordinator:
 
     async def deadlocks(self) -> Any:
         return await self.run(ops.lock_deadlocks())
+
+    # -- elections (``coordination.client.election``) ------------------------------------------
+
+    def election(self, name: str, *, session: AsyncSession | None = None) -> AsyncElection:
+        """As ``Coordinator.election``; without a session, the coordinator's default one."""
+        return AsyncElection(self, name, session)
 
     # -- semaphores (``coordination.client.semaphores``) ---------------------------------------
 

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import coordination.client.operations as ops
 from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
+from coordination.client.election import Election
 from coordination.client.operations import EXCLUSIVE, SHARED, WAIT_MARGIN, Operation
 from coordination.client.ratelimit import RateLimit
 from coordination.client.semaphores import Semaphore
@@ -236,6 +237,14 @@ class Coordinator:
 
     def deadlocks(self) -> Any:
         return self.run(ops.lock_deadlocks())
+
+    # -- elections (``coordination.client.election``) ------------------------------------------
+
+    def election(self, name: str, *, session: Session | None = None) -> Election:
+        """A handle on election ``name`` (an exclusive lock ``election:<name>``): ``campaign``,
+        ``resign``, ``leader``, ``is_leader``, ``observe``. Leadership lives as long as
+        ``session`` (default: the thread's session at the first campaign)."""
+        return Election(self, name, session)
 
     # -- semaphores (``coordination.client.semaphores``) ---------------------------------------
 

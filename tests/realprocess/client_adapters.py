@@ -22,6 +22,7 @@ from coordination.client.aio import (
     AsyncQueue,
     AsyncSession,
 )
+from coordination.client.election import AsyncElection
 from coordination.client.ratelimit import AsyncRateLimit
 from coordination.client.semaphores import AsyncSemaphore
 
@@ -33,6 +34,7 @@ ASYNC_TYPES = (
     AsyncSession,
     AsyncSemaphore,
     AsyncRateLimit,
+    AsyncElection,
 )
 CALL_LIMIT = 120.0  # no contract call may hang a test run
 
