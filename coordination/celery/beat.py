@@ -33,6 +33,7 @@ its own start, so an interval entry fires at once on takeover (once) and then on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -151,10 +152,9 @@ class ElectedScheduler(Scheduler):
         """Forget the election and close the session (releasing anything it still holds)."""
         session, self._session, self._election = self._session, None, None
         if session is not None:
-            try:
+            # best effort: the cluster may have ended it already
+            with contextlib.suppress(CoordinationError, RaftError, OSError):
                 session.close()
-            except (CoordinationError, RaftError, OSError):  # best effort: it may be gone
-                pass
 
     # -- celery.beat.Scheduler hooks ------------------------------------------------------------
 
@@ -177,10 +177,8 @@ class ElectedScheduler(Scheduler):
             super().close()
         finally:
             if self._election is not None and self.active:
-                try:
+                with contextlib.suppress(CoordinationError, RaftError, OSError):
                     self._election.resign()
-                except (CoordinationError, RaftError, OSError):
-                    pass
             self._drop_session()
             if self._coord is not None:
                 self._coord.close()

@@ -8,6 +8,7 @@ takes over. Every send is a marker line written by the beat process at publish t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -101,9 +102,7 @@ def test_one_active_beat_survives_pause_and_kill(
         os.kill(second, signal.SIGKILL)
         by_pid[second].wait(10)
         killed_second = time.time()
-        _wait_for(
-            lambda: any(s[2] > killed_second for s in _sends(markers)), 4 * TTL, "a takeover"
-        )
+        _wait_for(lambda: any(s[2] > killed_second for s in _sends(markers)), 4 * TTL, "a takeover")
         time.sleep(max(0.0, started + 30 - time.time()))
         ended = time.time()
     finally:
@@ -123,7 +122,7 @@ def test_one_active_beat_survives_pause_and_kill(
     duplicates = sorted({x for x in seconds if seconds.count(x) > 1})
     after_resume = [s for s in sends if s[1] == first and s[2] > resumed_at]
     senders = {s[1] for s in sends}
-    gaps = [b[2] - a[2] for a, b in zip(sends, sends[1:], strict=False)]
+    gaps = [b[2] - a[2] for a, b in itertools.pairwise(sends)]
     third = ({b.pid for b in beats} - {first, second}).pop()
     print(
         f"sends={len(sends)} senders={len(senders)} duplicates={len(duplicates)} "
