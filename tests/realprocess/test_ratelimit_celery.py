@@ -110,6 +110,8 @@ def test_fifty_per_second_over_four_workers_and_a_leader_kill(coordination_clust
     assert RATE * WINDOW * 0.95 <= total <= RATE * WINDOW * 1.05, total
     assert len(runs) < TASKS, "the tasks ran out: the window measured the supply, not the limit"
     times = [at for at, _ in window]
-    busiest = max(sum(1 for t in times[i:] if t < first + 1.0) for i, first in enumerate(times))
+    busiest = max(
+        sum(1 for t in times[i:] if t < first + 1.0) for i, first in enumerate(times)
+    )
     assert busiest <= RATE + BURST + JITTER, busiest
     print(f"\nruns in {WINDOW:.0f} s: {total}; busiest 1-s window: {busiest}")
