@@ -83,7 +83,10 @@ def test_one_active_beat_survives_pause_and_kill(
         _wait_for(lambda: len(_sends(markers)) >= 3, 60, "the first sends")
         first = _active(markers, 0)
 
-        # 1. Freeze the active beat for two TTLs: another takes over.
+        # 1. Freeze the active beat for two TTLs: another takes over. Frozen just after a send
+        # (not between its token check and its publish: the documented ~1 ms window).
+        count = len(_sends(markers))
+        _wait_for(lambda: len(_sends(markers)) > count, 10, "a send to freeze after")
         stopped_at = time.time()
         os.kill(first, signal.SIGSTOP)
         time.sleep(2 * TTL)
