@@ -2,8 +2,9 @@
 1 s schedule, for about 30 s: exactly one sends at a time. The active one is frozen (SIGSTOP)
 for two session TTLs, a standby takes over; resumed (SIGCONT) it must send nothing, finding
 its token stale; then it is killed with -9, and so is the beat active then, and the third
-takes over. Every send is a marker line written by the beat process at publish time
-(``celery_beat_app``), cross-checked against the messages that reached the cluster's queue."""
+takes over. A beat stopped cleanly (SIGTERM) hands over at once. Every send is a marker line
+written by the beat process at publish time (``celery_beat_app``), cross-checked against the
+messages that reached the cluster's queue."""
 
 from __future__ import annotations
 
@@ -31,14 +32,16 @@ MARGIN = 1.0
 QUEUE = "beatq"
 
 
-def _beat(cluster: LocalCluster, markers: Path, tmp: Path, n: int) -> subprocess.Popen:
+def _beat(
+    cluster: LocalCluster, markers: Path, tmp: Path, n: int, ttl: float = TTL, queue: str = QUEUE
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "RAFTSYNC_TEST_BROKER": ";".join(f"raft://{h}:{p}" for h, p in cluster.addresses.values()),
         "RAFTSYNC_CLUSTER_SECRET": cluster.secret,
         "RAFTSYNC_TEST_MARKERS": str(markers),
-        "RAFTSYNC_TEST_TTL": str(TTL),
-        "RAFTSYNC_TEST_QUEUE": QUEUE,
+        "RAFTSYNC_TEST_TTL": str(ttl),
+        "RAFTSYNC_TEST_QUEUE": queue,
     }
     cmd = [sys.executable, "-m", "celery", "-A", "tests.realprocess.celery_beat_app", "beat"]
     cmd += ["--loglevel", "INFO", "-s", str(tmp / f"beat-{n}"), "--pidfile", ""]
@@ -152,3 +155,34 @@ def _gap_after(sends: list[tuple[int, int, float]], at: float) -> float:
     before = [s[2] for s in sends if s[2] <= at]
     after = [s[2] for s in sends if s[2] > at]
     return (after[0] - before[-1]) if before and after else float("nan")
+
+
+def test_clean_shutdown_hands_over_at_once(
+    coordination_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """SIGTERM: the active beat resigns as it closes, so the standby takes over well before
+    the (long) session TTL would have run out."""
+    ttl = 8.0
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    beats = [
+        _beat(coordination_cluster, markers, tmp_path, n, ttl=ttl, queue=f"{QUEUE}-clean")
+        for n in range(2)
+    ]
+    try:
+        _wait_for(lambda: len(_sends(markers)) >= 2, 60, "the first sends")
+        active = _active(markers, 0)
+        standby = next(b for b in beats if b.pid != active)
+        stopped = time.time()
+        next(b for b in beats if b.pid == active).terminate()
+        _wait_for(
+            lambda: any(s[1] == standby.pid for s in _sends(markers)), ttl, "the standby's send"
+        )
+        takeover = next(s[2] for s in _sends(markers) if s[1] == standby.pid) - stopped
+    finally:
+        for beat in beats:
+            if beat.poll() is None:
+                beat.kill()
+            beat.wait(10)
+    print(f"takeover after SIGTERM: {takeover:.2f}s (TTL {ttl:g}s)")
+    assert takeover < ttl / 2
