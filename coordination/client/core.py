@@ -19,20 +19,28 @@ from coordination.exceptions import StaleToken
 from raft_node.client import ClusterUnavailable, RaftError, Timeout
 
 
-class LockHold:
-    """A handle on a named lock for one (session, owner): what to send to acquire, release and
-    renew it, and what the answers mean for the handle. Reentrant: nested acquires count."""
+class FencedHold:
+    """What a lock handle and a semaphore slot handle share: the fencing token and reentrant
+    count of one (session, owner)'s hold, kept from the cluster's answers. Subclasses say which
+    commands acquire and release (``_acquire_base``, ``_release_base``)."""
 
-    def __init__(self, name: str, mode: str, owner: str, wait: float | None) -> None:
-        if mode not in (EXCLUSIVE, SHARED):
-            raise ValueError(f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
-        self.name, self.mode, self.owner, self.wait = name, mode, owner, wait
+    name: str
+    owner: str
+    wait: float | None
+
+    def _init_hold(self) -> None:
         self.token: int | None = None
         self.count = 0
 
     def _wait_for(self, wait: float | None) -> float:
         """``wait``: None takes the handle's; None or 0 tries once."""
         return (self.wait if wait is None else wait) or 0.0
+
+    def _acquire_base(self, session_id: int, wait: float) -> ops.Operation[Any]:
+        raise NotImplementedError
+
+    def _release_base(self, session_id: int) -> ops.Operation[Any]:
+        raise NotImplementedError
 
     def _acquire_op(self, session_id: int, wait: float) -> ops.Operation[bool]:
         def granted(result: Any) -> bool:
@@ -42,7 +50,7 @@ class LockHold:
             self.count = result.get("count", self.count + 1)
             return True
 
-        base = ops.lock_acquire(session_id, self.name, self.mode, self.owner, wait)
+        base = self._acquire_base(session_id, wait)
         return ops.Operation(base.body, True, granted, base.wait)
 
     def _release_op(self, session_id: int) -> ops.Operation[None]:
@@ -51,8 +59,24 @@ class LockHold:
             if self.count == 0:
                 self.token = None
 
-        base = ops.lock_release(session_id, self.name, self.owner)
-        return ops.Operation(base.body, True, released)
+        return ops.Operation(self._release_base(session_id).body, True, released)
+
+
+class LockHold(FencedHold):
+    """A handle on a named lock for one (session, owner): what to send to acquire, release and
+    renew it, and what the answers mean for the handle. Reentrant: nested acquires count."""
+
+    def __init__(self, name: str, mode: str, owner: str, wait: float | None) -> None:
+        if mode not in (EXCLUSIVE, SHARED):
+            raise ValueError(f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
+        self.name, self.mode, self.owner, self.wait = name, mode, owner, wait
+        self._init_hold()
+
+    def _acquire_base(self, session_id: int, wait: float) -> ops.Operation[Any]:
+        return ops.lock_acquire(session_id, self.name, self.mode, self.owner, wait)
+
+    def _release_base(self, session_id: int) -> ops.Operation[Any]:
+        return ops.lock_release(session_id, self.name, self.owner)
 
     def _renew_op(self, session_id: int) -> ops.Operation[int]:
         return ops.lock_renew(session_id, self.name, self.owner)

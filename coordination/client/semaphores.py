@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 import coordination.client.operations as ops
-from coordination.client.core import require_current
+from coordination.client.core import FencedHold, require_current
 from coordination.errors import LIMIT, build
 from coordination.exceptions import SemaphoreNotAcquired
 from coordination.primitives import limits
@@ -41,37 +41,19 @@ def check_limit(limit: Any) -> int:
     return limit
 
 
-class SlotHold:
+class SlotHold(FencedHold):
     """One (session, owner)'s slot of a semaphore: token and re-entry count, and the
     operations that acquire and release it."""
 
     def __init__(self, name: str, limit: int, owner: str, wait: float | None) -> None:
         self.name, self.limit, self.owner, self.wait = name, check_limit(limit), owner, wait
-        self.token: int | None = None
-        self.count = 0
+        self._init_hold()
 
-    def _wait_for(self, wait: float | None) -> float:
-        return (self.wait if wait is None else wait) or 0.0
+    def _acquire_base(self, session_id: int, wait: float) -> ops.Operation[Any]:
+        return ops.sem_acquire(session_id, self.name, self.limit, self.owner, wait)
 
-    def _acquire_op(self, session_id: int, wait: float) -> ops.Operation[bool]:
-        def granted(result: Any) -> bool:
-            if not result or not result.get("acquired"):
-                return False
-            self.token = result["token"]
-            self.count = result.get("count", self.count + 1)
-            return True
-
-        base = ops.sem_acquire(session_id, self.name, self.limit, self.owner, wait)
-        return ops.Operation(base.body, True, granted, base.wait)
-
-    def _release_op(self, session_id: int) -> ops.Operation[None]:
-        def released(result: Any) -> None:
-            self.count = result.get("count", 0) if isinstance(result, dict) else 0
-            if self.count == 0:
-                self.token = None
-
-        base = ops.sem_release(session_id, self.name, self.owner)
-        return ops.Operation(base.body, True, released)
+    def _release_base(self, session_id: int) -> ops.Operation[Any]:
+        return ops.sem_release(session_id, self.name, self.owner)
 
 
 class Semaphore(SlotHold):

@@ -28,6 +28,7 @@ from coordination.client.aio import (
     AsyncQueue,
     AsyncSession,
 )
+from coordination.client.election import AsyncElection, Election
 from coordination.client.ratelimit import AsyncRateLimit, RateLimit
 from coordination.client.semaphores import AsyncSemaphore, Semaphore
 from coordination.exceptions import (
@@ -415,9 +416,10 @@ PAIRS = [
     (Message, AsyncMessage),
     (Semaphore, AsyncSemaphore),
     (RateLimit, AsyncRateLimit),
+    (Election, AsyncElection),
 ]
 ONLY_BLOCKING = {"new_client", "thread_session", "default_session"}  # threads; a property
-HANDLE_MAKERS = {"lock", "queue", "semaphore", "rate_limit"}  # no I/O: they make a handle
+HANDLE_MAKERS = {"lock", "queue", "semaphore", "rate_limit", "election"}  # they make a handle
 
 
 @pytest.mark.parametrize(("blocking", "asynchronous"), PAIRS)
@@ -429,6 +431,7 @@ def test_the_asyncio_client_has_every_operation_of_the_blocking_one(blocking, as
         if not inspect.isfunction(member):
             continue
         twin = getattr(asynchronous, name)
-        assert inspect.iscoroutinefunction(twin) == (name not in HANDLE_MAKERS), name
+        awaited = inspect.iscoroutinefunction(twin) or inspect.isasyncgenfunction(twin)
+        assert awaited == (name not in HANDLE_MAKERS), name  # an iterator: an async generator
         theirs = list(inspect.signature(member).parameters)
         assert list(inspect.signature(twin).parameters) == theirs, name
