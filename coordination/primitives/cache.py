@@ -87,7 +87,7 @@ from coordination.primitives.cache_store import (
     Change,
 )
 from coordination.primitives.cache_writes import CacheWrites
-from coordination.primitives.errors import BAD_COMMAND, EVICTED, UNKNOWN_KEY, reject
+from coordination.primitives.errors import EVICTED, UNKNOWN_KEY
 from coordination.primitives.sessions import Sessions
 from raft_node.core.fsm import CommandRejected
 
@@ -363,10 +363,8 @@ class Cache:
         return [self.store.read(key) for key in key_list(keys)]
 
     def keys(self, args: list[Any]) -> list[dict[str, Any]]:
-        prefix, limit = limits.args(args, 2, "cache.keys")
-        if not isinstance(prefix, str):
-            reject(BAD_COMMAND, "prefix must be a string")
-        return self.store.keys(prefix, limits.integer(limit, (1, limits.BATCH_MAX), "limit"))
+        prefix, limit = limits.prefix_and_limit(args, "cache.keys")
+        return self.store.keys(prefix, limit)
 
     def stats(self, args: list[Any]) -> dict[str, Any]:
         limits.args(args, 0, "cache.stats")

@@ -93,3 +93,16 @@ def args(values: list[Any], count: int, op: str) -> list[Any]:
     if len(values) != count:
         reject(BAD_COMMAND, f"{op} takes {count} arguments, got {len(values)}")
     return values
+
+
+def prefix_and_limit(
+    values: list[Any], op: str, most: int | None = None, optional: bool = False
+) -> tuple[str, int | None]:
+    """A listing query's ``[prefix, limit]`` (``limit`` in 1..``most``, default ``BATCH_MAX``).
+    ``optional``: no arguments at all mean every name, ``("", None)``."""
+    if optional and not values:
+        return "", None
+    prefix, limit = args(values, 2, op)
+    if not isinstance(prefix, str):
+        reject(BAD_COMMAND, "prefix must be a string")
+    return prefix, integer(limit, (1, BATCH_MAX if most is None else most), "limit")

@@ -387,12 +387,7 @@ class Locks:
 
     def list(self, args: list[Any]) -> list[dict[str, Any]]:
         """Every lock with holders or waiters, by name; ``[prefix, limit]`` narrows it."""
-        prefix, limit = "", None
-        if args:
-            prefix, limit = limits.args(args, 2, "lock.list")
-            if not isinstance(prefix, str):
-                reject(BAD_COMMAND, "prefix must be a string")
-            limit = limits.integer(limit, (1, limits.BATCH_MAX), "limit")
+        prefix, limit = limits.prefix_and_limit(args, "lock.list", optional=True)
         names = sorted(n for n in self.locks if n.startswith(prefix))
         return [
             {

@@ -187,10 +187,7 @@ class RateLimits:
         return None if bucket is None else bucket.view(key, self.now_ms)
 
     def list(self, args: list[Any]) -> list[dict[str, Any]]:
-        prefix, limit = limits.args(args, 2, "ratelimit.list")
-        if not isinstance(prefix, str):
-            reject(BAD_COMMAND, "prefix must be a string")
-        limit = limits.integer(limit, (1, LIST_MAX), "limit")
+        prefix, limit = limits.prefix_and_limit(args, "ratelimit.list", most=LIST_MAX)
         keys = sorted(k for k in self.buckets if k.startswith(prefix))[:limit]
         return [self.buckets[k].view(k, self.now_ms) for k in keys]
 

@@ -283,12 +283,7 @@ class Semaphores:
 
     def list(self, args: list[Any]) -> list[dict[str, Any]]:
         """Every semaphore with holders or waiters, by name; ``[prefix, limit]`` narrows it."""
-        prefix, count = "", None
-        if args:
-            prefix, count = limits.args(args, 2, "sem.list")
-            if not isinstance(prefix, str):
-                reject(BAD_COMMAND, "prefix must be a string")
-            count = limits.integer(count, (1, limits.BATCH_MAX), "limit")
+        prefix, count = limits.prefix_and_limit(args, "sem.list", optional=True)
         names = sorted(n for n in self.sems if n.startswith(prefix))
         return [
             {
