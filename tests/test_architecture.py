@@ -273,3 +273,13 @@ def test_a_core_import_from_coordination_is_refused(tmp_path: Path) -> None:
         "coordination.bad (line 2) imports raft_node.core.ready",
         "coordination.sly (line 1) imports raft_node.Role (a core re-export)",
     ]
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """tests/ has no ``__init__.py`` (pytest's rootdir-relative "prepend" import mode): two test
+    files with one basename would make the second an import error, on a fresh checkout only."""
+    tests = Path(__file__).resolve().parent
+    seen: dict[str, Path] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        other = seen.setdefault(path.name, path)
+        assert other == path, f"{path} and {other} share a basename"
