@@ -9,6 +9,7 @@ goes through the proxy; clients always talk to nodes directly).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,8 +25,41 @@ from raft_node.testing.faultproxy import FaultProxy
 Address = tuple[str, int]
 
 
+_PORTS = random.Random()  # seeded from the OS: parallel test workers pick different ports
+_GIVEN: set[int] = set()  # handed out by this process (not bound yet, so a bind test passes)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port that nothing listens on now, from *below* the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to 0) comes from the ephemeral range, which every
+    outgoing connection on the machine draws from too: between this call and the node's bind,
+    a client socket (a test's, a worker's) may take it, and the node dies with "address already
+    in use" (seen under three busy test workers). Ports below that range are only taken by
+    explicit binds, so a random one that binds now stays free far more reliably.
+    """
+    low = 20_000
+    high = min(_ephemeral_range()[0], 65_536) - 1
+    for _ in range(200) if high > low else ():
+        port = _PORTS.randint(low, high)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    with socket.socket() as s:  # an unusual port range: let the kernel choose
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -4,7 +4,10 @@ scheduler (``coordination.celery.beat``) with the test cluster as its ``raft://`
 Its one schedule entry is due at every whole second of the wall clock (``WholeSeconds``), so
 the beats share one timetable: two beats sending for the same second would be a duplicate.
 Every send is recorded, in the beat process at publish time, as a line
-``sent <scheduled second> <pid> <time>`` in ``RAFTSYNC_TEST_MARKERS``/events.
+``sent <scheduled second> <pid> <time>`` in ``RAFTSYNC_TEST_MARKERS``/events. The scheduled
+second is the one in which ``is_due`` found the entry due (the beat publishes right after, on
+the same thread), not the publish time's: on a loaded machine a publish may cross into the
+next second, and labelling by it would count two ticks as one second.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ app.conf.beat_election_ttl = float(os.environ.get("RAFTSYNC_TEST_TTL", "2"))
 app.conf.beat_max_loop_interval = 1.0
 
 
+_due_second = [0]  # the second of the last tick found due (the beat loop is one thread)
+
+
 class WholeSeconds(schedule):
     """Due once per whole second of the wall clock (the second after the last run's)."""
 
@@ -37,7 +43,10 @@ class WholeSeconds(schedule):
     def is_due(self, last_run_at: datetime) -> schedstate:
         now = time.time()
         until_next = max(0.001, math.floor(now) + 1 - now)
-        return schedstate(math.floor(now) > math.floor(last_run_at.timestamp()), until_next)
+        due = math.floor(now) > math.floor(last_run_at.timestamp())
+        if due:
+            _due_second[0] = math.floor(now)
+        return schedstate(due, until_next)
 
     def __reduce__(self) -> Any:
         return self.__class__, ()
@@ -54,6 +63,6 @@ def tick() -> None:
 @after_task_publish.connect
 def record(sender: str | None = None, **kwargs: Any) -> None:
     now = time.time()
-    line = f"sent {math.floor(now)} {os.getpid()} {now:.3f}\n"
+    line = f"sent {_due_second[0]} {os.getpid()} {now:.3f}\n"
     with (Path(os.environ["RAFTSYNC_TEST_MARKERS"]) / "events").open("a") as f:
         f.write(line)
