@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.urls import path, register_converter
 
+from coordination.api import election_views as ev
 from coordination.api import ratelimit_views as rl
 from coordination.api import schema
 from coordination.api import semaphore_views as sv
@@ -41,6 +42,10 @@ urlpatterns = [
     path("semaphores/<name:name>/acquire/", sv.SemaphoreAcquireView.as_view()),
     path("semaphores/<name:name>/release/", sv.SemaphoreReleaseView.as_view()),
     path("semaphores/<name:name>/check/", sv.SemaphoreCheckView.as_view()),
+    path("elections/<name:name>/", ev.ElectionView.as_view()),
+    path("elections/<name:name>/campaign/", ev.ElectionCampaignView.as_view()),
+    path("elections/<name:name>/resign/", ev.ElectionResignView.as_view()),
+    path("elections/<name:name>/check/", ev.ElectionCheckView.as_view()),
     path("queues/<name:name>/", v.QueueView.as_view()),
     path("queues/<name:name>/messages/", v.QueueMessagesView.as_view()),
     path("queues/<name:name>/get/", v.QueueGetView.as_view()),
