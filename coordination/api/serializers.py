@@ -29,12 +29,21 @@ class QueuePut(serializers.Serializer):
     priority = serializers.IntegerField(min_value=0, max_value=9, default=0)
     dedup_id = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
     delay = serializers.FloatField(min_value=0, max_value=7 * 24 * 3600, default=0)
+    # A held key (what @once uses): no other put with it is queued while this message is in the
+    # queue; a duplicate answers the first message's id and tag.
+    hold_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+    tag = serializers.CharField(
+        max_length=limits.OWNER_MAX_BYTES, required=False, allow_blank=True, default=""
+    )
 
 
 class QueueGet(serializers.Serializer):
     session = serializers.IntegerField(min_value=1)
     wait = serializers.FloatField(min_value=0, max_value=300, default=0)
-    visibility = serializers.FloatField(min_value=1, max_value=12 * 3600, default=30)
+    # null: a session-held lease (no deadline; it ends by ack, nack or the session ending).
+    visibility = serializers.FloatField(
+        min_value=1, max_value=12 * 3600, default=30, allow_null=True
+    )
 
 
 class QueueAck(serializers.Serializer):

@@ -184,7 +184,15 @@ class QueueMessagesView(Primitive):
     def post(self, request: Request, name: str) -> Response:
         data = _valid(s.QueuePut, request)
         payload = data["payload"].encode()
-        op = ops.queue_put(name, payload, data["priority"], data["dedup_id"], data["delay"])
+        op = ops.queue_put(
+            name,
+            payload,
+            data["priority"],
+            data["dedup_id"],
+            data["delay"],
+            hold_key=data["hold_key"],
+            tag=data["tag"],
+        )
         result = coordinator().run(op)
         return Response(result, status=status.HTTP_201_CREATED)
 

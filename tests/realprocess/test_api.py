@@ -196,3 +196,28 @@ def test_operator_endpoints_requeue_dead_letters_and_transfer_leadership(
     assert coordination_cluster.wait_for_leader() == target
     unknown = operator.post("/api/cluster/transfer/", {"to": "n9"}, format="json")
     assert unknown.status_code == 400, unknown.content
+
+
+def test_held_keys_and_session_held_leases_over_http(api_settings):
+    """``hold_key`` (what ``@once`` uses): a duplicate while the first message is queued or
+    leased answers the first id and tag; the ack frees the key. ``visibility: null`` leases for
+    as long as the session lives (no deadline)."""
+    api = _client("use_primitives")
+    session = api.post("/api/sessions/", {"ttl": 10}, format="json").json()["session"]
+    url = "/api/queues/held-api/messages/"
+    body = {"payload": "report", "hold_key": "report:7", "tag": "task-1"}
+    first = api.post(url, body, format="json").json()
+    assert first["duplicate"] is False
+    again = api.post(url, {**body, "tag": "task-2"}, format="json").json()
+    assert again == {"id": first["id"], "duplicate": True, "tag": "task-1"}
+    got = api.post(
+        "/api/queues/held-api/get/", {"session": session, "visibility": None}, format="json"
+    ).json()
+    assert got["id"] == first["id"] and got["lease_expires_ms"] is None
+    leased = api.post(url, {**body, "tag": "task-3"}, format="json").json()
+    assert leased["duplicate"] is True  # still held while the message is in flight
+    api.post(f"{url}{first['id']}/ack/", {"session": session}, format="json")
+    freed = api.post(url, {**body, "tag": "task-4"}, format="json").json()
+    assert freed["duplicate"] is False and freed["id"] != first["id"]
+    too_long = api.post(url, {"payload": "x", "hold_key": "k" * 201}, format="json")
+    assert too_long.status_code == 400 and "hold_key" in too_long.json()
