@@ -67,6 +67,17 @@ class LoopThread:
         return value
 
     def stop(self) -> None:
+        """Cancel what the test left running (the keepalive tasks of sessions it did not close,
+        as a process exiting would), then stop and close the loop: a pending task on a closed
+        loop is reported as "Task was destroyed but it is pending" when collected."""
+
+        async def cancel_the_rest() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_the_rest(), self.loop).result(CALL_LIMIT)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
