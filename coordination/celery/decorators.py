@@ -76,10 +76,9 @@ def distributed_lock(
         raise ValueError(f"on_conflict must be one of {CONFLICT_POLICIES}")
 
     def decorate(fn: F) -> F:
-        run = getattr(fn, "run", None)
-        if run is not None and hasattr(fn, "apply_async"):  # applied on top of @app.task
-            fn.run = decorate(run)  # type: ignore[attr-defined]
-            return fn
+        task = wrap_task_run(fn, decorate)
+        if task is not None:
+            return task
         lock_key = key_function(key, fn)
 
         def conflict(name: str) -> Any:
@@ -136,6 +135,16 @@ def distributed_lock(
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def wrap_task_run(fn: Any, decorate: Callable[[Any], Any]) -> Any:
+    """A decorator applied on top of ``@app.task`` wraps the task's ``run`` (every way Celery
+    runs a task ends there) and gives the task back; None if ``fn`` is not a task."""
+    run = getattr(fn, "run", None)
+    if run is None or not hasattr(fn, "apply_async"):
+        return None
+    fn.run = decorate(run)
+    return fn
 
 
 def key_function(

@@ -48,9 +48,9 @@ from typing import Any, TypeVar
 
 from coordination.celery.decorators import (
     _running_task,
-    check_key_template,
-    format_key,
+    key_function,
     process_coordinator,
+    wrap_task_run,
 )
 from coordination.exceptions import RateLimited
 from coordination.primitives.rates import check_burst, default_burst, parse_rate
@@ -74,23 +74,15 @@ def rate_limit(
     burst = default_burst(count) if burst is None else check_burst(burst)
 
     def decorate(fn: F) -> F:
-        run = getattr(fn, "run", None)
-        if run is not None and hasattr(fn, "apply_async"):  # applied on top of @app.task
-            fn.run = decorate(run)  # type: ignore[attr-defined]
-            return fn
-        signature = inspect.signature(fn)
+        task = wrap_task_run(fn, decorate)
+        if task is not None:
+            return task
         where = getattr(fn, "__qualname__", repr(fn))
-        if isinstance(key, str):
-            check_key_template(key, signature, where, "rate limit")
+        make_key = None if key is None else key_function(key, fn, "rate limit")
         default_key = _UNSAFE.sub("", f"ratelimit:{getattr(fn, '__module__', '')}.{where}")
 
         def limit_for(args: tuple, kwargs: dict) -> Any:
-            if key is None:
-                name = default_key
-            elif callable(key):
-                name = key(*args, **kwargs)
-            else:
-                name = format_key(key, signature, args, kwargs, where, "rate limit")
+            name = default_key if make_key is None else make_key(args, kwargs)
             coord = coordinator or process_coordinator()
             return coord.rate_limit(name, (count, period_ms), burst)
 

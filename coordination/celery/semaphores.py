@@ -50,6 +50,7 @@ from coordination.celery.decorators import (
     _coordinator,
     _running_task,
     key_function,
+    wrap_task_run,
 )
 from coordination.client.semaphores import check_limit
 from coordination.exceptions import SemaphoreNotAcquired
@@ -112,10 +113,9 @@ def distributed_semaphore(
         raise ValueError(f"on_conflict must be one of {CONFLICT_POLICIES}")
 
     def decorate(fn: F) -> F:
-        run = getattr(fn, "run", None)
-        if run is not None and hasattr(fn, "apply_async"):  # applied on top of @app.task
-            fn.run = decorate(run)  # type: ignore[attr-defined]
-            return fn
+        task = wrap_task_run(fn, decorate)
+        if task is not None:
+            return task
         slot_key = key_function(key, fn)
 
         def wait_for(task: Any) -> float:

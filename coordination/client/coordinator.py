@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import coordination.client.operations as ops
-from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
+from coordination.client.core import (
+    BlockingHold,
+    LockHold,
+    SessionKeepalive,
+    message_fields,
+    require_current,
+)
 from coordination.client.election import Election
 from coordination.client.operations import EXCLUSIVE, SHARED, WAIT_MARGIN, Operation
 from coordination.client.ratelimit import RateLimit
@@ -401,7 +407,7 @@ class Session(SessionKeepalive):
         self.close()
 
 
-class Lock(LockHold):
+class Lock(BlockingHold, LockHold):
     """A handle on a named lock for one (session, owner). Reentrant: nested acquires count."""
 
     def __init__(
@@ -416,17 +422,6 @@ class Lock(LockHold):
         owner = owner if owner is not None else f"thread-{threading.get_ident()}"
         super().__init__(name, mode, owner, wait)
         self.coord, self.session = coord, session
-
-    @property
-    def lost(self) -> bool:
-        """The session expired: the lock may be held by someone else now."""
-        return self.session.lost
-
-    def acquire(self, wait: float | None = None) -> bool:
-        return self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
-
-    def release(self) -> None:
-        self.coord.run(self._release_op(self.session.id))
 
     def renew(self) -> int:
         """Check the hold is still ours (``NotHolder`` otherwise) and keep the session alive."""

@@ -11,6 +11,7 @@ same way.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import coordination.client.operations as ops
@@ -60,6 +61,28 @@ class FencedHold:
                 self.token = None
 
         return ops.Operation(self._release_base(session_id).body, True, released)
+
+
+class BlockingHold:
+    """The blocking half of a lock or slot handle (``Lock``, ``Semaphore``): acquire and
+    release through the coordinator's ``run``, on the handle's session."""
+
+    coord: Any
+    session: Any
+    _acquire_op: Callable[[int, float], ops.Operation[bool]]
+    _release_op: Callable[[int], ops.Operation[None]]
+    _wait_for: Callable[[float | None], float]
+
+    @property
+    def lost(self) -> bool:
+        """The session expired: the hold may be someone else's now."""
+        return self.session.lost
+
+    def acquire(self, wait: float | None = None) -> bool:
+        return self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
+
+    def release(self) -> None:
+        self.coord.run(self._release_op(self.session.id))
 
 
 class LockHold(FencedHold):

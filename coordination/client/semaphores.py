@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 import coordination.client.operations as ops
-from coordination.client.core import FencedHold, require_current
+from coordination.client.core import BlockingHold, FencedHold, require_current
 from coordination.errors import LIMIT, build
 from coordination.exceptions import SemaphoreNotAcquired
 from coordination.primitives import limits
@@ -56,7 +56,7 @@ class SlotHold(FencedHold):
         return ops.sem_release(session_id, self.name, self.owner)
 
 
-class Semaphore(SlotHold):
+class Semaphore(BlockingHold, SlotHold):
     """A blocking handle; ``with`` acquires (raising ``SemaphoreNotAcquired`` if no slot came
     within ``wait``) and releases."""
 
@@ -72,17 +72,6 @@ class Semaphore(SlotHold):
         owner = owner if owner is not None else f"thread-{threading.get_ident()}"
         super().__init__(name, limit, owner, wait)
         self.coord, self.session = coord, session
-
-    @property
-    def lost(self) -> bool:
-        """The session expired: the slot may be someone else's now."""
-        return self.session.lost
-
-    def acquire(self, wait: float | None = None) -> bool:
-        return self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
-
-    def release(self) -> None:
-        self.coord.run(self._release_op(self.session.id))
 
     def inspect(self) -> dict[str, Any]:
         return self.coord.run(ops.sem_inspect(self.name))
