@@ -142,12 +142,15 @@ def test_one_active_beat_survives_pause_and_kill(
     assert {first, second, third} <= senders  # each of the three was active once
     assert all(s[1] == third for s in sends if s[2] > killed_second)
     assert not [s for s in sends if s[1] == first and killed_first < s[2]]
-    # Each send reached the cluster's queue once (the marker is not the only witness).
+    # Each send reached the cluster's queue once (the marker is not the only witness). A beat
+    # killed with -9 may die between its publish and its marker (seen once on a loaded
+    # machine): at most one unmarked message per kill, never fewer messages than markers.
     with Coordinator(
         list(coordination_cluster.addresses.values()), coordination_cluster.secret
     ) as coord:
         stats = coord.queue(QUEUE).stats()
-    assert stats["ready"] == len(_sends(markers)), stats
+    marked = len(_sends(markers))
+    assert marked <= stats["ready"] <= marked + 2, stats
 
 
 def _gap_after(sends: list[tuple[int, int, float]], at: float) -> float:
