@@ -45,6 +45,7 @@ UNKNOWN_KEY = "unknown_key"  # incr of a cache key that does not exist
 EVICTED = "evicted"  # incr/touch of a cache key whose value now lives only in Redis
 SEMAPHORE_LIMIT = "semaphore_limit"  # acquire naming another limit than the live semaphore's
 INVALID_RATE = "invalid_rate"  # a rate limit's rate or burst is unusable (zero, negative, unit)
+COMPACTED = "compacted"  # a watch resumed from a version older than the retained history
 DUPLICATE = "duplicate"  # the applier: a write older than the client's latest (superseded)
 
 # Engine codes (the raft client's own errors) and client codes.
@@ -86,6 +87,7 @@ _TABLE = (
     ErrorCode(NOT_INTEGER, exc.NotInteger, 409, MACHINE),
     ErrorCode(EVICTED, exc.Evicted, 409, MACHINE),
     ErrorCode(DUPLICATE, exc.Superseded, 409, MACHINE),
+    ErrorCode(COMPACTED, exc.WatchCompacted, 410, MACHINE),
     ErrorCode(SEMAPHORE_LIMIT, exc.SemaphoreLimitError, 409, MACHINE),
     ErrorCode(DEADLOCK, exc.Deadlock, 423, MACHINE),
     ErrorCode(BAD_REQUEST, exc.BadRequest, 400, ENGINE),

@@ -48,6 +48,7 @@ __all__ = [
     "UnknownMessage",
     "UnknownQueue",
     "UnknownSession",
+    "WatchCompacted",
 ]
 
 
@@ -127,6 +128,20 @@ class UnknownKey(CoordinationError):
 
 class Evicted(CoordinationError):
     """The value lives only in the Redis mirror now; read it there and write with ``cas``."""
+
+
+class WatchCompacted(CoordinationError):
+    """A watch asked to resume from a version the cluster no longer retains (its history keeps
+    the latest changes only). ``oldest`` is the oldest version still available: re-read the
+    state you follow, then watch again from ``revision``."""
+
+    @property
+    def oldest(self) -> int:
+        return int(self.details.get("oldest", 0))
+
+    @property
+    def revision(self) -> int:
+        return int(self.details.get("revision", 0))
 
 
 class Superseded(CoordinationError):

@@ -10,6 +10,7 @@ from coordination.api import ratelimit_views as rl
 from coordination.api import schema
 from coordination.api import semaphore_views as sv
 from coordination.api import views as v
+from coordination.api import watch_views as wv
 
 app_name = "raftsync-api"
 
@@ -57,6 +58,7 @@ urlpatterns = [
     path("cache/<name:key>/", v.CacheView.as_view()),
     path("cache/<name:key>/incr/", v.CacheIncrView.as_view()),
     path("ratelimits/", rl.RateLimitListView.as_view(), name="ratelimits"),
+    path("watch/", wv.WatchView.as_view(), name="watch"),
     path("ratelimits/<name:key>/", rl.RateLimitView.as_view()),
     path("ratelimits/<name:key>/take/", rl.RateLimitTakeView.as_view()),
     path("schema/", schema.SchemaView.as_view(), name="schema"),

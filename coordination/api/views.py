@@ -31,6 +31,7 @@ from coordination.shared_coordinator import coordinator, reset_coordinator  # no
 
 DEAD_LETTERS_SHOWN = 100  # the dead letters a GET lists (oldest first)
 
+
 def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
     serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)  # 400 with field errors
@@ -64,6 +65,7 @@ class ApiRootView(RaftsyncAPIView):
                 "queues": url("root").rstrip("/") + "/queues/{name}/",
                 "cache": url("root").rstrip("/") + "/cache/{key}/",
                 "ratelimits": url("ratelimits"),
+                "watch": url("watch"),
                 "schema": url("schema"),
                 "docs": url("docs"),
             }

@@ -7,7 +7,9 @@
 - ``semaphores``: the semaphore handles of both clients (``coord.semaphore(name, limit)``);
 - ``cache``: ``Cache``, the replicated cache with a per-process L1 and optional Redis reads;
 - ``results``: the Celery result store's client side;
-- ``ratelimit``: handles on the cluster's token buckets (``coord.rate_limit(key, "100/m")``).
+- ``ratelimit``: handles on the cluster's token buckets (``coord.rate_limit(key, "100/m")``);
+- ``watch``: ``coord.watch(prefix, since_version)``, the cache and lock change history as an
+  iterator that resumes across reconnects (sync and asyncio).
 
 They talk to the engine only through ``raft_node.client``; the commands they send are built by
 ``coordination.primitives.commands``, the state machine's own vocabulary.

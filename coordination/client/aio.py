@@ -36,6 +36,7 @@ from coordination.client.election import AsyncElection
 from coordination.client.operations import EXCLUSIVE, Operation
 from coordination.client.ratelimit import AsyncRateLimit
 from coordination.client.semaphores import AsyncSemaphore
+from coordination.client.watch import AsyncWatch, cursor_for
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired
 from raft_node.client import AsyncRaftClient, RaftError
@@ -181,6 +182,12 @@ class AsyncCoordinator:
         return AsyncElection(self, name, session)
 
     # -- semaphores (``coordination.client.semaphores``) ---------------------------------------
+
+    def watch(
+        self, key_or_prefix: str = "", since_version: int | None = None, **options: Any
+    ) -> AsyncWatch:
+        """``Coordinator.watch`` as an async iterator (call it with the loop running)."""
+        return AsyncWatch(self, cursor_for(key_or_prefix, since_version, **options))
 
     def semaphore(
         self,

@@ -47,6 +47,7 @@ from coordination.client.election import Election
 from coordination.client.operations import EXCLUSIVE, SHARED, WAIT_MARGIN, Operation
 from coordination.client.ratelimit import RateLimit
 from coordination.client.semaphores import Semaphore
+from coordination.client.watch import Watch, cursor_for
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired, SessionExpired, UnknownSession
 from raft_node.client import ClusterUnavailable, RaftClient, RaftError, Timeout
@@ -251,6 +252,17 @@ class Coordinator:
         ``resign``, ``leader``, ``is_leader``, ``observe``. Leadership lives as long as
         ``session`` (default: the thread's session at the first campaign)."""
         return Election(self, name, session)
+
+    # -- watch (``coordination.client.watch``) -------------------------------------------------
+
+    def watch(
+        self, key_or_prefix: str = "", since_version: int | None = None, **options: Any
+    ) -> Watch:
+        """Changes to cache keys and locks starting with ``key_or_prefix``, after
+        ``since_version`` (None: from now), as a blocking iterator of ``WatchEvent``. Options:
+        ``exact`` (the whole key), ``kinds`` (``"cache"``, ``"lock"``), ``follower_ok`` and
+        ``max_lag`` (seconds a follower may be out of touch with the leader)."""
+        return Watch(self, cursor_for(key_or_prefix, since_version, **options))
 
     # -- semaphores (``coordination.client.semaphores``) ---------------------------------------
 

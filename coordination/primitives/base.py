@@ -29,8 +29,16 @@ from raft_node.core.fsm import Pending
 
 Op = Callable[["Ctx", list[Any]], Any]
 Query = Callable[[list[Any]], Any]
+# ``record(kind, type, key, value, details)``: a change for ``coord.watch`` (see ``history``).
+Record = Callable[[str, str, str, "bytes | None", "dict[str, Any] | None"], None]
 
-__all__ = ["Ctx", "Deadlines", "Op", "Part", "Pending", "Query"]
+__all__ = ["Ctx", "Deadlines", "Op", "Part", "Pending", "Query", "Record", "ignore_change"]
+
+
+def ignore_change(
+    kind: str, type_: str, key: str, value: bytes | None = None, details: Any = None
+) -> None:
+    """The recorder of a part built without a history (unit tests, custom machines)."""
 
 
 @dataclass(slots=True)

@@ -76,7 +76,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coordination.primitives import limits
-from coordination.primitives.base import Ctx, Op, Pending, Query
+from coordination.primitives.base import Ctx, Op, Pending, Query, Record
 from coordination.primitives.cache_commands import WRITES, Write, key_list, release_items
 from coordination.primitives.cache_l1 import L1Registry, lease
 from coordination.primitives.cache_queue import WriteQueue
@@ -101,9 +101,11 @@ class Cache:
     # difference, never set it in production.
     waits_for_holders = True
 
-    def __init__(self, sessions: Sessions, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, sessions: Sessions, max_bytes: int = DEFAULT_MAX_BYTES, record: Record | None = None
+    ) -> None:
         self.sessions = sessions
-        self.store = CacheStore(max_bytes)
+        self.store = CacheStore(max_bytes, record)
         # L1 misses filled from the cluster (every linearizable client's admitted misses), and
         # how many found the value in memory or only an evicted version (the reader goes to
         # Redis). Counted in the log, so identical on every replica; plain ``cache.get`` reads

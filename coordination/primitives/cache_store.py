@@ -40,7 +40,7 @@ import heapq
 from collections.abc import Callable, Container
 from typing import Any
 
-from coordination.primitives.base import Deadlines
+from coordination.primitives.base import Deadlines, Record, ignore_change
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 ENTRY_OVERHEAD = 64  # bytes accounted per key on top of key and value
@@ -56,8 +56,9 @@ def entry_size(key: str, value: bytes) -> int:
 
 
 class CacheStore:
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, record: Record | None = None) -> None:
         self.max_bytes = max_bytes
+        self.record = record or ignore_change  # every change, for ``coord.watch``
         self.data: dict[str, list[Any]] = {}  # key -> [value, version, expires_ms, seq]; by seq
         self.evicted: dict[str, int] = {}  # key -> version; eviction order
         self.evicted_expires: dict[str, int] = {}  # key -> expires_ms, evicted keys with a TTL
@@ -138,9 +139,11 @@ class CacheStore:
         self.bytes += entry_size(key, value)
         if expires is not None:
             self._push(expires, key)
+        self.record("cache", "put", key, value, {"key_version": version, "expires_ms": expires})
 
-    def remove(self, key: str, version: int) -> None:
-        """Delete ``key`` (in memory or evicted) at ``version``."""
+    def remove(self, key: str, version: int, cause: str = "delete") -> None:
+        """Delete ``key`` (in memory or evicted) at ``version``; ``cause`` names the change
+        for watchers (``delete`` or ``expire``)."""
         old = self.data.pop(key, None)
         if old is not None:
             self.bytes -= entry_size(key, old[0])
@@ -153,6 +156,7 @@ class CacheStore:
         while len(self.tombstones) > TOMBSTONES_MAX:
             oldest = next(iter(self.tombstones))
             self.floor = max(self.floor, self.tombstones.pop(oldest)[1])
+        self.record("cache", cause, key, None, {"key_version": version})
 
     def clear(self) -> None:
         """Forget every key at once: one change, after which the mirror resyncs fully."""
@@ -161,10 +165,11 @@ class CacheStore:
         self.seq += 1
         self.floor = self.seq
         self._rebuild_ttl()
+        self.record("cache", "clear", "", None, None)
 
     def expire(self, key: str, version: int) -> None:
         """Remove a key whose TTL ran out (counted as an expiry, not a delete)."""
-        self.remove(key, version)
+        self.remove(key, version, "expire")
         self.expirations += 1
 
     def evict(self, version: int, queued: Container[str], held: Callable[[str], bool]) -> list[str]:

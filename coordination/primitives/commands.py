@@ -312,3 +312,16 @@ def ratelimit_list(prefix: str = "", limit: int = 100) -> bytes:
 
 def ratelimit_stats() -> bytes:
     return _cmd("ratelimit.stats")
+
+
+# -- history (``coord.watch``) -----------------------------------------------------------------
+
+
+def history_since(prefix: str, exact: bool, after: int | None, limit: int) -> bytes:
+    """Retained changes after version ``after`` whose key matches (``None``: only the current
+    revision); fails with ``compacted`` if ``after`` is older than the history."""
+    return _cmd("history.since", prefix, exact, after, limit)
+
+
+def history_status() -> bytes:
+    return _cmd("history.status")

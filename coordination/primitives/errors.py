@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from coordination.errors import (
     BAD_COMMAND,
+    COMPACTED,
     DEADLOCK,
     EVICTED,
     INVALID_RATE,
@@ -33,6 +34,7 @@ from raft_node.core.fsm import CommandRejected
 __all__ = [
     "BAD_COMMAND",
     "CODES",
+    "COMPACTED",
     "DEADLOCK",
     "EVICTED",
     "INVALID_RATE",

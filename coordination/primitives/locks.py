@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from coordination.primitives import limits
-from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
+from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query, Record, ignore_change
 from coordination.primitives.errors import (
     BAD_COMMAND,
     DEADLOCK,
@@ -108,8 +108,9 @@ class _Refs:
 class Locks:
     name = "locks"
 
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, record: Record | None = None) -> None:
         self.sessions = sessions
+        self.record = record or ignore_change  # grants and releases, for ``coord.watch``
         self.locks: dict[str, _Lock] = {}
         self.waits: dict[int, _Wait] = {}  # token -> wait, over all locks
         self._refs: dict[int, _Refs] = {}  # session -> refs (derived; rebuilt on restore)
@@ -271,12 +272,14 @@ class Locks:
     ) -> _Hold:
         hold = lock.holders[(sid, owner)] = _Hold(sid, owner, mode, token, 1)
         lock.last_token = token
+        self.record("lock", "acquired", name, None, _details(hold))
         refs = self._refs_of(sid)
         refs.holds[name] = refs.holds.get(name, 0) + 1
         return hold
 
     def _remove_hold(self, name: str, lock: _Lock, hold: _Hold) -> None:
         del lock.holders[(hold.sid, hold.owner)]
+        self.record("lock", "released", name, None, _details(hold))
         refs = self._refs[hold.sid]
         refs.holds[name] -= 1
         if refs.holds[name] == 0:
@@ -424,19 +427,27 @@ class Locks:
     def from_state(self, state: Any) -> None:
         self.locks, self.waits, self._refs = {}, {}, {}
         self._deadlines = Deadlines()
-        for name, last_token, holders, queue in state["locks"]:
-            lock = self.locks[name] = _Lock()
-            for sid, owner, mode, token, count in holders:
-                self._add_hold(token, name, lock, sid, owner, mode).count = count
-            for token, sid, owner, mode, deadline in queue:
-                self._add_wait(_Wait(token, sid, owner, mode, name, deadline))
-            lock.last_token = last_token
+        record, self.record = self.record, ignore_change  # restoring holds is not a change
+        try:
+            for name, last_token, holders, queue in state["locks"]:
+                lock = self.locks[name] = _Lock()
+                for sid, owner, mode, token, count in holders:
+                    self._add_hold(token, name, lock, sid, owner, mode).count = count
+                for token, sid, owner, mode, deadline in queue:
+                    self._add_wait(_Wait(token, sid, owner, mode, name, deadline))
+                lock.last_token = last_token
+        finally:
+            self.record = record
         self.deadlocks = [dict(d) for d in state["deadlocks"]]
         self.deferred = {name: at_ms for name, at_ms in state["deferred"]}
 
 
 def _granted(hold: _Hold) -> dict[str, Any]:
     return {"acquired": True, "token": hold.token, "mode": hold.mode, "count": hold.count}
+
+
+def _details(hold: _Hold) -> dict[str, Any]:
+    return {"token": hold.token, "owner": hold.owner, "mode": hold.mode, "session": hold.sid}
 
 
 def _mode(lock: _Lock) -> str | None:

@@ -14,6 +14,7 @@ import msgpack
 
 from coordination.primitives.base import Ctx, Op, Part, Query
 from coordination.primitives.errors import BAD_COMMAND, reject
+from coordination.primitives.history import History
 from coordination.primitives.sessions import Sessions
 
 TICK = msgpack.packb(["tick"])
@@ -24,9 +25,10 @@ SNAPSHOT_VERSION = 1
 class CoordinationMachine:
     def __init__(self, parts: list[Part] | None = None) -> None:
         self.sessions = Sessions(self._session_ended)
+        self.history = History()  # what ``coord.watch`` replays; the parts record into it
         if parts is None:
-            parts = _default_parts(self.sessions)
-        self.parts: list[Part] = [self.sessions, *parts]
+            parts = _default_parts(self.sessions, self.history)
+        self.parts: list[Part] = [self.sessions, *parts, self.history]
         self._ops: dict[str, Op] = {}
         self._queries: dict[str, Query] = {}
         for part in self.parts:
@@ -54,6 +56,7 @@ class CoordinationMachine:
             observe(now_ms)  # parts answering queries by log time see every entry's time
         op, args = _decode(command)
         ctx = Ctx(index, now_ms, self._completions)
+        self.history.begin(ctx)
         if op == "tick":
             for part in self.parts:  # sessions first: their releases may free resources
                 part.tick(ctx)
@@ -123,7 +126,7 @@ def _decode(raw: bytes) -> tuple[str, list[Any]]:
     return obj[0], obj[1:]
 
 
-def _default_parts(sessions: Sessions) -> list[Part]:
+def _default_parts(sessions: Sessions, history: History) -> list[Part]:
     """The product's parts. The cache's memory budget is fixed here (not a per-node setting):
     eviction is part of the replicated state, so every replica must use the same budget."""
     from coordination.primitives.cache import Cache
@@ -134,9 +137,9 @@ def _default_parts(sessions: Sessions) -> list[Part]:
     from coordination.primitives.semaphores import Semaphores
 
     return [
-        Locks(sessions),
+        Locks(sessions, record=history.record),
         Queues(sessions),
-        Cache(sessions),
+        Cache(sessions, record=history.record),
         Results(),
         Semaphores(sessions),
         RateLimits(),

@@ -306,6 +306,15 @@ class NodeHost:
         followers = [p for p in raft.prs if p != self.id]
         return max(followers, key=lambda p: raft.prs[p].match) if followers else None
 
+    def leader_silence(self) -> float | None:
+        """Seconds since this node last heard from its leader (0 on the leader; None when it
+        knows of none): how stale what a follower serves may be."""
+        raft = self.raw.raft
+        if raft.role == Role.LEADER:
+            return 0.0
+        seen = self.last_contact.get(raft.lead) if raft.lead != NONE else None
+        return None if seen is None else self.clock.monotonic() - seen
+
     def subscribe(self, topic: str, subscriber: Subscriber) -> Callable[[], None]:
         """Events the state machine emits on ``topic``, as ``subscriber(index, payload)`` in log
         order from now on; returns the function that cancels the subscription."""

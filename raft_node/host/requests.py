@@ -184,17 +184,60 @@ class RequestHandler:
     # -- event streams -------------------------------------------------------------------------
 
     async def _watch(self, req: p.Watch, respond: Respond) -> None:
-        """Subscribe until the connection closes (the transport then cancels this task)."""
+        """Subscribe until the connection closes (the transport then cancels this task), or
+        until a bound the watcher asked for no longer holds (see ``client_protocol``)."""
+        host = self.host
+        if req.leader and not host.is_leader:
+            message = "this watch is served by the leader"
+            respond(encode_payload(p.err(req.req_id, p.NOT_LEADER, message, self.leader_hint())))
+            return
+        last_sent = [time.monotonic()]
 
         def push(index: int, payload: Any) -> None:
+            last_sent[0] = time.monotonic()
             respond(encode_payload(p.ok(req.req_id, ["event", index, payload])))
 
-        cancel = self.host.subscribe(req.topic, push)
-        respond(encode_payload(p.ok(req.req_id, ["subscribed", self.host.applied_index])))
+        # Subscribe and replay in one step of the loop: no entry is applied in between, so the
+        # replay and the stream neither overlap nor leave a gap.
+        cancel = host.subscribe(req.topic, push)
         try:
-            await asyncio.Event().wait()  # forever: events are pushed by the host
+            subscribed: list[Any] = ["subscribed", host.applied_index]
+            if req.replay is not None:
+                ok, value = host.query(req.replay)
+                if not ok:
+                    respond(encode_payload(p.rejected(req.req_id, *value)))
+                    return
+                subscribed.append(value)
+            respond(encode_payload(p.ok(req.req_id, subscribed, self.leader_hint())))
+            if req.leader or req.max_lag_ms or req.progress_ms:
+                await self._guard_watch(req, respond, last_sent)
+            else:
+                await asyncio.Event().wait()  # forever: events are pushed by the host
         finally:
             cancel()
+
+    async def _guard_watch(self, req: p.Watch, respond: Respond, last_sent: list[float]) -> None:
+        """Check the watch's bounds every 50 ms; return (ending the watch) once one fails."""
+        host = self.host
+        while True:
+            await asyncio.sleep(0.05)
+            if req.leader and not host.is_leader:
+                error = p.err(req.req_id, p.NOT_LEADER, "leadership lost", self.leader_hint())
+                respond(encode_payload(error))
+                return
+            if req.max_lag_ms and not host.is_leader:
+                silence = host.leader_silence()
+                if silence is None or silence * 1000 > req.max_lag_ms:
+                    message = (
+                        f"this node has not heard from a leader within {req.max_lag_ms} ms; "
+                        "its stream may be stale"
+                    )
+                    respond(encode_payload(p.err(req.req_id, p.UNAVAILABLE, message)))
+                    return
+            if req.progress_ms and (time.monotonic() - last_sent[0]) * 1000 >= req.progress_ms:
+                last_sent[0] = time.monotonic()
+                progress = ["progress", host.applied_index]
+                respond(encode_payload(p.ok(req.req_id, progress, self.leader_hint())))
 
     # -- leadership transfer -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ Requests (msgpack arrays)::
     [STATUS,  req_id]                           this node's Raft status
     [TRANSFER, req_id, target]                  ask the leader to hand leadership to ``target``
     [WATCH,   req_id, topic]                    stream state machine events on ``topic``
+    [WATCH,   req_id, topic, replay, options]   the same, after replaying a query (below)
 
 Responses::
 
@@ -20,6 +21,16 @@ A WATCH is answered first with ``[req_id, OK, ["subscribed", applied_index], hin
 with one ``[req_id, OK, ["event", index, payload], hint]`` per event, in log order, until the
 connection closes. Events are emitted by every node as it applies entries, so any node can serve
 a watch; a client that reconnects may have missed events and must resynchronise.
+
+The five-field WATCH closes that gap for a state machine that keeps a history: ``replay`` (a
+query, or nil) runs on the node's state machine in the same step as the subscription, and its
+answer is the third element of ``subscribed``; every event after it is streamed, none before.
+A rejected replay ends the watch with that rejection. ``options`` (a map): ``leader`` (only the
+leader may serve it: ``not_leader`` with a hint otherwise, and the watch ends with
+``not_leader`` if the node loses leadership), ``max_lag_ms`` (a follower ends the watch with
+``unavailable`` once it has not heard from a leader for that long: the bound on how stale its
+stream may be) and ``progress_ms`` (send ``["progress", applied_index]`` after that long
+without an event, so the client can tell a quiet stream from a dead connection).
 
 An error is a record, never a string to parse. ``kind`` is one of ``ERROR_KINDS`` and says what
 the client does next (retry elsewhere, retry, or raise); the record says what went wrong:
@@ -91,6 +102,13 @@ class Transfer:
 class Watch:
     req_id: int
     topic: str
+    replay: bytes | None = None
+    leader: bool = False
+    max_lag_ms: int | None = None
+    progress_ms: int | None = None
+
+
+WATCH_OPTIONS = frozenset({"leader", "max_lag_ms", "progress_ms"})
 
 
 Request = Propose | Read | Status | Transfer | Watch
@@ -120,11 +138,30 @@ def parse_request(obj: Any) -> Request:
         return Status(req_id)
     if kind == TRANSFER and len(obj) == 3 and isinstance(obj[2], str):
         return Transfer(req_id, obj[2])
-    if kind == WATCH and len(obj) == 3:
+    if kind == WATCH and len(obj) in (3, 5):
         if not isinstance(obj[2], str) or not 0 < len(obj[2]) <= MAX_TOPIC:
             raise ProtocolError(f"topic must be a string of 1..{MAX_TOPIC} chars")
-        return Watch(req_id, obj[2])
+        if len(obj) == 3:
+            return Watch(req_id, obj[2])
+        return _parse_watch(req_id, obj[2], obj[3], obj[4])
     raise ProtocolError(f"unknown request kind {kind!r} with {len(obj)} fields")
+
+
+def _parse_watch(req_id: int, topic: str, replay: Any, options: Any) -> Watch:
+    if replay is not None:
+        _check_body(replay)
+    if not isinstance(options, dict) or not set(options) <= WATCH_OPTIONS:
+        raise ProtocolError(f"watch options must be a map with keys from {sorted(WATCH_OPTIONS)}")
+    leader = options.get("leader", False)
+    if not isinstance(leader, bool):
+        raise ProtocolError("watch option leader must be a boolean")
+    bounds = [options.get("max_lag_ms"), options.get("progress_ms")]
+    for name, value in zip(("max_lag_ms", "progress_ms"), bounds, strict=True):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 3_600_000
+        ):
+            raise ProtocolError(f"watch option {name} must be milliseconds in 1..3600000")
+    return Watch(req_id, topic, replay, leader, *bounds)
 
 
 def _check_body(body: Any) -> None:

@@ -88,7 +88,7 @@ def _continue(run: _Run) -> list[Any]:
             [
                 answer,
                 run.m.drain_completions(),
-                run.m.drain_events(),
+                [e for e in run.m.drain_events() if e[0] != "watch"],  # the cache's own
                 run.query("cache.stats"),
                 run.m.next_deadline(),
                 run.query("cache.get_many", ["k0", "k1", "k5", "n", "h", "new"]),

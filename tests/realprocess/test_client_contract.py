@@ -419,7 +419,7 @@ PAIRS = [
     (Election, AsyncElection),
 ]
 ONLY_BLOCKING = {"new_client", "thread_session", "default_session"}  # threads; a property
-HANDLE_MAKERS = {"lock", "queue", "semaphore", "rate_limit", "election"}  # they make a handle
+HANDLE_MAKERS = {"lock", "queue", "semaphore", "rate_limit", "election", "watch"}  # handles
 
 
 @pytest.mark.parametrize(("blocking", "asynchronous"), PAIRS)
