@@ -1,10 +1,12 @@
-"""The admin's live cluster pages: nodes, sessions, locks, queues, the cache and rate limits.
+"""The admin's live cluster pages: nodes, sessions, locks, queues, the cache, rate limits,
+``@once`` keys and elections.
 
 There are no tables to register. The pages hang off the unmanaged ``Coordination`` model (shown
 as "Cluster") so they appear in the admin's app list and sit behind its login: ``admin_view``
 lets in active staff only and sends everyone else to the login page. Any staff user may look;
-the operator actions (requeue and purge dead letters, purge a queue) change the cluster through
-Raft and need ``coordination.operate_cluster``. The views are in ``admin_views``.
+the operator actions (requeue and purge dead letters, purge a queue, release a stuck fallback
+``@once`` lock) change the cluster through Raft and need ``coordination.operate_cluster``. The
+views are in ``admin_views``.
 """
 
 from __future__ import annotations
@@ -58,4 +60,6 @@ class CoordinationAdmin(admin.ModelAdmin):
             path("queues/<path:name>/", page(views.queue), name="coordination_queue"),
             path("cache/", page(views.cache), name="coordination_cache"),
             path("ratelimits/", page(views.ratelimits), name="coordination_ratelimits"),
+            path("once/", page(views.once_keys), name="coordination_once"),
+            path("elections/", page(views.elections), name="coordination_elections"),
         ]

@@ -13,14 +13,19 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 
-from coordination import inspection, semaphore_inspection
+from coordination import inspection, recipe_inspection, semaphore_inspection
+from coordination.celery.once_fallback import LOCK_PREFIX as ONCE_LOCK_PREFIX
+from coordination.client import operations as ops
 from coordination.client.coordinator import Coordinator
-from coordination.exceptions import RaftError, Rejected, Timeout, UnknownQueue
+from coordination.exceptions import NotHolder, RaftError, Rejected, Timeout, UnknownQueue
+from coordination.models import Coordination
 from coordination.primitives.queues_state import DLQ_SUFFIX
 from coordination.shared_coordinator import coordinator
 
@@ -34,6 +39,8 @@ PAGES = [  # (url name, tab label), in tab order
     ("coordination_queues", "Queues"),
     ("coordination_cache", "Cache"),
     ("coordination_ratelimits", "Rate limits"),
+    ("coordination_once", "Once keys"),
+    ("coordination_elections", "Elections"),
 ]
 
 
@@ -174,11 +181,7 @@ def _act(request: HttpRequest, name: str) -> HttpResponse:
     try:
         count = _ask(lambda: run(coordinator(), name))
     except Unavailable as exc:
-        cause = exc.__cause__
-        if isinstance(cause, Timeout):  # the proposal may still commit: say we do not know
-            messages.error(request, f"No answer in time; the action may or may not have run: {exc}")
-        else:
-            messages.error(request, f"Not done, the cluster is unavailable: {exc}")
+        _unavailable(request, exc)
     except Rejected as exc:  # e.g. unknown_queue
         messages.error(request, f"Refused by the cluster: {exc}")
     else:
@@ -187,6 +190,13 @@ def _act(request: HttpRequest, name: str) -> HttpResponse:
         )
         messages.success(request, done.format(n=count, name=name))
     return redirect("admin:coordination_queue", name=name)
+
+
+def _unavailable(request: HttpRequest, exc: Unavailable) -> None:
+    if isinstance(exc.__cause__, Timeout):  # the proposal may still commit: say we do not know
+        messages.error(request, f"No answer in time; the action may or may not have run: {exc}")
+    else:
+        messages.error(request, f"Not done, the cluster is unavailable: {exc}")
 
 
 def cache(model_admin: Any, request: HttpRequest) -> HttpResponse:
@@ -211,5 +221,81 @@ def ratelimits(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "ratelimits.html",
         "Rate limits",
         lambda: inspection.ratelimits(coordinator(), prefix),
+        prefix=prefix,
+    )
+
+
+def once_keys(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    """``@once`` keys held right now: held keys of queue messages (``raft://``) and the
+    fallback locks of other brokers. POST releases a fallback lock (``_release_once``); a
+    held key has no release here, since it is freed only by removing its message."""
+    if request.method == "POST":
+        return _release_once(request)
+    prefix = request.GET.get("prefix", "")
+    return _render(
+        model_admin,
+        request,
+        "once.html",
+        "Once keys",
+        lambda: recipe_inspection.once_keys(coordinator(), prefix),
+        prefix=prefix,
+    )
+
+
+def _release_once(request: HttpRequest) -> HttpResponse:
+    """Release one fallback lock ``once:<key>`` for its producer, exactly as the worker does
+    when the task ends (``once_fallback.release``: the hold of that session and task id, no
+    other). For a key stuck because its worker was killed: the next ``delay()`` is accepted,
+    so a task still queued on the broker may then run twice. Recorded in the admin's history."""
+    if not request.user.has_perm(OPERATE):
+        raise PermissionDenied("releasing needs the coordination.operate_cluster permission")
+    lock, owner = request.POST.get("lock", ""), request.POST.get("owner", "")
+    try:
+        session = int(request.POST.get("session", ""))
+    except ValueError:
+        session = 0
+    if not lock.startswith(ONCE_LOCK_PREFIX) or session <= 0:
+        messages.error(request, "Only a held once: lock can be released here.")
+        return redirect("admin:coordination_once")
+    try:
+        _ask(lambda: coordinator().run(ops.lock_release(session, lock, owner)))
+    except Unavailable as exc:
+        _unavailable(request, exc)
+    except NotHolder:
+        messages.warning(request, f"{lock} was no longer held by task {owner}: nothing to release.")
+    except Rejected as exc:  # e.g. the producer's session ended meanwhile
+        messages.error(request, f"Refused by the cluster: {exc}")
+    else:
+        key = lock[len(ONCE_LOCK_PREFIX) :]
+        log.info("admin released once lock %r (task %s) by %s", lock, owner, request.user)
+        _history(request, lock, f"Released once key {key} of task {owner} (session {session}).")
+        messages.success(request, f"Released once key {key} (task {owner}).")
+    return redirect("admin:coordination_once")
+
+
+def _history(request: HttpRequest, object_id: str, message: str) -> None:
+    """An entry in the admin's history ("Recent actions", ``LogEntry``) for an operator action
+    on the cluster: there is no row to attach it to, so it names the cluster model and the
+    object acted on (there is no change page to link, so Django shows it unlinked)."""
+    LogEntry.objects.create(
+        user_id=request.user.pk,
+        content_type=ContentType.objects.get_for_model(Coordination),
+        object_id=object_id,
+        object_repr=object_id[:200],
+        action_flag=CHANGE,
+        change_message=message,
+    )
+
+
+def elections(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    """Each election's leader (value, fencing token, session) and its candidates in order, the
+    ``celery beat`` elections first and marked."""
+    prefix = request.GET.get("prefix", "")
+    return _render(
+        model_admin,
+        request,
+        "elections.html",
+        "Elections",
+        lambda: recipe_inspection.elections(coordinator(), prefix),
         prefix=prefix,
     )

@@ -277,6 +277,11 @@ def queue_dead_letters(name: str, limit: int = 20) -> Operation[list[dict[str, A
     return read(c.queue_dead_letters(name, limit))
 
 
+def queue_held(prefix: str = "", limit: int = 100) -> Operation[list[dict[str, Any]]]:
+    """Held keys of every queue starting with ``prefix`` (``Queues.held_keys``)."""
+    return read(c.queue_held(prefix, limit))
+
+
 def queue_purge(name: str) -> Operation[int]:
     return write(c.queue_purge(name))
 

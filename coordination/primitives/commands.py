@@ -187,6 +187,11 @@ def queue_dead_letters(name: str, limit: int) -> bytes:
     return _cmd("queue.dead_letters", name, limit)
 
 
+def queue_held(prefix: str, limit: int) -> bytes:
+    """Held keys (``@once``) of every queue, by queue then put order, with their messages."""
+    return _cmd("queue.held", prefix, limit)
+
+
 # -- cache --------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ Design notes (the contract the clients and the kombu transport rely on):
 - **Dedup and held keys** (``queues_keys``): a put repeating a ``dedup_id`` within the queue's
   ``dedup_window_ms``, or a *held* key whose message is still in the queue (until the entry that
   acks, dead-letters, purges or drops it), returns the first id with ``duplicate: True`` and
-  changes nothing.
+  changes nothing. The ``queue.held`` query lists the held keys with their messages' state.
 - **Batches.** ``get_many`` leases up to ``max_count`` ready messages in one entry (a consumer
   with room for several pays one commit), answering a list; ``get_any`` does the same from the
   first of several queues with messages, and blocked, waits in all of them at once;
@@ -138,6 +138,7 @@ class Queues:
             "queue.list": self.list,
             "queue.peek": self.peek,
             "queue.dead_letters": self.dead_letters,
+            "queue.held": self.held_keys,
         }
 
     # -- ops ------------------------------------------------------------------------------------
@@ -380,6 +381,22 @@ class Queues:
         limit = limits.integer(limit, (1, limits.BATCH_MAX), "limit")
         dlq = self.queues.get(name + DLQ_SUFFIX)
         return [] if dlq is None else [dlq.view(mid) for mid in dlq.ready_in_order(limit)]
+
+    def held_keys(self, args: list[Any]) -> list[dict[str, Any]]:
+        """``[prefix, limit]`` -> up to ``limit`` held keys (``queues_keys``) starting with
+        ``prefix``, by queue name then put order: ``{"queue", "key", "tag", "id", "state"
+        (ready, delayed or in_flight), "priority", "delivery_count", "session" and
+        "lease_expires_ms" (of the lease, None unless in flight), "visible_at_ms" (delayed)}``.
+        A held key lives exactly as long as its message, so this is every key a put would
+        refuse right now: how an operator sees which ``@once`` tasks are queued or running."""
+        prefix, limit = limits.prefix_and_limit(args, "queue.held")
+        assert limit is not None
+        rows: list[dict[str, Any]] = []
+        for name in sorted(self.queues):
+            rows += self.queues[name].held_rows(prefix)[: limit - len(rows)]
+            if len(rows) >= limit:
+                break
+        return rows
 
     def _stats(self, q: QueueState) -> dict[str, Any]:
         dlq = None if q.is_dlq else self.queues.get(q.name + DLQ_SUFFIX)

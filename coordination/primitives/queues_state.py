@@ -106,6 +106,37 @@ class QueueState:
         self.held[key] = [mid, tag]
         self.held_of[mid] = key
 
+    def held_rows(self, prefix: str) -> list[dict[str, Any]]:
+        """This queue's held keys starting with ``prefix``, in put order, each with where its
+        message is now (the ``queue.held`` query: what the admin shows of ``@once`` keys)."""
+        return [
+            self.held_view(key, mid, tag)
+            for key, (mid, tag) in self.held.items()
+            if key.startswith(prefix)
+        ]
+
+    def held_view(self, key: str, mid: int, tag: str) -> dict[str, Any]:
+        _, priority, count, _ = self.messages[mid]
+        lease = self.inflight.get(mid)
+        if lease is not None:
+            state = "in_flight"
+        elif mid in self.delayed:
+            state = "delayed"
+        else:
+            state = "ready"
+        return {
+            "queue": self.name,
+            "key": key,
+            "tag": tag,
+            "id": mid,
+            "state": state,
+            "priority": priority,
+            "delivery_count": count,
+            "session": lease[0] if lease is not None else None,
+            "lease_expires_ms": lease[1] if lease is not None else None,
+            "visible_at_ms": self.delayed.get(mid),
+        }
+
     def remove(self, mid: int) -> list[Any]:
         """Take ``mid`` out of ``messages`` (the caller has taken it out of ready, delayed or
         in flight) and free its held key: the one way a message leaves a queue."""

@@ -14,7 +14,18 @@ from coordination.templatetags.raftsync_admin import ms, percent
 from raft_node.testing.launcher import free_port
 
 BASE = "/admin/coordination/coordination/"
-PAGES = ["", "sessions/", "locks/", "queues/", "queues/a/b/", "cache/", "ratelimits/"]
+PAGES = [
+    "",
+    "sessions/",
+    "locks/",
+    "queues/",
+    "queues/a/b/",
+    "cache/",
+    "ratelimits/",
+    "once/",
+    "elections/",
+]
+RELEASE = {"lock": "once:k", "session": "7", "owner": "task-1"}
 
 
 @pytest.fixture
@@ -45,6 +56,7 @@ def test_only_staff_get_in():
             assert response.status_code == 302, page
             assert response["Location"].startswith("/admin/login/?next="), page
         assert client.post(BASE + "queues/q/", {"action": "purge"}).status_code == 302
+        assert client.post(BASE + "once/", RELEASE).status_code == 302
 
 
 @pytest.mark.django_db
@@ -52,6 +64,22 @@ def test_operator_actions_are_refused_before_the_cluster_is_asked(dead_cluster):
     staff = _client(is_staff=True)
     for action in ("purge", "purge_dead", "requeue_dead"):
         assert staff.post(BASE + "queues/q/", {"action": action}).status_code == 403
+    assert staff.post(BASE + "once/", RELEASE).status_code == 403
+
+
+@pytest.mark.django_db
+def test_only_once_locks_can_be_released_and_nothing_is_recorded_for_a_refusal(dead_cluster):
+    """The release button names a ``once:`` lock, its session and task id: anything else is
+    refused before the cluster is asked (the admin is no back door to release any lock)."""
+    from django.contrib.admin.models import LogEntry
+
+    root = _client(is_staff=True, is_superuser=True)
+    for form in ({**RELEASE, "lock": "election:beat"}, {**RELEASE, "session": "x"}):
+        done = root.post(BASE + "once/", form, follow=True)
+        assert b"Only a held once: lock can be released here." in done.content
+    done = root.post(BASE + "once/", RELEASE, follow=True)  # a dead cluster: says so
+    assert b"Not done, the cluster is unavailable" in done.content
+    assert LogEntry.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -60,8 +88,9 @@ def test_the_index_leads_to_the_pages():
     index = staff.get("/admin/").content.decode()
     assert f'href="{BASE}"' in index and ">Cluster<" in index
     app = staff.get("/admin/coordination/").content.decode()
-    for page in ("", "sessions/", "locks/", "queues/", "cache/", "ratelimits/"):
+    for page in ("", "sessions/", "locks/", "queues/", "cache/", "ratelimits/", "once/"):
         assert f'href="{BASE}{page}"' in app
+    assert f'href="{BASE}elections/"' in app
 
 
 @pytest.mark.django_db

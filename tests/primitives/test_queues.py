@@ -316,6 +316,48 @@ def test_held_keys_snapshot_round_trip_and_old_snapshots(node: Node) -> None:
     assert older.queues.queues["q"].held == {} and len(older.queues.queues["q"].messages) == 1
 
 
+def test_held_query_lists_each_key_with_its_message_and_changes_nothing(node: Node) -> None:
+    """``queue.held``: what the admin's once-keys page reads. Every held key with where its
+    message is (ready, delayed, in flight with the leasing session), by queue name then put
+    order, narrowed by prefix and limit; read-only, and the same on a restored replica."""
+    sid = node.session()
+    ready = _held_put(node, "b", "once:1", "task-1")["id"]
+    later = _held_put(node, "b", "once:2", "task-2", delay=60_000)["id"]
+    node.put("b")  # a message without a key is not listed
+    leased = _held_put(node, "a", "once:3", "task-3")["id"]
+    _held_put(node, "a", "other", "")
+    assert node.get(sid, "a", vis=None)["id"] == leased  # a session-held lease (no deadline)
+    before = queue_state(node.m)
+    rows = node.query("queue.held", "", 10)
+    assert [(r["queue"], r["key"], r["tag"], r["id"]) for r in rows] == [
+        ("a", "once:3", "task-3", leased),
+        ("a", "other", "", leased + 1),
+        ("b", "once:1", "task-1", ready),
+        ("b", "once:2", "task-2", later),
+    ]
+    assert [(r["state"], r["delivery_count"], r["session"]) for r in rows] == [
+        ("in_flight", 1, sid),
+        ("ready", 0, None),
+        ("ready", 0, None),
+        ("delayed", 0, None),
+    ]
+    assert rows[0]["lease_expires_ms"] is None and rows[3]["visible_at_ms"] == node.now + 60_000
+    keys = [r["key"] for r in node.query("queue.held", "once:", 10)]
+    assert keys == ["once:3", "once:1", "once:2"]
+    assert [r["key"] for r in node.query("queue.held", "once:", 2)] == keys[:2]
+    assert node.query("queue.held", "nothing", 10) == []
+    assert queue_state(node.m) == before  # a query changes nothing
+    replica = Node()
+    replica.m.restore(node.m.snapshot())
+    assert replica.query("queue.held", "", 10) == rows
+    node.do("queue.ack", sid, "a", leased)  # the entry that removes the message frees its key
+    assert [r["key"] for r in node.query("queue.held", "once:", 10)] == ["once:1", "once:2"]
+    with pytest.raises(CommandRejected):
+        node.query("queue.held", "", 0)
+    with pytest.raises(CommandRejected):
+        node.query("queue.held", 5, 10)
+
+
 def test_full_dead_letter_queue_drops_and_counts(node: Node) -> None:
     sid = node.session()
     node.do("queue.declare", "q.dlq", None, None, 1)
