@@ -188,6 +188,7 @@ def _act(request: HttpRequest, name: str) -> HttpResponse:
         log.info(
             "admin %s on queue %r by %s: %d", request.POST["action"], name, request.user, count
         )
+        _history(request, f"queue:{name}", done.format(n=count, name=name))
         messages.success(request, done.format(n=count, name=name))
     return redirect("admin:coordination_queue", name=name)
 

@@ -38,8 +38,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordination.errors import typed
-from coordination.primitives import commands
+from coordination.errors import LIMIT, build, typed
+from coordination.primitives import commands, limits
 from coordination.primitives.history import MAX_PAGE, TOPIC, matches
 from raft_node.client import ClusterUnavailable, RaftError, Timeout
 from raft_node.client.errors import raise_for
@@ -134,6 +134,8 @@ class WatchCursor:
     ) -> None:
         if not isinstance(prefix, str):
             raise TypeError("watch takes a key or prefix string")
+        if len(prefix.encode()) > limits.NAME_MAX_BYTES:  # no key could match it
+            raise build(LIMIT, f"watch prefix longer than {limits.NAME_MAX_BYTES} bytes")
         if since_version is not None and (
             not isinstance(since_version, int) or isinstance(since_version, bool)
         ):

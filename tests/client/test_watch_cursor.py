@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from coordination.client.watch import Reconnect, WatchCursor, _page_of, cursor_for
-from coordination.exceptions import BadRequest, WatchCompacted
+from coordination.exceptions import BadRequest, LimitExceeded, WatchCompacted
 from raft_node.transport import client_protocol as p
 from raft_node.transport.codec import decode_payload
 
@@ -117,9 +117,10 @@ def test_a_follower_watch_states_its_staleness_bound():
         ({"since_version": "3"}, TypeError),
         ({"kinds": ["queue"]}, ValueError),
         ({"max_lag": 0}, ValueError),
+        ({"key_or_prefix": "k" * 201}, LimitExceeded),
     ],
 )
 def test_bad_arguments_are_refused_before_connecting(kwargs, error):
-    kwargs = {"since_version": None, **kwargs}
+    kwargs = {"key_or_prefix": "k", "since_version": None, **kwargs}
     with pytest.raises(error):
-        cursor_for("k", **kwargs)
+        cursor_for(**kwargs)

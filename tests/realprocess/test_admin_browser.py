@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
@@ -324,6 +325,8 @@ def test_operator_actions_need_the_permission_and_pages_need_staff(
     _navigate(page, "input[value='Purge queue']")
     assert "Purged 1 ready" in page.locator(".messagelist").inner_text()
     assert jobs.stats()["ready"] == 0
+    recorded = LogEntry.objects.filter(object_id="queue:adm-perm").get()  # the admin's history
+    assert recorded.user == users["viewer"] and "Purged 1 ready" in recorded.change_message
 
     # Not staff: the admin's login form refuses them, and a logged-in session is sent to login.
     page = _login(browser, base, "plain")
