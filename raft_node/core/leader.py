@@ -123,6 +123,7 @@ class LeaderRole(_Base):
             pending, self.pending_read_index = self.pending_read_index, []
             for req in pending:
                 self._leader_read_index(req)
+        self.step_down_if_removed()
 
     def on_persisted(self, index: int, term: int) -> None:
         """The host fsynced our log up to ``(index, term)``: the leader may now count itself."""
@@ -242,8 +243,10 @@ class LeaderRole(_Base):
         snap = self.log.snapshot
         if snap.index == 0:
             return False
-        if not snap.meta.voters:
-            snap = Snapshot(SnapshotMeta(snap.index, snap.term, self.quorum.voters), snap.data)
+        if not snap.meta.voters:  # taken before snapshots carried their configuration
+            base = self.conf_log.base
+            meta = SnapshotMeta(snap.index, snap.term, base.voters, base.learners, base.context)
+            snap = Snapshot(meta, snap.data)
         pr.become_snapshot(snap.index)
         self._reply(to, MT.SNAP, snapshot=snap)
         return True

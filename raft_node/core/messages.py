@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 NodeId = str
 """A node's stable name, e.g. ``"n1"``. Never reused for a different machine's data."""
@@ -71,7 +72,7 @@ RESPONSE_MESSAGES = frozenset(
 
 
 class EntryType(IntEnum):
-    """Kinds of log entry. ``CONF_CHANGE`` is reserved for membership change."""
+    """Kinds of log entry. ``CONF_CHANGE`` carries a configuration (``raft_node.core.conf``)."""
 
     NORMAL = 0
     NOOP = 1  # the empty entry each new leader appends to commit its term (Raft section 5.4.2)
@@ -111,11 +112,14 @@ EMPTY_HARD_STATE = HardState()
 
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
-    """Position of a snapshot in the log and the voters it was taken under."""
+    """Position of a snapshot in the log and the configuration in force there: ``voters``,
+    ``learners`` and the host's ``context`` (node addresses; see ``raft_node.core.conf``)."""
 
     index: int = 0
     term: int = 0
     voters: tuple[NodeId, ...] = ()
+    learners: tuple[NodeId, ...] = ()
+    context: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from raft_node.core.conf import ConfState
 from raft_node.core.leader import LeaderRole, ProposalDropped
 from raft_node.core.log import RaftLog
+from raft_node.core.membership import MembershipRole, conf_of
 from raft_node.core.messages import (
     NONE,
     EntryType,
@@ -38,11 +40,10 @@ from raft_node.core.messages import (
     Message,
     NodeId,
     Snapshot,
-    SnapshotMeta,
 )
 from raft_node.core.messages import MessageType as MT
 from raft_node.core.progress import Progress, ProgressState
-from raft_node.core.quorum import MajorityConfig, VoteResult
+from raft_node.core.quorum import VoteResult
 from raft_node.core.read_only import ReadOnly, ReadState
 from raft_node.core.ready import Role
 from raft_node.storage.protocol import Storage
@@ -86,7 +87,7 @@ class Config:
             raise ValueError("max_inflight must be >= 1")
 
 
-class Raft(LeaderRole):
+class Raft(LeaderRole, MembershipRole):
     def __init__(self, config: Config, storage: Storage) -> None:
         config.validate()
         state = storage.load()
@@ -100,13 +101,14 @@ class Raft(LeaderRole):
         self.max_size_per_msg = config.max_size_per_msg
         self.snapshot_retry_ticks = config.snapshot_retry_ticks or config.election_tick
         self.log = RaftLog(state.snapshot, state.entries, state.hard_state.commit)
-        voters = state.snapshot.meta.voters or tuple(config.voters)
-        self.quorum = MajorityConfig(voters)
         self.prs: dict[NodeId, Progress] = {}
         self.term = state.hard_state.term
         self.vote = state.hard_state.vote
         self.lead: NodeId = NONE
         self.role = Role.FOLLOWER
+        meta = state.snapshot.meta
+        base = conf_of(meta) if meta.voters else ConfState(tuple(sorted(config.voters)))
+        self.init_membership(base, state.entries)
         self.lead_transferee: NodeId = NONE
         self.votes: dict[NodeId, bool] = {}
         self.msgs: list[Message] = []
@@ -149,7 +151,7 @@ class Raft(LeaderRole):
         self.pending_broadcast = False
         nxt = self.log.last_index() + 1
         inflight = self.config.max_inflight
-        self.prs = {v: Progress(nxt, inflight) for v in self.quorum.voters}
+        self.prs = {v: Progress(nxt, inflight) for v in self.conf.members()}
         if self.id in self.prs:
             self.prs[self.id].match = self.log.stabled
         self.read_only = ReadOnly()
@@ -174,6 +176,7 @@ class Raft(LeaderRole):
 
     def become_leader(self) -> None:
         self._reset(self.term)
+        self.pending_conf_index = self.log.last_index()  # no change before all of it commits
         self.lead = self.id
         self.role = Role.LEADER
         me = self.prs[self.id]
@@ -362,6 +365,8 @@ class Raft(LeaderRole):
             return
         last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            if m.entries:
+                self.track_appended(m.entries)
             self._reply(m.frm, MT.APP_RESP, index=last_new)
             return
         hint = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
@@ -391,14 +396,8 @@ class Raft(LeaderRole):
             self._reply(m.frm, MT.APP_RESP, index=self.log.last_index())
         else:
             self.log.restore(snap)
-            if snap.meta.voters:
-                self._set_voters(snap.meta.voters)
+            self.install_conf(snap.meta)
             self._reply(m.frm, MT.APP_RESP, index=self.log.last_index())
-
-    def _set_voters(self, voters: Sequence[NodeId]) -> None:
-        self.quorum = MajorityConfig(voters)
-        nxt = self.log.last_index() + 1
-        self.prs = {v: Progress(nxt, self.config.max_inflight) for v in self.quorum.voters}
 
     # -- candidate -----------------------------------------------------------------------------
 
@@ -429,6 +428,6 @@ class Raft(LeaderRole):
         term = self.log.term(index)
         if term is None:
             raise ValueError(f"cannot snapshot at {index}: no such entry")
-        snap = Snapshot(SnapshotMeta(index, term, self.quorum.voters), data)
+        snap = Snapshot(self.snapshot_meta(index, term), data)
         self.log.compact(snap, keep_from=index - keep_entries + 1)
         return snap

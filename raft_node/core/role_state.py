@@ -9,8 +9,9 @@ mixin) provides it; a role that starts using something else must say so here fir
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+from raft_node.core.conf import ConfLog, ConfState
 from raft_node.core.log import RaftLog
 from raft_node.core.messages import Message, NodeId
 from raft_node.core.messages import MessageType as MT
@@ -37,6 +38,18 @@ class RaftState(Protocol):
     lead_transferee: NodeId
     election_elapsed: int
     max_size_per_msg: int
+    config: Any  # raft.Config
+    conf_log: ConfLog
+    learners: frozenset[NodeId]
+    pending_conf_index: int
+
+    def _use_conf(self, conf: ConfState) -> None:
+        """Make ``conf`` the configuration in force (quorum, learners, the leader's progress)."""
+        ...
+
+    def step_down_if_removed(self) -> None:
+        """A leader whose own removal is committed steps down (``MembershipRole``)."""
+        ...
 
     def send(self, m: Message) -> None:
         """Queue ``m`` for the host (``msgs`` or, for a leader's appends, ``msgs_early``)."""
