@@ -259,6 +259,16 @@ class AsyncCoordinator:
     async def cache_stats(self) -> dict[str, Any]:
         return await self.run(ops.cache_stats())
 
+    async def cache_get_versioned(self, key: str) -> tuple[bytes, int] | None:
+        """As ``Coordinator.cache_get_versioned``."""
+        return await self.run(ops.cache_get_versioned(key))
+
+    async def cache_cas(
+        self, key: str, expected_version: int | None, value: bytes, ttl: float | None = None
+    ) -> int | bool:
+        """As ``Coordinator.cache_cas``."""
+        return await self.run(ops.cache_cas(key, expected_version, value, ttl))
+
     # -- the default session's local turns ------------------------------------------------------
 
     async def _enter_gate(self, name: str, owner: str, wait: float) -> bool:

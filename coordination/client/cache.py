@@ -35,6 +35,7 @@ import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from coordination.client import operations as ops
 from coordination.client.admission import FrequencySketch
 from coordination.client.redis_fallback import RedisFallback
 from coordination.client.releaser import ReleaseWorker
@@ -147,16 +148,17 @@ class Cache:
         if evicted and self._evictions is not None:
             self._evictions.submit(evicted)
 
-    def _local(self, key: str) -> tuple[bool, Any]:
+    def _local(self, key: str) -> tuple[Any, int] | None:
+        """``(value, version)`` from the L1, or None (absent or past its local lease)."""
         with self._lock:
             entry = self._l1.get(key)
             if entry is None:
-                return False, None
+                return None
             if entry[2] <= time.monotonic():
                 del self._l1[key]
-                return False, None
+                return None
             self._l1.move_to_end(key)
-            return True, entry[0]
+            return entry[0], entry[1]
 
     def _forget(self, key: str) -> None:
         """Before we write ``key``: drop our own copy and registration, so the write does not
@@ -185,14 +187,34 @@ class Cache:
         return self._admission.admits(key, victim)
 
     def get(self, key: str, default: Any = None) -> Any:
+        found = self._read(key, strict=False)
+        return default if found is None else found[0]
+
+    def get_versioned(self, key: str) -> tuple[Any, int] | None:
+        """``(value, version)``, or None if ``key`` is absent: ``get`` with the version that
+        ``cas`` compares, so a read-modify-write needs no raw commands::
+
+            found = cache.get_versioned("hits")
+            value, version = found or (b"0", None)   # None: cas creates it only if absent
+            if cache.cas("hits", version, str(int(value) + 1).encode()) is False:
+                ...  # another write came first: read again and retry
+
+        Served like ``get`` (from the L1 when it holds the key: the L1 keeps the version it
+        was filled with). A value the cluster evicted is read from Redis at exactly that
+        version; without Redis (or if Redis lost it) this raises ``Evicted``, where ``get``
+        answers its default: a CAS loop must not take "evicted" for "absent"."""
+        return self._read(key, strict=True)
+
+    def _read(self, key: str, strict: bool) -> tuple[Any, int] | None:
         self._count(key)
-        found, value = self._local(key)
-        if found:
+        local = self._local(key)
+        if local is not None:
             self.hits += 1
-            return value
+            return local
         self.misses += 1
         if not self._admissible(key):
-            value = self._value(key, self.coord.query(c.cache_get(key)))
+            result = self.coord.query(c.cache_get(key))
+            value = self._value(key, result)
         elif self.mode == LINEARIZABLE:
             assert self.session is not None
             started = time.monotonic()
@@ -210,7 +232,11 @@ class Cache:
             value = self._value(key, result)
             if value is not None:
                 self._remember(key, value, result["version"], self.staleness)
-        return default if value is None else value
+        if value is not None:
+            return value, result["version"]
+        if strict and result and result.get("evicted"):
+            raise ops.evicted(key, result["version"])
+        return None
 
     def _value(self, key: str, result: dict[str, Any] | None) -> Any:
         if not result:
@@ -231,10 +257,10 @@ class Cache:
         out = {}
         missing = []
         for key in keys:
-            found, value = self._local(key)
-            if found:
+            local = self._local(key)
+            if local is not None:
                 self.hits += 1
-                out[key] = value
+                out[key] = local[0]
             else:
                 missing.append(key)
         if missing:
@@ -288,7 +314,11 @@ class Cache:
         self._forget(key)
         return self.coord.propose(c.cache_incr(key, delta), timeout=self._write_timeout)
 
-    def cas(self, key: str, expected_version: int | None, value: bytes, ttl: float | None = None):
+    def cas(
+        self, key: str, expected_version: int | None, value: bytes, ttl: float | None = None
+    ) -> int | bool:
+        """Write ``key`` if its version is still ``expected_version`` (None: only if absent,
+        see ``get_versioned``): the new version, or False if another write came first."""
         self._forget(key)
         return self.coord.propose(
             c.cache_cas(key, expected_version, value, _ms(ttl)), timeout=self._write_timeout

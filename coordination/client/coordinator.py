@@ -344,6 +344,26 @@ class Coordinator:
     def cache_stats(self) -> dict[str, Any]:
         return self.run(ops.cache_stats())
 
+    def cache_get_versioned(self, key: str) -> tuple[bytes, int] | None:
+        """``(value, version)`` of a cache key straight from the cluster (linearizable), or
+        None if absent; ``Evicted`` if its value lives only in Redis now. With ``cache_cas``, a
+        read-modify-write without raw commands::
+
+            while True:
+                found = coord.cache_get_versioned("hits")
+                value, version = found or (b"0", None)
+                if coord.cache_cas("hits", version, str(int(value) + 1).encode()):
+                    break
+        """
+        return self.run(ops.cache_get_versioned(key))
+
+    def cache_cas(
+        self, key: str, expected_version: int | None, value: bytes, ttl: float | None = None
+    ) -> int | bool:
+        """Write ``key`` if its version is still ``expected_version`` (None: only if absent);
+        the new version, or False if another write came first."""
+        return self.run(ops.cache_cas(key, expected_version, value, ttl))
+
 
 def settings_arguments(
     addresses: Any, secret: bytes | str | None, overrides: dict[str, Any]

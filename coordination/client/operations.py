@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from coordination.errors import EVICTED, build
 from coordination.primitives import commands as c
 from coordination.primitives.cache_l1 import LEASE_MS
 
@@ -301,6 +302,44 @@ def cache_get(key: str) -> Operation[dict[str, Any] | None]:
     """The stored record (``value``, ``version``, ``expires_ms``; ``evicted`` if the value lives
     only in Redis now), or None."""
     return read(c.cache_get(key))
+
+
+def cache_get_versioned(key: str) -> Operation[tuple[bytes, int] | None]:
+    """``(value, version)``, or None if ``key`` is absent: the version is what ``cache_cas``
+    compares, so a read-modify-write needs no raw commands. Raises ``Evicted`` (details: the
+    version) if the cluster holds the value only in the Redis mirror now (``Cache`` with a
+    ``redis_url`` reads it there)."""
+
+    def decode(record: dict[str, Any] | None) -> tuple[bytes, int] | None:
+        return versioned(key, record)
+
+    return read(c.cache_get(key), decode)
+
+
+def versioned(key: str, record: dict[str, Any] | None) -> tuple[bytes, int] | None:
+    """A ``cache.get`` record as ``(value, version)`` (None: absent); ``Evicted`` if the value
+    is not in cluster memory."""
+    if not record:
+        return None
+    if record.get("evicted"):
+        raise evicted(key, record["version"])
+    return record["value"], record["version"]
+
+
+def evicted(key: str, version: int) -> Exception:
+    """The ``Evicted`` error of a read whose value lives only in Redis (a client-side twin of
+    the cluster's refusal of ``incr``/``touch`` on such a key)."""
+    message = f"cache key {key!r} was evicted; read it from Redis and use cas"
+    return build(EVICTED, message, {"key": key, "version": version})
+
+
+def cache_cas(
+    key: str, expected_version: int | None, value: bytes, ttl: float | None = None
+) -> Operation[int | bool]:
+    """Write ``key`` only if its version is still ``expected_version`` (None: only if absent):
+    the new version, or False if another write came first (read again and retry)."""
+    command = c.cache_cas(key, expected_version, value, _ms_or_none(ttl))
+    return write(command, wait=CACHE_WRITE_WAIT)
 
 
 def cache_set(key: str, value: bytes, ttl: float | None = None) -> Operation[int]:

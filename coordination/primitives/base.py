@@ -10,8 +10,14 @@ A part is a small deterministic state machine with:
 - ``to_state()`` / ``from_state(state)``: msgpack-able snapshot; identical on every replica.
 
 Optional: ``observe_time(now_ms)`` (called before every applied entry, so queries that depend on
-log time, like cache expiry, use the latest entry's time) and ``drain_events()`` (events for
-WATCH subscribers, e.g. cache invalidations).
+log time, like cache expiry, use the latest entry's time), ``drain_events()`` (events for
+WATCH subscribers, e.g. cache invalidations) and ``checks()``: ``{op: check(args)}``, cheap
+checks of an op's arguments that the leader runs before proposing (``CoordinationMachine
+.validate``), so a malformed command is refused without taking a log entry. A check looks at
+the arguments alone (arity, types, fixed limits), never at state, and refuses only what the op
+itself would refuse first, with the same error: it runs the op's own leading checks (those
+before the first one that reads state), never new ones. The op keeps every check: entries no
+leader checked reach it too.
 
 Waits: an op that must block returns ``Pending(ctx.index)`` and later calls ``ctx.complete`` or
 ``ctx.fail`` with that token (when granted, delivered, cancelled or timed out). Every wait has a
@@ -31,8 +37,19 @@ Op = Callable[["Ctx", list[Any]], Any]
 Query = Callable[[list[Any]], Any]
 # ``record(kind, type, key, value, details)``: a change for ``coord.watch`` (see ``history``).
 Record = Callable[[str, str, str, "bytes | None", "dict[str, Any] | None"], None]
+Check = Callable[[list[Any]], object]  # raises CommandRejected (``errors.reject``); result unused
 
-__all__ = ["Ctx", "Deadlines", "Op", "Part", "Pending", "Query", "Record", "ignore_change"]
+__all__ = [
+    "Check",
+    "Ctx",
+    "Deadlines",
+    "Op",
+    "Part",
+    "Pending",
+    "Query",
+    "Record",
+    "ignore_change",
+]
 
 
 def ignore_change(

@@ -76,8 +76,14 @@ from collections.abc import Callable
 from typing import Any
 
 from coordination.primitives import limits
-from coordination.primitives.base import Ctx, Op, Pending, Query, Record
-from coordination.primitives.cache_commands import WRITES, Write, key_list, release_items
+from coordination.primitives.base import Check, Ctx, Op, Pending, Query, Record
+from coordination.primitives.cache_commands import (
+    CHECKS,
+    WRITES,
+    Write,
+    key_list,
+    release_items,
+)
 from coordination.primitives.cache_l1 import L1Registry, lease
 from coordination.primitives.cache_queue import WriteQueue
 from coordination.primitives.cache_store import (
@@ -129,6 +135,9 @@ class Cache:
         ops["cache.fill"] = self.fill
         ops["cache.release"] = self.release
         return ops
+
+    def checks(self) -> dict[str, Check]:
+        return dict(CHECKS)
 
     def queries(self) -> dict[str, Query]:
         return {

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coordination.primitives import limits
+from coordination.primitives.base import Check
 from coordination.primitives.cache_l1 import lease
 from coordination.primitives.cache_writes import INT64
 from coordination.primitives.errors import BAD_COMMAND, LIMIT, reject
@@ -109,6 +110,43 @@ WRITES: dict[str, Callable[[list[Any], Sessions], Write]] = {
     "cache.set_many": parse_set_many,
     "cache.delete_many": parse_delete_many,
     "cache.clear": parse_clear,
+}
+
+
+class _NoSessions:
+    """Stands in for ``Sessions`` when a parser runs as a pre-log check: a check must not read
+    state, so a parser that starts to (``require``) fails loudly instead of checking stale
+    state on the leader."""
+
+    def require(self, session_id: Any) -> int:
+        raise RuntimeError("a cache parser that reads sessions cannot be a pre-log check")
+
+
+def _stateless(parse: Callable[[list[Any], Sessions], Write]) -> Check:
+    def check(args: list[Any]) -> Write:
+        return parse(args, _NO_SESSIONS)  # type: ignore[arg-type]
+
+    return check
+
+
+def _session_first(count: int, op: str) -> Check:
+    """Arity and the session id's type: the checks of an op that looks its session up next."""
+
+    def check(args: list[Any]) -> int:
+        return limits.session_id(limits.args(args, count, op)[0])
+
+    return check
+
+
+_NO_SESSIONS = _NoSessions()
+
+# What the leader checks before proposing (``CoordinationMachine.validate``): every write's whole
+# parse, except ``set_hold``'s, which looks its session up after the arity; fills and releases too.
+CHECKS: dict[str, Check] = {
+    **{op: _stateless(parse) for op, parse in WRITES.items() if op != "cache.set_hold"},
+    "cache.set_hold": _session_first(5, "cache.set_hold"),
+    "cache.fill": _session_first(3, "cache.fill"),
+    "cache.release": _session_first(2, "cache.release"),
 }
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from coordination.primitives.errors import BAD_COMMAND, LIMIT, reject
@@ -89,10 +90,32 @@ def boolean(value: Any, what: str) -> bool:
     return value
 
 
+def session_id(value: Any) -> int:
+    """A session id's type (whether the session is live is ``Sessions.require``'s to say)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        reject(BAD_COMMAND, "session must be an integer id")
+    return value
+
+
 def args(values: list[Any], count: int, op: str) -> list[Any]:
     if len(values) != count:
         reject(BAD_COMMAND, f"{op} takes {count} arguments, got {len(values)}")
     return values
+
+
+def arity(count: int, op: str) -> Callable[[list[Any]], list[Any]]:
+    """A part's ``checks()`` entry for an op whose first check is ``args(values, count, op)``
+    and whose next ones read state (or are not worth repeating before the log)."""
+
+    def check(values: list[Any]) -> list[Any]:
+        return args(values, count, op)
+
+    return check
+
+
+def arities(counts: dict[str, int]) -> dict[str, Callable[[list[Any]], list[Any]]]:
+    """``arity`` for several ops: ``{op: count}``."""
+    return {op: arity(count, op) for op, count in counts.items()}
 
 
 def prefix_and_limit(

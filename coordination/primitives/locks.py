@@ -44,7 +44,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from coordination.primitives import limits
-from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query, Record, ignore_change
+from coordination.primitives.base import (
+    Check,
+    Ctx,
+    Deadlines,
+    Op,
+    Pending,
+    Query,
+    Record,
+    ignore_change,
+)
 from coordination.primitives.errors import (
     BAD_COMMAND,
     DEADLOCK,
@@ -135,13 +144,15 @@ class Locks:
 
     # -- ops ------------------------------------------------------------------------------------
 
+    def checks(self) -> dict[str, Check]:
+        return {
+            "lock.acquire": _acquire_args,
+            "lock.release": _hold_check("lock.release"),
+            "lock.renew": _hold_check("lock.renew"),
+        }
+
     def acquire(self, ctx: Ctx, args: list[Any]) -> dict[str, Any] | Pending:
-        sid, name, mode, owner, wait_ms = limits.args(args, 5, "lock.acquire")
-        name = limits.name(name, "lock name")
-        if mode not in MODES:
-            reject(BAD_COMMAND, f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
-        owner = limits.owner(owner)
-        wait_ms = limits.integer(wait_ms, limits.WAIT_MS, "wait_ms")
+        sid, name, mode, owner, wait_ms = _acquire_args(args)
         sid = self.sessions.require(sid)
 
         lock = self.locks.get(name)
@@ -452,3 +463,27 @@ def _details(hold: _Hold) -> dict[str, Any]:
 
 def _mode(lock: _Lock) -> str | None:
     return next(iter(lock.holders.values())).mode if lock.holders else None
+
+
+def _acquire_args(args: list[Any]) -> tuple[int, str, str, str, int]:
+    """``lock.acquire``'s arguments, checked in order; the session id only for its type (its
+    liveness is state, checked by the op)."""
+    sid, name, mode, owner, wait_ms = limits.args(args, 5, "lock.acquire")
+    name = limits.name(name, "lock name")
+    if mode not in MODES:
+        reject(BAD_COMMAND, f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
+    owner = limits.owner(owner)
+    wait_ms = limits.integer(wait_ms, limits.WAIT_MS, "wait_ms")
+    return limits.session_id(sid), name, mode, owner, wait_ms
+
+
+def _hold_check(op: str) -> Check:
+    """``lock.release``/``lock.renew``: what ``Locks._hold`` checks before reading state."""
+
+    def check(args: list[Any]) -> None:
+        sid, name, owner = limits.args(args, 3, op)
+        limits.name(name, "lock name")
+        limits.owner(owner)
+        limits.session_id(sid)
+
+    return check

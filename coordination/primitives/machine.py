@@ -4,6 +4,12 @@ Commands and queries are msgpack arrays ``[op, *args]`` (``coordination.primitiv
 builds them). ``op`` is namespaced by part (``lock.acquire``, ``queue.put``, ``cache.set``...).
 Two system commands come from the leader itself: ``tick`` (log time passed a deadline: expire
 sessions, leases, waits and TTLs) and ``grace`` (a new leader extends every session by one TTL).
+
+``validate`` is the leader's check of a client command before it is proposed (the node host
+calls it): a command that is not msgpack, not an array starting with a client op's name, or
+whose arguments fail the op's own stateless checks (each part's ``checks()``: arity, types,
+fixed limits) is refused with the error ``apply`` would give, without taking a log entry.
+``apply`` keeps all its checks: it must handle whatever the log holds, identically everywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from coordination.primitives.base import Ctx, Op, Part, Query
+from coordination.primitives.base import Check, Ctx, Op, Part, Query
 from coordination.primitives.errors import BAD_COMMAND, reject
 from coordination.primitives.history import History
 from coordination.primitives.sessions import Sessions
@@ -20,6 +26,7 @@ from coordination.primitives.sessions import Sessions
 TICK = msgpack.packb(["tick"])
 GRACE = msgpack.packb(["grace"])
 SNAPSHOT_VERSION = 1
+_SYSTEM = frozenset({"tick", "grace"})  # proposed by the leader itself, never by a client
 
 
 class CoordinationMachine:
@@ -31,9 +38,14 @@ class CoordinationMachine:
         self.parts: list[Part] = [self.sessions, *parts, self.history]
         self._ops: dict[str, Op] = {}
         self._queries: dict[str, Query] = {}
+        checks: dict[str, Check] = {}
         for part in self.parts:
             self._ops.update(part.ops())
             self._queries.update(part.queries())
+            if hasattr(part, "checks"):
+                checks.update(part.checks())  # type: ignore[attr-defined]
+        # Every client op -> its pre-log check, or None: one lookup tells known from unknown.
+        self._checks: dict[str, Check | None] = {op: checks.get(op) for op in self._ops}
         self._completions: list[tuple[int, bool, Any]] = []
         self._clock_watchers = [
             p.observe_time
@@ -68,6 +80,22 @@ class CoordinationMachine:
         if handler is None:
             reject(BAD_COMMAND, f"unknown command {op!r}")
         return handler(ctx, args)
+
+    def validate(self, command: bytes) -> None:
+        """Refuse a client command that ``apply`` would refuse whatever the state (see the
+        module doc); called by the leader before proposing, so garbage costs no log entry.
+        Decodes once more than ``apply`` does, on the leader only (about 1 µs for a cache set)."""
+        op, args = _decode(command)
+        try:
+            check = self._checks[op]
+        except KeyError:
+            if op in _SYSTEM:
+                reject(BAD_COMMAND, f"{op!r} is a system command: only the leader proposes it")
+            if op not in self._ops:  # an op added after construction has no check: apply's
+                reject(BAD_COMMAND, f"unknown command {op!r}")
+            check = None
+        if check is not None:
+            check(args)
 
     def query(self, query: bytes) -> Any:
         op, args = _decode(query)

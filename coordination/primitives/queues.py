@@ -57,7 +57,7 @@ from typing import Any
 
 from coordination.primitives import limits
 from coordination.primitives import queues_keys as keys
-from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
+from coordination.primitives.base import Check, Ctx, Deadlines, Op, Pending, Query
 from coordination.primitives.errors import (
     BAD_COMMAND,
     LIMIT,
@@ -130,6 +130,27 @@ class Queues:
             "queue.purge": self.purge,
             "queue.delete": self.delete,
             "queue.requeue_dead": self.requeue_dead,
+        }
+
+    def checks(self) -> dict[str, Check]:
+        """Arity only: the next checks are cheap but not worth a second copy."""
+        return {
+            **limits.arities(
+                {
+                    "queue.declare": 4,
+                    "queue.get": 4,
+                    "queue.get_many": 5,
+                    "queue.get_any": 5,
+                    "queue.ack": 3,
+                    "queue.ack_many": 3,
+                    "queue.nack": 5,
+                    "queue.touch": 4,
+                    "queue.purge": 1,
+                    "queue.delete": 1,
+                    "queue.requeue_dead": 2,
+                }
+            ),
+            "queue.put": _put_arity,
         }
 
     def queries(self) -> dict[str, Query]:
@@ -500,9 +521,7 @@ class Queues:
             batch.append(self._lease(ctx, q, sid, visibility))
         return batch
 
-    def _lease(
-        self, ctx: Ctx, q: QueueState, sid: int, visibility: int | None
-    ) -> dict[str, Any]:
+    def _lease(self, ctx: Ctx, q: QueueState, sid: int, visibility: int | None) -> dict[str, Any]:
         """Lease the next ready message to ``sid``; ``visibility`` None: session-held."""
         mid = q.pop_ready()
         q.messages[mid][2] += 1
@@ -590,3 +609,8 @@ class Queues:
             self._waits_by_session.setdefault(sid, {})[token] = None
             deadlines.append((until, ("w", token)))
         self._deadlines.rebuild(deadlines)
+
+
+def _put_arity(args: list[Any]) -> list[Any]:
+    """``queue.put`` takes 6 arguments, or 5 (from before ``hold``), as ``Queues.put`` does."""
+    return limits.args([*args, None] if len(args) == 5 else args, 6, "queue.put")

@@ -47,7 +47,7 @@ from typing import Any
 
 from coordination.exceptions import InvalidRate
 from coordination.primitives import limits, rates
-from coordination.primitives.base import Ctx, Deadlines, Op, Query
+from coordination.primitives.base import Check, Ctx, Deadlines, Op, Query
 from coordination.primitives.errors import BAD_COMMAND, INVALID_RATE, LIMIT, reject
 
 __all__ = ["DROP_GRANULARITY_MS", "LIST_MAX", "RateLimits", "ceil_div"]
@@ -122,6 +122,10 @@ class RateLimits:
 
     def ops(self) -> dict[str, Op]:
         return {"ratelimit.take": self.take}
+
+    def checks(self) -> dict[str, Check]:
+        """Arity only: the next checks are cheap but not worth a second copy."""
+        return limits.arities({"ratelimit.take": 5})
 
     def queries(self) -> dict[str, Query]:
         return {

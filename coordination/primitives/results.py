@@ -56,7 +56,7 @@ from __future__ import annotations
 from typing import Any
 
 from coordination.primitives import limits
-from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
+from coordination.primitives.base import Check, Ctx, Deadlines, Op, Pending, Query
 from coordination.primitives.errors import BAD_COMMAND, LIMIT, NOT_INTEGER, reject
 
 __all__ = ["MEMBER_OVERHEAD", "RECORD_OVERHEAD", "Results"]
@@ -140,6 +140,18 @@ class Results:
             "result.incr": self.incr,
             "result.wait": self.wait,
         }
+
+    def checks(self) -> dict[str, Check]:
+        """Arity only: the next checks are cheap but not worth a second copy."""
+        return limits.arities(
+            {
+                "result.set": 5,
+                "result.delete": 1,
+                "result.expire": 2,
+                "result.incr": 4,
+                "result.wait": 2,
+            }
+        )
 
     def queries(self) -> dict[str, Query]:
         return {

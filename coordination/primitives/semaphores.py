@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 from coordination.primitives import limits
-from coordination.primitives.base import Ctx, Deadlines, Op, Pending, Query
+from coordination.primitives.base import Check, Ctx, Deadlines, Op, Pending, Query
 from coordination.primitives.errors import (
     BAD_COMMAND,
     LIMIT,
@@ -87,6 +87,10 @@ class Semaphores:
 
     def ops(self) -> dict[str, Op]:
         return {"sem.acquire": self.acquire, "sem.release": self.release}
+
+    def checks(self) -> dict[str, Check]:
+        """Arity only: the next checks are cheap but not worth a second copy."""
+        return limits.arities({"sem.acquire": 5, "sem.release": 3})
 
     def queries(self) -> dict[str, Query]:
         return {

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coordination.primitives import limits
-from coordination.primitives.base import Ctx, Deadlines, Op, Query
+from coordination.primitives.base import Check, Ctx, Deadlines, Op, Query
 from coordination.primitives.errors import SESSION_EXPIRED, UNKNOWN_SESSION, reject
 
 EXPIRED_MEMORY = 10_000  # expired session ids remembered, to tell "expired" from "unknown"
@@ -37,8 +37,7 @@ class Sessions:
 
     def require(self, session_id: Any) -> int:
         """The id of a live session, or a typed rejection."""
-        if not isinstance(session_id, int) or isinstance(session_id, bool):
-            reject("bad_command", "session must be an integer id")
+        limits.session_id(session_id)
         if session_id in self.live:
             return session_id
         if session_id in self.expired:
@@ -59,10 +58,15 @@ class Sessions:
     def queries(self) -> dict[str, Query]:
         return {"session.get": self.get, "session.list": self.list}
 
+    def checks(self) -> dict[str, Check]:
+        return {
+            "session.open": _open_args,
+            "session.keepalive": _id_check("session.keepalive"),
+            "session.close": _id_check("session.close"),
+        }
+
     def open(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
-        ttl, label = limits.args(args, 2, "session.open")
-        ttl = limits.integer(ttl, limits.SESSION_TTL_MS, "ttl_ms")
-        label = limits.owner(label)
+        ttl, label = _open_args(args)
         sid = ctx.index
         self.live[sid] = [ttl, ctx.now_ms + ttl, label]
         self._deadlines.push(ctx.now_ms + ttl, sid)
@@ -141,3 +145,19 @@ class Sessions:
         self.live = {row[0]: list(row[1:]) for row in live}
         self.expired = dict.fromkeys(expired)
         self._deadlines.rebuild([(rec[1], sid) for sid, rec in self.live.items()])
+
+
+def _open_args(args: list[Any]) -> tuple[int, str]:
+    """``session.open``'s arguments, checked (all of its checks read no state)."""
+    ttl, label = limits.args(args, 2, "session.open")
+    return limits.integer(ttl, limits.SESSION_TTL_MS, "ttl_ms"), limits.owner(label)
+
+
+def _id_check(op: str) -> Check:
+    """Arity and the id's type: what ``require`` checks before it looks the session up."""
+
+    def check(args: list[Any]) -> int:
+        (sid,) = limits.args(args, 1, op)
+        return limits.session_id(sid)
+
+    return check

@@ -78,3 +78,10 @@ class StateMachine(Protocol):
 #   drain_completions() -> [(token, ok, value)]   complete earlier ``Pending`` requests
 #   drain_events() -> [(topic, payload)]          pushed to WATCH subscribers of ``topic``
 #   next_deadline() -> int | None, tick_command() -> bytes, leader_command() -> bytes | None
+#   validate(command: bytes) -> None              the leader calls it before proposing a client
+#       command; a ``CommandRejected`` it raises is the client's answer, and nothing is appended
+#       (garbage must not cost a log entry on every replica). It must depend on the bytes alone,
+#       never on state, and refuse a command only if ``apply`` would refuse it the same way in any
+#       state (or if no client may send it, like the machine's own tick): ``apply`` still checks
+#       everything, since entries no leader validated reach it too (system commands, entries
+#       from a leader running older code).

@@ -94,6 +94,11 @@ class NodeMetrics:
         self.proposals_failed = counter(
             "raft_proposals_failed", "Proposals answered with an error", **labels
         )
+        self.proposals_refused = counter(
+            "raft_proposals_refused",
+            "Client commands the state machine's validate refused before proposing (no entry)",
+            **labels,
+        )
         self.reads = counter("raft_reads", "Client reads served", ["mode"], **labels)
         self.fsync_seconds = histogram(
             "raft_fsync_seconds", "Duration of one Storage.save", buckets=_LATENCY_BUCKETS, **labels

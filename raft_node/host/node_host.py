@@ -182,6 +182,7 @@ class NodeHost:
             raft.rng.randrange(0, 1 << 32),
         )
         self._drain_events = getattr(state_machine, "drain_events", None)
+        self._validate: Callable[[bytes], None] | None = getattr(state_machine, "validate", None)
         self._processing = False
         self._snapshotting = False
         self._tick_index = 0  # index of the tick command in flight (0: none)
@@ -254,12 +255,37 @@ class NodeHost:
     def propose(self, client_id: str, seq: int, body: bytes, wait: Wait | None = None) -> None:
         """Propose a client command (leader only; raises ``ProposalDropped`` with the known
         leader otherwise). ``wait`` is answered with the outcome for ``(client_id, seq)``, or
-        failed on timeout, lost leadership or shutdown; without it nobody is answered."""
+        failed on timeout, lost leadership or shutdown; without it nobody is answered.
+
+        A leader first lets the state machine's ``validate`` hook (if any) refuse the body: a
+        refused command is answered at once with the rejection and appends nothing, so an
+        authenticated client sending garbage costs no log entry on every replica. (Nothing is
+        recorded for its ``seq`` either: a retry is refused again by the same check.)"""
+        checked = self._validate is not None and self.raw.raft.role == Role.LEADER
+        if checked and self._refused(body, wait):
+            return
         self.raw.propose(encode_command(client_id, seq, self._wall_ms(), body))
         if wait is not None:
             self._waiters.add_proposal(client_id, seq, wait)
         self.metrics.proposals.inc()
         self.wake()
+
+    def _refused(self, body: bytes, wait: Wait | None) -> bool:
+        """Whether ``validate`` refused ``body`` (``wait`` is then answered with it). A bug in
+        the hook (any other exception) is logged and the command proposed: ``apply`` checks
+        every command anyway, and a broken pre-check must not make the cluster unusable."""
+        assert self._validate is not None
+        try:
+            self._validate(body)
+        except CommandRejected as exc:
+            self.metrics.proposals_refused.inc()
+            if wait is not None:  # not registered with the waiters: answered here only
+                wait.finished = True
+                wait.done(False, exc.record())
+            return True
+        except Exception:
+            log.exception("event=validate_failed node=%s", self.id)
+        return False
 
     def propose_system(self, body: bytes) -> int | None:
         """Propose a leader-originated command (no client, no dedup); returns its index, or

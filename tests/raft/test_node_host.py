@@ -255,6 +255,54 @@ def test_a_rejection_is_an_answer_and_only_the_leader_proposes() -> None:
     assert dropped.value.leader == "n1"
 
 
+class Validating(KVStore):
+    """A KV store whose ``validate`` refuses bodies starting with ``bad`` and raises a bug's
+    exception for bodies starting with ``bug``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.validated: list[bytes] = []
+
+    def validate(self, command: bytes) -> None:
+        self.validated.append(command)
+        if command.startswith(b"bad"):
+            raise CommandRejected("bad_command", "garbage", {"size": len(command)})
+        if command.startswith(b"bug"):
+            raise RuntimeError("a bug in the check")
+
+
+def test_a_command_validate_refuses_is_answered_at_once_and_takes_no_entry() -> None:
+    cluster = Cluster(["n1", "n2", "n3"], machine=Validating)
+    leader = cluster.elect("n1")
+    cluster.settle()
+    before = leader.raw.raft.log.last_index()
+    refused = Answer()
+    leader.propose("client", 1, b"bad body", refused)
+    assert refused.got == [("done", (False, ("bad_command", "garbage", {"size": 8})))]
+    leader.propose("client", 1, b"bad body")  # nobody to answer: nothing happens either
+    cluster.settle()
+    assert leader.raw.raft.log.last_index() == before  # nothing appended, on any node
+    assert {h.raw.raft.log.last_index() for h in cluster.hosts.values()} == {before}
+    accepted = Answer()
+    leader.propose("client", 2, put("k", b"v"), accepted)  # the client's next request
+    cluster.settle()
+    assert accepted.got == [("done", (True, before + 1))]  # put answers its index
+    assert leader.raw.raft.log.last_index() == before + 1
+
+
+def test_a_failing_validate_lets_apply_decide_and_followers_do_not_validate() -> None:
+    cluster = Cluster(["n1", "n2", "n3"], machine=Validating)
+    leader = cluster.elect("n1")
+    wait = Answer()
+    leader.propose("client", 1, b"bug\x93", wait)  # the hook's bug: proposed all the same
+    cluster.settle()
+    assert wait.got[0][0] == "done" and wait.got[0][1][0] is False  # apply refused it
+    follower = cluster.hosts["n2"]
+    with pytest.raises(ProposalDropped):
+        follower.propose("client", 2, b"bad body", Answer())  # not the leader: go there
+    assert follower.state_machine.validated == []
+
+
 def test_linearizable_reads_wait_for_the_read_index_and_stale_reads_do_not() -> None:
     cluster = Cluster(["n1", "n2", "n3"])
     leader = cluster.elect("n1")

@@ -138,6 +138,40 @@ def test_cache_operations_and_typed_errors(cluster):
         coord.close()
 
 
+@pytest.mark.parametrize("l1_size", [1000, 0])
+def test_concurrent_cas_increments_with_get_versioned_lose_nothing(cluster, l1_size):
+    """Two processes' caches (with their linearizable L1s, or none) increment one counter by
+    read-version-then-cas, retrying on conflict: every increment lands once."""
+    key = f"cas-counter-{l1_size}"
+    caches = [_cache(cluster, l1_size=l1_size, lease=2.0) for _ in range(2)]
+    caches[0][1].set(key, b"0")
+    conflicts = [0, 0]
+
+    def bump(i: int) -> None:
+        cache = caches[i][1]
+        for _ in range(15):
+            while True:
+                value, version = cache.get_versioned(key)
+                if cache.cas(key, version, str(int(value) + 1).encode()) is not False:
+                    break
+                conflicts[i] += 1
+
+    threads = [threading.Thread(target=bump, args=(i,)) for i in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not any(t.is_alive() for t in threads)
+        value, version = caches[1][1].get_versioned(key)
+        assert value == b"30", conflicts
+        assert caches[0][1].get_versioned(key) == (b"30", version)
+    finally:
+        for coord, cache in caches:
+            cache.close()
+            coord.close()
+
+
 @pytest.mark.parametrize("mode", ["linearizable", BOUNDED])
 def test_an_l1_size_of_zero_means_no_l1(cluster, mode):
     """0 turns the L1 off (every read from the cluster, nothing held or registered); it

@@ -339,6 +339,21 @@ def test_cache_operations(coord, uid):
     assert coord.run(ops.cache_get(key)) is None
 
 
+def test_a_cas_round_trip_with_the_version_a_read_returns(coord, uid):
+    key = f"cas-{uid}"
+    assert coord.cache_get_versioned(key) is None
+    first = coord.cache_cas(key, None, b"1")  # None: create, only if absent
+    assert first > 0 and coord.cache_cas(key, None, b"again") is False
+    assert coord.cache_get_versioned(key) == (b"1", first)
+    value, version = coord.cache_get_versioned(key)
+    second = coord.cache_cas(key, version, str(int(value) + 1).encode(), 60)
+    assert second > first
+    assert coord.cache_cas(key, first, b"stale") is False  # another write came first
+    assert coord.cache_get_versioned(key) == (b"2", second)
+    third = coord.run(ops.cache_set(key, b"3"))
+    assert coord.cache_get_versioned(key) == (b"3", third)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
