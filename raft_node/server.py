@@ -222,6 +222,28 @@ class NodeServer:
                 await asyncio.sleep(self.config.tick_ms / 1000)
         self.stop()
 
+    def reload_tls(self) -> bool:
+        """Re-read the certificate files (SIGHUP) and use them without a restart: new inbound
+        connections get the new server context, peer and forwarding connections are re-dialled
+        with the new client context. A file that cannot be loaded (half-copied, wrong key)
+        keeps the old contexts and logs ``tls_reload_failed``: a bad rotation step must not
+        take the node off the network. Answers whether the new files are in use."""
+        build = self.config.tls_reload
+        if build is None:
+            event(logging.WARNING, "tls_reload_skipped", node=self.id, reason="'TLS is off'")
+            return False
+        try:
+            server_ssl, client_ssl = build()
+        except Exception as exc:
+            event(logging.ERROR, "tls_reload_failed", node=self.id, reason=repr(str(exc)))
+            return False
+        self.config.ssl_server, self.config.ssl_client = server_ssl, client_ssl
+        self.transport.set_tls(server_ssl, client_ssl)
+        self.requests.drop_forward_connections()
+        cas = len(server_ssl.get_ca_certs()) if server_ssl is not None else 0
+        event(logging.INFO, "tls_reloaded", node=self.id, ca_certs=cas)
+        return True
+
     async def _shutdown(self) -> None:
         for t in self._tasks:
             t.cancel()

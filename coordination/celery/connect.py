@@ -8,7 +8,10 @@ A URL without hosts means "this project's cluster", so a Django project writes
 ``CELERY_BROKER_URL = CELERY_RESULT_BACKEND = "raft://"`` once and every process (web, worker,
 ``run_cluster``'s children) follows the ``COORDINATION`` settings. The secret comes from the
 options (``transport_options["secret"]``, ``result_backend_transport_options["secret"]``),
-else from the settings; TLS always from the settings.
+else from the settings. TLS comes from ``options["ssl"]`` (an ``ssl.SSLContext``, for an app
+without raftsync settings) or else from the settings' ``TLS_*`` files, also when the URL names
+the hosts and the options the secret (that path once dialled in plain text: a TLS cluster
+refused the worker).
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ def coordinator_for(
     options = options or {}
     addresses = options.get("addresses") or hosts
     secret = options.get("secret")
+    if "ssl" in options:
+        kwargs.setdefault("ssl", options["ssl"])
     if addresses and secret is not None:
+        if "ssl" not in kwargs:
+            from coordination.node import node_settings
+
+            kwargs["ssl"] = node_settings.ssl_contexts()[1]
         return Coordinator(addresses, secret, **kwargs)
     return Coordinator.from_settings(addresses, secret, **kwargs)

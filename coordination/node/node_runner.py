@@ -5,7 +5,7 @@ Everything that can be checked is checked before the node starts, and reported a
 the setting (``ValueError``; the callers print it and exit non-zero). Once running, the node stops
 on SIGTERM/SIGINT (a leader hands over first) or on a fatal error in any of its tasks
 (``NodeServer.spawn``); ``serve`` then returns 1, so a supervisor restarts it instead of keeping
-a zombie that listens but no longer takes part.
+a zombie that listens but no longer takes part. SIGHUP reloads the TLS certificate files.
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ async def _serve(server: NodeServer) -> None:
         loop.add_signal_handler(
             sig, lambda: server.spawn(server.graceful_stop(), "graceful-stop", forever=False)
         )
+    # SIGHUP re-reads TLS_CERT/TLS_KEY/TLS_CA (certificate rotation without a restart); it
+    # would otherwise kill the node, which no operator sending it means.
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     await server.run()
 
 

@@ -93,6 +93,8 @@ def node_config(
         metrics_port=conf["METRICS_PORT"] or None,
         ssl_server=server_ssl,
         ssl_client=client_ssl,
+        # The same paths, re-read on SIGHUP (rotation): only the files' contents may change.
+        tls_reload=(lambda: ssl_contexts(conf)) if server_ssl is not None else None,
         listen=listen_at,
     )
 

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from raft_node.client.connection import AsyncConnection
+from raft_node.client.errors import AuthenticationFailed
 from raft_node.client.policy import Attempts, ClientConfig, Lanes
 from raft_node.transport import client_protocol as p
 
@@ -87,6 +88,10 @@ class AsyncRaftClient(ClientConfig):
                 conn = await self._connection(budget)
                 tries.reached = True
                 resp = await conn.request(kind, fields, budget)
+            except AuthenticationFailed as exc:
+                if "tls" not in exc.details:
+                    raise  # the cluster secret: the same on every node
+                tries.refused(exc)
             except (OSError, EOFError, asyncio.IncompleteReadError, p.ProtocolError) as exc:
                 tries.unreachable(exc)
             except TimeoutError:

@@ -14,7 +14,7 @@ import ssl as ssl_module
 from collections.abc import Sequence
 from typing import Any
 
-from raft_node.client.errors import AuthenticationFailed
+from raft_node.client.errors import AuthenticationFailed, tls_refusal
 from raft_node.client.policy import Address
 from raft_node.transport import client_protocol as p
 from raft_node.transport.auth import AuthError, client_handshake
@@ -44,16 +44,25 @@ class AsyncConnection:
         self.closed = False
 
     async def open(self, timeout: float) -> None:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(*self.addr, ssl=self._ssl), timeout
-        )
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(*self.addr, ssl=self._ssl), timeout
+            )
+        except ssl_module.SSLError as exc:  # the node's certificate refused, or no TLS there
+            refused = tls_refusal(exc, self.addr)
+            if refused is not None:
+                raise refused from exc
+            raise
         try:
             await client_handshake(reader, writer, self._secret, my_id=self._name, timeout=timeout)
         except AuthError as exc:
             writer.close()
             raise AuthenticationFailed(str(exc)) from exc
-        except BaseException:
+        except BaseException as exc:
             writer.close()
+            refused = tls_refusal(exc, self.addr)  # ours refused: an alert on the first read
+            if refused is not None:
+                raise refused from exc
             raise
         sock = writer.get_extra_info("socket")
         if sock is not None:

@@ -14,14 +14,17 @@ can map it by code without reading its text:
   until the deadline.
 - ``NotLeader`` (``not_leader``): the node is not the leader (``leader`` names the one it knows).
 - ``BadRequest`` (``bad_request``): the request itself is malformed.
-- ``AuthenticationFailed`` (``auth_failed``): the cluster refused our credentials.
+- ``AuthenticationFailed`` (``auth_failed``): the cluster refused our credentials: the cluster
+  secret, or in TLS our certificate (or we refused the node's).
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from raft_node.transport import client_protocol as p
+from raft_node.transport.auth import TLSRefused
 
 
 class RaftError(Exception):
@@ -69,9 +72,36 @@ class BadRequest(RaftError):
 
 
 class AuthenticationFailed(RaftError):
-    """The cluster refused our credentials (wrong cluster secret): not retried."""
+    """The cluster refused our credentials (wrong cluster secret, a TLS certificate one side
+    does not accept, TLS on one side only): not retried, since only a configuration change
+    fixes it."""
 
     code = "auth_failed"
+
+
+def tls_refusal(exc: BaseException, addr: tuple[str, int]) -> AuthenticationFailed | None:
+    """``AuthenticationFailed`` (``details["tls"]`` set) for a TLS failure that a retry on the
+    same node cannot fix, else None (a reset in the middle of a TLS handshake is an ordinary
+    network failure). The clients try the other nodes before raising it (``Attempts.refused``).
+
+    Refusals: we do not accept the node's certificate; the node sent an alert; the node
+    answered in plain text (``WRONG_VERSION_NUMBER``); the node closed the connection right
+    after the handshake (``TLSRefused``: it refused our certificate)."""
+    if isinstance(exc, TLSRefused):
+        why = "refused_by_node"
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        why = "node_certificate_not_trusted"
+    elif isinstance(exc, ssl.SSLError) and (
+        "ALERT" in str(exc.reason or "") or exc.reason == "WRONG_VERSION_NUMBER"
+    ):
+        why = str(exc.reason)
+    else:
+        return None
+    return AuthenticationFailed(
+        f"TLS with {addr[0]}:{addr[1]} failed: {exc} (check this client's TLS_CERT/TLS_KEY, "
+        "that the nodes' TLS_CA holds its issuer, and that its TLS_CA holds the nodes' CA)",
+        {"tls": why},
+    )
 
 
 class Rejected(RaftError):

@@ -115,6 +115,7 @@ class Attempts:
         self.backoff = Backoff()
         self.reached = False
         self.last = "no attempt"
+        self._refused: set[Address] = set()
 
     def budget(self) -> float:
         now = time.monotonic()
@@ -130,6 +131,15 @@ class Attempts:
         self.last = f"{self.targets.current}: {exc!r}"
         self._leaderless()
         self.targets.rotate()
+
+    def refused(self, exc: RaftError) -> None:
+        """A node refused us in TLS (``tls_refusal``): raise ``exc`` once every seed has, at
+        once rather than at the deadline, since only new certificates help; until then try
+        the others (one node may be half-way through a certificate rotation)."""
+        self._refused.add(self.targets.current)
+        if self._refused.issuperset(self.targets.seeds):
+            raise exc
+        self.unreachable(exc)
 
     def no_answer(self) -> bool:
         """The request went out but no answer came in time: True to stop (deadline)."""

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from raft_node.client.errors import AuthenticationFailed
+from raft_node.client.errors import AuthenticationFailed, tls_refusal
 from raft_node.client.policy import Address, Attempts, ClientConfig, Lane
 from raft_node.transport import client_protocol as p
 from raft_node.transport.auth import AuthError, client_handshake_sync
@@ -73,8 +73,11 @@ class RaftClient(ClientConfig):
         except AuthError as exc:
             sock.close()
             raise AuthenticationFailed(str(exc)) from exc
-        except BaseException:
+        except BaseException as exc:
             sock.close()
+            refused = tls_refusal(exc, addr)
+            if refused is not None:
+                raise refused from exc
             raise
         self._sock, self._sock_addr = sock, addr
         return sock
@@ -102,6 +105,10 @@ class RaftClient(ClientConfig):
         while (budget := tries.budget()) > 0:
             try:
                 sock = self._socket(budget)
+            except AuthenticationFailed as exc:
+                if "tls" not in exc.details:
+                    raise  # the cluster secret: the same on every node
+                tries.refused(exc)
             except (OSError, EOFError) as exc:  # refused, unreachable, connect timeout
                 self.close()
                 tries.unreachable(exc)

@@ -9,6 +9,7 @@ the server so neither of those has to import the process that runs them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class NodeConfig:
     metrics_port: int | None = None
     ssl_server: Any = None
     ssl_client: Any = None
+    # Builds fresh (ssl_server, ssl_client) from the certificate files, for a reload on SIGHUP
+    # (``NodeServer.reload_tls``); None when the node has no TLS or no files to re-read.
+    tls_reload: Callable[[], tuple[Any, Any]] | None = None
     listen: Address | None = None  # default: this node's address in ``cluster``
     extra: dict[str, Any] = field(default_factory=dict)
 

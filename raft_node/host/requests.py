@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from raft_node.client import AsyncConnection
+from raft_node.client import AsyncConnection, AuthenticationFailed
 from raft_node.core.messages import NONE, NodeId
 from raft_node.host import waiters as w
 from raft_node.host.config import NodeConfig
@@ -136,6 +136,14 @@ class RequestHandler:
             hint = self.address_str(exc.leader)
             respond(encode_payload(p.err(req.req_id, p.NOT_LEADER, str(exc), hint)))
 
+    def drop_forward_connections(self) -> None:
+        """Close the connections that forward proposals to the leader (reopened on the next
+        proposal, with the config's current TLS context). A forwarded request in flight on one
+        answers ``unavailable``; its client retries it (same id and sequence: applied once)."""
+        conns, self._forward = list(self._forward.values()), {}
+        for conn in conns:
+            asyncio.get_running_loop().create_task(conn.close())
+
     async def _forward_to_leader(self, req: p.Propose | p.Transfer) -> list:
         config = self.config
         lead = self.host.leader
@@ -161,7 +169,9 @@ class RequestHandler:
                 resp = await conn.request(p.TRANSFER, [req.target], timeout)
         except TimeoutError:
             return p.err(req.req_id, p.TIMEOUT, "leader did not answer in time", hint)
-        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+        except (OSError, EOFError, asyncio.IncompleteReadError, AuthenticationFailed) as exc:
+            # AuthenticationFailed: the leader refuses this node's secret or certificate (a
+            # rotation half done); the client may still reach the leader itself.
             return p.err(req.req_id, p.UNAVAILABLE, f"leader unreachable: {exc!r}", hint)
         if resp.ok:
             return p.ok(req.req_id, resp.value, resp.leader_hint or hint)

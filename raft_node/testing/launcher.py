@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -74,8 +75,13 @@ class LocalCluster:
         secret: str = "test-cluster-secret",
         proxied: bool = False,
         settings: dict[str, Any] | None = None,
+        node_settings: dict[str, dict[str, Any]] | None = None,
+        client_ssl: ssl.SSLContext | None = None,
         host: str = "127.0.0.1",
     ) -> None:
+        """``settings`` become every node's ``RAFTSYNC_*`` environment, ``node_settings[id]``
+        that node's on top (its own TLS certificate, say); ``client_ssl`` is the TLS context of
+        the cluster's own clients (``status``, ``wait_for_leader``...): assign it to switch."""
         self.base_dir = Path(base_dir)
         self.manage_py = Path(manage_py)
         self.secret = secret
@@ -89,6 +95,8 @@ class LocalCluster:
             "STATE_MACHINE": "raft_node.kvstore.KVStore",  # the engine's tests and benchmark
             **(settings or {}),
         }
+        self.node_settings = node_settings or {}
+        self.client_ssl = client_ssl
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.proxy = FaultProxy(host) if proxied else None
         self._peer_maps = self._build_peer_maps()
@@ -123,7 +131,8 @@ class LocalCluster:
             "RAFTSYNC_DEBUG": "0",
             "PYTHONUNBUFFERED": "1",
         }
-        env.update({f"RAFTSYNC_{k}": str(v) for k, v in self.settings.items()})
+        settings = {**self.settings, **self.node_settings.get(node, {})}
+        env.update({f"RAFTSYNC_{k}": str(v) for k, v in settings.items()})
         argv = [
             sys.executable,
             str(self.manage_py),
@@ -176,7 +185,7 @@ class LocalCluster:
 
     def client(self, nodes: Iterable[str] | None = None, timeout: float = 5.0) -> RaftClient:
         addrs = [self.addresses[n] for n in (nodes or self.ids)]
-        return RaftClient(addrs, self.secret, timeout=timeout)
+        return RaftClient(addrs, self.secret, timeout=timeout, ssl=self.client_ssl)
 
     def status(self, node: str, timeout: float = 1.0) -> dict[str, Any] | None:
         try:

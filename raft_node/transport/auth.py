@@ -39,6 +39,7 @@ import hashlib
 import hmac
 import os
 import socket
+import ssl
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ __all__ = [
     "ROLE_PEER",
     "AuthError",
     "Identity",
+    "TLSRefused",
     "check_secret",
     "client_handshake",
     "client_handshake_sync",
@@ -79,6 +81,13 @@ _SERVER_LABEL = b"raftsync/1 server"
 
 class AuthError(Exception):
     """Authentication failed or could not be attempted (see the message for which side)."""
+
+
+class TLSRefused(ConnectionError):
+    """The node closed a TLS connection right after the TLS handshake, before its HELLO: it
+    refused our certificate (none, or from a CA it does not trust). TLS 1.3 finishes the
+    client's side of the handshake before the server checks the client's certificate, and
+    asyncio's server sends no alert, so this silence is all a refused client ever sees."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +256,16 @@ async def client_handshake(
 ) -> str:
     """Authenticate to the server of a connection we opened, and it to us; returns its node id."""
     secret = _check_client_args(secret, role, my_id)
-    async with asyncio.timeout(timeout):
-        server_nonce = await _read_hello(reader)
+    deadline = asyncio.get_running_loop().time() + timeout
+    tls = writer.get_extra_info("sslcontext") is not None
+    try:
+        async with asyncio.timeout_at(deadline):
+            server_nonce = await _read_hello(reader)
+    except TimeoutError:
+        raise _no_hello(timeout, tls) from None
+    except ConnectionError as e:
+        raise _closed_before_hello(e, tls) from None
+    async with asyncio.timeout_at(deadline):
         client_nonce = os.urandom(NONCE_BYTES)
         mac = client_mac(secret, server_nonce, client_nonce, role, my_id)
         writer.write(_frame(FrameKind.AUTH, encode_payload([role, my_id, client_nonce, mac])))
@@ -292,7 +309,13 @@ def client_handshake_sync(
     previous = sock.gettimeout()
     sock.settimeout(timeout)
     try:
-        kind, server_nonce = _read_sync(sock)
+        tls = isinstance(sock, ssl.SSLSocket)
+        try:
+            kind, server_nonce = _read_sync(sock)
+        except TimeoutError:
+            raise _no_hello(timeout, tls) from None
+        except ConnectionError as e:
+            raise _closed_before_hello(e, tls) from None
         if kind != FrameKind.HELLO or len(server_nonce) != NONCE_BYTES:
             raise AuthError("not a raftsync server: bad HELLO")
         client_nonce = os.urandom(NONCE_BYTES)
@@ -303,6 +326,22 @@ def client_handshake_sync(
         return _verify_server(secret, client_nonce, server_nonce, server_id, smac, expect_server_id)
     finally:
         sock.settimeout(previous)
+
+
+def _no_hello(timeout: float, tls: bool) -> TimeoutError:
+    """The server speaks first; silence from a node with TLS on is the usual cause when this
+    side has none (the node waits for a TLS hello that never comes), so say so."""
+    hint = "" if tls else " (a node with TLS on waits for the client to start TLS: TLS unset here?)"
+    return TimeoutError(f"no handshake from the node within {timeout:g} s{hint}")
+
+
+def _closed_before_hello(exc: ConnectionError, tls: bool) -> ConnectionError:
+    if not tls:
+        return exc
+    return TLSRefused(
+        "the node closed the connection after the TLS handshake: it refused this side's "
+        "certificate (none, or not signed by a CA in the node's TLS_CA)"
+    )
 
 
 def _read_sync(sock: socket.socket) -> tuple[int, bytes]:

@@ -38,7 +38,7 @@ from raft_node.transport.wire import (
     frame_batches,
 )
 
-__all__ = ["Address", "InboundServer", "ProtocolViolation", "dial"]
+__all__ = ["Address", "InboundServer", "ProtocolViolation", "dial", "tls_version"]
 
 log = logging.getLogger("raft_node.transport.tcp")
 
@@ -69,6 +69,13 @@ def fmt_addr(addr: Any) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return f"{addr[0]}:{addr[1]}"
     return str(addr)
+
+
+def tls_version(writer: asyncio.StreamWriter) -> str:
+    """The connection's TLS version (``TLSv1.3``), or ``none`` for plain TCP: logged with each
+    peer connection, so an operator can see that peer traffic is encrypted."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    return (ssl_object.version() or "unknown") if ssl_object is not None else "none"
 
 
 def _role(who: Identity | None) -> str:
@@ -150,7 +157,7 @@ class InboundServer:
         self._stats = stats
         self._on_client_frame = on_client_frame
         self._peer_ids = peer_ids
-        self._ssl_server = ssl_server
+        self.ssl_server = ssl_server  # read per connection: ``TcpTransport.set_tls`` swaps it
         self.max_frame_bytes = max_frame_bytes
         self.max_peer_frame_bytes = max_peer_frame_bytes
         self.handshake_timeout = handshake_timeout
@@ -165,14 +172,12 @@ class InboundServer:
 
     async def start(self, host: str, port: int) -> Address:
         """Listen on ``host:port`` (port 0 picks a free one); answers the bound address."""
+        # TLS is started per connection in ``_authenticate``, not by the server: so a failed
+        # TLS handshake is ours to log (asyncio drops it silently outside debug mode), it counts
+        # against ``max_pending_handshakes``, and each connection uses the context current when
+        # it arrives (certificates reloaded on SIGHUP apply without a restart).
         self._server = await asyncio.start_server(
-            self._handle_conn,
-            host,
-            port,
-            ssl=self._ssl_server,
-            ssl_handshake_timeout=self.handshake_timeout if self._ssl_server else None,
-            limit=READ_CHUNK,
-            reuse_address=True,
+            self._handle_conn, host, port, limit=READ_CHUNK, reuse_address=True
         )
         sockname = self._server.sockets[0].getsockname()
         return (sockname[0], sockname[1])
@@ -233,6 +238,17 @@ class InboundServer:
             return None
         self.handshaking += 1
         try:
+            # ``start_tls`` must be the first await of the connection's task: the client's TLS
+            # hello may not reach the plain stream's buffer (asyncio feeds a new connection's
+            # data only after that task's first step, and ``start_tls`` pauses reading at once).
+            context = self.ssl_server
+            if context is not None:
+                try:
+                    await writer.start_tls(context, ssl_handshake_timeout=self.handshake_timeout)
+                except ssl.SSLError as e:
+                    self._stats["tls_failures"] += 1
+                    event(logging.WARNING, "tls_failed", remote=remote, reason=reason(e))
+                    return None
             return await server_handshake(
                 reader,
                 writer,

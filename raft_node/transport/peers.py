@@ -31,6 +31,7 @@ from raft_node.transport.connections import (
     fmt_addr,
     log,
     reason,
+    tls_version,
 )
 from raft_node.transport.wire import FrameKind, frame_header
 
@@ -58,6 +59,7 @@ class _Peer:
     reconnects: int = 0
     writer: asyncio.StreamWriter | None = None  # set while connected (see _pump)
     busy: bool = False  # the pump is writing/draining
+    redial: bool = False  # we closed the connection on purpose (new TLS contexts)
 
 
 class PeerRouter:
@@ -144,6 +146,17 @@ class PeerRouter:
             p.task = None
             p.queue.clear()
             p.connected = False
+
+    def set_ssl_client(self, ssl_client: ssl.SSLContext | None) -> None:
+        """Dial with ``ssl_client`` from now on, and close every open peer connection so each
+        is re-dialled with it at once: a certificate reload is checked against every peer
+        right away (a bad one shows in ``connect_failed`` now, not at the next network blip
+        days later). Raft resends whatever those connections lose."""
+        self._ssl_client = ssl_client
+        for p in self.peers.values():
+            if p.writer is not None:
+                p.redial = True
+                p.writer.close()
 
     def peer_stats(self) -> dict[NodeId, dict[str, Any]]:
         return {
@@ -259,17 +272,27 @@ class PeerRouter:
             p.ever_connected = True
             p.connected = True
             started = time.monotonic()
-            event(logging.INFO, "peer_connected", peer=p.id, addr=fmt_addr(p.addr))
+            event(
+                logging.INFO,
+                "peer_connected",
+                peer=p.id,
+                addr=fmt_addr(p.addr),
+                tls=tls_version(writer),
+            )
             try:
                 await self._pump(p, reader, writer)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self._stats["write_failures"] += 1
-                event(logging.WARNING, "peer_disconnected", peer=p.id, reason=reason(e))
-                self._call_soon(self._on_unreachable, p.id)
+                if p.redial:
+                    event(logging.INFO, "peer_redial", peer=p.id, reason="'TLS reloaded'")
+                else:
+                    self._stats["write_failures"] += 1
+                    event(logging.WARNING, "peer_disconnected", peer=p.id, reason=reason(e))
+                    self._call_soon(self._on_unreachable, p.id)
             finally:
                 p.connected = False
+                p.redial = False
                 writer.close()
             # A connection that dies young (the peer accepts then drops us) must not make us
             # spin: keep backing off unless it lived a while.

@@ -48,7 +48,8 @@ ClientHandler = Callable[[bytes, Callable[[bytes], None]], Awaitable[None] | Non
 STAT_KEYS = (  # noqa: SIM905
     "frames_in bytes_in frames_out bytes_out drops oversize_drops encode_errors "
     "unknown_destination connects reconnects connect_failures write_failures auth_failures "
-    "handshake_failures protocol_errors callback_errors client_requests client_responses"
+    "handshake_failures tls_failures protocol_errors callback_errors client_requests "
+    "client_responses"
 ).split()
 
 

@@ -60,7 +60,11 @@ TLS: pass ``ssl_server`` (used by the listener) and ``ssl_client`` (used to dial
 Peers are dialled by the host in ``peers``, which must match the certificate's names (or set
 ``client.check_hostname = False`` to trust any cert signed by the cluster CA). The HMAC handshake
 still runs inside TLS. Without TLS, frames after the handshake are neither encrypted nor
-integrity-protected: use it only on a trusted network.
+integrity-protected: use it only on a trusted network. The listener starts TLS on each accepted
+connection itself, so a refused TLS handshake is logged (``event=tls_failed``, counted in
+``tls_failures``) and the context is the one current at accept time: ``set_tls`` swaps both
+contexts (a certificate rotation) and re-dials the peers. ``peer_connected`` lines carry the
+connection's TLS version (``tls=TLSv1.3``, or ``none``).
 """
 
 from __future__ import annotations
@@ -180,6 +184,13 @@ class TcpTransport:
     def remove_peer(self, node_id: NodeId) -> None:
         """Forget a peer: its queue is dropped and it may no longer connect inbound."""
         self._router.remove(node_id)
+
+    def set_tls(self, ssl_server: ssl.SSLContext | None, ssl_client: ssl.SSLContext | None) -> None:
+        """Use new TLS contexts (certificates rotated on disk): inbound connections accepted
+        from now on get ``ssl_server``; outbound peer connections are closed and re-dialled
+        with ``ssl_client``. Open client connections keep the session they negotiated."""
+        self._inbound.ssl_server = ssl_server
+        self._router.set_ssl_client(ssl_client)
 
     # -- Transport -------------------------------------------------------------------------------
 
