@@ -36,6 +36,17 @@ ADD_LEARNER, PROMOTE, REMOVE = "add_learner", "promote", "remove"
 CHANGES = (ADD_LEARNER, PROMOTE, REMOVE)
 
 
+def encode_context(context: Any) -> bytes:
+    """A configuration's host context (JSON-able: node addresses) as bytes, for the wire and
+    the disk; b"" for none."""
+    return b"" if context is None else json.dumps(context, sort_keys=True).encode()
+
+
+def decode_context(raw: bytes) -> Any:
+    """The inverse of ``encode_context``; ``ValueError`` if it is not JSON."""
+    return json.loads(raw) if raw else None
+
+
 class ConfChangeRefused(Exception):
     """A membership change the leader will not propose now. ``code`` says why: ``pending``
     (another change is not committed yet: retry), ``not_ready`` (a new leader has not committed

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from raft_node.core.conf import ConfChange, ConfState
 from raft_node.core.messages import LOCAL_MESSAGES, NONE, HardState, Message, NodeId, Snapshot
 from raft_node.core.messages import MessageType as MT
 from raft_node.core.raft import Config, Raft
@@ -86,6 +87,11 @@ class RawNode:
         if not context:
             raise ValueError("read context must be non-empty")
         self.raft.step(Message(type=MT.READ_INDEX, frm=NONE, context=context))
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, ConfState]:
+        """Propose one membership change (leader only): its entry's index and the resulting
+        configuration, in force at once; ``ConfChangeRefused`` when it cannot be made now."""
+        return self.raft.propose_conf_change(change)
 
     def transfer_leadership(self, to: NodeId) -> None:
         self.raft.step(Message(type=MT.TRANSFER_LEADER, frm=to))

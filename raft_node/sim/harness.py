@@ -24,6 +24,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from raft_node.core.conf import ConfChange, ConfState
 from raft_node.core.messages import Entry, EntryType, HardState, Message, NodeId
 from raft_node.core.raft import Config, Raft
 from raft_node.core.rawnode import RawNode
@@ -63,8 +64,10 @@ class Net:
         election_tick: int = 10,
         raft_class: type[Raft] = Raft,
         max_size_per_msg: int = 1 << 20,
+        voters: Iterable[NodeId] | None = None,
     ) -> None:
         self.ids = list(ids)
+        self.voters = list(voters) if voters is not None else self.ids  # the initial config
         self.rng = random.Random(seed)
         self.settings = {
             "pre_vote": pre_vote,
@@ -98,7 +101,7 @@ class Net:
     def restart(self, node: NodeId) -> None:
         config = Config(
             id=node,
-            voters=self.ids,
+            voters=self.voters,
             rng=random.Random(self.rng.getrandbits(32)),
             heartbeat_tick=1,
             **self.settings,  # type: ignore[arg-type]
@@ -197,6 +200,12 @@ class Net:
 
     def propose(self, node: NodeId, data: bytes) -> tuple[int, int]:
         result = self.raw(node).propose(data)
+        self.deliver(self.process(node))
+        return result
+
+    def change(self, node: NodeId, change: ConfChange) -> tuple[int, ConfState]:
+        """Propose a membership change on ``node`` (the leader) and run the network."""
+        result = self.raw(node).propose_conf_change(change)
         self.deliver(self.process(node))
         return result
 

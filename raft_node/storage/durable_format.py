@@ -35,6 +35,7 @@ from typing import Any
 
 import msgpack
 
+from raft_node.core.conf import decode_context, encode_context
 from raft_node.core.messages import Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from raft_node.storage.protocol import StorageError
 
@@ -202,8 +203,12 @@ def _hs(hs: HardState) -> tuple[int, str, int]:
     return (hs.term, hs.vote, hs.commit)
 
 
-def _meta(m: SnapshotMeta) -> tuple[int, int, tuple[str, ...]]:
-    return (m.index, m.term, tuple(m.voters))
+def _meta(m: SnapshotMeta) -> tuple[Any, ...]:
+    """``(index, term, voters)``, plus ``learners`` and the JSON context once there are any
+    (files written before learners existed have three fields)."""
+    if not m.learners and m.context is None:
+        return (m.index, m.term, tuple(m.voters))
+    return (m.index, m.term, tuple(m.voters), tuple(m.learners), encode_context(m.context))
 
 
 def encode_checkpoint(cp: Checkpoint) -> bytes:
@@ -300,10 +305,14 @@ def _read_hs(x: Any) -> HardState:
 
 
 def _read_meta(x: Any) -> SnapshotMeta:
-    index, term, voters = x
-    if not all(type(v) is str for v in voters):
-        raise ValueError(f"voters must be strs, got {voters!r}")
-    return SnapshotMeta(_int(index), _int(term), tuple(voters))
+    index, term, voters = x[:3]
+    learners, context = x[3:] if len(x) == 5 else ((), b"")
+    if not all(type(v) is str for v in (*voters, *learners)):
+        raise ValueError(f"voters and learners must be strs, got {voters!r} {learners!r}")
+    if type(context) is not bytes:
+        raise ValueError("configuration context must be bytes")
+    meta = SnapshotMeta(_int(index), _int(term), tuple(voters), tuple(learners))
+    return dataclasses.replace(meta, context=decode_context(context))
 
 
 def _read_entries(first: Any, raw: list[Any]) -> list[Entry]:
@@ -355,9 +364,10 @@ _build_entries = _make_entry_builder()
 
 def encode_snapshot_file(snapshot: Snapshot) -> bytes:
     m = snapshot.meta
-    payload = msgpack.packb(
-        (SNAPSHOT_MAGIC, FORMAT_VERSION, m.index, m.term, list(m.voters), snapshot.data)
-    )
+    fields = [SNAPSHOT_MAGIC, FORMAT_VERSION, m.index, m.term, list(m.voters), snapshot.data]
+    if m.learners or m.context is not None:
+        fields += [list(m.learners), encode_context(m.context)]
+    payload = msgpack.packb(fields)
     return frame(payload, MAX_SNAPSHOT_RECORD)
 
 
@@ -367,10 +377,11 @@ def decode_snapshot_file(buf: bytes, path: Path) -> Snapshot:
     if len(found.records) != 1:
         raise CorruptStorage(f"{path}: expected one record, found {len(found.records)}")
     try:
-        magic, version, index, term, voters, data = msgpack.unpackb(found.records[0][1], raw=False)
+        fields = msgpack.unpackb(found.records[0][1], raw=False)
+        magic, version, index, term, voters, data = fields[:6]
         if magic != SNAPSHOT_MAGIC or version != FORMAT_VERSION or type(data) is not bytes:
             raise ValueError("not a raftsync snapshot of this version")
-        meta = _read_meta((index, term, voters))
+        meta = _read_meta((index, term, voters, *fields[6:8]))
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise CorruptStorage(f"{path}: undecodable snapshot at byte offset 0: {e}") from e
     return Snapshot(meta, data)

@@ -6,7 +6,8 @@ Wire shapes (positional arrays, never maps; tags are the ``IntEnum`` values of
     message  = [type, to, frm, term, log_term, index, [entry...], commit, reject, reject_hint,
                 context, snapshot | nil]
     entry    = [term, index, type, data]
-    snapshot = [index, term, [voter...], data]
+    snapshot = [index, term, [voter...], data]                        (before learners)
+             | [index, term, [voter...], data, [learner...], context]   context: JSON bin
 
 The protocol version lives in the frame header (``raft_node.transport.wire``), not here.
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import msgpack
 
+from raft_node.core.conf import decode_context, encode_context
 from raft_node.core.messages import (
     LOCAL_MESSAGES,
     Entry,
@@ -185,16 +187,35 @@ _BAD_ENTRY = "entry fields must be [uint term, uint index, uint type, bin]"
 
 
 def _decode_snapshot(s: Any) -> Snapshot:
-    if type(s) is not tuple or len(s) != 4:
-        raise CodecError("snapshot must be a 4-element array or nil")
-    index, term, voters, data = s
+    if type(s) is not tuple or len(s) not in (4, 6):
+        raise CodecError("snapshot must be a 4- or 6-element array or nil")
+    index, term, voters, data = s[:4]
+    learners, context = s[4:] if len(s) == 6 else ((), b"")
     if type(index) is not int or type(term) is not int or (index | term) < 0:
         raise CodecError("snapshot index/term must be unsigned integers")
-    if type(voters) is not tuple or not all(type(v) is str for v in voters):
-        raise CodecError("snapshot voters must be an array of strings")
-    if type(data) is not bytes:
-        raise CodecError("snapshot data must be bin")
-    return Snapshot(SnapshotMeta(index, term, voters), data)
+    for names in (voters, learners):
+        if type(names) is not tuple or not all(type(v) is str for v in names):
+            raise CodecError("snapshot voters and learners must be arrays of strings")
+    if type(data) is not bytes or type(context) is not bytes:
+        raise CodecError("snapshot data and context must be bin")
+    meta = SnapshotMeta(index, term, voters, learners, _decode_context(context))
+    return Snapshot(meta, data)
+
+
+def _decode_context(raw: bytes) -> Any:
+    try:
+        return decode_context(raw)
+    except ValueError as e:
+        raise CodecError(f"bad configuration context: {e}") from None
+
+
+def _snapshot_fields(s: Snapshot) -> tuple[Any, ...]:
+    """The 4-element form while there is nothing else to say (a peer of the version before
+    learners reads it), the 6-element form otherwise."""
+    m = s.meta
+    if not m.learners and m.context is None:
+        return (m.index, m.term, m.voters, s.data)
+    return (m.index, m.term, m.voters, s.data, m.learners, encode_context(m.context))
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -220,7 +241,7 @@ def encode_message(m: Message) -> bytes:
                 m.reject,
                 m.reject_hint,
                 m.context,
-                None if s is None else (s.meta.index, s.meta.term, s.meta.voters, s.data),
+                None if s is None else _snapshot_fields(s),
             )
         )
     except (TypeError, ValueError, OverflowError) as e:

@@ -54,7 +54,14 @@ entries = st.builds(
 )
 snapshots = st.builds(
     Snapshot,
-    meta=st.builds(SnapshotMeta, index=U64, term=U64, voters=st.lists(IDS, max_size=5).map(tuple)),
+    meta=st.builds(
+        SnapshotMeta,
+        index=U64,
+        term=U64,
+        voters=st.lists(IDS, max_size=5).map(tuple),
+        learners=st.lists(IDS, max_size=2).map(tuple),
+        context=st.none() | st.dictionaries(IDS, st.text(max_size=20), max_size=3),
+    ),
     data=st.binary(max_size=256),
 )
 messages = st.builds(
@@ -115,6 +122,10 @@ def test_wire_shape_is_positional() -> None:
     assert raw == [10, "b", "a", 3, 2, 9, [[3, 10, 0, b"d"]], 8, False, 0, b"", None]
     snap = Message(MessageType.SNAP, snapshot=Snapshot(SnapshotMeta(5, 2, ("a",)), b"s"))
     assert msgpack.unpackb(encode_message(snap))[11] == [5, 2, ["a"], b"s"]
+    meta = SnapshotMeta(5, 2, ("a",), ("b",), {"addresses": {"b": "h:1"}})
+    snap = Message(MessageType.SNAP, snapshot=Snapshot(meta, b"s"))
+    context = b'{"addresses": {"b": "h:1"}}'
+    assert msgpack.unpackb(encode_message(snap))[11] == [5, 2, ["a"], b"s", ["b"], context]
 
 
 @pytest.mark.parametrize("mtype", sorted(LOCAL_MESSAGES))

@@ -395,6 +395,18 @@ def test_only_the_newest_two_snapshots_are_kept(tmp_path: Path) -> None:
         assert snapshots(tmp_path) == [f"{15:020d}-{1:020d}.snap", f"{30:020d}-{2:020d}.snap"]
 
 
+def test_a_snapshot_keeps_its_configuration(tmp_path: Path) -> None:
+    """Learners and the host's context (addresses) survive the disk, as the voters do, in the
+    snapshot file and in the log's snapshot mark."""
+    context = {"addresses": {"n1": "10.0.0.1:7001", "n4": "10.0.0.4:7001"}}
+    meta = SnapshotMeta(5, 1, ("n1", "n2", "n3"), ("n4",), context)
+    with open_store(tmp_path) as s:
+        s.save(None, ents(1, 8))
+        s.save_snapshot(Snapshot(meta, b"image"))
+    with open_store(tmp_path) as again:
+        assert again.load().snapshot.meta == meta
+
+
 def test_snapshot_temp_files_from_a_crash_are_removed(tmp_path: Path) -> None:
     with open_store(tmp_path) as s:
         s.save(None, ents(1, 5))
