@@ -55,13 +55,12 @@ WORKLOADS = [  # (row id, workload, in flight, systems)
 
 
 def start_driver(system: str, params: dict[str, Any], env: dict[str, str], log_path: Path):
-    """A persistent ``etcd_load.py`` process for one system; returns once its client is
-    connected (and, for raftsync, its session opened)."""
+    """A persistent ``etcd_load.py`` process for one system; the caller waits for its "ready"
+    line (its client connected and, for raftsync, its session opened), so both drivers start
+    in parallel."""
     argv = [sys.executable, str(BENCH / "etcd_load.py"), "--system", system]
     argv += ["--params", json.dumps(params)]
-    driver = Controlled(argv, str(log_path), env=env)
-    driver.receive(timeout=60)
-    return driver
+    return Controlled(argv, str(log_path), env=env)
 
 
 def run_rounds(args, drivers: dict[str, Controlled], pids: dict[str, Any], result: dict) -> None:
@@ -106,14 +105,17 @@ def run_capacity(args, cluster: LocalCluster, etcd, drivers, base: Path, result:
     cmd.update(warmup=1.0, seconds=args.capacity_seconds)
     cmd["pids"] = [p.pid for p in cluster.procs.values()]
     try:
-        cap["raftsync"] = drivers["raftsync"].request(cmd, 120 + args.capacity_seconds)
-        log(f"raftsync: raw client {cap['raftsync']['ops_per_s']:.0f} ops/s")
+        res = drivers["raftsync"].request(cmd, 120 + args.capacity_seconds)
+        if not res["ops"]:
+            res["error"] = f"no write completed: {res.get('error_kinds')}"
+        cap["raftsync"] = res
+        log(f"raftsync: raw client {res['ops_per_s']:.0f} ops/s {res.get('error', '')}")
     except Exception as exc:
         cap["raftsync"] = {"error": f"{type(exc).__name__}: {exc}"}
     result["capacity"] = cap
 
 
-def failover_ours(cluster: LocalCluster, driver: Controlled, args) -> float | None:
+def failover_ours(cluster: LocalCluster, driver: Controlled, args, restart: bool) -> float | None:
     from coordination.primitives import commands as c
 
     leader = cluster.wait_for_leader(timeout=30)
@@ -122,20 +124,22 @@ def failover_ours(cluster: LocalCluster, driver: Controlled, args) -> float | No
     body = c.cache_set(key(123_456), value(9), None)
     t = asyncio.run(ours_failover_probe(cluster, leader, args.probe_interval_ms / 1000, 30.0, body))
     driver.request({"cmd": "bg", "on": False}, 30)
-    cluster.start_node(leader)
-    cluster.wait_converged(timeout=60)
+    if restart:  # the next trial starts from three converged nodes
+        cluster.start_node(leader)
+        cluster.wait_converged(timeout=60)
     return t
 
 
-def failover_etcd(etcd, driver: Controlled, args) -> float | None:
+def failover_etcd(etcd, driver: Controlled, args, restart: bool) -> float | None:
     leader, term = etcd.wait_for_leader(timeout=30)
     driver.request({"cmd": "bg", "on": True}, 10)
     time.sleep(0.3)
     interval = args.probe_interval_ms / 1000
     t = asyncio.run(etcd_cluster.etcd_failover_probe(etcd, leader, term, interval, 30.0))
     driver.request({"cmd": "bg", "on": False}, 30)
-    etcd.start_member(leader)
-    etcd.wait_converged(timeout=60)
+    if restart:
+        etcd.start_member(leader)
+        etcd.wait_converged(timeout=60)
     return t
 
 
@@ -143,12 +147,13 @@ def run_failover(args, cluster, etcd, drivers, result: dict) -> None:
     """``--trials`` kill -9 trials per system, alternating which system goes first."""
     for trial in range(args.trials):
         order = ["raftsync", "etcd"] if trial % 2 == 0 else ["etcd", "raftsync"]
+        restart = trial < args.trials - 1  # not after the last: the clusters stop next
         for system in order:
             try:
                 if system == "raftsync":
-                    t = failover_ours(cluster, drivers["raftsync"], args)
+                    t = failover_ours(cluster, drivers["raftsync"], args, restart)
                 else:
-                    t = failover_etcd(etcd, drivers["etcd"], args)
+                    t = failover_etcd(etcd, drivers["etcd"], args, restart)
             except Exception as exc:
                 result["failover_errors"].append(f"{system}: {type(exc).__name__}: {exc}")
                 log(f"{system}: failover trial failed: {exc}")
@@ -184,6 +189,8 @@ def side_by_side(args: argparse.Namespace, base: Path, result: dict[str, Any]) -
         drivers["etcd"] = start_driver(
             "etcd", {"endpoint": etcd.endpoint(etcd_leader)}, env, base / "driver-etcd.log"
         )
+        for driver in drivers.values():
+            driver.receive(timeout=60)
         pids = {
             "raftsync": lambda: [p.pid for p in cluster.procs.values()],
             "etcd": etcd.pids,
@@ -273,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     failed = "error" in result or any(
         "error" in res for rnd in result["rounds"] for row in rnd.values() for res in row.values()
+    )
+    cap = result.get("capacity") or {}
+    failed = (
+        failed or "error" in cap or any("error" in r for r in cap.values() if isinstance(r, dict))
     )
     return 1 if failed or result["failover_errors"] else 0
 
