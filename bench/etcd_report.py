@@ -232,6 +232,11 @@ def acceptance(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _minor_label(x: float, _pos: int) -> str:
+    """Label the 2x, 3x and 5x minor ticks of a log axis only (all of them would overlap)."""
+    return f"{x:g}" if f"{x:e}"[0] in "235" else ""
+
+
 def plot_cdf(result: dict[str, Any], path: Path) -> bool:
     """One PNG: the latency CDF of each workload, both systems on the same axes (log x), and
     the failover trials. False (and no file) when matplotlib is missing."""
@@ -266,7 +271,7 @@ def plot_cdf(result: dict[str, Any], path: Path) -> bool:
             ax.plot(lat, ys, style, color=colours[system], label=f"{label} (n={len(lat):,})")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_title(title)
         ax.set_xlabel("latency, ms (log)")
@@ -290,6 +295,34 @@ def plot_cdf(result: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def per_round(result: dict[str, Any]) -> list[str]:
+    """Each round's ratios, so the spread behind a median is visible in the report."""
+    picks = [
+        ("1 client writes/s", "write_1", "write_1", "ops_per_s"),
+        ("1 client p50", "write_1", "write_1", "p50_ms"),
+        ("1 client p99", "write_1", "write_1", "p99_ms"),
+        ("in-flight writes/s", "write_64", "write_64", "ops_per_s"),
+        ("in-flight p99", "write_64", "write_64", "p99_ms"),
+        ("lock p50 (lease + txn)", "lock", "lock", "p50_ms"),
+        ("lock p95 (lease + txn)", "lock", "lock", "p95_ms"),
+        ("lock p50 (v3lock)", "lock", "v3lock", "p50_ms"),
+    ]
+    lines = [
+        "| ratio raftsync/etcd | "
+        + " | ".join(f"round {i + 1}" for i in range(len(result["rounds"])))
+        + " |",
+        "|---|" + "--:|" * len(result["rounds"]),
+    ]
+    for label, ours, theirs, field in picks:
+        cells = []
+        for rnd in result["rounds"]:
+            a, b = rnd.get(ours, {}).get("raftsync"), rnd.get(theirs, {}).get("etcd")
+            ok = _ok(a) and _ok(b) and a.get(field) and b.get(field)
+            cells.append(_f(a[field] / b[field]) if ok else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def strip_samples(result: dict[str, Any]) -> dict[str, Any]:
@@ -328,6 +361,10 @@ def render(args, info, result, rows, argv: list[str], plotted: bool) -> str:
         " client = the load driver process, servers = the three server processes.",
         "",
         *acceptance(rows),
+        "",
+        "Per round (the order of the two systems flips every round):",
+        "",
+        *per_round(result),
         "",
         f"CDF: {'vs_etcd_cdf.png' if plotted else 'not drawn (matplotlib missing)'}",
         "",
