@@ -154,7 +154,7 @@ def build_rows(result: dict[str, Any], args: argparse.Namespace) -> list[dict[st
                 f" --load={args.perf_load}`, Go; raftsync: its Python client,"
                 f" {args.capacity_inflight} in flight)",
                 "raftsync": _f(o_rate, 0),
-                "etcd": _f(e_rate, 0) if e_rate else e.get("error", "-"),
+                "etcd": _f(e_rate, 0) if e_rate else str(e.get("error", "-"))[:160],
                 "ratio": _f(o_rate / e_rate if o_rate and e_rate else None),
                 "values": {"ratio": o_rate / e_rate if o_rate and e_rate else None},
             }
@@ -348,7 +348,8 @@ def render(args, info, result, rows, argv: list[str], plotted: bool) -> str:
         f"- nproc: {info['nproc']}; CPU: {info['cpu']}; load average at start:"
         f" {info['loadavg']}, at end: {info.get('loadavg_end', '?')}",
         f"- Python: {info['python']}; data directory filesystem: {info['data_fs']}",
-        f"- etcd: {result.get('etcd_version', '?')}; client: aetcd (gRPC, asyncio)",
+        f"- {result.get('etcd_version', 'etcd version unknown')};"
+        " client: aetcd 1.0.0 (gRPC, asyncio)",
         f"- rounds: {args.rounds} (order flipped each round), {args.warmup}s warm-up +"
         f" {args.seconds}s measured per workload; failover: {args.trials} trials per system,"
         f" probe every {args.probe_interval_ms} ms",
