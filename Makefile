@@ -61,3 +61,11 @@ bench-primitives: venv
 bench-celery: venv
 	$(VENV)/bin/python bench/bench_celery.py $(BENCH_ARGS)
 	$(VENV)/bin/python bench/bench_celery.py --producers 8 $(BENCH_ARGS)
+
+# raftsync next to etcd, side by side in alternating rounds: writes, locks, failover, etcd's Go
+# load tool, CPU per operation (about 5 min). Needs the etcd binary (apt-get install -y
+# etcd-server etcd-client); without it, it says how to install it and exits 0.
+# BENCH_ARGS=--quick for a smoke run (seconds).
+.PHONY: bench-etcd
+bench-etcd: venv
+	$(VENV)/bin/python bench/bench_vs_etcd.py $(BENCH_ARGS)

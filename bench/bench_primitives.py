@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prim_redis
 import redis
 from bench_raft import add_run_args, fmt_ms, log, log_node_tails, run_benchmark, write_report
+from benchlib import cpu_seconds
 from prim_zipf import ideal_hit_rate, simulate, workload
 
 from raft_node.testing.launcher import LocalCluster
@@ -107,15 +108,6 @@ def run_area(
         tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
         raise RuntimeError(f"{system} {area} driver failed (rc={proc.returncode}): {tail}")
     return json.loads(lines[-1])
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (``/proc/<pid>/stat``), or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_share(before: dict[str, float | None], after: dict[str, float | None], wall: float):

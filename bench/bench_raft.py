@@ -99,14 +99,16 @@ def ours_load(cluster: LocalCluster, concurrency: int, warmup: float, seconds: f
 
 
 async def ours_failover_probe(
-    cluster: LocalCluster, victim: str, interval: float, timeout: float
+    cluster: LocalCluster, victim: str, interval: float, timeout: float, body: bytes | None = None
 ) -> float | None:
     """SIGKILL ``victim``; seconds until a survivor acknowledges a write (None: none in time).
 
     Probes are proposals with a fresh ``client_id`` each (so they may overlap) and a 0.5 s
     deadline, sent on connections opened before the kill, to every survivor every ``interval``.
     A follower forwards a probe to the leader it knows; an OK after the kill can only come from
-    a new leader (the answer's leader hint is checked too).
+    a new leader (the answer's leader hint is checked too). ``body`` is the command to propose
+    (default a ``kvstore.put`` for the KVStore machine; ``bench_vs_etcd.py`` passes a
+    coordination ``cache.set``, so one probe serves both benchmarks).
     """
     secret = cluster.secret.encode()
     survivors = [n for n in cluster.ids if n != victim]
@@ -118,7 +120,7 @@ async def ours_failover_probe(
         conns[node] = conn
     loop = asyncio.get_running_loop()
     first: asyncio.Future[float] = loop.create_future()
-    body = put(key(123_456), value(9))
+    body = put(key(123_456), value(9)) if body is None else body
     tag = uuid.uuid4().hex[:8]
     counter = itertools.count(1)
     tasks: set[asyncio.Task[None]] = set()

@@ -13,6 +13,7 @@ import queue
 import socket
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 KEY_BYTES = 16
@@ -52,6 +53,19 @@ def summarize_latencies(latencies_ns: list[int], elapsed_s: float, errors: int) 
         "max_ms": (s[-1] / ms) if s else float("nan"),
         "errors": errors,
     }
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``), or None (gone).
+
+    Read from /proc rather than ``os.times()`` so one helper serves both a driver's own process
+    and the server processes it loads, counted the same way (all threads, 1/CLK_TCK steps).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
