@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from raft_node.core.conf import ConfChange, ConfState
 from raft_node.core.fsm import CommandRejected, StateMachine
 from raft_node.core.leader import ProposalDropped
 from raft_node.core.messages import NONE, Entry, Message, NodeId, Snapshot
@@ -286,6 +287,28 @@ class NodeHost:
         except Exception:
             log.exception("event=validate_failed node=%s", self.id)
         return False
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, int, ConfState]:
+        """Propose one membership change (leader only): ``(index, term, configuration)`` of its
+        entry, in force here at once; it is done when ``applied_index`` reaches ``index`` with
+        the entry there still of ``term`` (``conf_change_outcome``). Raises
+        ``ConfChangeRefused``."""
+        index, conf = self.raw.propose_conf_change(change)
+        return index, self.raw.raft.term, conf
+
+    def conf_change_outcome(self, index: int, term: int) -> bool | None:
+        """For a change proposed at ``(index, term)``: True once applied, False if another
+        entry took its place (leadership moved before it committed), None while undecided."""
+        log_ = self.raw.raft.log
+        at = log_.term(index)
+        if self.applier.applied_index < index:
+            return None if at == term else False  # gone (None) or replaced: not committed
+        return True if at is None else at == term  # compacted: it was applied, so committed
+
+    @property
+    def configuration(self) -> ConfState:
+        """The membership in force on this node (the latest in its log)."""
+        return self.raw.raft.conf
 
     def propose_system(self, body: bytes) -> int | None:
         """Propose a leader-originated command (no client, no dedup); returns its index, or

@@ -38,9 +38,12 @@ def main(
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--bug", choices=sorted(BUGS), help="inject a known protocol bug")
     parser.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
+    parser.add_argument(
+        "--membership", action="store_true", help="spare machines and membership changes"
+    )
     args = parser.parse_args(argv)
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds
-    extra: dict[str, Any] = {"replay": prog}
+    extra: dict[str, Any] = {"replay": prog, "membership": args.membership}
     if args.bug:
         extra["raft_class"] = BUGS[args.bug]
     failures = 0

@@ -6,6 +6,7 @@ assert that a violation is reported; the CLI exposes them as ``--bug NAME`` for 
 
 from __future__ import annotations
 
+from raft_node.core.conf import ConfChange, ConfState
 from raft_node.core.messages import Message
 from raft_node.core.raft import Raft
 
@@ -45,8 +46,37 @@ class NoLogCheckVoteRaft(Raft):
             super()._handle_vote_request(m)
 
 
+class TwoConfChangesRaft(Raft):
+    """Accepts a membership change while the previous one is not committed (two single-server
+    changes at once can leave two disjoint majorities)."""
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, ConfState]:
+        self.pending_conf_index = 0
+        return super().propose_conf_change(change)
+
+
+class NoTermCommitConfRaft(Raft):
+    """Proposes a membership change before committing an entry of its own term (the thesis'
+    erratum: a deposed leader's change and its successor's can then both take effect)."""
+
+    def become_leader(self) -> None:
+        super().become_leader()
+        self.pending_conf_index = 0  # a change may go before the no-op commits
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, ConfState]:
+        committed, term = self.log.committed, self.term
+        real = self.log.term
+        self.log.term = lambda i: term if i == committed else real(i)  # type: ignore[method-assign]
+        try:
+            return super().propose_conf_change(change)
+        finally:
+            del self.log.term
+
+
 BUGS: dict[str, type[Raft]] = {
     "commit-old-term": CommitOldTermRaft,
+    "two-conf-changes": TwoConfChangesRaft,
+    "no-term-commit-conf": NoTermCommitConfRaft,
     "double-vote": DoubleVoteRaft,
     "no-log-check": NoLogCheckVoteRaft,
 }

@@ -41,10 +41,12 @@ from raft_node.sim.disk import SimDisk
 from raft_node.sim.engine import Entry, SimNode, SimulationFailure, Workload
 from raft_node.sim.invariants import Checker, Violation
 from raft_node.sim.kv_workload import KVWorkload
+from raft_node.sim.membership import CommitQuorum, change_membership
 
 __all__ = ["Faults", "SimNode", "SimResult", "Simulation", "SimulationFailure", "Workload"]
 
-TICK, DELIVER, CLIENT, FAULT = 0, 1, 2, 3
+TICK, DELIVER, CLIENT, FAULT, MEMBERSHIP = 0, 1, 2, 3, 4
+MEMBERSHIP_EVERY_MS = (20, 120)  # between membership change requests, during the chaos phase
 REQUEST_TIMEOUT_S = 3.0  # hosts answer "timeout" to client requests waiting longer
 
 
@@ -155,6 +157,8 @@ class Simulation:
         check_linearizability: bool = True,
         workload: Workload | None = None,
         replay: str = "python -m raft_node.sim",
+        membership: bool = False,
+        spares: int = 2,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -164,7 +168,13 @@ class Simulation:
         self.liveness_ms = liveness_ms
         self.compact_every = compact_every
         self.check_linearizability = check_linearizability
-        self.ids = [f"n{i + 1}" for i in range(nodes)]
+        # With ``membership``, spare machines run too (not members until added) and membership
+        # changes are one more fault (``raft_node.sim.membership``).
+        self.membership = membership
+        self.voters = [f"n{i + 1}" for i in range(nodes)]
+        self.ids = self.voters + [f"n{nodes + i + 1}" for i in range(spares if membership else 0)]
+        self.membership_changes = self.membership_refusals = 0
+        self.commit_quorum = CommitQuorum()
         self.checker = Checker()
         self.now = 0
         self._seq = 0
@@ -177,11 +187,15 @@ class Simulation:
         self.workload: Workload = workload if workload is not None else KVWorkload()
         self.elections = 0
         self.replay = f"{replay} --seed {seed} --nodes {nodes} --steps {steps}"
+        if membership:
+            self.replay += " --membership"
         for node in self.nodes.values():
             self._start(node)
             self._push(self.rng.randrange(0, node.tick_ms), TICK, node.id)
         self.workload.attach(self)
         self._push(self.faults.fault_every_ms, FAULT, None)
+        if membership:
+            self._push(self.rng.randrange(*MEMBERSHIP_EVERY_MS), MEMBERSHIP, None)
 
     def schedule(self, delay: int, payload: Any) -> None:
         """Workloads schedule their client events here (delivered to ``Workload.on_event``)."""
@@ -245,13 +259,16 @@ class Simulation:
             elif kind == FAULT and self.faults.enabled:
                 self._fault()
                 self._push(self.rng.randrange(1, 2 * self.faults.fault_every_ms), FAULT, None)
+            elif kind == MEMBERSHIP and self.faults.enabled:
+                change_membership(self)
+                self._push(self.rng.randrange(*MEMBERSHIP_EVERY_MS), MEMBERSHIP, None)
 
     # -- nodes ---------------------------------------------------------------------------------
 
     def _config(self, node_id: NodeId) -> Config:
         return Config(
             id=node_id,
-            voters=self.ids,
+            voters=self.voters,
             rng=random.Random(self.rng.getrandbits(32)),
             election_tick=10,
             heartbeat_tick=1,
@@ -306,6 +323,9 @@ class Simulation:
                 self._crash(node)
             return
         self.checker.after_event(node.id, host.raw.raft)
+        if self.membership:
+            disks = {n.id: n.disk for n in self.nodes.values()}
+            self.commit_quorum.check(node.id, host.raw.raft, disks)
 
     # -- network -------------------------------------------------------------------------------
 
@@ -345,6 +365,12 @@ class Simulation:
         self.process(node)
 
     # -- for workloads -------------------------------------------------------------------------
+
+    def members(self) -> tuple[NodeId, ...]:
+        leader = self.leader()
+        if leader is None or leader.host is None:
+            return tuple(self.ids)
+        return leader.host.configuration.members()
 
     def up_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.host is not None]
@@ -409,9 +435,11 @@ class Simulation:
             return False
         assert leader.host is not None
         commit = leader.host.raw.raft.log.committed
+        members = self.members()  # removed machines get nothing more
         return all(
             n.host is not None and n.host.raw.raft.log.applied == commit
             for n in self.nodes.values()
+            if n.id in members
         )
 
     def _liveness_report(self) -> str:

@@ -64,6 +64,10 @@ class Engine(Protocol):
 
     def up_nodes(self) -> list[SimNode]: ...
 
+    def members(self) -> tuple[NodeId, ...]:
+        """The machines in the current leader's configuration (all of them without one)."""
+        ...
+
     def pick_node(self, prefer_leader: bool) -> SimNode | None:
         """A random live node; with ``prefer_leader``, its known leader if that one is up."""
         ...

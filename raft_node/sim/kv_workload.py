@@ -172,7 +172,12 @@ class KVWorkload:
                         f"acknowledged {op.kind} {op.client}#{op.seq} at "
                         f"({op.index}, term {op.term}) is not in the applied log"
                     )
-        states = {n.id: n.host.state_machine.data for n in sim.nodes.values() if n.host}
+        members = sim.members()  # a removed machine keeps the state it had when it left
+        states = {
+            n.id: n.host.state_machine.data
+            for n in sim.nodes.values()
+            if n.host and n.id in members
+        }
         first = next(iter(states.values()))
         for nid, data in states.items():
             if data != first:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from raft_node.core.conf import ADD_LEARNER, PROMOTE, REMOVE, ConfChange, ConfChangeRefused
-from raft_node.core.messages import EntryType, Message
+from raft_node.core.messages import EntryType
 from raft_node.core.messages import MessageType as MT
 from raft_node.core.ready import Role
 from raft_node.sim.harness import Net
@@ -109,7 +109,7 @@ def test_refusals_are_typed():
 
 def test_the_leader_removes_itself_then_steps_down_and_stays_quiet():
     net = _cluster()
-    index, conf = net.change("a", ConfChange(REMOVE, "a"))
+    _index, conf = net.change("a", ConfChange(REMOVE, "a"))
     assert conf.voters == ("b", "c")
     net.tick("a")
     assert net.raft("a").role == Role.FOLLOWER

@@ -13,18 +13,23 @@ import sys
 
 import pytest
 
-from raft_node.sim.bugs import DoubleVoteRaft, NoLogCheckVoteRaft
+from raft_node.sim.bugs import (
+    DoubleVoteRaft,
+    NoLogCheckVoteRaft,
+    NoTermCommitConfRaft,
+    TwoConfChangesRaft,
+)
 from raft_node.sim.cluster import Simulation, SimulationFailure
 
 # A fixed number of chunks whatever the seed count, so the suite has the same tests in the
 # default run (600 seeds) and the deep one (3000): only each chunk's size changes.
 CHUNKS_3_NODES = 40
 CHUNKS_5_NODES = 20
+CHUNKS_MEMBERSHIP = 20
+SAFETY = "safety violation"
 
 
-def _sweep(
-    seeds: range, nodes: int, steps: int, until: str | None = None, **kwargs
-) -> list[str]:
+def _sweep(seeds: range, nodes: int, steps: int, until: str | None = None, **kwargs) -> list[str]:
     """Run ``seeds``; the failures' reports. With ``until`` (a regex), stop at the first report
     it matches: a proof that a check can fail needs one catch, not every seed's."""
     failures = []
@@ -49,11 +54,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "seed_chunk" in metafunc.fixturenames:
         cfg = metafunc.config
         total = cfg.getoption("sim_seeds")
-        nodes = metafunc.function.__name__.endswith("5_nodes")
-        # Two thirds of the seeds on 3 nodes, one third on 5; disjoint seed ranges.
+        name = metafunc.function.__name__
+        nodes = name.endswith("5_nodes")
+        # Two thirds of the seeds on 3 nodes, one third on 5; disjoint seed ranges. Membership
+        # runs have as many again as the 3-node ones (2,000 in the deep run), seeds of their own.
         count = total // 3 if nodes else total - total // 3
         offset = 1_000_000 if nodes else 0
         chunks = _chunks(count, offset, CHUNKS_5_NODES if nodes else CHUNKS_3_NODES)
+        if name.endswith("membership"):
+            chunks = _chunks(total - total // 3, 2_000_000, CHUNKS_MEMBERSHIP)
         metafunc.parametrize("seed_chunk", chunks, ids=[f"{c.start}-{c.stop - 1}" for c in chunks])
 
 
@@ -65,6 +74,42 @@ def test_simulation_3_nodes(seed_chunk: range, sim_steps: int) -> None:
 def test_simulation_5_nodes(seed_chunk: range, sim_steps: int) -> None:
     failures = _sweep(seed_chunk, nodes=5, steps=sim_steps)
     assert not failures, "\n".join(failures)
+
+
+def test_simulation_membership(seed_chunk: range, sim_steps: int) -> None:
+    """Spare machines join as learners, get promoted, members (the leader too) are removed,
+    under every fault; plus the commit-quorum check (``raft_node.sim.membership``)."""
+    failures = _sweep(seed_chunk, nodes=3, steps=sim_steps, membership=True)
+    assert not failures, "\n".join(failures)
+
+
+def test_membership_changes_happen_and_are_refused_in_the_runs() -> None:
+    """The membership runs do exercise changes: some applied, some refused as pending."""
+    changes = refusals = 0
+    for seed in range(10):
+        sim = Simulation(2_000_000 + seed, membership=True)
+        sim.run()
+        changes, refusals = changes + sim.membership_changes, refusals + sim.membership_refusals
+    assert changes >= 30 and refusals >= 10, (changes, refusals)
+
+
+def test_two_membership_changes_at_once_are_caught() -> None:
+    """The injected bug: a leader that accepts a change while the previous one is pending."""
+    failures = _sweep(
+        range(400), 3, 3000, until=SAFETY, raft_class=TwoConfChangesRaft, membership=True
+    )
+    assert any(SAFETY in f for f in failures), f"unnoticed in 400 seeds: {failures[:2]}"
+    assert "--membership" in failures[-1]
+
+
+@pytest.mark.slow
+def test_a_change_before_the_new_leaders_first_commit_is_caught() -> None:
+    """The thesis' erratum, injected: rare (about one seed in 2,000), so it runs in the deep
+    search only."""
+    failures = _sweep(
+        range(2_000), 3, 3000, until=SAFETY, raft_class=NoTermCommitConfRaft, membership=True
+    )
+    assert any(SAFETY in f for f in failures), "unnoticed in 2,000 seeds"
 
 
 def test_same_seed_same_run() -> None:
