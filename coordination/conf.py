@@ -210,10 +210,10 @@ SPEC: dict[str, Setting] = {
         4 * 1024 * 1024, positive_int, "int > 0", "Largest accepted wire frame from a client."
     ),
     "MAX_PEER_FRAME_BYTES": Setting(
-        512 * 1024 * 1024,
+        8 * 1024 * 1024,
         positive_int,
-        "int > 0",
-        "Largest frame from an authenticated peer (a snapshot travels as one message).",
+        "int >= MAX_FRAME_BYTES + 1 MiB",
+        "Largest frame from an authenticated peer (an append batch; snapshots are streamed).",
     ),
     "REDIS_URL": Setting(
         "", redis_url, "redis URL", "Redis mirror for the cache; empty = embedded cache only."
@@ -396,6 +396,22 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
                 f"{setting_name('ELECTION_TICKS')} ({values['ELECTION_TICKS']}) must be greater "
                 f"than {setting_name('HEARTBEAT_TICKS')} ({values['HEARTBEAT_TICKS']})",
                 "Followers must hear several heartbeats per election timeout: e.g. 15 and 2.",
+            )
+        )
+    if (
+        "MAX_PEER_FRAME_BYTES" in sources
+        and "MAX_FRAME_BYTES" in sources
+        and values["MAX_PEER_FRAME_BYTES"] < values["MAX_FRAME_BYTES"] + (1 << 20)
+    ):
+        problems.append(
+            Problem(
+                INVALID,
+                "MAX_PEER_FRAME_BYTES",
+                f"{setting_name('MAX_PEER_FRAME_BYTES')} ({values['MAX_PEER_FRAME_BYTES']}) must "
+                f"be at least {setting_name('MAX_FRAME_BYTES')} + 1 MiB "
+                f"({values['MAX_FRAME_BYTES'] + (1 << 20)})",
+                "An append between nodes carries up to 1 MiB of entries, or one entry as large "
+                "as a client request; the default 8 MiB fits the default 4 MiB client frames.",
             )
         )
     for key in ("TLS_KEY", "TLS_CA"):

@@ -89,6 +89,9 @@ class NodeServer:
     ) -> None:
         self.config = config
         self.id = config.node_id
+        # Incoming snapshot chunks go to files next to the storage the server owns; with a storage
+        # given by the caller (tests, in-memory), to the system's temporary directory.
+        incoming = config.data_dir / "incoming" if storage is None else None
         if storage is None:
             from raft_node.storage.durable import DurableStorage
 
@@ -133,6 +136,8 @@ class NodeServer:
             ssl_client=config.ssl_client,
             max_frame_bytes=config.max_frame_bytes,
             max_peer_frame_bytes=config.max_peer_frame_bytes,
+            snapshot_chunk_bytes=config.snapshot_chunk_bytes,
+            snapshot_dir=incoming,
             on_fatal=self.fail,
         )
         outbound.tcp = self.transport

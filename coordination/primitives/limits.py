@@ -28,7 +28,7 @@ MAX_DELIVERIES = (1, 1000)
 DEDUP_WINDOW_MS = (0, 24 * 3_600_000)
 # Task results (``results``): one stored value fits a 1 MiB client request with its envelope
 # (key, op, msgpack framing); the totals keep the part's share of a snapshot bounded (the cache
-# has its own 256 MiB budget; a snapshot travels as one peer frame of at most 512 MiB).
+# has its own 256 MiB budget; a snapshot is held in memory whole on every node).
 RESULT_VALUE_MAX_BYTES = 512 * 1024
 RESULT_RECORDS_MAX = 200_000  # stored results and counters
 RESULT_TOTAL_MAX_BYTES = 128 * 1024 * 1024  # keys + values + per-record overhead

@@ -18,6 +18,11 @@ from raft_node.core.messages import NodeId
 
 Address = tuple[str, int]
 
+APPEND_BATCH_BYTES = 1 << 20
+"""The core's ``Config.max_size_per_msg`` as the server leaves it: entries per append message.
+An append carries up to this much, or one larger entry (a client proposal, bounded by the client
+frame), so a peer frame must hold ``max_frame_bytes + APPEND_BATCH_BYTES``."""
+
 
 def parse_cluster(spec: str) -> dict[NodeId, Address]:
     """``"n1=127.0.0.1:7001,n2=127.0.0.1:7002"`` -> ``{"n1": ("127.0.0.1", 7001), ...}``."""
@@ -49,7 +54,8 @@ class NodeConfig:
     snapshot_every: int = 100_000
     snapshot_keep: int = 5_000
     max_frame_bytes: int = 4 << 20
-    max_peer_frame_bytes: int = 512 << 20  # snapshots travel as one peer message
+    max_peer_frame_bytes: int = 8 << 20  # append batches; snapshots are streamed in chunks
+    snapshot_chunk_bytes: int = 1 << 20  # data per snapshot chunk frame
     max_inflight: int = 256
     fsync: bool = True
     request_timeout: float = 5.0
@@ -90,6 +96,20 @@ class NodeConfig:
             "max_inflight",
         ):
             _check_int(name, getattr(self, name), low=1)
+        # The peer frame limit bounds append messages only (snapshots are chunked), so it must
+        # hold the largest one: refused here rather than as an endless "message_too_large".
+        _check_int(
+            "max_peer_frame_bytes",
+            self.max_peer_frame_bytes,
+            low=self.max_frame_bytes + APPEND_BATCH_BYTES,
+        )
+        # A chunk frame (data + 18 bytes of headers) must fit in a peer frame.
+        _check_int(
+            "snapshot_chunk_bytes",
+            self.snapshot_chunk_bytes,
+            low=4096,
+            high=self.max_peer_frame_bytes - 64,
+        )
         _check_int("snapshot_keep", self.snapshot_keep, low=0)
         if self.heartbeat_ticks >= self.election_ticks:
             raise ValueError("NodeConfig: heartbeat_ticks must be less than election_ticks")

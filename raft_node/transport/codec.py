@@ -11,6 +11,11 @@ Wire shapes (positional arrays, never maps; tags are the ``IntEnum`` values of
 
 The protocol version lives in the frame header (``raft_node.transport.wire``), not here.
 
+A snapshot on a TCP peer connection is streamed (``raft_node.transport.snapstream``); its header
+frame is ``snapshot_header = [stream_id, total_bytes, chunk_bytes, message]``, where ``message``
+is the ``encode_message`` bytes of the ``SNAP`` message with empty snapshot data, so the snapshot
+meta travels in exactly the encoding above (whatever fields it grows).
+
 Decoding is the attack surface of the whole node, so ``decode_message``/``decode_payload`` raise
 ``CodecError`` (a ``ValueError``) and nothing else, whatever the input: msgpack runs with every
 container and string limit set from the input's own length (a 5-byte input cannot make it allocate
@@ -50,8 +55,10 @@ __all__ = [
     "CodecError",
     "decode_message",
     "decode_payload",
+    "decode_snapshot_header",
     "encode_message",
     "encode_payload",
+    "encode_snapshot_header",
 ]
 
 MAX_PAYLOAD_DEPTH = 32
@@ -324,3 +331,36 @@ def _check_depth(root: list | dict, max_depth: int) -> None:
         for child in obj.values() if type(obj) is dict else obj:
             if type(child) in (list, dict):
                 push((child, depth + 1))
+
+
+# -- the header of a streamed snapshot (raft_node.transport.snapstream) -----------------------
+
+
+def encode_snapshot_header(stream_id: int, total_bytes: int, chunk_bytes: int, m: Message) -> bytes:
+    """The header of a streamed ``SNAP`` message: its fields and snapshot meta, without the data
+    (which follows in chunk frames). The meta is encoded by ``encode_message`` itself, so a field
+    added to ``SnapshotMeta`` travels here without a change."""
+    if m.type != MessageType.SNAP or m.snapshot is None:
+        raise CodecError("only a SNAP message with a snapshot has a snapshot header")
+    bare = dataclasses.replace(m, snapshot=dataclasses.replace(m.snapshot, data=b""))
+    try:
+        return _packb((stream_id, total_bytes, chunk_bytes, encode_message(bare)))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CodecError(f"cannot encode snapshot header: {e}") from None
+
+
+def decode_snapshot_header(b: bytes) -> tuple[int, int, int, Message]:
+    """``(stream_id, total_bytes, chunk_bytes, message)`` from ``encode_snapshot_header``; the
+    message's snapshot has empty data. Raises ``CodecError`` (only) on any invalid input."""
+    v = _unpack(b, use_list=False)
+    if type(v) is not tuple or len(v) != 4:
+        raise CodecError("a snapshot header must be a 4-element array")
+    stream_id, total, chunk, body = v
+    if type(stream_id) is not int or type(total) is not int or type(chunk) is not int:
+        raise CodecError("snapshot header sizes must be integers")
+    if stream_id < 0 or total < 0 or chunk < 1 or type(body) is not bytes:
+        raise CodecError("snapshot header: negative id or size, or a message that is not bin")
+    m = decode_message(body)
+    if m.type != MessageType.SNAP or m.snapshot is None or m.snapshot.data:
+        raise CodecError("a snapshot header must carry a SNAP message with empty data")
+    return stream_id, total, chunk, m

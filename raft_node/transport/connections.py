@@ -19,6 +19,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Collection
+from pathlib import Path
 from typing import Any
 
 from raft_node.core.messages import Message, NodeId
@@ -31,6 +32,12 @@ from raft_node.transport.auth import (
 )
 from raft_node.transport.codec import CodecError, decode_message
 from raft_node.transport.protocol import ClientHandler
+from raft_node.transport.snapstream import (
+    CHUNK_OVERHEAD,
+    IncomingSnapshot,
+    SnapshotStreamError,
+    ack_frame,
+)
 from raft_node.transport.wire import (
     FrameError,
     FrameKind,
@@ -48,6 +55,9 @@ READ_CHUNK = 256 * 1024
 FRAME_OVERHEAD = 6  # bytes of frame header (length, version, kind) counted in bytes_in/out
 _RAFT = int(FrameKind.RAFT)
 _CLIENT_REQUEST = int(FrameKind.CLIENT_REQUEST)
+_SNAP_BEGIN = int(FrameKind.SNAP_BEGIN)
+_SNAP_CHUNK = int(FrameKind.SNAP_CHUNK)
+_SNAP_END = int(FrameKind.SNAP_END)
 
 
 class ProtocolViolation(Exception):
@@ -128,9 +138,10 @@ class InboundServer:
     Each connection first passes the mutual HMAC handshake (at most ``max_pending_handshakes``
     at once; more are closed at once). A peer (its id in ``peer_ids``, a live view the transport
     keeps current) may then send only ``RAFT`` frames whose message is from that peer and to this
-    node, up to ``max_peer_frame_bytes`` (a snapshot travels as one message). A client (accepted
-    only with an ``on_client_frame``) sends ``CLIENT_REQUEST`` frames up to ``max_frame_bytes``.
-    Anything else closes that connection with one log line."""
+    node, and snapshot streams (``raft_node.transport.snapstream``; assembled in temporary files
+    in ``snapshot_dir``, answered with ``SNAP_ACK``), each frame up to ``max_peer_frame_bytes``.
+    A client (accepted only with an ``on_client_frame``) sends ``CLIENT_REQUEST`` frames up to
+    ``max_frame_bytes``. Anything else closes that connection with one log line."""
 
     def __init__(
         self,
@@ -144,6 +155,7 @@ class InboundServer:
         ssl_server: ssl.SSLContext | None,
         max_frame_bytes: int,
         max_peer_frame_bytes: int,
+        snapshot_dir: Path | None,
         handshake_timeout: float,
         frame_timeout: float,
         idle_timeout: float | None,
@@ -160,6 +172,7 @@ class InboundServer:
         self.ssl_server = ssl_server  # read per connection: ``TcpTransport.set_tls`` swaps it
         self.max_frame_bytes = max_frame_bytes
         self.max_peer_frame_bytes = max_peer_frame_bytes
+        self.snapshot_dir = snapshot_dir
         self.handshake_timeout = handshake_timeout
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
@@ -212,7 +225,7 @@ class InboundServer:
             if who is None:
                 return
             if who.is_peer:
-                await self._serve_peer(who, reader)
+                await self._serve_peer(who, reader, writer)
             else:
                 await self._serve_client(reader, writer)
             level = logging.INFO if who.is_peer else logging.DEBUG
@@ -220,7 +233,9 @@ class InboundServer:
         except asyncio.CancelledError:
             pass  # stop(): nothing to log
         except Exception as e:
-            if isinstance(e, (FrameError, CodecError, ProtocolViolation, TimeoutError)):
+            if isinstance(
+                e, (FrameError, CodecError, ProtocolViolation, SnapshotStreamError, TimeoutError)
+            ):
                 self._stats["protocol_errors"] += 1
             event(logging.WARNING, "conn_closed", remote=remote, role=_role(who), reason=reason(e))
         finally:
@@ -279,25 +294,73 @@ class InboundServer:
             )
         )
 
-    async def _serve_peer(self, who: Identity, reader: asyncio.StreamReader) -> None:
+    async def _serve_peer(
+        self, who: Identity, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         me, peer = self.node_id, who.id
-        on_message = self.on_message
         stats = self._stats
-        async with self._batches(reader, self.max_peer_frame_bytes) as batches:
-            async for frames in batches:
-                stats["frames_in"] += len(frames)
-                for kind, body in frames:
-                    stats["bytes_in"] += len(body) + FRAME_OVERHEAD
-                    if kind != _RAFT:
-                        raise ProtocolViolation(f"frame kind {kind} on a peer connection")
-                    m = decode_message(body)
-                    if m.frm != peer or m.to != me:
-                        raise ProtocolViolation(f"message {m.frm!r}->{m.to!r} from {peer!r}")
-                    try:
-                        on_message(m)
-                    except Exception:
-                        stats["callback_errors"] += 1
-                        log.exception("event=callback_error callback=on_message peer=%s", peer)
+        incoming: IncomingSnapshot | None = None
+        try:
+            async with self._batches(reader, self.max_peer_frame_bytes) as batches:
+                async for frames in batches:
+                    stats["frames_in"] += len(frames)
+                    for kind, body in frames:
+                        stats["bytes_in"] += len(body) + FRAME_OVERHEAD
+                        if kind == _RAFT:
+                            m = decode_message(body)
+                            if m.frm != peer or m.to != me:
+                                raise ProtocolViolation(
+                                    f"message {m.frm!r}->{m.to!r} from {peer!r}"
+                                )
+                            self._deliver(m, peer)
+                        elif kind == _SNAP_CHUNK and incoming is not None:
+                            incoming.add_chunk(body)
+                        elif kind == _SNAP_BEGIN and incoming is None:
+                            incoming = IncomingSnapshot(
+                                body,
+                                me=me,
+                                peer=peer,
+                                directory=self.snapshot_dir,
+                                max_chunk_bytes=self.max_peer_frame_bytes - CHUNK_OVERHEAD,
+                            )
+                            event(
+                                logging.INFO,
+                                "snapshot_receive",
+                                peer=peer,
+                                stream=incoming.stream_id,
+                                bytes=incoming.total,
+                                index=incoming.index,
+                            )
+                        elif kind == _SNAP_END and incoming is not None:
+                            incoming.finish(body)
+                            # One read of the whole image, off the event loop: the node restores
+                            # its state machine from bytes, so it needs them in memory anyway.
+                            m = await asyncio.to_thread(incoming.take)
+                            stream_id, incoming = incoming.stream_id, None
+                            stats["snapshots_in"] += 1
+                            self._deliver(m, peer)
+                            if not writer.transport.is_closing():
+                                writer.write(ack_frame(stream_id, True))
+                        else:
+                            raise ProtocolViolation(f"frame kind {kind} on a peer connection")
+        except SnapshotStreamError as e:
+            stats["snapshot_failures"] += 1
+            if e.stream_id is not None and not writer.transport.is_closing():
+                writer.write(ack_frame(e.stream_id, False, str(e)))
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await writer.drain()  # let the verdict out before the close
+            raise
+        finally:
+            if incoming is not None:
+                incoming.abandon()
+
+    def _deliver(self, m: Message, peer: NodeId) -> None:
+        try:
+            self.on_message(m)
+        except Exception:
+            self._stats["callback_errors"] += 1
+            log.exception("event=callback_error callback=on_message peer=%s", peer)
 
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -4,7 +4,9 @@ with backoff, and reports to the node (used by ``raft_node.transport.tcp``).
 This module decides *which* connection a message leaves on and what happens when it cannot;
 opening and authenticating that connection is ``raft_node.transport.connections.dial``.
 ``TcpTransport``'s docstring describes the behaviour (queue bound, batching, backoff, snapshot
-reports); the code that keeps each promise is here.
+reports); the code that keeps each promise is here. A ``SNAP`` message is not batched: the writer
+streams it in chunks (``raft_node.transport.snapstream``), letting the other messages queued for
+that peer through between chunks, and reports it when the receiver acknowledges it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from raft_node.transport.codec import CodecError, encode_message
 from raft_node.transport.connections import (
     FRAME_OVERHEAD,
     Address,
+    ProtocolViolation,
     dial,
     event,
     fmt_addr,
@@ -33,15 +36,34 @@ from raft_node.transport.connections import (
     reason,
     tls_version,
 )
-from raft_node.transport.wire import FrameKind, frame_header
+from raft_node.transport.snapstream import OutgoingSnapshot, decode_ack
+from raft_node.transport.wire import FrameKind, frame_batches, frame_header
 
 __all__ = ["MAX_BATCH_BYTES", "PeerRouter"]
 
 MAX_BATCH_BYTES = 256 * 1024
 """A writer coalesces queued messages up to about this many bytes per write + drain (bigger
 writes only make asyncio's send buffer shuffle more memory)."""
+SNAPSHOT_ACK_TIMEOUT = 60.0
+"""Seconds the sender waits, after the last chunk left, for the receiver's ``SNAP_ACK`` before
+it reports the snapshot failed (the receiver reads the image back from disk before it answers)."""
 _RAFT = int(FrameKind.RAFT)
+_SNAP_ACK = int(FrameKind.SNAP_ACK)
 _SNAP = MessageType.SNAP
+
+
+@dataclass(eq=False, slots=True)
+class _Stream:
+    """A snapshot stream from its first frame until its outcome is reported."""
+
+    key: tuple[int, int, int]  # message term, snapshot index, snapshot term
+    reports: int = 1  # SNAP messages it answers for: an identical one sent meanwhile merges in
+    timer: asyncio.TimerHandle | None = None  # waiting for the SNAP_ACK
+
+
+def _snapshot_key(m: Message) -> tuple[int, int, int]:
+    snap = m.snapshot
+    return (m.term, 0, 0) if snap is None else (m.term, snap.index, snap.term)
 
 
 @dataclass(eq=False, slots=True)
@@ -60,6 +82,7 @@ class _Peer:
     writer: asyncio.StreamWriter | None = None  # set while connected (see _pump)
     busy: bool = False  # the pump is writing/draining
     redial: bool = False  # we closed the connection on purpose (new TLS contexts)
+    streams: dict[int, _Stream] = field(default_factory=dict)  # by stream id: not yet reported
 
 
 class PeerRouter:
@@ -79,6 +102,7 @@ class PeerRouter:
         on_fatal: Callable[[BaseException, str], None] | None,
         ssl_client: ssl.SSLContext | None,
         max_peer_frame_bytes: int,
+        snapshot_chunk_bytes: int,
         max_queue: int,
         handshake_timeout: float,
         connect_timeout: float,
@@ -95,6 +119,8 @@ class PeerRouter:
         self._on_fatal = on_fatal
         self._ssl_client = ssl_client
         self.max_peer_frame_bytes = max_peer_frame_bytes
+        self.snapshot_chunk_bytes = snapshot_chunk_bytes
+        self._stream_ids = 0
         self.max_queue = max_queue
         self.handshake_timeout = handshake_timeout
         self.connect_timeout = connect_timeout
@@ -183,6 +209,8 @@ class PeerRouter:
             if p is None:
                 stats["unknown_destination"] += 1
                 continue
+            if m.type == _SNAP and self._merge_snapshot(p, m):
+                continue
             q = p.queue
             if len(q) >= max_queue:
                 old = q.popleft()
@@ -194,6 +222,17 @@ class PeerRouter:
             touched.add(p)
         for p in touched:
             self._write_now(p)
+
+    def _merge_snapshot(self, p: _Peer, m: Message) -> bool:
+        """True if the same snapshot is already on its way to this peer: ``m`` then shares that
+        stream's outcome instead of queueing a second transfer. The core re-sends a snapshot when
+        it has heard nothing for an election timeout, much less than a large transfer takes."""
+        key = _snapshot_key(m)
+        for stream in p.streams.values():
+            if stream.key == key:
+                stream.reports += 1
+                return True
+        return False
 
     # -- callbacks (never raise into the transport, never run inside send()) --------------------
 
@@ -302,14 +341,22 @@ class PeerRouter:
     async def _pump(
         self, p: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """Write batches until the connection fails. The server never sends on a peer
-        connection after the handshake, so any read result (EOF or data) means it is dead."""
+        """Write batches and stream snapshots until the connection fails. The server sends
+        nothing on a peer connection after the handshake but ``SNAP_ACK`` frames, so anything
+        else (or EOF) read on it means it is dead."""
         dead: list[BaseException] = []
 
         async def watch() -> None:
             try:
-                data = await reader.read(1)
-                dead.append(ConnectionError("closed by peer" if not data else "unexpected data"))
+                async with contextlib.aclosing(
+                    frame_batches(reader, 1024, frame_timeout=self.write_timeout)
+                ) as batches:
+                    async for frames in batches:
+                        for kind, body in frames:
+                            if kind != _SNAP_ACK:
+                                raise ProtocolViolation(f"frame kind {kind} from a peer server")
+                            self._finish(p, *decode_ack(body))
+                dead.append(ConnectionError("closed by peer"))
             except Exception as e:
                 dead.append(e)
             p.wake.set()
@@ -326,46 +373,109 @@ class PeerRouter:
                     continue
                 p.busy = True
                 try:
-                    snaps = self._write_batch(p, writer)
-                    try:
+                    if p.queue[0].type == _SNAP:
+                        await self._stream_snapshot(p, writer, p.queue.popleft(), dead)
+                    else:
+                        self._write_batch(p, writer)
                         async with asyncio.timeout(self.write_timeout):
                             await writer.drain()
-                    except BaseException:
-                        for _ in range(snaps):
-                            self._snapshot_status(p.id, False)
-                        raise
-                    for _ in range(snaps):
-                        self._snapshot_status(p.id, True)
                 finally:
                     p.busy = False
         finally:
             p.writer = None
             watcher.cancel()
+            for stream_id in list(p.streams):
+                self._finish(p, stream_id, False, "connection lost before SNAP_ACK")
+
+    async def _stream_snapshot(
+        self, p: _Peer, writer: asyncio.StreamWriter, m: Message, dead: list[BaseException]
+    ) -> None:
+        """Send one snapshot as chunk frames (``raft_node.transport.snapstream``), draining and
+        yielding to the event loop after each chunk, so the leader's extra memory is about one
+        chunk and its loop keeps serving; the messages queued for this peer meanwhile (the
+        heartbeats that keep the follower from campaigning during a long transfer) go out between
+        chunks. Raises if the connection fails, after reporting the snapshot failed."""
+        self._stream_ids += 1
+        out = OutgoingSnapshot(m, self._stream_ids, self.snapshot_chunk_bytes)
+        p.streams[out.stream_id] = stream = _Stream(_snapshot_key(m))
+        try:
+            begin = out.begin()
+        except CodecError as e:
+            self._stats["encode_errors"] += 1
+            event(logging.ERROR, "encode_failed", peer=p.id, reason=reason(e))
+            self._finish(p, out.stream_id, False, "cannot encode")
+            return
+        event(logging.INFO, "snapshot_send", peer=p.id, stream=out.stream_id, bytes=out.total)
+        try:
+            self._write_counted(p, writer, begin)
+            for seq in range(out.count):
+                self._write_counted(p, writer, *out.chunk(seq))
+                async with asyncio.timeout(self.write_timeout):
+                    await writer.drain()
+                await asyncio.sleep(0)  # drain does not yield while the socket takes everything
+                if dead:
+                    raise dead[0]
+                if seq + 1 < out.count and p.queue and p.queue[0].type != _SNAP:
+                    self._write_batch(p, writer)
+            self._write_counted(p, writer, out.end())
+            async with asyncio.timeout(self.write_timeout):
+                await writer.drain()
+        except BaseException as e:
+            self._finish(p, out.stream_id, False, f"{type(e).__name__}: {e}")
+            raise
+        stream.timer = asyncio.get_running_loop().call_later(
+            SNAPSHOT_ACK_TIMEOUT, self._finish, p, out.stream_id, False, "no SNAP_ACK in time"
+        )
+
+    def _write_counted(self, p: _Peer, writer: asyncio.StreamWriter, *parts: Any) -> None:
+        """Write one frame given in parts (a chunk's data is a view of the image, not a copy)."""
+        for part in parts:
+            writer.write(part)
+        p.frames_out += 1
+        self._stats["frames_out"] += 1
+        self._stats["bytes_out"] += sum(len(part) for part in parts)
+
+    def _finish(self, p: _Peer, stream_id: int, ok: bool, why: str = "") -> None:
+        """Report a stream's outcome (the receiver's ``SNAP_ACK``, a failure to send it, or the
+        ack's timeout) once for every ``SNAP`` message it answers for. A stream already reported
+        (an ack after its timeout) is ignored."""
+        stream = p.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if stream.timer is not None:
+            stream.timer.cancel()
+        if ok:
+            self._stats["snapshots_out"] += 1
+            event(logging.INFO, "snapshot_sent", peer=p.id, stream=stream_id)
+        else:
+            self._stats["snapshot_failures"] += 1
+            event(logging.WARNING, "snapshot_failed", peer=p.id, stream=stream_id, reason=repr(why))
+        for _ in range(stream.reports):
+            self._snapshot_status(p.id, ok)
 
     def _write_now(self, p: _Peer) -> None:
         """``send`` fast path: an idle, connected peer gets its frames written at once (asyncio
         tries the socket immediately), saving a task switch on every Raft hop. Back-pressure
-        stays with the pump: with data already buffered, we leave it to the pump's drain."""
+        stays with the pump: with data already buffered, we leave it to the pump's drain, as we
+        leave it a snapshot to stream."""
         writer = p.writer
         if writer is None or p.busy or writer.transport.get_write_buffer_size() > MAX_BATCH_BYTES:
             p.wake.set()
             return
-        snaps = self._write_batch(p, writer)
-        for _ in range(snaps):
-            self._snapshot_status(p.id, True)
+        self._write_batch(p, writer)
         if p.queue:
             p.wake.set()
 
-    def _write_batch(self, p: _Peer, writer: asyncio.StreamWriter) -> int:
-        """Encode queued messages (up to ``MAX_BATCH_BYTES``) into one write; returns how many
-        snapshots it carried."""
+    def _write_batch(self, p: _Peer, writer: asyncio.StreamWriter) -> None:
+        """Encode queued messages (up to ``MAX_BATCH_BYTES``) into one write, stopping before a
+        snapshot (which the pump streams)."""
         stats = self._stats
         max_body = self.max_peer_frame_bytes - 2
         header = frame_header
         parts: list[bytes] = []
-        size = snaps = 0
+        size = 0
         queue = p.queue
-        while queue and size < MAX_BATCH_BYTES:
+        while queue and size < MAX_BATCH_BYTES and queue[0].type != _SNAP:
             m = queue.popleft()
             try:
                 body = encode_message(m)
@@ -383,11 +493,7 @@ class PeerRouter:
                     size=len(body),
                     max_frame_bytes=self.max_peer_frame_bytes,
                 )
-                if m.type == _SNAP:
-                    self._snapshot_status(p.id, False)
                 continue
-            if m.type == _SNAP:
-                snaps += 1
             parts.append(header(_RAFT, len(body)))
             parts.append(body)
             size += len(body) + FRAME_OVERHEAD
@@ -398,4 +504,3 @@ class PeerRouter:
             p.frames_out += n
             stats["frames_out"] += n
             stats["bytes_out"] += len(data)
-        return snaps

@@ -20,9 +20,11 @@ thread and never from inside ``send``:
   be from. An exception in it is counted and logged, never raised into the transport.
 - ``on_unreachable(peer)``: a peer could not be reached (the host calls
   ``RawNode.report_unreachable``), once per failed attempt.
-- ``on_snapshot_status(peer, ok)``: a ``SNAP`` message was handed to the network (``True``) or
-  dropped, too large or lost with its connection (``False``); the host calls
-  ``RawNode.report_snapshot``.
+- ``on_snapshot_status(peer, ok)``: a ``SNAP`` message reached the peer (``True``: the TCP
+  transport reports it when the receiver acknowledges the complete, checked snapshot; the
+  in-process one when it is handed over) or was dropped, rejected or lost with its connection
+  (``False``); the host calls ``RawNode.report_snapshot``. A snapshot may be overtaken by
+  messages sent after it while it streams (TCP): order is kept for every other message.
 - ``on_client_frame(body, respond)`` (a ``ClientHandler``, optional): a client request. The
   handler answers with ``respond(body)`` any number of times, now or later; calls after the
   client went away are ignored. It returns None if it answered or arranged to answer from a
@@ -49,7 +51,7 @@ STAT_KEYS = (  # noqa: SIM905
     "frames_in bytes_in frames_out bytes_out drops oversize_drops encode_errors "
     "unknown_destination connects reconnects connect_failures write_failures auth_failures "
     "handshake_failures tls_failures protocol_errors callback_errors client_requests "
-    "client_responses"
+    "client_responses snapshots_out snapshots_in snapshot_failures"
 ).split()
 
 

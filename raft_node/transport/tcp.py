@@ -16,13 +16,26 @@ queued, encodes it, and writes all frames with a single ``writer.write`` + ``dra
 drain waits, new messages accumulate and go out as the next batch, so batching grows with load.
 A failed connect/handshake/write closes the connection, calls ``on_unreachable(peer)`` (the node
 calls ``RawNode.report_unreachable``) and retries with exponential backoff plus jitter (first
-retry ~50 ms, cap ~1 s). A ``SNAP`` message that is dropped, too large or lost in a failed write
-is reported via ``on_snapshot_status(peer, False)``, and one written out via
-``on_snapshot_status(peer, True)`` (the node calls ``RawNode.report_snapshot``).
+retry ~50 ms, cap ~1 s).
+
+Snapshots: a ``SNAP`` message is streamed in chunks of ``snapshot_chunk_bytes`` (1 MiB; format
+and checks in ``raft_node.transport.snapstream``), sliced from the image without copying it and
+with a drain and a yield to the event loop after each chunk, so the image's size is limited by
+disk only, and a leader sending one keeps serving and replicating. Messages queued for the same
+peer during a transfer go out between its chunks (so they may overtake the snapshot; Raft does
+not mind, and the follower keeps hearing heartbeats). The receiver assembles the chunks in a
+temporary file in ``snapshot_dir`` (the system temp directory if None; leftovers of a crashed
+run are deleted at ``start()``), checks every chunk's CRC32 and the whole, and then delivers the
+``SNAP`` message and acknowledges it. ``on_snapshot_status(peer, True)`` is reported on that
+acknowledgement; a snapshot dropped from the queue, rejected by the receiver, lost with its
+connection or not acknowledged within a minute is reported via ``on_snapshot_status(peer,
+False)`` (the node calls ``RawNode.report_snapshot``, and the core sends it again later: a
+transfer restarts from the start, it does not resume).
 
 Inbound: ``asyncio.start_server``; every connection first passes the mutual HMAC handshake of
 ``raft_node.transport.auth``. A peer (``role="peer"``, id in ``peers``) may then send only
-``RAFT`` frames whose message is from that peer and to this node; they go to ``on_message``. A
+``RAFT`` frames (and snapshot streams) whose message is from that peer and to this node; they
+go to ``on_message``. A
 client (``role="client"``, accepted only if ``on_client_frame`` is set) sends ``CLIENT_REQUEST``
 frames; each body is passed to the handler together with a ``respond`` function::
 
@@ -74,6 +87,7 @@ import logging
 import random
 import ssl
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from raft_node.core.messages import Message, NodeId
@@ -81,6 +95,7 @@ from raft_node.transport.auth import HANDSHAKE_TIMEOUT, check_secret
 from raft_node.transport.connections import Address, InboundServer, event
 from raft_node.transport.peers import PeerRouter
 from raft_node.transport.protocol import STAT_KEYS, ClientHandler, Transport
+from raft_node.transport.snapstream import CHUNK_OVERHEAD, DEFAULT_CHUNK_BYTES, remove_stale
 from raft_node.transport.wire import MAX_FRAME_BYTES
 
 __all__ = [
@@ -108,6 +123,8 @@ class TcpTransport:
         ssl_client: ssl.SSLContext | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_peer_frame_bytes: int | None = None,
+        snapshot_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        snapshot_dir: str | Path | None = None,
         max_queue: int = 4096,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         connect_timeout: float = 2.0,
@@ -133,6 +150,12 @@ class TcpTransport:
         if self._listen is None:
             raise ValueError(f"no listen address: give listen= or include {node_id!r} in peers")
         self._stats = dict.fromkeys(STAT_KEYS, 0)
+        # Authenticated peers may send bigger frames than clients: an append batch may hold the
+        # largest entry a client can propose plus the core's batch budget.
+        max_peer = max(max_peer_frame_bytes or max_frame_bytes, max_frame_bytes)
+        if snapshot_chunk_bytes < 1:
+            raise ValueError(f"snapshot_chunk_bytes must be >= 1, got {snapshot_chunk_bytes!r}")
+        self._snapshot_dir = None if snapshot_dir is None else Path(snapshot_dir)
         self._router = PeerRouter(
             node_id,
             secret,
@@ -141,8 +164,8 @@ class TcpTransport:
             on_snapshot_status=on_snapshot_status,
             on_fatal=on_fatal,
             ssl_client=ssl_client,
-            # Authenticated peers may send bigger frames: a snapshot travels as one message.
-            max_peer_frame_bytes=max(max_peer_frame_bytes or max_frame_bytes, max_frame_bytes),
+            max_peer_frame_bytes=max_peer,
+            snapshot_chunk_bytes=max(1, min(snapshot_chunk_bytes, max_peer - CHUNK_OVERHEAD)),
             max_queue=max_queue,
             handshake_timeout=handshake_timeout,
             connect_timeout=connect_timeout,
@@ -163,7 +186,8 @@ class TcpTransport:
             self._router.peers.keys(),  # a live view: add_peer/remove_peer change who may dial in
             ssl_server=ssl_server,
             max_frame_bytes=max_frame_bytes,
-            max_peer_frame_bytes=self._router.max_peer_frame_bytes,
+            max_peer_frame_bytes=max_peer,
+            snapshot_dir=self._snapshot_dir,
             handshake_timeout=handshake_timeout,
             frame_timeout=frame_timeout,
             idle_timeout=idle_timeout,
@@ -201,6 +225,8 @@ class TcpTransport:
         if self._running:
             return
         host, port = self._listen  # type: ignore[misc]
+        if self._snapshot_dir is not None:
+            remove_stale(self._snapshot_dir)
         self.address = await self._inbound.start(host, port)
         self._running = True
         self._router.start()

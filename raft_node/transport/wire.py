@@ -12,6 +12,11 @@ the receiver nothing but the 4 header bytes. ``version`` is ``VERSION`` (1); an 
 or kind is a ``FrameError`` and the connection is closed (a future version would be negotiated in
 the handshake, whose frames are version 1 forever).
 
+Kinds 1-7 carry Raft messages, client requests/responses and the handshake. Kinds 8-11 carry a
+snapshot streamed over a peer connection in chunks (``SNAP_BEGIN``, N x ``SNAP_CHUNK``,
+``SNAP_END``, answered by one ``SNAP_ACK``; see ``raft_node.transport.snapstream``), so no frame
+ever has to hold a whole state machine image.
+
 Three ways to read frames, all enforcing the same checks:
 
 - ``FrameDecoder``: sans-I/O incremental parser (feed bytes, get frames). The transport uses it to
@@ -64,6 +69,11 @@ class FrameKind(IntEnum):
     AUTH = 5  # connector -> server: role, id, nonce, MAC (auth)
     AUTH_OK = 6  # server -> connector: server id, MAC (auth)
     AUTH_FAIL = 7  # server -> connector: short reason, then close (auth)
+    # A streamed snapshot on a peer connection (layouts: raft_node.transport.snapstream)
+    SNAP_BEGIN = 8  # sender -> receiver: codec.encode_snapshot_header
+    SNAP_CHUNK = 9  # sender -> receiver: stream id, sequence number, CRC32, data
+    SNAP_END = 10  # sender -> receiver: stream id, total bytes, CRC32 of all the data
+    SNAP_ACK = 11  # receiver -> sender: stream id, accepted or not, reason
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)

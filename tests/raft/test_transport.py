@@ -182,17 +182,22 @@ def test_send_queue_bound_drops_oldest() -> None:
 
 
 def test_snapshot_status_and_oversized_message_dropped() -> None:
+    """A snapshot bigger than a frame is streamed (and other messages to that peer go out between
+    its chunks); an ordinary message bigger than a frame is dropped and counted."""
+
     async def main() -> None:
         a, b = await linked(max_frame_bytes=4096)
         small = Message(MessageType.SNAP, "b", "a", snapshot=Snapshot(SnapshotMeta(1, 1), b"s"))
         big = Message(
             MessageType.SNAP, "b", "a", snapshot=Snapshot(SnapshotMeta(2, 1), b"s" * 5000)
         )
-        a.t.send([small, big, app(7)])
-        await until(lambda: len(b.got) == 2 and len(a.snap_status) == 2)
-        assert b.got == [small, app(7)]
-        assert sorted(a.snap_status) == [("b", False), ("b", True)]
+        huge_app = Message(MessageType.APP, "b", "a", entries=(Entry(1, 1, b"e" * 5000),))
+        a.t.send([small, big, huge_app, app(7)])
+        await until(lambda: len(b.got) == 3 and len(a.snap_status) == 2)
+        assert b.got == [small, app(7), big]
+        assert a.snap_status == [("b", True), ("b", True)]
         assert a.t.stats()["oversize_drops"] == 1
+        assert a.t.stats()["snapshots_out"] == b.t.stats()["snapshots_in"] == 2
         await a.t.stop()
         await b.t.stop()
 
@@ -210,7 +215,7 @@ def test_peers_may_send_frames_larger_than_clients() -> None:
             MessageType.SNAP, "b", "a", snapshot=Snapshot(SnapshotMeta(2, 1), b"s" * 200_000)
         )
         a.t.send([big])
-        await until(lambda: len(b.got) == 1)
+        await until(lambda: len(b.got) == 1 and len(a.snap_status) == 1)
         assert b.got == [big] and a.snap_status == [("b", True)]
         reader, writer = await open_client(b.t)  # clients keep the small limit
         writer.write(frame_header(FrameKind.CLIENT_REQUEST, 5000) + b"x" * 5000)
