@@ -26,6 +26,7 @@ from coordination.client import operations as ops
 from coordination.client.coordinator import Coordinator
 from coordination.exceptions import NotHolder, RaftError, Rejected, Timeout, UnknownQueue
 from coordination.models import Coordination
+from coordination.node.membership import Membership
 from coordination.primitives.queues_state import DLQ_SUFFIX
 from coordination.shared_coordinator import coordinator
 
@@ -95,8 +96,54 @@ def _render(
 
 
 def nodes(model_admin: Any, request: HttpRequest) -> HttpResponse:
-    """Every node's own status; one that does not answer is shown with its error."""
-    return _render(model_admin, request, "nodes.html", "Nodes", inspection.cluster)
+    """Every node's own status; one that does not answer is shown with its error. Below it, the
+    membership in force (voters, learners and how far behind each is), with the operator's
+    actions: add a learner, promote one, remove a member (POST: ``_change_membership``)."""
+    if request.method == "POST":
+        return _change_membership(request)
+    return _render(
+        model_admin,
+        request,
+        "nodes.html",
+        "Nodes",
+        lambda: {**inspection.cluster(), "membership": inspection.membership(coordinator())},
+    )
+
+
+def _change_membership(request: HttpRequest) -> HttpResponse:
+    """One single-server change (``coordination.node.membership``), recorded in the admin's
+    history. An add only makes a learner: promote it once the page shows it caught up."""
+    if not request.user.has_perm(OPERATE):
+        raise PermissionDenied(
+            "membership changes need the coordination.operate_cluster permission"
+        )
+    action, node = request.POST.get("action", ""), request.POST.get("node", "").strip()
+    address = request.POST.get("address", "").strip()
+    changes: dict[str, Callable[[Membership], Any]] = {
+        "add": lambda members: members.add(node, address, wait=False),
+        "promote": lambda members: members.promote(node),
+        "remove": lambda members: members.remove(node),
+    }
+    change = changes.get(action)
+    if change is None or not node:
+        messages.error(request, "Unknown membership action, or no node given.")
+        return redirect("admin:coordination_coordination_changelist")
+    try:
+        _ask(lambda: change(inspection.membership_client(coordinator())))
+    except Unavailable as exc:
+        _unavailable(request, exc)
+    except Rejected as exc:  # member_exists, last_voter, change_pending, member_unreachable...
+        messages.error(request, f"Refused: {exc}")
+    else:
+        done = {
+            "add": f"Added {node} ({address}) as a learner.",
+            "promote": f"Promoted {node}.",
+            "remove": f"Removed {node}.",
+        }[action]
+        log.info("admin membership %s %s by %s", action, node, request.user)
+        _history(request, f"member:{node}", done)
+        messages.success(request, done)
+    return redirect("admin:coordination_coordination_changelist")
 
 
 def sessions(model_admin: Any, request: HttpRequest) -> HttpResponse:

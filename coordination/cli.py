@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from coordination import __version__, conf
-from coordination.node import node_runner, status_report
+from coordination.node import members_command, node_runner, status_report
 from coordination.node.options import add_options
 
 SECRET_HOW = "or pass --secret-file FILE"
@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     add_options(node, node_runner.OPTIONS)
     status = commands.add_parser("status", help="every node's role, term, indexes and lag")
     add_options(status, status_report.OPTIONS)
+    members = commands.add_parser("members", help="list, add, promote, remove or replace members")
+    members_command.add_arguments(members)
     commands.add_parser("settings", help="the effective settings and where each came from")
     return top
 
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return node_runner.run(_load, opts, dev=False, how=SECRET_HOW)
         if args.command == "status":
             return status_report.run(_load, opts, sys.stdout, dev=False, how=SECRET_HOW)
+        if args.command == "members":
+            return members_command.run(_load, opts, sys.stdout, dev=False, how=SECRET_HOW)
         return _show_settings(sys.stdout)
     except ValueError as exc:  # settings and usage problems: one line, exit 2
         print(f"raftsync {args.command}: error: {exc}", file=sys.stderr)

@@ -57,6 +57,12 @@ AUTH_FAILED = "auth_failed"
 NOT_ACQUIRED = "not_acquired"
 STALE_TOKEN = "stale_token"
 RATE_LIMITED = "rate_limited"
+MEMBER_EXISTS = "member_exists"  # membership: the id is already a member
+UNKNOWN_MEMBER = "unknown_member"
+NOT_LEARNER = "not_learner"  # promote of a node that is not a learner
+LAST_VOTER = "last_voter"  # removing the last voter
+CHANGE_PENDING = "change_pending"  # another membership change is not committed yet
+MEMBER_UNREACHABLE = "member_unreachable"  # the new node does not answer, or did not catch up
 ALREADY_QUEUED = "already_queued"  # a @once task whose key is held by a queued or running task
 
 
@@ -99,6 +105,12 @@ _TABLE = (
     ErrorCode(STALE_TOKEN, exc.StaleToken, 409, CLIENT),
     ErrorCode(RATE_LIMITED, exc.RateLimited, 429, CLIENT),
     ErrorCode(ALREADY_QUEUED, exc.AlreadyQueued, 409, CLIENT),
+    ErrorCode(MEMBER_EXISTS, exc.MembershipRefused, 409, ENGINE),
+    ErrorCode(UNKNOWN_MEMBER, exc.MembershipRefused, 404, ENGINE),
+    ErrorCode(NOT_LEARNER, exc.MembershipRefused, 409, ENGINE),
+    ErrorCode(LAST_VOTER, exc.MembershipRefused, 409, ENGINE),
+    ErrorCode(CHANGE_PENDING, exc.ChangePending, 409, ENGINE),
+    ErrorCode(MEMBER_UNREACHABLE, exc.MemberUnreachable, 409, CLIENT),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _TABLE}

@@ -23,6 +23,7 @@ __all__ = [
     "AlreadyQueued",
     "AuthenticationFailed",
     "BadRequest",
+    "ChangePending",
     "ClusterUnavailable",
     "CoordinationError",
     "Deadlock",
@@ -32,6 +33,8 @@ __all__ = [
     "LockKeyError",
     "LockModeError",
     "LockNotAcquired",
+    "MemberUnreachable",
+    "MembershipRefused",
     "NotHolder",
     "NotInteger",
     "NotLeader",
@@ -128,6 +131,20 @@ class UnknownKey(CoordinationError):
 
 class Evicted(CoordinationError):
     """The value lives only in the Redis mirror now; read it there and write with ``cas``."""
+
+
+class MembershipRefused(CoordinationError):
+    """A membership change the cluster will not make: ``code`` is ``member_exists``,
+    ``unknown_member``, ``not_learner`` or ``last_voter`` (``details["node"]`` names it)."""
+
+
+class ChangePending(MembershipRefused):
+    """Another membership change is not committed yet (or a new leader has not committed in
+    its term): retry shortly."""
+
+
+class MemberUnreachable(MembershipRefused):
+    """The new node does not answer at its address (start it first), or did not catch up."""
 
 
 class WatchCompacted(CoordinationError):

@@ -18,6 +18,7 @@ from typing import Any
 from coordination.client import cache as cache_client
 from coordination.client import operations as ops
 from coordination.client.coordinator import Coordinator
+from coordination.node.membership import Membership
 from coordination.primitives.queues_state import DLQ_SUFFIX, is_dlq
 from raft_node.client import RaftClient, RaftError
 
@@ -49,6 +50,32 @@ def node_statuses(timeout: float = NODE_TIMEOUT) -> list[dict[str, Any]]:
 
     with ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
         return list(pool.map(ask, members))
+
+
+def membership_client(coord: Coordinator) -> Membership:
+    return Membership(coord.new_client(), secret=coord.secret, ssl=coord.ssl)
+
+
+def membership(coord: Coordinator) -> dict[str, Any] | None:
+    """The membership in force, as the leader reports it, one row per member (role, address,
+    entries behind); None when no leader answers (the node table still shows each node)."""
+    try:
+        state = membership_client(coord).list()
+    except (RaftError, OSError, ValueError):
+        return None
+    rows = []
+    for node in [*state["voters"], *state["learners"]]:
+        progress = state["progress"].get(node, {})
+        rows.append(
+            {
+                "id": node,
+                "role": "voter" if node in state["voters"] else "learner",
+                "address": state["addresses"].get(node, ""),
+                "behind": progress.get("behind"),
+                "replication": progress.get("state"),
+            }
+        )
+    return {"members": rows, "pending": state["pending"]}
 
 
 def cluster(timeout: float = NODE_TIMEOUT) -> dict[str, Any]:

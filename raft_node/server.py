@@ -42,10 +42,12 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from raft_node.core.conf import ConfState
 from raft_node.core.fsm import StateMachine
 from raft_node.core.messages import Message
 from raft_node.core.raft import Config
-from raft_node.host.config import NodeConfig
+from raft_node.host.config import NodeConfig, parse_address
+from raft_node.host.members import addresses_of
 from raft_node.host.metrics import NodeMetrics
 from raft_node.host.node_host import SYSTEM_CLOCK, HostSettings, NodeHost, event
 from raft_node.host.requests import RequestHandler
@@ -104,7 +106,7 @@ class NodeServer:
         self.host = NodeHost(
             Config(
                 id=self.id,
-                voters=list(config.cluster),
+                voters=list(config.voters or config.cluster),
                 rng=random.Random(),
                 election_tick=config.election_ticks,
                 heartbeat_tick=config.heartbeat_ticks,
@@ -141,6 +143,7 @@ class NodeServer:
             on_fatal=self.fail,
         )
         outbound.tcp = self.transport
+        self.host.conf_listeners.append(self._use_configuration)
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -149,8 +152,24 @@ class NodeServer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    def _use_configuration(self, conf: ConfState) -> None:
+        """Reach the members of the configuration in force, at the addresses it carries, and
+        no one else (a removed node can no longer dial in, nor be dialled)."""
+        addresses = addresses_of(conf, self.config.cluster)
+        for node, text in addresses.items():
+            addr = parse_address(text)
+            if node != self.id and self.config.cluster.get(node) != addr:
+                self.config.cluster[node] = addr
+                self.transport.add_peer(node, addr)
+                event(logging.INFO, "member_address", node=self.id, member=node, address=text)
+        for node in [n for n in self.config.cluster if n not in addresses and n != self.id]:
+            self.transport.remove_peer(node)
+            del self.config.cluster[node]
+            event(logging.INFO, "member_gone", node=self.id, member=node)
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._use_configuration(self.host.configuration)  # the one in the log, if any
         await self.transport.start()
         if self.config.metrics_port is not None:
             host = (self.config.listen or self.config.cluster[self.id])[0]

@@ -41,8 +41,11 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory):
 def test_readme_python_block_runs(
     code: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    # As a user would: saved anywhere, with raftsync installed (no checkout on the path).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # As a user would: saved anywhere, with raftsync installed (no checkout on the path, and not
+    # inside this repository's Django project, whose settings module pytest-django exports).
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")
+    }
     if code.startswith(NEEDS_CLUSTER):
         env.update(request.getfixturevalue("cluster_env"))
     script = tmp_path / "example.py"

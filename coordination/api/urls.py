@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.urls import path, register_converter
 
 from coordination.api import election_views as ev
+from coordination.api import member_views as mv
 from coordination.api import ratelimit_views as rl
 from coordination.api import schema
 from coordination.api import semaphore_views as sv
@@ -31,6 +32,10 @@ urlpatterns = [
     path("", v.ApiRootView.as_view(), name="root"),
     path("cluster/", v.ClusterView.as_view(), name="cluster"),
     path("cluster/transfer/", v.TransferView.as_view()),
+    path("cluster/members/", mv.MembersView.as_view(), name="members"),
+    path("cluster/members/replace/", mv.MemberReplaceView.as_view()),
+    path("cluster/members/<name:node>/", mv.MemberView.as_view()),
+    path("cluster/members/<name:node>/promote/", mv.MemberPromoteView.as_view()),
     path("sessions/", v.SessionsView.as_view(), name="sessions"),
     path("sessions/<int:session>/", v.SessionView.as_view()),
     path("sessions/<int:session>/keepalive/", v.KeepaliveView.as_view()),

@@ -16,6 +16,7 @@ refused the worker).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,8 +62,21 @@ def coordinator_for(
         kwargs.setdefault("ssl", options["ssl"])
     if addresses and secret is not None:
         if "ssl" not in kwargs:
-            from coordination.node import node_settings
-
-            kwargs["ssl"] = node_settings.ssl_contexts()[1]
+            kwargs["ssl"] = _settings_client_ssl()
         return Coordinator(addresses, secret, **kwargs)
     return Coordinator.from_settings(addresses, secret, **kwargs)
+
+
+def _settings_client_ssl() -> Any:
+    """The client TLS context of the settings' ``TLS_*`` keys (None without them). An app that
+    names its hosts and secret needs no other setting: only problems with the TLS keys count
+    (a ``RAFTSYNC_CLUSTER`` in the clients' ``host:port,...`` form is no error here)."""
+    from coordination import conf
+    from coordination.node import node_settings, runtime
+
+    project, _ = node_settings.project_settings()
+    resolved, problems = conf.collect(project, os.environ)
+    tls = [p for p in problems if p.key.startswith("TLS_")]
+    if tls:
+        raise conf.SettingsError(tls)
+    return runtime.ssl_contexts(resolved)[1]

@@ -30,6 +30,12 @@ OPTIONS = (
     Option("--listen", "listen", "host:port to bind (default: the node's own CLUSTER address)"),
     Option("--secret-file", "secret_file", "file holding the secret", key="CLUSTER_SECRET_FILE"),
     Option("--state-machine", "state_machine", "state machine class", key="STATE_MACHINE"),
+    Option(
+        "--join",
+        "join",
+        "host:port of a member of a running cluster: take its membership (then add this node "
+        "with `raft_members add ID=HOST:PORT`); needs --id and --listen",
+    ),
 )
 
 
@@ -38,9 +44,13 @@ def build_server(
 ) -> NodeServer:
     """The node, ready to ``serve``; ``ValueError`` (one line) for anything misconfigured."""
     secret = settings_conf.cluster_secret(conf, dev=dev, how=how)
+    voters = None
+    if opts.get("join"):
+        conf, voters = joining(conf, secret, opts)
     config = runtime.node_config(
         conf, secret, data_dir=opts.get("data_dir"), listen=opts.get("listen")
     )
+    config.voters = voters
     machine = runtime.state_machine(conf)
     try:
         server = NodeServer(config, machine)
@@ -62,6 +72,25 @@ def build_server(
             ) from None
         server.plugins.append(RedisMirror(server, conf["REDIS_URL"]))
     return server
+
+
+def joining(
+    conf: Resolved, secret: bytes, opts: Mapping[str, Any]
+) -> tuple[Resolved, list[str]]:
+    """The settings of a node joining the cluster that ``--join`` names: its ``CLUSTER`` is the
+    members' addresses plus this node's ``--listen``, and the voters are the cluster's (this node
+    is not one: it waits to be added as a learner)."""
+    listen = opts.get("listen")
+    if not listen:
+        raise ValueError("--join needs --listen HOST:PORT (the address the members will dial)")
+    try:
+        membership = runtime.cluster_membership(conf, secret, opts["join"])
+    except Exception as exc:
+        raise ValueError(f"--join {opts['join']}: cannot read the membership: {exc}") from None
+    addresses = dict(membership["addresses"])
+    addresses[conf["NODE_ID"]] = listen
+    cluster = ",".join(f"{node}={address}" for node, address in addresses.items())
+    return Resolved({**conf.data, "CLUSTER": cluster}, conf.sources), list(membership["voters"])
 
 
 def serve(server: NodeServer) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coordination.conf import INVALID, Problem, Resolved, SettingsError, setting_name, weak_secret
-from raft_node.client import parse_addresses
+from raft_node.client import RaftClient, parse_addresses
 from raft_node.core.fsm import StateMachine
 from raft_node.host.config import Address, NodeConfig, parse_cluster
 
@@ -47,6 +47,17 @@ def ssl_contexts(conf: Resolved) -> tuple[ssl.SSLContext | None, ssl.SSLContext 
             f"TLS_CA={ca!r}): {exc}",
         ) from None
     return server, client
+
+
+def cluster_membership(conf: Resolved, secret: bytes, address: str) -> dict[str, Any]:
+    """The configuration in force, as the leader reports it (``MEMBERS list``), asked through
+    the node at ``address`` (it redirects to the leader)."""
+    _, client_ssl = ssl_contexts(conf)
+    client = RaftClient(address, secret, timeout=10.0, ssl=client_ssl, name="join")
+    try:
+        return client.members("list")
+    finally:
+        client.close()
 
 
 def cluster_addresses(conf: Resolved) -> dict[str, Address]:

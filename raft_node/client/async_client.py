@@ -51,6 +51,13 @@ class AsyncRaftClient(ClientConfig):
         """Status of the node currently connected to (not necessarily the leader)."""
         return await self._call(p.STATUS, [], timeout, follow_leader=False)
 
+    async def members(
+        self, op: str = "list", node: str = "", address: str = "", *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The membership (``op="list"``), or one change: ``add_learner`` (with the node's
+        ``host:port``), ``promote``, ``remove``; answered by the leader once committed."""
+        return await self._call(p.MEMBERS, [op, node, address], timeout)
+
     async def transfer_leadership(self, target: str, *, timeout: float | None = None) -> Any:
         return await self._call(p.TRANSFER, [target], timeout)
 

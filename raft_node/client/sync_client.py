@@ -55,6 +55,14 @@ class RaftClient(ClientConfig):
         with self._lock:
             return self._call(p.STATUS, [], timeout, follow_leader=False)
 
+    def members(
+        self, op: str = "list", node: str = "", address: str = "", *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The membership (``op="list"``), or one change: ``add_learner`` (with the node's
+        ``host:port``), ``promote``, ``remove``; answered by the leader once committed."""
+        with self._lock:
+            return self._call(p.MEMBERS, [op, node, address], timeout)
+
     def transfer_leadership(self, target: str, *, timeout: float | None = None) -> Any:
         with self._lock:
             return self._call(p.TRANSFER, [target], timeout)

@@ -24,6 +24,14 @@ An append carries up to this much, or one larger entry (a client proposal, bound
 frame), so a peer frame must hold ``max_frame_bytes + APPEND_BATCH_BYTES``."""
 
 
+def parse_address(text: str) -> Address:
+    """``"127.0.0.1:7001"`` -> ``("127.0.0.1", 7001)``; ``ValueError`` otherwise."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ValueError(f"bad address {text!r}: expected host:port")
+    return (host, int(port))
+
+
 def parse_cluster(spec: str) -> dict[NodeId, Address]:
     """``"n1=127.0.0.1:7001,n2=127.0.0.1:7002"`` -> ``{"n1": ("127.0.0.1", 7001), ...}``."""
     cluster: dict[NodeId, Address] = {}
@@ -66,6 +74,10 @@ class NodeConfig:
     # (``NodeServer.reload_tls``); None when the node has no TLS or no files to re-read.
     tls_reload: Callable[[], tuple[Any, Any]] | None = None
     listen: Address | None = None  # default: this node's address in ``cluster``
+    # The initial voters when they are not all of ``cluster``: a node joining a running cluster
+    # knows every member's address but is not a voter itself (``--join``). Once the log holds a
+    # configuration, that one is in force (``raft_node.core.conf``).
+    voters: list[NodeId] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

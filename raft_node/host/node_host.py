@@ -191,6 +191,10 @@ class NodeHost:
         self._lead = self.raw.raft.lead
         self.last_contact: dict[NodeId, float] = {}
         self.apply_listeners: list[Callable[[int], None]] = []  # plugins: after each batch
+        # Called with the configuration in force whenever it changes (before the Ready that
+        # follows is sent: a new member's address must be known to reach it).
+        self.conf_listeners: list[Callable[[ConfState], None]] = []
+        self._conf = self.raw.raft.conf
 
     # -- what the request handler and plugins read ---------------------------------------------
 
@@ -389,6 +393,10 @@ class NodeHost:
             self._processing = False
 
     def _handle_ready(self, rd: Ready) -> None:
+        if self.raw.raft.conf is not self._conf:
+            self._conf = self.raw.raft.conf
+            for listener in self.conf_listeners:
+                listener(self._conf)
         hooks = self.hooks
         if rd.messages_early:
             self.transport.send(rd.messages_early)

@@ -28,6 +28,7 @@ from raft_node.client import AsyncConnection, AuthenticationFailed
 from raft_node.core.messages import NONE, NodeId
 from raft_node.host import waiters as w
 from raft_node.host.config import NodeConfig
+from raft_node.host.members import MembershipService
 from raft_node.host.node_host import NodeHost, ProposalDropped
 from raft_node.transport import client_protocol as p
 from raft_node.transport.codec import CodecError, decode_payload, encode_payload
@@ -67,6 +68,7 @@ class RequestHandler:
         self.config = config
         self._forward: dict[NodeId, AsyncConnection] = {}
         self._hint: tuple[NodeId, str] = (NONE, "")
+        self.members = MembershipService(host, config)
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -117,7 +119,9 @@ class RequestHandler:
             await self._watch(req, respond)
             return
         try:
-            if isinstance(req, p.Propose):
+            if isinstance(req, p.Members):
+                response = await self.members.handle(req, self.leader_hint())
+            elif isinstance(req, p.Propose):
                 response = await self._forward_to_leader(req)
             else:
                 assert isinstance(req, p.Transfer)

@@ -123,6 +123,13 @@ class LocalCluster:
         for node in self.ids:
             self.start_node(node)
 
+    def add_machine(self, node: str) -> Address:
+        """A new machine for ``node`` (not a member): its address. ``start_node`` starts it with
+        ``--join`` through a member, on an empty data dir; ``raft_members add`` makes it one."""
+        self.addresses[node] = (self.host, free_port(self.host))
+        self.ids.append(node)
+        return self.addresses[node]
+
     def start_node(self, node: str) -> None:
         host, port = self.addresses[node]
         env = {
@@ -139,8 +146,7 @@ class LocalCluster:
             "run_raft_node",
             "--id",
             node,
-            "--cluster",
-            self._peer_maps[node],
+            *self._membership_flags(node),
             "--data-dir",
             str(self.base_dir / node),
             "--listen",
@@ -151,6 +157,15 @@ class LocalCluster:
             argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.manage_py.parent
         )
         log.close()
+
+    def _membership_flags(self, node: str) -> list[str]:
+        """The original members get ``--cluster``; a machine added later ``--join``s through
+        the first original member that is running."""
+        if node in self._peer_maps:
+            return ["--cluster", self._peer_maps[node]]
+        via = next(n for n in self._peer_maps if self.alive(n))
+        host, port = self.addresses[via]
+        return ["--join", f"{host}:{port}"]
 
     def kill(self, node: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[node]

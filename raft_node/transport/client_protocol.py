@@ -11,6 +11,9 @@ Requests (msgpack arrays)::
     [TRANSFER, req_id, target]                  ask the leader to hand leadership to ``target``
     [WATCH,   req_id, topic]                    stream state machine events on ``topic``
     [WATCH,   req_id, topic, replay, options]   the same, after replaying a query (below)
+    [MEMBERS, req_id, op, node, address]        membership: "list", or a single-server change
+                                                ("add_learner" with the node's host:port,
+                                                "promote", "remove"); answered by the leader
 
 Responses::
 
@@ -51,7 +54,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-PROPOSE, READ, STATUS, TRANSFER, WATCH = 1, 2, 3, 4, 5
+PROPOSE, READ, STATUS, TRANSFER, WATCH, MEMBERS = 1, 2, 3, 4, 5, 6
+MEMBER_OPS = frozenset({"list", "add_learner", "promote", "remove"})
 MAX_TOPIC = 200
 OK, ERR = 0, 1
 
@@ -111,7 +115,15 @@ class Watch:
 WATCH_OPTIONS = frozenset({"leader", "max_lag_ms", "progress_ms"})
 
 
-Request = Propose | Read | Status | Transfer | Watch
+@dataclass(frozen=True, slots=True)
+class Members:
+    req_id: int
+    op: str
+    node: str
+    address: str
+
+
+Request = Propose | Read | Status | Transfer | Watch | Members
 
 
 def parse_request(obj: Any) -> Request:
@@ -138,6 +150,15 @@ def parse_request(obj: Any) -> Request:
         return Status(req_id)
     if kind == TRANSFER and len(obj) == 3 and isinstance(obj[2], str):
         return Transfer(req_id, obj[2])
+    if kind == MEMBERS and len(obj) == 5:
+        _, _, op, node, address = obj
+        if op not in MEMBER_OPS:
+            raise ProtocolError(f"membership op must be one of {sorted(MEMBER_OPS)}")
+        if not isinstance(node, str) or len(node) > MAX_CLIENT_ID or (op != "list" and not node):
+            raise ProtocolError(f"node must be an id of 1..{MAX_CLIENT_ID} chars")
+        if not isinstance(address, str) or len(address) > MAX_TOPIC:
+            raise ProtocolError("address must be a host:port string")
+        return Members(req_id, op, node, address)
     if kind == WATCH and len(obj) in (3, 5):
         if not isinstance(obj[2], str) or not 0 < len(obj[2]) <= MAX_TOPIC:
             raise ProtocolError(f"topic must be a string of 1..{MAX_TOPIC} chars")

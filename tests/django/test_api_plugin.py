@@ -65,7 +65,8 @@ def _routes(patterns, prefix=""):
 
 
 def _concrete(route: str) -> str:
-    for token, value in (("<name:name>", "n"), ("<name:key>", "k"), ("<int:session>", "1")):
+    names = (("<name:name>", "n"), ("<name:key>", "k"), ("<name:node>", "n9"))
+    for token, value in (*names, ("<int:session>", "1")):
         route = route.replace(token, value)
     return "/" + route.replace("<int:msg_id>", "1")
 
