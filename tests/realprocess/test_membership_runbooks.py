@@ -11,6 +11,7 @@ out again (5 -> 3), and the cluster still commits.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -98,7 +99,7 @@ class WriteLoad(threading.Thread):
 
     def longest_gap(self) -> float:
         times = self.ack_times
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 def _wait_acks(load: WriteLoad, after: float, count: int = 20, timeout: float = 30.0) -> float:
