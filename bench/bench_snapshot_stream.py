@@ -8,11 +8,14 @@ then small writes until ``SNAPSHOT_EVERY`` (1000) applied entries make every nod
 snapshot. ``SNAPSHOT_KEEP`` is 50, so the log behind the snapshot holds only small entries and a
 follower starting from nothing needs the snapshot. Then:
 
-1. a follower is stopped before the fill, and its data directory wiped after it;
+1. (``--wipe-follower``) a follower is stopped before the fill, and its data directory wiped
+   after it; by default instead, a new machine ``n4`` joins empty (``--join``) in step 3 and is
+   added as a learner (``MEMBERS add_learner``), as ``raft_members add`` does;
 2. a steady write load starts (one 100-byte cache write at a time, ``--rate`` per second, from
    one client thread) and runs ``--idle`` seconds: the idle latencies;
-3. the follower restarts empty; the leader streams it the snapshot. The transfer lasts from the
-   leader's ``snapshot_send`` log line to its ``snapshot_sent`` (the follower's ``SNAP_ACK``);
+3. the new learner (or the wiped follower) starts empty; the leader streams it the snapshot.
+   The transfer lasts from the leader's ``snapshot_send`` log line to its ``snapshot_sent``
+   (the follower's ``SNAP_ACK``);
    "caught up" is when the follower has applied the snapshot's index. Writes issued meanwhile
    are the transfer latencies. The leader's VmRSS is sampled every 50 ms from
    ``/proc/<pid>/status``; the growth is the peak during the transfer minus the median of the
@@ -138,6 +141,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=50.0, help="steady writes per second")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle measurement")
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument(
+        "--wipe-follower",
+        action="store_true",
+        help="restart a wiped follower instead of adding a new learner",
+    )
     args = ap.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="bench-snapstream-"))
     shutil.rmtree(base, ignore_errors=True)
@@ -170,7 +178,11 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> None:
     # had acknowledged recent entries would break Raft's assumption that acknowledged entries
     # stay on disk; the leader would keep probing from where it believes the node is.)
     follower = next(n for n in cluster.ids if n != leader)
-    cluster.kill(follower, sig=15)
+    if args.wipe_follower:
+        cluster.kill(follower, sig=15)
+    else:
+        follower = "n4"
+        cluster.add_machine(follower)
     t0 = time.monotonic()
     value = os.urandom(MiB - 1024)  # a value under the 1 MiB limit, incompressible
     for i in range(args.mb):
@@ -195,7 +207,8 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> None:
     print(f"filled {args.mb} MiB in {fill_s:.1f} s; leader {leader}, snapshot index {snap_index}")
     print(f"snapshot: {snap_bytes / 1e6:.1f} MB (the leader's snapshot_taken line)")
 
-    shutil.rmtree(cluster.base_dir / follower)
+    if args.wipe_follower:
+        shutil.rmtree(cluster.base_dir / follower)
     pid = cluster.procs[leader].pid
     load = Load(Coordinator(addrs, cluster.secret, timeout=10, name="bench-load"), args.rate)
     rss: list[tuple[float, int]] = []
@@ -214,6 +227,11 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> None:
     restart = time.monotonic()
     restart_wall = time.time()
     cluster.start_node(follower)
+    if not args.wipe_follower:
+        host, port = cluster.addresses[follower]
+        until(lambda: cluster.status(follower, timeout=0.5) is not None, 30, "n4 did not start")
+        joined = coord.new_client().members("add_learner", follower, f"{host}:{port}")
+        print(f"added {follower} as a learner: {joined['voters']} + {joined['learners']}")
 
     def caught_up() -> bool:
         st = cluster.status(follower, timeout=0.5)
@@ -243,7 +261,9 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> None:
     during = load.between(start, end)
     catchup = load.between(restart, done)
     after = [
-        n for n in cluster.ids if (cluster.status(n) or {}).get("snapshot_index") != snap_index
+        n
+        for n in cluster.ids
+        if n != "n4" and (cluster.status(n) or {}).get("snapshot_index") != snap_index
     ]
     writes_since = len(load.samples)
     print(f"steady load: {args.rate:.0f} writes/s of 100 B, {load.errors} errors")

@@ -2,6 +2,7 @@
 
     raftsync node   [--id --cluster --data-dir --metrics-port --listen --secret-file ...]
     raftsync status [--cluster --json --timeout --wait --secret-file]
+    raftsync snapshot save|inspect|restore FILE [--cluster --data-dir --node-id --json ...]
     raftsync settings                      every key's effective value and where it came from
 
 Settings come from the flags, then ``RAFTSYNC_<KEY>`` environment variables, then the defaults
@@ -20,8 +21,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from coordination import __version__, conf
-from coordination.node import members_command, node_runner, status_report
+from coordination.node import members_command, node_runner, snapshot_tool, status_report
 from coordination.node.options import add_options
+from raft_node.client import RaftError
+from raft_node.storage.backup import BackupError
 
 SECRET_HOW = "or pass --secret-file FILE"
 
@@ -43,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
     add_options(status, status_report.OPTIONS)
     members = commands.add_parser("members", help="list, add, promote, remove or replace members")
     members_command.add_arguments(members)
+    snapshot = commands.add_parser(
+        "snapshot", help="back up the cluster to a file, verify one, or restore from one"
+    )
+    snapshot_tool.add_positionals(snapshot)
+    add_options(snapshot, snapshot_tool.OPTIONS)
     commands.add_parser("settings", help="the effective settings and where each came from")
     return top
 
@@ -65,10 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status_report.run(_load, opts, sys.stdout, dev=False, how=SECRET_HOW)
         if args.command == "members":
             return members_command.run(_load, opts, sys.stdout, dev=False, how=SECRET_HOW)
+        if args.command == "snapshot":
+            return snapshot_tool.run(_load, opts, sys.stdout, dev=False, how=SECRET_HOW)
         return _show_settings(sys.stdout)
     except ValueError as exc:  # settings and usage problems: one line, exit 2
         print(f"raftsync {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (BackupError, RaftError) as exc:  # a bad backup file, an unreachable cluster
+        print(f"raftsync {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

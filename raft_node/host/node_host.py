@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from raft_node.core.conf import ConfChange, ConfState
 from raft_node.core.fsm import CommandRejected, StateMachine
 from raft_node.core.leader import ProposalDropped
-from raft_node.core.messages import NONE, Entry, Message, NodeId, Snapshot
+from raft_node.core.messages import NONE, Entry, Message, NodeId, Snapshot, SnapshotMeta
 from raft_node.core.raft import Config, Raft
 from raft_node.core.rawnode import RawNode
 from raft_node.core.ready import Ready, Role
@@ -247,9 +247,15 @@ class NodeHost:
         self.wake()
 
     def tick(self) -> None:
-        """One tick of the core; a leader may propose the state machine's tick; expire waits."""
+        """One tick of the core; a leader may propose the state machine's tick; expire waits.
+
+        Only once the host has seen its own leadership (``_on_soft_state``, which proposes the
+        grace command first): the core may have become leader since the last ``Ready`` (votes
+        arrive by ``step``), and a tick proposed then would land *before* the grace and expire
+        every session whose deadline passed during the election (or, after a restore, while
+        the cluster was down), which is what the grace is for."""
         self.raw.tick()
-        if self.raw.raft.role == Role.LEADER:
+        if self._role == Role.LEADER and self.raw.raft.role == Role.LEADER:
             self._maybe_propose_tick()
         if self._waiters.busy:
             self._waiters.sweep(self.clock.monotonic())
@@ -325,9 +331,10 @@ class NodeHost:
         self.wake()
         return index
 
-    def read(self, query: bytes, wait: Wait) -> None:
+    def read(self, query: bytes | None, wait: Wait) -> None:
         """A linearizable read (ReadIndex, batched into rounds), on a leader or a follower;
-        failed at once with ``NOT_LEADER`` if no leader is known."""
+        failed at once with ``NOT_LEADER`` if no leader is known. ``query=None`` is a barrier:
+        ``wait.done(True, None)`` once everything committed before the call is applied here."""
         if self.raw.raft.lead == NONE:
             wait.finished = False
             fail(wait, NOT_LEADER, "no leader known; retry")
@@ -539,6 +546,21 @@ class NodeHost:
             raise
         self.save_snapshot(snap)
         return snap
+
+    def backup_snapshot(self) -> Snapshot:
+        """The state at the applied index, for a backup (``raft_node.host.backup``): the same
+        bytes a log snapshot holds, with the configuration in force at that index, taken now on
+        this thread; neither stored nor compacted into the log. It costs one
+        ``Applier.snapshot()`` (the state machine's ``snapshot()``, proportional to its state),
+        during which the node serves nothing else."""
+        applied = self.applier.applied_index
+        raft = self.raw.raft
+        term = raft.log.term(applied)
+        if not applied or term is None:
+            raise ValueError(f"nothing to back up at applied index {applied}")
+        conf = raft.conf_log.at(applied)
+        meta = SnapshotMeta(applied, term, conf.voters, conf.learners, conf.context)
+        return Snapshot(meta, self.applier.snapshot())
 
     # -- status --------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@
   query the local state machine at once.
 - **Watch** subscribes the connection to a topic of the host's event stream; **transfer** asks
   the leader's host to hand over and waits until it has.
+- **Backup** requests (a snapshot pulled in chunks) go to ``raft_node.host.backup``.
 
 Waiting, batching and expiry are the host's (``raft_node.host.waiters``), shared with the
 simulator; this module only parses frames, encodes answers (``_Reply``) and does what needs the
@@ -27,9 +28,11 @@ from typing import Any
 from raft_node.client import AsyncConnection, AuthenticationFailed
 from raft_node.core.messages import NONE, NodeId
 from raft_node.host import waiters as w
+from raft_node.host.backup import BackupService, chunk_bytes_for
 from raft_node.host.config import NodeConfig
 from raft_node.host.members import MembershipService
 from raft_node.host.node_host import NodeHost, ProposalDropped
+from raft_node.transport import backup_protocol as bp
 from raft_node.transport import client_protocol as p
 from raft_node.transport.codec import CodecError, decode_payload, encode_payload
 
@@ -69,6 +72,8 @@ class RequestHandler:
         self._forward: dict[NodeId, AsyncConnection] = {}
         self._hint: tuple[NodeId, str] = (NONE, "")
         self.members = MembershipService(host, config)
+        chunk = chunk_bytes_for(config.max_frame_bytes)
+        self.backups = BackupService(host, self.leader_hint, chunk)
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -96,6 +101,9 @@ class RequestHandler:
             obj = decode_payload(body)
             if isinstance(obj, list) and len(obj) > 1 and isinstance(obj[1], int):
                 req_id = obj[1]
+            if bp.is_backup(obj):  # its own module: raft_node.host.backup
+                self.backups.handle(obj, respond)
+                return None
             req = p.parse_request(obj)
         except (CodecError, p.ProtocolError) as exc:
             respond(encode_payload(p.err(req_id, p.BAD_REQUEST, str(exc))))

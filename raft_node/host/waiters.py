@@ -54,7 +54,7 @@ class Wait:
 
     deadline: float
     finished: bool
-    query: bytes
+    query: bytes | None  # None: a barrier (``done(True, None)``, no query; see ``add_read``)
     started: float
 
     def done(self, ok: bool, value: Any) -> None:
@@ -148,7 +148,10 @@ class Waiters:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def add_read(self, query: bytes, wait: Wait) -> None:
+    def add_read(self, query: bytes | None, wait: Wait) -> None:
+        """A linearizable read of ``query``; with None a *barrier*: ``wait.done(True, None)``
+        once this node has applied everything committed before the call, and nothing queried
+        (the waiter then reads the state itself, e.g. to snapshot it for a backup)."""
         self._register(wait)
         wait.query = query
         self._next_waits.append(wait)
@@ -195,7 +198,10 @@ class Waiters:
             if not wait.finished:
                 reads.inc()
                 wait.finished = True
-                wait.done(*self._query(wait.query))
+                if wait.query is None:
+                    wait.done(True, None)
+                else:
+                    wait.done(*self._query(wait.query))
 
     # -- expiry --------------------------------------------------------------------------------
 
