@@ -384,7 +384,7 @@ class AsyncLock(LockHold):
             wait = max(0.0, wait - (time.monotonic() - started))
         try:
             acquired = await self.coord.run(self._acquire_op(self.session.id, wait))
-            if acquired and self.session.lease_in_doubt():  # as ``BlockingHold.acquire``
+            if acquired and self.session.lease_in_doubt:  # as ``BlockingHold.acquire``
                 acquired = self._confirm(await self.coord.run(self._check_op()))
         except BaseException:
             self._end_turn()

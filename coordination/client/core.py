@@ -104,7 +104,7 @@ class BlockingHold:
         current after the answer arrived: the session's lease was still sure then, or a
         linearizable ``check_token`` said so (``FencedHold._confirm``)."""
         acquired = self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
-        if acquired and self.session.lease_in_doubt():
+        if acquired and self.session.lease_in_doubt:
             acquired = self._confirm(self.coord.run(self._check_op()))
         return acquired
 
@@ -160,6 +160,7 @@ class SessionKeepalive:
     def keepalive_interval(self) -> float:
         return self.ttl / 3
 
+    @property
     def lease_in_doubt(self) -> bool:
         """True if the cluster may have expired this session by now (see the class doc)."""
         sure_until = self.confirmed_at + self.ttl * (1 - self.LEASE_MARGIN)

@@ -119,7 +119,7 @@ class AsyncSemaphore(SlotHold):
         if self.session is None:
             self.session = await self.coord.default_session()
         acquired = await self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
-        if acquired and self.session.lease_in_doubt():  # as ``BlockingHold.acquire``
+        if acquired and self.session.lease_in_doubt:  # as ``BlockingHold.acquire``
             acquired = self._confirm(await self.coord.run(self._check_op()))
         return acquired
 

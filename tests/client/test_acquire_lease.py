@@ -106,11 +106,11 @@ def test_the_asyncio_handles_check_too() -> None:
 
 def test_the_lease_counts_from_when_the_last_confirmed_keepalive_was_sent() -> None:
     session = FakeSession(ttl=1.0)
-    assert not session.lease_in_doubt()
+    assert not session.lease_in_doubt
     sent = time.monotonic() - 0.95  # sent long ago, answered just now
     session.confirmed_at = time.monotonic() - 5
-    assert session.lease_in_doubt()
+    assert session.lease_in_doubt
     assert session._keepalive_lost(None, sent) is False
-    assert session.lease_in_doubt()  # 0.95 s of a 1 s TTL (less the margin) are gone
+    assert session.lease_in_doubt  # 0.95 s of a 1 s TTL (less the margin) are gone
     assert session._keepalive_lost(None, time.monotonic()) is False
-    assert not session.lease_in_doubt()
+    assert not session.lease_in_doubt
