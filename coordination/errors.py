@@ -47,6 +47,9 @@ SEMAPHORE_LIMIT = "semaphore_limit"  # acquire naming another limit than the liv
 INVALID_RATE = "invalid_rate"  # a rate limit's rate or burst is unusable (zero, negative, unit)
 COMPACTED = "compacted"  # a watch resumed from a version older than the retained history
 DUPLICATE = "duplicate"  # the applier: a write older than the client's latest (superseded)
+# A fencing token that is not the lock's current grant: a fenced write or txn refused by the
+# machine, or ``require_token`` in the client.
+STALE_TOKEN = "stale_token"
 
 # Engine codes (the raft client's own errors) and client codes.
 BAD_REQUEST = "bad_request"
@@ -55,7 +58,6 @@ TIMEOUT = "timeout"
 UNAVAILABLE = "unavailable"
 AUTH_FAILED = "auth_failed"
 NOT_ACQUIRED = "not_acquired"
-STALE_TOKEN = "stale_token"
 RATE_LIMITED = "rate_limited"
 MEMBER_EXISTS = "member_exists"  # membership: the id is already a member
 UNKNOWN_MEMBER = "unknown_member"
@@ -96,13 +98,13 @@ _TABLE = (
     ErrorCode(COMPACTED, exc.WatchCompacted, 410, MACHINE),
     ErrorCode(SEMAPHORE_LIMIT, exc.SemaphoreLimitError, 409, MACHINE),
     ErrorCode(DEADLOCK, exc.Deadlock, 423, MACHINE),
+    ErrorCode(STALE_TOKEN, exc.StaleToken, 409, MACHINE),
     ErrorCode(BAD_REQUEST, exc.BadRequest, 400, ENGINE),
     ErrorCode(NOT_LEADER, exc.NotLeader, 503, ENGINE, body_code=UNAVAILABLE),
     ErrorCode(TIMEOUT, exc.Timeout, 503, ENGINE, body_code=UNAVAILABLE),
     ErrorCode(UNAVAILABLE, exc.ClusterUnavailable, 503, ENGINE),
     ErrorCode(AUTH_FAILED, exc.AuthenticationFailed, 500, ENGINE),
     ErrorCode(NOT_ACQUIRED, exc.LockNotAcquired, 409, CLIENT),
-    ErrorCode(STALE_TOKEN, exc.StaleToken, 409, CLIENT),
     ErrorCode(RATE_LIMITED, exc.RateLimited, 429, CLIENT),
     ErrorCode(ALREADY_QUEUED, exc.AlreadyQueued, 409, CLIENT),
     ErrorCode(MEMBER_EXISTS, exc.MembershipRefused, 409, ENGINE),

@@ -36,6 +36,7 @@ from coordination.client.election import AsyncElection
 from coordination.client.operations import EXCLUSIVE, Operation
 from coordination.client.ratelimit import AsyncRateLimit
 from coordination.client.semaphores import AsyncSemaphore
+from coordination.client.txn import AsyncTransactions
 from coordination.client.watch import AsyncWatch, cursor_for
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired
@@ -44,7 +45,7 @@ from raft_node.client import AsyncRaftClient, RaftError
 T = TypeVar("T")
 
 
-class AsyncCoordinator:
+class AsyncCoordinator(AsyncTransactions):  # fenced writes and txns: ``client.txn``
     def __init__(
         self,
         addresses: Any,
@@ -323,11 +324,12 @@ class AsyncSession(SessionKeepalive):
         while True:
             await asyncio.sleep(self.keepalive_interval)
             error: RaftError | None = None
+            sent = time.monotonic()
             try:
                 await self.coord._client.propose(keepalive.body)
             except RaftError as exc:
                 error = exc
-            if self._keepalive_lost(error):
+            if self._keepalive_lost(error, sent):
                 self._lost = True
                 return
 
@@ -382,6 +384,8 @@ class AsyncLock(LockHold):
             wait = max(0.0, wait - (time.monotonic() - started))
         try:
             acquired = await self.coord.run(self._acquire_op(self.session.id, wait))
+            if acquired and self.session.lease_in_doubt:  # as ``BlockingHold.acquire``
+                acquired = self._confirm(await self.coord.run(self._check_op()))
         except BaseException:
             self._end_turn()
             raise

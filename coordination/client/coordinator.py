@@ -31,6 +31,7 @@ import itertools
 import os
 import queue as queue_module
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -47,6 +48,7 @@ from coordination.client.election import Election
 from coordination.client.operations import EXCLUSIVE, SHARED, WAIT_MARGIN, Operation
 from coordination.client.ratelimit import RateLimit
 from coordination.client.semaphores import Semaphore
+from coordination.client.txn import Transactions
 from coordination.client.watch import Watch, cursor_for
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired, SessionExpired, UnknownSession
@@ -66,7 +68,7 @@ __all__ = [
 ]
 
 
-class Coordinator:
+class Coordinator(Transactions):  # fenced writes and txns: ``coordination.client.txn``
     def __init__(
         self,
         addresses: Any,
@@ -414,11 +416,12 @@ class Session(SessionKeepalive):
         try:
             while not self._closed.wait(self.keepalive_interval):
                 error: RaftError | None = None
+                sent = time.monotonic()
                 try:
                     client.propose(keepalive.body)
                 except RaftError as exc:
                     error = exc
-                if self._keepalive_lost(error):
+                if self._keepalive_lost(error, sent):
                     self._lost.set()
                     return
         finally:

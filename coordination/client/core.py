@@ -32,6 +32,7 @@ class FencedHold:
     def _init_hold(self) -> None:
         self.token: int | None = None
         self.count = 0
+        self.lapsed = False  # the last acquire was granted, then found superseded (``_confirm``)
 
     def _wait_for(self, wait: float | None) -> float:
         """``wait``: None takes the handle's; None or 0 tries once."""
@@ -43,8 +44,24 @@ class FencedHold:
     def _release_base(self, session_id: int) -> ops.Operation[Any]:
         raise NotImplementedError
 
+    def _check_op(self) -> ops.Operation[bool]:
+        """A linearizable read: is this handle's token still a current grant?"""
+        raise NotImplementedError
+
+    def _confirm(self, current: bool) -> bool:
+        """After an acquire answered when the session's lease was in doubt (``SessionKeepalive
+        .lease_in_doubt``) and ``_check_op`` read whether the grant still stands: if not, the
+        session expired while the answer was on its way (a paused process, a slow network)
+        and someone may hold the lock now. The handle forgets the token, and ``acquire``
+        returns False with ``lapsed`` set, rather than a token that is already superseded."""
+        if current:
+            return True
+        self.token, self.count, self.lapsed = None, 0, True
+        return False
+
     def _acquire_op(self, session_id: int, wait: float) -> ops.Operation[bool]:
         def granted(result: Any) -> bool:
+            self.lapsed = False
             if not result or not result.get("acquired"):
                 return False
             self.token = result["token"]
@@ -78,8 +95,18 @@ class BlockingHold:
         """The session expired: the hold may be someone else's now."""
         return self.session.lost
 
+    _check_op: Callable[[], ops.Operation[bool]]
+    _confirm: Callable[[bool], bool]
+
     def acquire(self, wait: float | None = None) -> bool:
-        return self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
+        """True with ``token`` set, or False (not granted within ``wait``; or granted and then
+        lost with the session before the answer was used: ``lapsed``). A token returned was
+        current after the answer arrived: the session's lease was still sure then, or a
+        linearizable ``check_token`` said so (``FencedHold._confirm``)."""
+        acquired = self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
+        if acquired and self.session.lease_in_doubt:
+            acquired = self._confirm(self.coord.run(self._check_op()))
+        return acquired
 
     def release(self) -> None:
         self.coord.run(self._release_op(self.session.id))
@@ -104,30 +131,52 @@ class LockHold(FencedHold):
     def _renew_op(self, session_id: int) -> ops.Operation[int]:
         return ops.lock_renew(session_id, self.name, self.owner)
 
+    def _check_op(self) -> ops.Operation[bool]:
+        return ops.lock_check_token(self.name, self.token or 0)
+
 
 class SessionKeepalive:
     """A session's liveness as its client sees it: renewed every TTL/3 in the background (a
     thread, or a task); lost once the cluster says it is gone (expired, closed, unknown), or
     once no renewal succeeded for a whole TTL (the cluster will have expired it: presume it
-    did). Locks renewed explicitly count as renewals too."""
+    did). Locks renewed explicitly count as renewals too.
+
+    The lease: the cluster sets a session's deadline to the log time of the keepalive entry
+    plus the TTL, and that entry is stamped after the client sent it. So the session cannot
+    expire before ``confirmed_at + ttl`` on this process's clock, ``confirmed_at`` being when
+    the last keepalive the cluster confirmed was *sent* (or the session was opened).
+    ``lease_in_doubt`` says when that bound (less ``LEASE_MARGIN`` of the TTL, for clock
+    rates and leader changes) has passed: then a grant may already be gone."""
+
+    LEASE_MARGIN = 0.1  # of the TTL
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self.id = 0
         self.last_renewed = time.monotonic()
+        self.confirmed_at = self.last_renewed  # before the open is sent: a safe lower bound
 
     @property
     def keepalive_interval(self) -> float:
         return self.ttl / 3
 
+    @property
+    def lease_in_doubt(self) -> bool:
+        """True if the cluster may have expired this session by now (see the class doc)."""
+        sure_until = self.confirmed_at + self.ttl * (1 - self.LEASE_MARGIN)
+        return time.monotonic() >= sure_until
+
     def _renewed(self) -> None:
         self.last_renewed = time.monotonic()
 
-    def _keepalive_lost(self, error: RaftError | None) -> bool:
-        """After one keepalive (``error`` None if it succeeded): True if the session must now
-        be presumed lost; transient failures are retried at the next interval."""
+    def _keepalive_lost(self, error: RaftError | None, sent: float | None = None) -> bool:
+        """After one keepalive sent at ``sent`` (``error`` None if it succeeded): True if the
+        session must now be presumed lost; transient failures are retried at the next
+        interval."""
         if error is None:
             self._renewed()
+            if sent is not None:
+                self.confirmed_at = max(self.confirmed_at, sent)
             return False
         if isinstance(error, (Timeout, ClusterUnavailable)):
             return time.monotonic() - self.last_renewed >= self.ttl

@@ -355,6 +355,25 @@ def cache_incr(key: str, delta: int = 1) -> Operation[int]:
     return write(c.cache_incr(key, delta), wait=CACHE_WRITE_WAIT)
 
 
+def cache_fenced(lock: str, token: int, writes: list[list[Any]]) -> Operation[list[Any]]:
+    """Puts and deletes (``commands.txn_put``/``txn_delete`` forms) applied only if ``token``
+    is the current grant of ``lock``, checked in the entry that applies them: one result per
+    write (a put's version, a delete's "existed"), or ``StaleToken``. Waits out L1 leases as
+    any cache write does, and the token is checked when the write takes effect."""
+    return write(c.cache_fenced(lock, token, writes), wait=CACHE_WRITE_WAIT)
+
+
+def cache_txn(
+    compares: list[list[Any]],
+    success: list[list[Any]],
+    failure: list[list[Any]],
+    decode: Callable[[Any], T],
+) -> Operation[T]:
+    """An etcd-style transaction in one entry (``coordination.primitives.cache_txn``); the
+    cluster answers ``{"succeeded", "results"}``, which ``decode`` turns into the result."""
+    return write(c.cache_txn(compares, success, failure), decode, wait=CACHE_WRITE_WAIT)
+
+
 def cache_keys(prefix: str = "", limit: int = 100) -> Operation[list[dict[str, Any]]]:
     return read(c.cache_keys(prefix, limit))
 

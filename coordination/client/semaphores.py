@@ -55,6 +55,9 @@ class SlotHold(FencedHold):
     def _release_base(self, session_id: int) -> ops.Operation[Any]:
         return ops.sem_release(session_id, self.name, self.owner)
 
+    def _check_op(self) -> ops.Operation[bool]:
+        return ops.sem_check_token(self.name, self.token or 0)
+
 
 class Semaphore(BlockingHold, SlotHold):
     """A blocking handle; ``with`` acquires (raising ``SemaphoreNotAcquired`` if no slot came
@@ -115,7 +118,10 @@ class AsyncSemaphore(SlotHold):
     async def acquire(self, wait: float | None = None) -> bool:
         if self.session is None:
             self.session = await self.coord.default_session()
-        return await self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
+        acquired = await self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
+        if acquired and self.session.lease_in_doubt:  # as ``BlockingHold.acquire``
+            acquired = self._confirm(await self.coord.run(self._check_op()))
+        return acquired
 
     async def release(self) -> None:
         assert self.session is not None, "release of a semaphore never acquired"

@@ -39,7 +39,9 @@ it, so that per-key versions, deletes included, keep increasing.
 **The parts.** ``cache_store`` holds the keys, versions, TTLs, the memory budget (eviction)
 and the change sequence the Redis mirror follows (its docstring describes them);
 ``cache_commands`` validates each write's arguments; ``cache_writes`` evaluates a write against
-the store; ``cache_l1`` is the registry of L1 holders and ``cache_queue`` the queued writes. This
+the store; ``cache_txn`` parses and evaluates transactions and fenced writes (a write kind
+that compares keys and lock tokens, and may release locks, so it holds the locks part);
+``cache_l1`` is the registry of L1 holders and ``cache_queue`` the queued writes. This
 module is the state-machine part that joins them: it decides whether a write takes effect at once
 or waits, lets waiting writes go, and answers fills, releases, ticks, queries and snapshots.
 
@@ -56,6 +58,8 @@ later (``Pending``) as described above:
 ``cache.set_many [[[key, value], ...], ttl_ms]``       [version, ...] (one version for all)
 ``cache.delete_many [[key, ...]]``                     how many existed
 ``cache.clear []``                                     how many existed
+``cache.txn [compares, success, failure]``             {succeeded, results} (``cache_txn``)
+``cache.fenced [lock, token, ops]``                    [result, ...], or ``stale_token``
 ``cache.fill [session, key, lease_ms]``                {value, version, expires_ms, lease_until,
                                                        lease_ms} (lease_ms = lease_until - now:
                                                        0 when nothing was registered)
@@ -92,6 +96,8 @@ from coordination.primitives.cache_store import (
     CacheStore,
     Change,
 )
+from coordination.primitives.cache_txn import KIND as TXN
+from coordination.primitives.cache_txn import TXN_CHECKS, TXN_WRITES, LockTable, Txns
 from coordination.primitives.cache_writes import CacheWrites
 from coordination.primitives.errors import EVICTED, UNKNOWN_KEY
 from coordination.primitives.sessions import Sessions
@@ -108,7 +114,11 @@ class Cache:
     waits_for_holders = True
 
     def __init__(
-        self, sessions: Sessions, max_bytes: int = DEFAULT_MAX_BYTES, record: Record | None = None
+        self,
+        sessions: Sessions,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        record: Record | None = None,
+        locks: LockTable | None = None,
     ) -> None:
         self.sessions = sessions
         self.store = CacheStore(max_bytes, record)
@@ -120,6 +130,7 @@ class Cache:
         self.l1 = L1Registry()
         self.queue = WriteQueue()
         self.writes = CacheWrites(self.store, self.l1, self.queue, sessions)
+        self.writes.register(TXN, Txns(self.store, locks).evaluate)
 
     @property
     def max_bytes(self) -> int:
@@ -131,13 +142,14 @@ class Cache:
         self.store.max_bytes = value
 
     def ops(self) -> dict[str, Op]:
-        ops: dict[str, Op] = {op: self._command(parse) for op, parse in WRITES.items()}
+        parsers = {**WRITES, **TXN_WRITES}
+        ops: dict[str, Op] = {op: self._command(parse) for op, parse in parsers.items()}
         ops["cache.fill"] = self.fill
         ops["cache.release"] = self.release
         return ops
 
     def checks(self) -> dict[str, Check]:
-        return dict(CHECKS)
+        return {**CHECKS, **TXN_CHECKS}
 
     def queries(self) -> dict[str, Query]:
         return {
@@ -194,6 +206,11 @@ class Cache:
             result: Any = self._enqueue(ctx, kind, args, keys, keys)
         else:
             result, changes = self.writes.evaluate(kind, ctx, ctx.index, args, False)
+            if kind == TXN:
+                # A txn's branch is chosen when it takes effect, and a queued one may take the
+                # other: it waits out the holders of every key either branch writes. It always
+                # commits (its lock releases are changes no key list shows).
+                changes = keys
             if keys is None:
                 held = bool(changes) and self.l1.any_live(ctx.now_ms)
             else:
@@ -201,7 +218,7 @@ class Cache:
             if held and self.waits_for_holders:
                 self.queue.check_room(keys)
                 result = self._enqueue(ctx, kind, args, keys, None if keys is None else changes)
-            elif changes or keys is None:
+            elif changes or keys is None or kind == TXN:
                 # Same answer as the dry run, except set_hold, which registers on commit.
                 result, _ = self.writes.evaluate(kind, ctx, ctx.index, args, True)
                 if held:  # the old behaviour (waits_for_holders False): just tell them

@@ -57,6 +57,12 @@ class CacheWrites:
             "clear": self._clear,
         }
 
+    def register(
+        self, kind: str, evaluator: Callable[[Ctx, int, list[Any], bool], Evaluation]
+    ) -> None:
+        """Add a write kind evaluated elsewhere (``cache_txn``'s ``txn``, which needs locks)."""
+        self._evals[kind] = evaluator
+
     def evaluate(
         self, kind: str, ctx: Ctx, version: int, args: list[Any], commit: bool
     ) -> Evaluation:

@@ -246,6 +246,29 @@ def cache_clear() -> bytes:
     return _cmd("cache.clear")
 
 
+def cache_txn(
+    compares: Iterable[list[Any]], success: Iterable[list[Any]], failure: Iterable[list[Any]]
+) -> bytes:
+    """One etcd-style transaction (forms in ``cache_txn``): compares such as ``["version", key,
+    "==", 12]``, ``["value", key, "!=", None]`` or ``["lock", name, token]``; then ops
+    ``["put", key, value, ttl_ms]``, ``["delete", key]``, ``["release", session, lock, owner]``."""
+    return _cmd("cache.txn", list(compares), list(success), list(failure))
+
+
+def cache_fenced(lock: str, token: int, ops: Iterable[list[Any]]) -> bytes:
+    """Puts and deletes applied only if ``token`` is the current grant of ``lock``, checked in
+    the same entry (else ``stale_token``)."""
+    return _cmd("cache.fenced", lock, token, list(ops))
+
+
+def txn_put(key: str, value: bytes, ttl_ms: int | None = None) -> list[Any]:
+    return ["put", key, value, ttl_ms]
+
+
+def txn_delete(key: str) -> list[Any]:
+    return ["delete", key]
+
+
 def cache_fill(session: int, key: str, lease_ms: int) -> bytes:
     return _cmd("cache.fill", session, key, lease_ms)
 

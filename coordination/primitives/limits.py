@@ -15,6 +15,7 @@ OWNER_MAX_BYTES = 128
 PAYLOAD_MAX_BYTES = 256 * 1024  # one queue message
 VALUE_MAX_BYTES = 1024 * 1024  # one cache value
 BATCH_MAX = 1000  # keys in get_many / set_many
+TXN_OPS_MAX = 64  # compares and operations of one cache.txn (both branches), or one fenced write
 PRIORITY_MIN, PRIORITY_MAX = 0, 9
 SESSION_TTL_MS = (1_000, 3_600_000)  # 1 s .. 1 h
 WAIT_MS = (0, 300_000)  # lock and queue waits: 0 (try) .. 5 min

@@ -215,6 +215,22 @@ class Locks:
         sid, name, owner = limits.args(args, 3, "lock.renew")
         return self._hold(sid, name, owner)[1].token
 
+    # -- for the cache's transactions (``cache_txn``: fenced writes, txn compares and releases) -
+
+    def is_current(self, name: str, token: int) -> bool:
+        """Whether ``token`` is a current grant of ``name`` (``check_token``'s rule)."""
+        lock = self.locks.get(name)
+        return lock is not None and any(h.token == token for h in lock.holders.values())
+
+    def require_holder(self, sid: int, name: str, owner: str) -> None:
+        """Refuse as ``release`` would (``not_holder``, ``session_expired``...), changing
+        nothing: a txn checks all its releases before its first change."""
+        self._hold(sid, name, owner)
+
+    def release_hold(self, ctx: Ctx, sid: int, name: str, owner: str) -> dict[str, Any]:
+        """``lock.release`` from inside another op's entry (a txn's release)."""
+        return self.release(ctx, [sid, name, owner])
+
     def _hold(self, sid: Any, name: Any, owner: Any) -> tuple[_Lock, _Hold]:
         name = limits.name(name, "lock name")
         owner = limits.owner(owner)
@@ -396,8 +412,7 @@ class Locks:
         name = limits.name(name, "lock name")
         if not isinstance(token, int) or isinstance(token, bool):
             reject(BAD_COMMAND, "token must be an integer")
-        lock = self.locks.get(name)
-        return lock is not None and any(h.token == token for h in lock.holders.values())
+        return self.is_current(name, token)
 
     def list(self, args: list[Any]) -> list[dict[str, Any]]:
         """Every lock with holders or waiters, by name; ``[prefix, limit]`` narrows it."""

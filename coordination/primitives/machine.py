@@ -164,10 +164,11 @@ def _default_parts(sessions: Sessions, history: History) -> list[Part]:
     from coordination.primitives.results import Results
     from coordination.primitives.semaphores import Semaphores
 
+    locks = Locks(sessions, record=history.record)
     return [
-        Locks(sessions, record=history.record),
+        locks,
         Queues(sessions),
-        Cache(sessions, record=history.record),
+        Cache(sessions, record=history.record, locks=locks),  # txns compare and release locks
         Results(),
         Semaphores(sessions),
         RateLimits(),

@@ -434,7 +434,7 @@ PAIRS = [
     (Election, AsyncElection),
 ]
 ONLY_BLOCKING = {"new_client", "thread_session", "default_session"}  # threads; a property
-HANDLE_MAKERS = {"lock", "queue", "semaphore", "rate_limit", "election", "watch"}  # handles
+HANDLE_MAKERS = {"lock", "queue", "semaphore", "rate_limit", "election", "watch", "fenced"}
 
 
 @pytest.mark.parametrize(("blocking", "asynchronous"), PAIRS)
