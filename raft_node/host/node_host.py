@@ -45,6 +45,7 @@ from raft_node.core.raft import Config, Raft
 from raft_node.core.rawnode import RawNode
 from raft_node.core.ready import Ready, Role
 from raft_node.host.applier import SYSTEM, Applier, Outcome, encode_command
+from raft_node.host.log_clock import LeaderClock
 from raft_node.host.metrics import NodeMetrics
 from raft_node.host.waiters import NOT_LEADER, Subscriber, Wait, Waiters, fail
 from raft_node.storage.protocol import PersistentState, Storage
@@ -81,9 +82,9 @@ class Transport(Protocol):
 
 @dataclass(frozen=True)
 class Clock:
-    """The host's two clocks. ``wall_ms`` stamps commands (it becomes the log clock that leases
-    and TTLs run on, so nodes' clocks should roughly agree); ``monotonic`` (seconds) times
-    request deadlines and peer contact."""
+    """The host's two clocks. ``wall_ms`` seeds the log clock that leases and TTLs run on when a
+    leader wins, ``monotonic`` (seconds) advances it (``log_clock``) and times request deadlines
+    and peer contact."""
 
     wall_ms: Callable[[], int]
     monotonic: Callable[[], float]
@@ -172,7 +173,7 @@ class NodeHost:
         if state.snapshot.index:
             self.applier.restore(state.snapshot.data)
         self.raw = RawNode(raft, _Preloaded(storage, state), raft_class)
-        self._wall_ms = clock.wall_ms
+        self._stamp = LeaderClock(clock.wall_ms, clock.monotonic, lambda: self.applier.now_ms)
         self._waiters = Waiters(
             self.id,
             clock.monotonic,
@@ -275,7 +276,7 @@ class NodeHost:
         checked = self._validate is not None and self.raw.raft.role == Role.LEADER
         if checked and self._refused(body, wait):
             return
-        self.raw.propose(encode_command(client_id, seq, self._wall_ms(), body))
+        self.raw.propose(encode_command(client_id, seq, self._stamp.now_ms(), body))
         if wait is not None:
             self._waiters.add_proposal(client_id, seq, wait)
         self.metrics.proposals.inc()
@@ -323,7 +324,7 @@ class NodeHost:
     def propose_system(self, body: bytes) -> int | None:
         """Propose a leader-originated command (no client, no dedup); returns its index, or
         None if this node cannot propose now."""
-        data = encode_command(SYSTEM, 0, self._wall_ms(), body)
+        data = encode_command(SYSTEM, 0, self._stamp.now_ms(), body)
         try:
             index, _ = self.raw.propose(data)
         except ProposalDropped:
@@ -463,7 +464,7 @@ class NodeHost:
         if self._tick_index and self.applier.applied_index < self._tick_index:
             return
         deadline = self.applier.next_deadline()
-        if deadline is None or deadline > self._wall_ms():
+        if deadline is None or deadline > self._stamp.now_ms():
             return
         command = self.applier.tick_command()
         if command is not None:
@@ -474,6 +475,7 @@ class NodeHost:
         one more TTL, since clients could not reach anyone during the election)."""
         if role == Role.LEADER and self._role != Role.LEADER:
             self._tick_index = 0
+            self._stamp.lead(self.applier.now_ms)
             command = self.applier.leader_command()
             if command is not None:
                 self.propose_system(command)
@@ -491,6 +493,7 @@ class NodeHost:
             )
             if self._role == Role.LEADER:
                 self._waiters.on_lost_leadership()
+                self._stamp.follow()
         if lead != self._lead:
             event(
                 logging.INFO,

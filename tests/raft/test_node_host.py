@@ -390,7 +390,7 @@ def test_a_tick_is_proposed_once_the_deadline_passes_and_not_again_until_applied
     host.tick()
     host.process()
     assert machine.ticks == []  # the clock (1_000_000) is before the deadline
-    cluster.time.ms = 1_000_600
+    cluster.time.seconds += 0.6  # the leader's log clock runs on its monotonic clock
     host.tick()
     host.tick()  # the first tick command is not applied yet: no second one
     host.tick()
@@ -427,11 +427,32 @@ def test_a_new_leader_proposes_the_grace_command_first_and_followers_do_not() ->
 def test_a_state_machine_without_hooks_gets_no_system_commands() -> None:
     cluster = Cluster(["n1"])
     host = cluster.elect("n1")
-    cluster.time.ms += 10**9
+    cluster.time.seconds += 10**6
     for _ in range(5):
         host.tick()
         host.process()
     assert _system_bodies(host) == []
+
+
+def test_a_wall_clock_jump_moves_no_deadline_while_a_leader_leads() -> None:
+    """The log clock is the wall clock at the election, then the leader's monotonic clock:
+    a wall clock stepped a day forward (or back) expires nothing early (or late)."""
+    cluster = Cluster(["n1"], machine=lambda: Ticking(deadline=1_000_500))
+    host = cluster.elect("n1")
+    machine = host.state_machine
+    for jump in (86_400_000, -86_400_000):
+        cluster.time.ms = 1_000_000 + jump
+        host.tick()
+        host.process()
+        assert machine.ticks == [], jump  # only 0 s of monotonic time passed
+    cluster.time.seconds += 0.4
+    host.tick()
+    host.process()
+    assert machine.ticks == []  # 400 ms after the election: before the deadline
+    cluster.time.seconds += 0.2
+    host.tick()
+    host.process()
+    assert len(machine.ticks) == 1  # 600 ms: due, whatever the wall clock says
 
 
 # -- snapshots, events and plugin hooks ---------------------------------------------------------
