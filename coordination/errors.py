@@ -15,9 +15,14 @@ Origins: ``MACHINE`` codes come from the state machine (a primitive, or the appl
 ``duplicate``), ``ENGINE`` codes from the engine and the raft client (retries exhausted, bad
 requests, credentials), ``CLIENT`` codes are raised by the coordination client itself.
 
+Definite and uncertain: every error here means the request had no effect (``definite``), except
+``timeout`` and ``outcome_unknown``. A write that may have been applied ends ``outcome_unknown``
+(``OutcomeUnknown``, a ``Timeout``), carrying its request id; ``coord.resolve(exc)`` learns the
+outcome. The API answers it 503 with ``Retry-After`` and the request id in the body.
+
 ``body_code`` is the ``code`` of the API's error body where it differs from the error's own:
 those bodies are a public contract older than this table (a malformed command was always a
-``bad_request``, a timeout always ``unavailable``).
+``bad_request``, a timeout always ``unavailable``; an unknown outcome, a kind of timeout, too).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ STALE_TOKEN = "stale_token"
 BAD_REQUEST = "bad_request"
 NOT_LEADER = "not_leader"
 TIMEOUT = "timeout"
+OUTCOME_UNKNOWN = "outcome_unknown"  # a write may or may not have been applied (resolve it)
 UNAVAILABLE = "unavailable"
 AUTH_FAILED = "auth_failed"
 NOT_ACQUIRED = "not_acquired"
@@ -102,6 +108,7 @@ _TABLE = (
     ErrorCode(BAD_REQUEST, exc.BadRequest, 400, ENGINE),
     ErrorCode(NOT_LEADER, exc.NotLeader, 503, ENGINE, body_code=UNAVAILABLE),
     ErrorCode(TIMEOUT, exc.Timeout, 503, ENGINE, body_code=UNAVAILABLE),
+    ErrorCode(OUTCOME_UNKNOWN, exc.OutcomeUnknown, 503, ENGINE, body_code=UNAVAILABLE),
     ErrorCode(UNAVAILABLE, exc.ClusterUnavailable, 503, ENGINE),
     ErrorCode(AUTH_FAILED, exc.AuthenticationFailed, 500, ENGINE),
     ErrorCode(NOT_ACQUIRED, exc.LockNotAcquired, 409, CLIENT),

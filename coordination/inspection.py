@@ -12,7 +12,6 @@ while nothing is applied; keepalives and ticks keep it within a fraction of a TT
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from coordination.client import cache as cache_client
@@ -20,9 +19,10 @@ from coordination.client import operations as ops
 from coordination.client.coordinator import Coordinator
 from coordination.node.membership import Membership
 from coordination.primitives.queues_state import DLQ_SUFFIX, is_dlq
-from raft_node.client import RaftClient, RaftError
+from raft_node.client import status_probe
+from raft_node.client.status_probe import STATUS_TIMEOUT
 
-NODE_TIMEOUT = 1.0  # per node: a dead node must not hold the page for a whole request timeout
+NODE_TIMEOUT = STATUS_TIMEOUT  # per node, all at once: a dead node must not hold the page
 LOCKS_SHOWN = 100  # locks inspected per page (one query each)
 MESSAGES_SHOWN = 20  # ready messages and dead letters listed per queue
 KEYS_SHOWN = 100  # cache keys listed per page
@@ -33,23 +33,16 @@ PREVIEW_CHARS = 120  # payload bytes shown per message
 
 
 def node_statuses(timeout: float = NODE_TIMEOUT) -> list[dict[str, Any]]:
-    """Each configured node's own status answer, or ``{id, address, error}``; asked directly
-    and in parallel, so one dead node costs ``timeout`` once."""
+    """Each configured node's own status answer, or ``{id, address, error, unreachable}``;
+    asked directly, in parallel and once (``raft_node.client.status_probe``), so a dead or
+    paused node costs ``timeout`` once, not a client's retries."""
     from coordination.node import node_settings
 
-    secret = node_settings.cluster_secret()
+    conf = node_settings.coordination()
+    _, client_ssl = node_settings.ssl_contexts(conf)
     members = list(node_settings.cluster_addresses().items())
-
-    def ask(member: tuple[str, tuple[str, int]]) -> dict[str, Any]:
-        node, addr = member
-        try:
-            with RaftClient([addr], secret, timeout=timeout) as client:
-                return client.status()
-        except (RaftError, OSError) as exc:
-            return {"id": node, "address": f"{addr[0]}:{addr[1]}", "error": str(exc) or repr(exc)}
-
-    with ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
-        return list(pool.map(ask, members))
+    secret = node_settings.cluster_secret(conf)
+    return status_probe.node_statuses(members, secret, timeout=timeout, ssl=client_ssl)
 
 
 def membership_client(coord: Coordinator) -> Membership:

@@ -6,6 +6,13 @@ message no longer leased to you, not an integer); 423 deadlock (the body names t
 rate limited (``Retry-After``: whole seconds until the tokens are there); 503 with
 ``Retry-After`` when the cluster has no quorum or does not answer. The body is
 ``{"code": ..., "detail": ...}``; anything else is DRF's to answer.
+
+A write whose outcome is unknown (``OutcomeUnknown``: it may have been applied) is a 503 too,
+with the same ``unavailable`` code (what API clients have always matched on) and two more
+fields: ``"outcome": "unknown"`` and ``"request_id": {"client_id", "seq"}``. A definite 503
+(``ClusterUnavailable``, a timed-out read) has neither: retrying it cannot apply anything twice.
+An API client should not blindly repeat an unknown write that is not idempotent; it can read
+the state it meant to change first.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from coordination import errors
-from coordination.exceptions import RateLimited
+from coordination.exceptions import OutcomeUnknown, RateLimited
 
 
 def error_response(error: Exception) -> Response | None:
@@ -29,7 +36,11 @@ def error_response(error: Exception) -> Response | None:
     if isinstance(error, RateLimited):  # 429: when the tokens will be there, in whole seconds
         headers = {"Retry-After": str(math.ceil(error.retry_after))}
     message = getattr(error, "message", "") or str(error)
-    return Response({"code": entry.api_code, "detail": message}, entry.status, headers=headers)
+    body: dict[str, Any] = {"code": entry.api_code, "detail": message}
+    if isinstance(error, OutcomeUnknown):
+        client_id, seq = error.request_id
+        body.update(outcome="unknown", request_id={"client_id": client_id, "seq": seq})
+    return Response(body, entry.status, headers=headers)
 
 
 def exception_handler(error: Exception, context: Any) -> Response | None:

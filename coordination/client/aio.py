@@ -31,7 +31,14 @@ from typing import Any, TypeVar
 
 import coordination.client.operations as ops
 from coordination.client.coordinator import settings_arguments
-from coordination.client.core import LockHold, SessionKeepalive, message_fields, require_current
+from coordination.client.core import (
+    LockHold,
+    SessionKeepalive,
+    decoded,
+    message_fields,
+    remember,
+    require_current,
+)
 from coordination.client.election import AsyncElection
 from coordination.client.operations import EXCLUSIVE, Operation
 from coordination.client.ratelimit import AsyncRateLimit
@@ -40,7 +47,7 @@ from coordination.client.txn import AsyncTransactions
 from coordination.client.watch import AsyncWatch, cursor_for
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired
-from raft_node.client import AsyncRaftClient, RaftError
+from raft_node.client import AsyncRaftClient, OutcomeUnknown, RaftError
 
 T = TypeVar("T")
 
@@ -98,8 +105,16 @@ class AsyncCoordinator(AsyncTransactions):  # fenced writes and txns: ``client.t
         errors come typed (``coordination.errors``)."""
         deadline = op.deadline(self.timeout)
         if op.write:
-            return op.decode(await self.propose(op.body, timeout=deadline))
+            with remember(op):
+                return op.decode(await self.propose(op.body, timeout=deadline))
         return op.decode(await self.query(op.body, stale=op.stale, timeout=deadline))
+
+    async def resolve(self, unknown: OutcomeUnknown, timeout: float | None = None) -> Any:
+        """As ``Coordinator.resolve``."""
+        try:
+            return decoded(unknown, await self._client.resolve(unknown, timeout=timeout))
+        except RaftError as exc:
+            raise typed(exc) from None
 
     async def propose(self, body: bytes, timeout: float | None = None) -> Any:
         """Apply a raw command (``coordination.primitives.commands``) exactly once."""

@@ -41,7 +41,9 @@ from coordination.client.core import (
     BlockingHold,
     LockHold,
     SessionKeepalive,
+    decoded,
     message_fields,
+    remember,
     require_current,
 )
 from coordination.client.election import Election
@@ -52,7 +54,7 @@ from coordination.client.txn import Transactions
 from coordination.client.watch import Watch, cursor_for
 from coordination.errors import typed
 from coordination.exceptions import LockNotAcquired, SessionExpired, UnknownSession
-from raft_node.client import ClusterUnavailable, RaftClient, RaftError, Timeout
+from raft_node.client import ClusterUnavailable, OutcomeUnknown, RaftClient, RaftError, Timeout
 
 T = TypeVar("T")
 
@@ -135,8 +137,18 @@ class Coordinator(Transactions):  # fenced writes and txns: ``coordination.clien
         errors come typed (``coordination.errors``)."""
         deadline = op.deadline(self.timeout)
         if op.write:
-            return op.decode(self.propose(op.body, timeout=deadline))
+            with remember(op):
+                return op.decode(self.propose(op.body, timeout=deadline))
         return op.decode(self.query(op.body, stale=op.stale, timeout=deadline))
+
+    def resolve(self, unknown: OutcomeUnknown, timeout: float | None = None) -> Any:
+        """What the write that raised ``unknown`` did: what its call would have returned (or
+        its rejection), applied now if it never was (within ``RESOLVE_WINDOW_S``)."""
+        with self._client() as client:
+            try:
+                return decoded(unknown, client.resolve(unknown, timeout=timeout))
+            except RaftError as exc:
+                raise typed(exc) from None
 
     def propose(self, body: bytes, timeout: float | None = None) -> Any:
         """Apply a raw command (``coordination.primitives.commands``) exactly once."""

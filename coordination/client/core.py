@@ -10,14 +10,15 @@ same way.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import coordination.client.operations as ops
 from coordination.client.operations import EXCLUSIVE, SHARED
 from coordination.exceptions import StaleToken
-from raft_node.client import ClusterUnavailable, RaftError, Timeout
+from raft_node.client import ClusterUnavailable, OutcomeUnknown, RaftError, Timeout
 
 
 class FencedHold:
@@ -187,6 +188,24 @@ def require_current(name: str, token: int, current: bool) -> None:
     """``require_token``'s rule, for both clients."""
     if not current:
         raise StaleToken(name, token)
+
+
+@contextlib.contextmanager
+def remember(op: ops.Operation[Any]) -> Iterator[None]:
+    """Around a write: an ``OutcomeUnknown`` leaving it keeps the operation's ``decode``, so
+    ``resolve`` returns what the call would have (a lock handle gets its token, say)."""
+    try:
+        yield
+    except OutcomeUnknown as exc:
+        exc.decode = op.decode  # type: ignore[attr-defined]
+        raise
+
+
+def decoded(unknown: OutcomeUnknown, value: Any) -> Any:
+    """A resolved write's result, decoded as its call would have (raw without a ``decode``:
+    an ``OutcomeUnknown`` of ``propose``)."""
+    decode = getattr(unknown, "decode", None)
+    return value if decode is None else decode(value)
 
 
 def message_fields(row: dict[str, Any]) -> tuple[int, bytes, int, int, dict[str, Any]]:

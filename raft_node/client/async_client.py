@@ -2,16 +2,19 @@
 
 Writes carry ``(client_id, seq)``: each lane (a client id with its own sequence counter) has at
 most one write outstanding, so the cluster applies each write once however often it is retried.
-The client keeps a pool of lanes so many coroutines can write concurrently.
+The client keeps a pool of lanes so many coroutines can write concurrently. A write that ends
+``OutcomeUnknown`` takes its lane out of the pool for good (see ``Lanes``), so ``resolve`` can
+re-send it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from raft_node.client.connection import AsyncConnection
-from raft_node.client.errors import AuthenticationFailed
+from raft_node.client.connection import AsyncConnection, NotSent
+from raft_node.client.errors import AuthenticationFailed, OutcomeUnknown, PendingWrite
 from raft_node.client.policy import Attempts, ClientConfig, Lanes
 from raft_node.transport import client_protocol as p
 
@@ -38,10 +41,24 @@ class AsyncRaftClient(ClientConfig):
     async def propose(self, body: bytes, *, timeout: float | None = None) -> Any:
         """Apply ``body`` through the log exactly once; returns the state machine's result."""
         lane = self._lanes.take()
+        write = PendingWrite(lane.client_id, lane.next(), body, time.monotonic())
         try:
-            return await self._call(p.PROPOSE, [lane.client_id, lane.next(), body], timeout)
-        finally:
+            result = await self._propose(write, timeout)
+        except OutcomeUnknown:
+            raise  # the lane is retired: its id keeps this write as its latest
+        except BaseException:
             self._lanes.give(lane)
+            raise
+        self._lanes.give(lane)
+        return result
+
+    async def resolve(self, unknown: OutcomeUnknown, *, timeout: float | None = None) -> Any:
+        """The final outcome of the write ``unknown`` is about (as ``RaftClient.resolve``)."""
+        return await self._propose(unknown.resend(), timeout)
+
+    async def _propose(self, write: PendingWrite, timeout: float | None) -> Any:
+        fields = [write.client_id, write.seq, write.body]
+        return await self._call(p.PROPOSE, fields, timeout, write=write)
 
     async def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
         """Query the state machine; linearizable (ReadIndex) unless ``stale``."""
@@ -80,32 +97,42 @@ class AsyncRaftClient(ClientConfig):
                 ssl=self._ssl,
                 max_frame_bytes=self._max,
             )
-            await conn.open(min(budget, 2.0))
+            await conn.open(budget)
             self._conn = conn
             return conn
 
     async def _call(
-        self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
+        self,
+        kind: int,
+        fields: list[Any],
+        timeout: float | None,
+        follow_leader: bool = True,
+        write: PendingWrite | None = None,
     ) -> Any:
-        tries = Attempts(
-            self._targets, self.timeout if timeout is None else timeout, follow_leader, self.timeout
-        )
+        call_timeout = self.timeout if timeout is None else timeout
+        tries = Attempts(self._targets, call_timeout, follow_leader, self.timeout, write)
         while (budget := tries.budget()) > 0:
             try:
-                conn = await self._connection(budget)
-                tries.reached = True
-                resp = await conn.request(kind, fields, budget)
+                conn = await self._connection(tries.connect_wait(budget))
             except AuthenticationFailed as exc:
                 if "tls" not in exc.details:
-                    raise  # the cluster secret: the same on every node
+                    raise tries.fatal(exc) from None  # the cluster secret: the same everywhere
                 tries.refused(exc)
             except (OSError, EOFError, asyncio.IncompleteReadError, p.ProtocolError) as exc:
-                tries.unreachable(exc)
-            except TimeoutError:
-                if tries.no_answer():
-                    break
+                tries.unreachable(exc)  # nothing sent (a connect or handshake timeout, too)
             else:
-                if tries.answered(resp):
-                    return resp.value
+                tries.reached = True
+                try:
+                    resp = await conn.request(kind, fields, tries.answer_wait(budget))
+                except TimeoutError:  # first: it is an OSError too
+                    tries.no_answer()
+                    continue  # re-send at once elsewhere (the loop ends at the deadline)
+                except NotSent as exc:
+                    tries.unreachable(exc)
+                except (OSError, EOFError, asyncio.IncompleteReadError, p.ProtocolError) as exc:
+                    tries.lost(exc)  # perhaps sent: a write may be in a log
+                else:
+                    if tries.answered(resp):
+                        return resp.value
             await asyncio.sleep(tries.pause())
         raise tries.give_up()

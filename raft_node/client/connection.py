@@ -22,6 +22,11 @@ from raft_node.transport.codec import decode_payload, encode_payload
 from raft_node.transport.wire import MAX_FRAME_BYTES, FrameKind, encode_frame, read_frame
 
 
+class NotSent(ConnectionError):
+    """The connection was closed before the request was queued: it never left this process
+    (so a write surely was not applied by this attempt)."""
+
+
 class AsyncConnection:
     """One authenticated connection with pipelined requests matched by ``req_id``."""
 
@@ -93,7 +98,7 @@ class AsyncConnection:
 
     async def request(self, kind: int, fields: Sequence[Any], timeout: float) -> p.Response:
         if self.closed or self._writer is None:
-            raise ConnectionError("connection closed")
+            raise NotSent("connection closed")
         req_id = next(self._ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[p.Response] = loop.create_future()

@@ -19,7 +19,14 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from raft_node.client.errors import ClusterUnavailable, RaftError, Timeout, raise_for
+from raft_node.client.errors import (
+    ClusterUnavailable,
+    OutcomeUnknown,
+    PendingWrite,
+    RaftError,
+    Timeout,
+    raise_for,
+)
 from raft_node.transport import client_protocol as p
 from raft_node.transport.wire import MAX_FRAME_BYTES
 
@@ -94,9 +101,18 @@ class Attempts:
     A node that cannot be reached (or answers garbage) is skipped for the next one; a
     ``not_leader``/``unavailable`` answer moves to the leader it names, or the next node; a
     server-side ``timeout`` retries the same node with the same request (a pending blocking
-    operation stays pending); a rejection or bad request is raised at once. At the deadline:
-    ``Timeout`` if some node was reached (the outcome of a write is unknown), else
-    ``ClusterUnavailable``.
+    operation stays pending); a rejection or bad request is raised at once. Every retry of a
+    write re-sends the same ``(client_id, seq)``, so it is applied at most once however many
+    copies reach a log.
+
+    At the deadline, a write (``write`` given) ends ``OutcomeUnknown`` if any attempt *may*
+    have put it in a log (``uncertain``: it was sent and no definite answer came back), else
+    ``ClusterUnavailable``, which for a write means "not applied". Another call ends
+    ``Timeout`` if some node was reached, else ``ClusterUnavailable``.
+
+    A node that stops answering (paused, or a one-way partition) keeps its connection open,
+    so a call of the client's own timeout waits only half its budget for the first answer and
+    then re-sends elsewhere (``answer_wait``): the new leader's answer still comes in time.
 
     A call may have a deadline far beyond the client's timeout (a blocking get, a cache write
     waiting for L1 holders). That extra time is for a leader to *work* on it, not for finding
@@ -105,15 +121,24 @@ class Attempts:
     """
 
     def __init__(
-        self, targets: Targets, timeout: float, follow_leader: bool, patience: float
+        self,
+        targets: Targets,
+        timeout: float,
+        follow_leader: bool,
+        patience: float,
+        write: PendingWrite | None = None,
     ) -> None:
         self.targets = targets
         self.deadline = time.monotonic() + timeout
         self.follow_leader = follow_leader
         self.patience = min(patience, timeout)
+        self.blocking = timeout > patience  # a node may hold the call on purpose
+        self.write = write
         self.leaderless_since: float | None = None
         self.backoff = Backoff()
         self.reached = False
+        self.uncertain = False  # a write went out and no definite answer came back
+        self.silences = 0
         self.last = "no attempt"
         self._refused: set[Address] = set()
 
@@ -132,22 +157,52 @@ class Attempts:
         self._leaderless()
         self.targets.rotate()
 
+    def lost(self, exc: BaseException) -> None:
+        """The connection failed after the request was (perhaps) sent: like ``unreachable``,
+        but a write may have reached a log."""
+        self.uncertain = self.write is not None
+        self.unreachable(exc)
+
     def refused(self, exc: RaftError) -> None:
         """A node refused us in TLS (``tls_refusal``): raise ``exc`` once every seed has, at
         once rather than at the deadline, since only new certificates help; until then try
         the others (one node may be half-way through a certificate rotation)."""
         self._refused.add(self.targets.current)
         if self._refused.issuperset(self.targets.seeds):
-            raise exc
+            raise self.fatal(exc)
         self.unreachable(exc)
 
-    def no_answer(self) -> bool:
-        """The request went out but no answer came in time: True to stop (deadline)."""
+    def fatal(self, exc: RaftError) -> RaftError:
+        """What to raise for an error no retry can fix (credentials): ``exc``, unless an
+        earlier attempt may have applied the write, which the caller must learn first."""
+        if not self.uncertain:
+            return exc
+        unknown = self.give_up()
+        unknown.__cause__ = exc
+        return unknown
+
+    def connect_wait(self, budget: float) -> float:
+        """How long dialling one node (TCP, TLS and the handshake) may take: half the budget,
+        at most 2 s. A node that is paused accepts the connection (its kernel does) and never
+        shakes hands; the other half is for the next node."""
+        return budget if budget < 0.2 else min(budget / 2, 2.0)
+
+    def answer_wait(self, budget: float) -> float:
+        """How long this attempt waits for its answer: half the budget on the first attempt
+        of a call of the client's own timeout, so a silent node is left in time to retry
+        elsewhere; the whole budget for a blocking call, which its node holds on purpose (and
+        answers ``timeout`` itself when it lets go), and after one silence."""
+        if self.blocking or self.silences or budget < 0.2:
+            return budget
+        return budget / 2
+
+    def no_answer(self) -> None:
+        """The request went out but no answer came in time: try the next node (the loop ends
+        at the deadline)."""
         self.last = f"{self.targets.current}: no answer"
-        if self.reached:
-            return True
+        self.silences += 1
+        self.uncertain = self.write is not None
         self.targets.rotate()
-        return False
 
     def answered(self, resp: p.Response) -> bool:
         """True if ``resp`` is the result; raises for rejections; else prepares a retry."""
@@ -157,6 +212,8 @@ class Attempts:
             return True
         raise_for(resp)
         self.last = f"{resp.code}: {resp.message}"
+        if self.write is not None and not (resp.error and resp.error.details.get(p.DEFINITE)):
+            self.uncertain = True  # e.g. a leader that lost leadership with it in its log
         if resp.code == p.TIMEOUT:
             self.leaderless_since = None  # a leader holds the call (a blocking operation)
         else:
@@ -169,8 +226,17 @@ class Attempts:
         return min(self.backoff.next(), max(0.0, self.budget()))
 
     def give_up(self) -> RaftError:
-        if self.leaderless_since is not None:
+        if self.leaderless_since is not None and "no leader for" not in self.last:
             self.last = f"no leader for {self.patience:g} s; last: {self.last}"
+        if self.write is not None:
+            if self.uncertain:
+                return OutcomeUnknown(
+                    f"write {self.write.client_id}#{self.write.seq} may or may not have been "
+                    f"applied (last: {self.last}); resolve() learns which",
+                    write=self.write,
+                )
+            why = "no leader reachable" if self.reached else "no node reachable"
+            return ClusterUnavailable(f"{why}; the write was not applied (last: {self.last})")
         if self.reached:
             return Timeout(f"no result within the deadline (last: {self.last})")
         return ClusterUnavailable(f"no node reachable (last: {self.last})")
@@ -194,7 +260,9 @@ class Lane:
 
 class Lanes:
     """The free lanes of a client whose writes overlap: a write takes one (a new lane when all
-    are busy) and gives it back when answered."""
+    are busy) and gives it back when answered. A lane whose write ended ``OutcomeUnknown`` is
+    not given back: its id keeps that write as its latest, which ``resolve`` needs (a later
+    write on the id would make the cluster forget the earlier one's result)."""
 
     def __init__(self, name: str) -> None:
         self._name = name

@@ -1,7 +1,9 @@
 """``RaftClient``: the blocking client, for Django views and Celery workers.
 
 Thread-safe: calls are serialized on one connection. Its writes are one lane, ``(name, seq)``,
-with at most one outstanding (the calls are serialized anyway).
+with at most one outstanding (the calls are serialized anyway). A write that ends
+``OutcomeUnknown`` retires its lane (the next write starts ``name.2``, and so on), so the cluster
+keeps that write's outcome as the id's latest for ``resolve`` to find.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import threading
 import time
 from typing import Any
 
-from raft_node.client.errors import AuthenticationFailed, tls_refusal
+from raft_node.client.errors import (
+    AuthenticationFailed,
+    OutcomeUnknown,
+    PendingWrite,
+    tls_refusal,
+)
 from raft_node.client.policy import Address, Attempts, ClientConfig, Lane
 from raft_node.transport import client_protocol as p
 from raft_node.transport.auth import AuthError, client_handshake_sync
@@ -26,6 +33,7 @@ class RaftClient(ClientConfig):
     def _init_connection_state(self) -> None:
         self.client_id = self.name
         self._lane = Lane(self.client_id)
+        self._retired = itertools.count(2)
         self._sock: socket.socket | None = None
         self._sock_addr: Address | None = None
         self._ids = itertools.count(1)
@@ -44,8 +52,31 @@ class RaftClient(ClientConfig):
                 self._sock = None
 
     def propose(self, body: bytes, *, timeout: float | None = None) -> Any:
+        """Apply ``body`` through the log exactly once; returns the state machine's result.
+        ``OutcomeUnknown`` if it may or may not have been applied (``resolve`` it)."""
         with self._lock:
-            return self._call(p.PROPOSE, [self.client_id, self._lane.next(), body], timeout)
+            lane = self._lane
+            write = PendingWrite(lane.client_id, lane.next(), body, time.monotonic())
+            try:
+                return self._propose(write, timeout)
+            except OutcomeUnknown:
+                self._lane = Lane(f"{self.client_id}.{next(self._retired)}")
+                raise
+
+    def resolve(self, unknown: OutcomeUnknown, *, timeout: float | None = None) -> Any:
+        """The final outcome of the write ``unknown`` is about: its result, or its rejection
+        raised. Re-sends the same ``(client_id, seq)`` and body; the cluster answers a request
+        it has applied with the recorded result and applies one it never saw (once). Raises
+        ``OutcomeUnknown`` again if the cluster still cannot be asked, or if the write is older
+        than ``RESOLVE_WINDOW_S``; ``ValueError`` if ``unknown`` came without its body (from
+        the wire, or unpickled)."""
+        write = unknown.resend()
+        with self._lock:
+            return self._propose(write, timeout)
+
+    def _propose(self, write: PendingWrite, timeout: float | None) -> Any:
+        fields = [write.client_id, write.seq, write.body]
+        return self._call(p.PROPOSE, fields, timeout, write=write)
 
     def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
         with self._lock:
@@ -72,7 +103,7 @@ class RaftClient(ClientConfig):
             return self._sock
         self.close()
         addr = self._targets.current
-        sock = socket.create_connection(addr, timeout=min(budget, 2.0))
+        sock = socket.create_connection(addr, timeout=budget)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
@@ -105,32 +136,36 @@ class RaftClient(ClientConfig):
                 return resp
 
     def _call(
-        self, kind: int, fields: list[Any], timeout: float | None, follow_leader: bool = True
+        self,
+        kind: int,
+        fields: list[Any],
+        timeout: float | None,
+        follow_leader: bool = True,
+        write: PendingWrite | None = None,
     ) -> Any:
-        tries = Attempts(
-            self._targets, self.timeout if timeout is None else timeout, follow_leader, self.timeout
-        )
+        call_timeout = self.timeout if timeout is None else timeout
+        tries = Attempts(self._targets, call_timeout, follow_leader, self.timeout, write)
         while (budget := tries.budget()) > 0:
             try:
-                sock = self._socket(budget)
+                sock = self._socket(tries.connect_wait(budget))
             except AuthenticationFailed as exc:
                 if "tls" not in exc.details:
-                    raise  # the cluster secret: the same on every node
+                    raise tries.fatal(exc) from None  # the cluster secret: the same everywhere
                 tries.refused(exc)
             except (OSError, EOFError) as exc:  # refused, unreachable, connect timeout
                 self.close()
-                tries.unreachable(exc)
+                tries.unreachable(exc)  # nothing sent on this attempt
             else:
                 tries.reached = True
                 try:
-                    resp = self._request(sock, kind, fields, budget)
+                    resp = self._request(sock, kind, fields, tries.answer_wait(budget))
                 except TimeoutError:
                     self.close()
                     tries.no_answer()
-                    break
+                    continue  # re-send at once elsewhere (the loop ends at the deadline)
                 except (OSError, EOFError, p.ProtocolError) as exc:
                     self.close()
-                    tries.unreachable(exc)
+                    tries.lost(exc)  # perhaps sent: a write may be in a log
                 else:
                     if tries.answered(resp):
                         return resp.value

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from raft_node.client import AsyncConnection, AuthenticationFailed
+from raft_node.client.connection import NotSent
 from raft_node.core.messages import NONE, NodeId
 from raft_node.host import waiters as w
 from raft_node.host.backup import BackupService, chunk_bytes_for
@@ -112,7 +113,8 @@ class RequestHandler:
             respond(encode_payload(p.ok(req.req_id, self.status(), self.leader_hint())))
             return None
         if self.host.waiting >= MAX_PENDING:
-            respond(encode_payload(p.err(req.req_id, p.UNAVAILABLE, "node overloaded; retry")))
+            overloaded = p.err(req.req_id, p.UNAVAILABLE, "node overloaded; retry", definite=True)
+            respond(encode_payload(overloaded))
             return None
         if isinstance(req, p.Read):
             self.read(req, respond)
@@ -146,7 +148,9 @@ class RequestHandler:
             self.host.propose(req.client_id, req.seq, req.body, _Reply(self, req.req_id, respond))
         except ProposalDropped as exc:
             hint = self.address_str(exc.leader)
-            respond(encode_payload(p.err(req.req_id, p.NOT_LEADER, str(exc), hint)))
+            # Refused before anything was appended: the client may say "not applied".
+            dropped = p.err(req.req_id, p.NOT_LEADER, str(exc), hint, definite=True)
+            respond(encode_payload(dropped))
 
     def drop_forward_connections(self) -> None:
         """Close the connections that forward proposals to the leader (reopened on the next
@@ -160,7 +164,7 @@ class RequestHandler:
         config = self.config
         lead = self.host.leader
         if lead == NONE or lead == self.host.id:
-            return p.err(req.req_id, p.NOT_LEADER, "no leader known; retry")
+            return p.err(req.req_id, p.NOT_LEADER, "no leader known; retry", definite=True)
         hint = self.address_str(lead)
         conn = self._forward.get(lead)
         try:
@@ -174,6 +178,11 @@ class RequestHandler:
                 )
                 await conn.open(2.0)
                 self._forward[lead] = conn
+        except (OSError, EOFError, asyncio.IncompleteReadError, AuthenticationFailed) as exc:
+            # Nothing was sent: the proposal surely went nowhere (``definite``).
+            message = f"leader unreachable: {exc!r}"
+            return p.err(req.req_id, p.UNAVAILABLE, message, hint, definite=True)
+        try:
             timeout = config.request_timeout
             if isinstance(req, p.Propose):
                 resp = await conn.request(p.PROPOSE, [req.client_id, req.seq, req.body], timeout)
@@ -181,6 +190,9 @@ class RequestHandler:
                 resp = await conn.request(p.TRANSFER, [req.target], timeout)
         except TimeoutError:
             return p.err(req.req_id, p.TIMEOUT, "leader did not answer in time", hint)
+        except NotSent as exc:
+            message = f"leader unreachable: {exc!r}"
+            return p.err(req.req_id, p.UNAVAILABLE, message, hint, definite=True)
         except (OSError, EOFError, asyncio.IncompleteReadError, AuthenticationFailed) as exc:
             # AuthenticationFailed: the leader refuses this node's secret or certificate (a
             # rotation half done); the client may still reach the leader itself.

@@ -3,8 +3,11 @@
 Every directed peer link ``src -> dst`` gets its own listening port; ``src`` is configured to
 dial ``dst`` through it. ``block(src, dst)`` turns that link into a black hole, as a real network
 partition would: open connections are cut, new ones are accepted and then neither forwarded nor
-answered, so the dialler sees silence and its timeouts (not a quick refusal). ``heal()`` restores
-every link. The proxy runs its own event loop in a daemon thread, so synchronous tests can use it.
+answered, so the dialler sees silence and its timeouts (not a quick refusal). ``mute(src, dst,
+direction)`` keeps a link's connections open but silently drops what flows one way: ``"down"``
+(the answers: a request arrives and is carried out, its answer is lost) or ``"up"`` (the
+requests: nothing arrives). ``heal()`` restores every link. The proxy runs its own event loop
+in a daemon thread, so synchronous tests can use it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ class FaultProxy:
         link = self._links[(src, dst)]
         self._loop.call_soon_threadsafe(link.set_blocked, True)
 
+    def mute(self, src: str, dst: str, direction: str = "down") -> None:
+        """Drop what flows ``direction`` (``"down"``: dst to src; ``"up"``: src to dst) on the
+        link's open and future connections, keeping them open; ``heal`` undoes it."""
+        if direction not in ("up", "down"):
+            raise ValueError("direction is 'up' or 'down'")
+        link = self._links[(src, dst)]
+        self._loop.call_soon_threadsafe(link.muted.add, direction)
+
     def partition(self, side_a: Iterable[str], side_b: Iterable[str]) -> None:
         """Cut every link between the two sides, both directions."""
         side_b = list(side_b)
@@ -48,6 +59,7 @@ class FaultProxy:
     def heal(self) -> None:
         for link in self._links.values():
             self._loop.call_soon_threadsafe(link.set_blocked, False)
+            self._loop.call_soon_threadsafe(link.muted.clear)
 
     def close(self) -> None:
         async def _close() -> None:
@@ -63,6 +75,7 @@ class _Link:
     def __init__(self, target: Address) -> None:
         self.target = target
         self.blocked = False
+        self.muted: set[str] = set()  # "up" and/or "down": data dropped that way
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
 
@@ -88,8 +101,8 @@ class _Link:
                 return
             self._conns.add(up_writer)
             await asyncio.gather(
-                self._pipe(reader, up_writer),
-                self._pipe(up_reader, writer),
+                self._pipe(reader, up_writer, "up"),
+                self._pipe(up_reader, writer, "down"),
                 return_exceptions=True,
             )
         finally:
@@ -100,12 +113,16 @@ class _Link:
         while self.blocked and await reader.read(65536):
             pass
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
+    ) -> None:
         try:
             while not self.blocked:
                 data = await reader.read(65536)
                 if not data:
                     break
+                if direction in self.muted:
+                    continue
                 writer.write(data)
                 await writer.drain()
         finally:

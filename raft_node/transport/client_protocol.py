@@ -47,6 +47,15 @@ client talking to a follower learns where to go next time.
 A client session (``client_id``) must have at most one PROPOSE outstanding: the state machine's
 duplicate detection remembers only the latest ``seq`` per client. Concurrent callers use several
 client ids (the async client does this for you).
+
+**Definite and uncertain failures of a PROPOSE.** A ``not_leader``, ``unavailable`` or
+``timeout`` answer to a proposal says the node has no outcome for it, not that it will never
+have one: a leader that appended the entry and then lost leadership, stopped, or ran out of
+time may still see it committed (by itself or by the next leader). A node that knows the
+proposal went nowhere (it is not the leader and never forwarded it, it is overloaded, no leader
+is known, the leader could not be dialled) says so with ``details[DEFINITE] = True``. A client
+treats every other such answer as "may have been applied" (older nodes never set the flag:
+the safe reading).
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ REJECTED = "rejected"  # the state machine refused the command (its code is the 
 BAD_REQUEST = "bad_request"  # malformed request; do not retry
 ERROR_KINDS = frozenset({NOT_LEADER, TIMEOUT, UNAVAILABLE, REJECTED, BAD_REQUEST})
 MAX_ERROR_CODE = 64
+DEFINITE = "definite"  # details key: this proposal was not accepted, and never will be
 
 MAX_CLIENT_ID = 128
 MAX_BODY_BYTES = 1 << 20
@@ -221,11 +231,15 @@ def ok(req_id: int, value: Any, leader_hint: str = "") -> list:
     return [req_id, OK, value, leader_hint]
 
 
-def err(req_id: int, kind: str, message: str, leader_hint: str = "") -> list:
-    """An error of the engine itself (``kind`` is also the record's code)."""
+def err(
+    req_id: int, kind: str, message: str, leader_hint: str = "", *, definite: bool = False
+) -> list:
+    """An error of the engine itself (``kind`` is also the record's code); ``definite`` marks
+    a proposal that was not accepted (``DEFINITE`` above), so its client may say so."""
     if kind == REJECTED:
         raise ProtocolError("a rejection carries the state machine's code: use rejected()")
-    return error(req_id, kind, ErrorRecord(kind, message), leader_hint)
+    details = {DEFINITE: True} if definite else {}
+    return error(req_id, kind, ErrorRecord(kind, message, details), leader_hint)
 
 
 def rejected(

@@ -40,6 +40,7 @@ from coordination.exceptions import (
     LockNotAcquired,
     NotHolder,
     NotInteger,
+    OutcomeUnknown,
     SessionExpired,
     StaleToken,
     Timeout,
@@ -364,7 +365,11 @@ def _probe(*args: Any) -> bytes:
 def _check_http(error: BaseException, entry: errors.ErrorCode) -> None:
     response = exception_handler(error, {})
     assert response is not None and response.status_code == entry.status
-    assert response.data == {"code": entry.api_code, "detail": error.message}
+    body = {"code": entry.api_code, "detail": error.message}
+    if isinstance(error, OutcomeUnknown):  # may have been applied: say which request
+        client_id, seq = error.request_id
+        body.update(outcome="unknown", request_id={"client_id": client_id, "seq": seq})
+    assert response.data == body
     assert (response.get("Retry-After") == "1") == (entry.status == 503)
 
 
@@ -408,11 +413,12 @@ def test_engine_errors_are_typed_and_mapped(connect, coord):
     _check_http(info.value, errors.CODES["bad_command"])
     impatient = connect(timeout=0.5)
     try:
-        with pytest.raises(Timeout) as info:
+        with pytest.raises(Timeout) as info:  # old code catching Timeout still does
             impatient.run(ops.Operation(_probe("probe.wait")))  # pending past the deadline
     finally:
         coord.run(ops.Operation(_probe("probe.fail", "duplicate", "cleanup", {})))
-    _check_http(info.value, errors.CODES["timeout"])
+    assert isinstance(info.value, OutcomeUnknown) and info.value.request_id[1] >= 1
+    _check_http(info.value, errors.CODES["outcome_unknown"])
     with pytest.raises(ClusterUnavailable) as info:
         connect([("127.0.0.1", free_port())], timeout=0.5).sessions()
     _check_http(info.value, errors.CODES["unavailable"])
