@@ -19,7 +19,7 @@ from coordination.client import operations as ops
 from coordination.client.coordinator import Coordinator
 from coordination.node.membership import Membership
 from coordination.primitives.queues_state import DLQ_SUFFIX, is_dlq
-from raft_node.client import status_probe
+from raft_node.client import RaftError, status_probe
 from raft_node.client.status_probe import STATUS_TIMEOUT
 
 NODE_TIMEOUT = STATUS_TIMEOUT  # per node, all at once: a dead node must not hold the page
