@@ -128,7 +128,7 @@ def test_a_node_that_drops_a_proposal_marks_its_answer_definite():
         def propose(self, *args: Any) -> None:
             raise ProposalDropped("not the leader", "n2")
 
-    config = SimpleNamespace(cluster={"n2": ("127.0.0.1", 7002)})
+    config = SimpleNamespace(cluster={"n2": ("127.0.0.1", 7002)}, max_frame_bytes=4 << 20)
     handler = RequestHandler(NotTheLeader(), config)  # type: ignore[arg-type]
     answers: list[bytes] = []
     handler.propose(p.Propose(5, "c1", 1, b"x"), answers.append)
