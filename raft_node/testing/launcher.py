@@ -96,6 +96,8 @@ class LocalCluster:
             **(settings or {}),
         }
         self.node_settings = node_settings or {}
+        # Extra environment per node (e.g. libfaketime's, to move one node's wall clock).
+        self.node_env: dict[str, dict[str, str]] = {}
         self.client_ssl = client_ssl
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.proxy = FaultProxy(host) if proxied else None
@@ -137,6 +139,7 @@ class LocalCluster:
             "RAFTSYNC_CLUSTER_SECRET": self.secret,
             "RAFTSYNC_DEBUG": "0",
             "PYTHONUNBUFFERED": "1",
+            **self.node_env.get(node, {}),
         }
         settings = {**self.settings, **self.node_settings.get(node, {})}
         env.update({f"RAFTSYNC_{k}": str(v) for k, v in settings.items()})
