@@ -29,9 +29,15 @@ test: venv
 # there, and Django's cache tests under each serializer and compressor.
 .PHONY: test-deep
 test-deep: venv
-	RAFTSYNC_TEST_DEPTH=deep $(VENV)/bin/python -m pytest -n 2 -m "slow or not slow" \
+	RAFTSYNC_TEST_DEPTH=deep $(VENV)/bin/python -m pytest -n 2 -m "not chaos" \
 		tests/sim tests/primitives tests/raft tests/conformance/test_django_cache_codecs.py \
 		$(PYTEST_ARGS)
+
+# Fault-injection runs with real processes (disk faults, partitions, the soak's short form),
+# deselected from `make test`; CI runs them after it. Their long forms are also `slow`.
+.PHONY: test-chaos
+test-chaos: venv
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -m "chaos and not slow" tests/realprocess $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
