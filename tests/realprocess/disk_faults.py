@@ -1,0 +1,230 @@
+"""Real disk faults for real node processes: a full tmpfs (ENOSPC), and an ``LD_PRELOAD`` shim
+whose ``fsync``/``fdatasync`` fail with EIO or sleep, switched on by files in a control dir.
+
+Why a shim and not device-mapper: a dm ``error``/``flakey``/``delay`` target on a loop device is
+the most faithful fault, but containers usually have no device-mapper driver (``dmsetup`` fails
+with "/dev/mapper/control: open failed" here). The shim fails the very call the storage makes,
+and it behaves like a disk that lost the writes: once an fsync has failed, every later one
+fails too (a restart is the only repair), and the file is cut back to its size at its last good
+fsync, so whatever the node wrote but never synced is gone, as after a real lost write-back.
+
+Also the shared load: ``Writer`` streams unique ``incr`` writes and stamps each acknowledgement,
+so a test can count acks after a fault and measure the longest gap without acks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from raft_node import kvstore
+from raft_node.client import RaftError
+from raft_node.testing.launcher import LocalCluster
+
+SHIM_SOURCE = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_FD 65536
+static ino_t synced_ino[MAX_FD];
+static off_t synced_size[MAX_FD];
+static volatile int broken; /* a failed disk stays failed until the process restarts */
+
+static int control(const char *name, char *buf, size_t len) {
+    const char *dir = getenv("DISKFAULT_DIR");
+    char path[4096];
+    if (dir == NULL) return -1;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = buf ? read(fd, buf, len - 1) : 0;
+    close(fd);
+    if (buf) buf[n > 0 ? n : 0] = 0;
+    return 0;
+}
+
+static int faulty(int fd, const char *name) {
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, name);
+    char buf[32];
+    struct stat st;
+    if (control("delay_ms", buf, sizeof buf) == 0) {
+        long ms = atol(buf);
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (!broken && control("eio", NULL, 0) == 0) broken = 1;
+    if (broken) {
+        if (fd >= 0 && fd < MAX_FD && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)
+            && synced_ino[fd] == st.st_ino)
+            (void)ftruncate(fd, synced_size[fd]); /* the unsynced tail is lost */
+        errno = EIO;
+        return -1;
+    }
+    int rc = real(fd);
+    if (rc == 0 && fd >= 0 && fd < MAX_FD && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        synced_ino[fd] = st.st_ino;
+        synced_size[fd] = st.st_size;
+    }
+    return rc;
+}
+
+int fsync(int fd) { return faulty(fd, "fsync"); }
+int fdatasync(int fd) { return faulty(fd, "fdatasync"); }
+"""
+
+
+def build_shim(directory: Path) -> Path:
+    """Compile the shim with the system C compiler; skip the test when there is none."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) to build the fsync fault shim")
+    src = directory / "fsync_fault.c"
+    lib = directory / "fsync_fault.so"
+    src.write_text(SHIM_SOURCE)
+    done = subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot build the fsync fault shim: {done.stderr.strip()[:200]}")
+    return lib
+
+
+def use_shim(cluster: LocalCluster, lib: Path) -> dict[str, Path]:
+    """Preload the shim into every node; each gets its own control dir (returned)."""
+    controls = {}
+    for node in cluster.ids:
+        ctl = cluster.base_dir / f"{node}.diskfault"
+        ctl.mkdir()
+        cluster.node_env[node] = {"LD_PRELOAD": str(lib), "DISKFAULT_DIR": str(ctl)}
+        controls[node] = ctl
+    return controls
+
+
+def mount_tmpfs(path: Path, size_mb: int) -> None:
+    """A small filesystem of its own for one node's data dir: it fills up without filling the
+    machine's disk. Needs root (or CAP_SYS_ADMIN): skip the test otherwise."""
+    path.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to put a data dir on a small tmpfs")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}M", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (root needed): {done.stderr.strip()[:200]}")
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(path: Path, leave: int) -> int:
+    """Fill the filesystem of ``path`` with one file until ENOSPC, then give back ``leave``
+    bytes, so the node's next few writes still fit and one of them hits the wall mid-load.
+    Returns the filler's size."""
+    filler = path / "filler"
+    chunk = b"\0" * (1 << 16)
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError:
+            pass
+    size = filler.stat().st_size
+    os.truncate(filler, max(0, size - leave))
+    return filler.stat().st_size
+
+
+class Writer(threading.Thread):
+    """Streams unique ``incr`` writes; remembers each acknowledged key and when it was acked."""
+
+    def __init__(self, cluster: LocalCluster, prefix: str, nodes=None, timeout=5.0) -> None:
+        super().__init__(daemon=True)
+        self.client = cluster.client(nodes, timeout=timeout)
+        self.prefix = prefix
+        self.acked: list[tuple[str, float]] = []
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.halt.is_set():
+            key = f"{self.prefix}{i}"
+            started = time.monotonic()
+            try:
+                self.client.propose(kvstore.incr(key))
+                now = time.monotonic()
+                self.acked.append((key, now))
+                self.latencies.append(now - started)
+            except RaftError:
+                self.failed += 1
+                time.sleep(0.01)
+            i += 1
+        self.client.close()
+
+    def wait_acked(self, count: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < count:
+            assert self.is_alive(), "the writer stopped"
+            assert time.monotonic() < deadline, f"only {len(self.acked)} of {count} writes acked"
+            time.sleep(0.01)
+
+    def stop(self) -> list[str]:
+        self.halt.set()
+        self.join(30)
+        return [key for key, _ in self.acked]
+
+    def acked_after(self, t: float) -> int:
+        return sum(1 for _, at in self.acked if at > t)
+
+    def longest_gap(self, since: float) -> float:
+        """The longest time without an acknowledgement after ``since`` (the unavailability)."""
+        stamps = [since] + [at for _, at in self.acked if at > since]
+        return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+
+
+def wait_exit(cluster: LocalCluster, node: str, timeout: float = 20.0) -> int:
+    """The node's exit status; fails the test if it is still running (a zombie that cannot
+    persist but still listens would be the bug)."""
+    try:
+        return cluster.procs[node].wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{node} still runs {timeout}s after its disk failed")
+
+
+def read_linearizable(cluster: LocalCluster, nodes: list[str], keys: list[str]) -> dict:
+    """The keys whose value is not 1, read through the leader among ``nodes`` (linearizable)."""
+    with cluster.client(nodes, timeout=10.0) as c:
+        values = {k: c.read(kvstore.get(k)) for k in keys}
+    return {k: v for k, v in values.items() if v != b"1"}
+
+
+def read_local(cluster: LocalCluster, node: str, keys: list[str]) -> dict:
+    """The keys whose value is not 1 on ``node`` itself (a stale, local read)."""
+    with cluster.client([node], timeout=10.0) as c:
+        values = {k: c.read(kvstore.get(k), stale=True) for k in keys}
+    return {k: v for k, v in values.items() if v != b"1"}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
