@@ -212,8 +212,12 @@ class Locks:
         return {"released": True, "count": hold.count}
 
     def renew(self, ctx: Ctx, args: list[Any]) -> int:
+        """Check the hold is still the caller's and keep its session alive (a keepalive in the
+        same entry: the client counts a renewal as one, so the cluster must too)."""
         sid, name, owner = limits.args(args, 3, "lock.renew")
-        return self._hold(sid, name, owner)[1].token
+        token = self._hold(sid, name, owner)[1].token
+        self.sessions.keepalive(ctx, [sid])
+        return token
 
     # -- for the cache's transactions (``cache_txn``: fenced writes, txn compares and releases) -
 

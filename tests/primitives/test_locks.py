@@ -36,6 +36,9 @@ class _LateSessions:
     def require(self, session_id: Any) -> int:
         return self.target.require(session_id)
 
+    def keepalive(self, ctx: Any, args: list[Any]) -> Any:
+        return self.target.keepalive(ctx, args)
+
 
 def locks_machine() -> CoordinationMachine:
     """Sessions + locks only, so the other parts (built separately) cannot disturb these
@@ -302,6 +305,22 @@ def test_release_and_renew_by_a_non_holder_are_refused():
     rejected(d, "not_holder", "lock.release", a, "job", "other")
     rejected(d, "not_holder", "lock.renew", b, "job", "t")
     assert d.holders("job") == [(a, "t", X, token, 1)]
+
+
+def test_renew_keeps_the_session_alive():
+    """A renewal counts as a keepalive on the client (``SessionKeepalive``), so it must on the
+    cluster: a session renewed only through its lock does not expire."""
+    d = Driver()
+    a = d.session(ttl=1_000)
+    token = d.acquire(a, "job", owner="t")["token"]
+    for _ in range(5):
+        d.now += 800
+        assert d.apply("lock.renew", a, "job", "t") == token
+        d.tick()
+    assert d.holders("job") == [(a, "t", X, token, 1)]
+    d.now += 1_100
+    d.tick()
+    assert d.holders("job") == []  # no renewal for a whole TTL: expired, the lock released
 
 
 def test_check_token_is_false_for_a_stale_token_after_a_regrant():
