@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -37,17 +38,16 @@ from raft_node.sim.linearizability import Operation, check_history, check_operat
 from raft_node.sim.models import FencingLockModel, RegisterModel
 from raft_node.testing.launcher import LocalCluster
 
-KEYS = [f"chaos/k{i}" for i in range(3)]
-LOCK = "chaos/lock"
-QUEUE = "chaos-q"
 SESSION_TTL = 600.0  # no session expires during a run: expiry would be a release not recorded
 RESOLVE_FOR = 20.0  # how long a client keeps trying to resolve an unknown lock or queue write
 
 
 @dataclass
 class History:
-    """Everything the clients saw, shared by the threads (appends are atomic under the GIL)."""
+    """Everything the clients saw, shared by the threads (appends are atomic under the GIL).
+    ``ns`` names this run's keys, lock and queue, so runs can share a cluster."""
 
+    ns: str
     register: list[Operation] = field(default_factory=list)
     lock: list[Operation] = field(default_factory=list)
     grants: list[tuple[float, int]] = field(default_factory=list)  # (ret, token)
@@ -58,15 +58,34 @@ class History:
     outcomes: Counter[str] = field(default_factory=Counter)  # ok / failed / unknown / resolved
     ok_writes_at: list[float] = field(default_factory=list)  # completion times of ok writes
 
+    @property
+    def keys(self) -> list[str]:
+        return [f"{self.ns}/k{i}" for i in range(3)]
+
+    @property
+    def lock_name(self) -> str:
+        return f"{self.ns}/lock"
+
+    @property
+    def queue(self) -> str:
+        return f"q-{self.ns}"
+
 
 class ChaosClient(threading.Thread):
     """One client: a coordinator of its own, one session, a random mix of ops until halted."""
 
     def __init__(
-        self, name: str, cluster: LocalCluster, history: History, halt: threading.Event
+        self,
+        name: str,
+        cluster: LocalCluster,
+        history: History,
+        halt: threading.Event,
+        nodes: list[str] | None = None,
+        timeout: float = 2.0,
     ) -> None:
         super().__init__(daemon=True, name=name)
-        self.coord = Coordinator(list(cluster.addresses.values()), cluster.secret, timeout=2.0)
+        addresses = [cluster.addresses[n] for n in nodes or cluster.ids]
+        self.coord = Coordinator(addresses, cluster.secret, timeout=timeout)
         self.history = history
         self.halt = halt
         self.rng = random.Random(name)
@@ -137,7 +156,7 @@ class ChaosClient(threading.Thread):
     # -- the three workloads -----------------------------------------------------------------
 
     def _register(self) -> None:
-        key = self.rng.choice(KEYS)
+        key = self.rng.choice(self.history.keys)
         call = time.monotonic()
         if self.rng.random() < 0.5:
             value = f"{self.name}-{call:.6f}".encode()
@@ -165,12 +184,12 @@ class ChaosClient(threading.Thread):
 
     def _acquire(self) -> None:
         call = time.monotonic()
-        op = ops.lock_acquire(self.session, LOCK, wait=0.0)
+        op = ops.lock_acquire(self.session, self.history.lock_name, wait=0.0)
         status, result, ret = self._call(op, resolve=True)
         if status == "failed":
             return
         token = result["token"] if status == "ok" and result["acquired"] else None
-        self.history.lock.append(Operation(self.name, LOCK, "acquire", None, token, call, ret))
+        self.history.lock.append(Operation(self.name, "lock", "acquire", None, token, call, ret))
         if status == "unknown":
             self.lock_in_doubt = True
         elif token is not None:
@@ -180,15 +199,21 @@ class ChaosClient(threading.Thread):
     def _check_and_release(self) -> None:
         token = self.token
         call = time.monotonic()
-        status, held, ret = self._call(ops.lock_check_token(LOCK, token), resolve=False)
+        status, held, ret = self._call(
+            ops.lock_check_token(self.history.lock_name, token), resolve=False
+        )
         if status == "ok":
-            self.history.lock.append(Operation(self.name, LOCK, "check", token, held, call, ret))
+            self.history.lock.append(Operation(self.name, "lock", "check", token, held, call, ret))
         call = time.monotonic()
-        status, result, ret = self._call(ops.lock_release(self.session, LOCK), resolve=True)
+        status, result, ret = self._call(
+            ops.lock_release(self.session, self.history.lock_name), resolve=True
+        )
         if status == "failed" and not isinstance(result, NotHolder):
             return  # did not happen (no leader...): try again next turn
         released = status == "ok" and bool(result["released"])
-        self.history.lock.append(Operation(self.name, LOCK, "release", token, released, call, ret))
+        self.history.lock.append(
+            Operation(self.name, "lock", "release", token, released, call, ret)
+        )
         if status == "unknown":
             self.lock_in_doubt = True
         self.token = None
@@ -197,17 +222,19 @@ class ChaosClient(threading.Thread):
         if self.rng.random() < 0.5:
             self.puts += 1
             payload = f"{self.name}-{self.puts}".encode()
-            status, _, ret = self._call(ops.queue_put(QUEUE, payload), resolve=True)
+            status, _, ret = self._call(ops.queue_put(self.history.queue, payload), resolve=True)
             if status == "ok":
                 self.history.acked_puts.add(payload)
                 self.history.ok_writes_at.append(ret)
             elif status == "unknown":
                 self.history.unknown_puts.add(payload)
             return
-        status, row, _ = self._call(ops.queue_get(self.session, QUEUE, visibility=3.0), False)
+        status, row, _ = self._call(
+            ops.queue_get(self.session, self.history.queue, visibility=3.0), False
+        )
         if status == "ok" and row is not None:
             take(self.history, row)
-            self._call(ops.queue_ack(self.session, QUEUE, row["id"]), resolve=False)
+            self._call(ops.queue_ack(self.session, self.history.queue, row["id"]), resolve=False)
 
 
 def take(history: History, row: dict[str, Any]) -> None:
@@ -215,44 +242,38 @@ def take(history: History, row: dict[str, Any]) -> None:
     history.redelivered += row["delivery_count"] > 1
 
 
-class LeaderWatch(threading.Thread):
-    """Polls every node's status: which node claims leadership in which term."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        super().__init__(daemon=True)
-        self.cluster = cluster
-        self.halt = threading.Event()
-        self.leaders: dict[int, set[str]] = {}  # term -> nodes seen as leader in it
-        self.sequence: list[tuple[int, str]] = []  # (term, leader) in the order first seen
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            for node in self.cluster.ids:
-                st = self.cluster.status(node, timeout=0.3)
-                if st is not None and st["role"] == "leader":
-                    seen = self.leaders.setdefault(st["term"], set())
-                    if node not in seen:
-                        seen.add(node)
-                        self.sequence.append((st["term"], node))
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(10)
+_BECAME_LEADER = re.compile(r"^(\S+ \S+) .*event=role_change node=(\w+) role=LEADER .*term=(\d+)")
 
 
-def prepare(cluster: LocalCluster) -> Coordinator:
+def leaderships(cluster: LocalCluster) -> list[tuple[str, int, str]]:
+    """Every (log time, term, node) that became leader, in time order, from the nodes' own
+    logs: a complete record, where polling ``status`` could miss a short-lived leader."""
+    seen = []
+    for node in cluster.ids:
+        for line in cluster.log_path(node).read_text(errors="replace").splitlines():
+            if m := _BECAME_LEADER.match(line):
+                seen.append((m[1], int(m[3]), m[2]))
+    return sorted(seen)
+
+
+def log_time() -> str:
+    """Now, as the nodes' log lines stamp it (to compare with ``leaderships``)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+
+
+def prepare(cluster: LocalCluster, history: History) -> Coordinator:
     """A coordinator for setup and final checks; the queue allows many redeliveries, so no
     message dead-letters during a run (a dead letter would look lost to the drain)."""
     coord = Coordinator(list(cluster.addresses.values()), cluster.secret, timeout=5.0)
-    coord.run(ops.queue_declare(QUEUE, max_deliveries=1000))
+    coord.run(ops.queue_declare(history.queue, max_deliveries=1000))
     return coord
 
 
 def final_reads(coord: Coordinator, history: History) -> dict[str, bytes | None]:
     """A linearizable read of every key after healing, added to the register history."""
     values = {}
-    for key in KEYS:
+    for key in history.keys:
         call = time.monotonic()
         record = coord.run(ops.cache_get(key))
         values[key] = None if record is None else record["value"]
@@ -262,15 +283,24 @@ def final_reads(coord: Coordinator, history: History) -> dict[str, bytes | None]
     return values
 
 
-def drain(coord: Coordinator, history: History) -> int:
-    """Take every message still queued (or leased to a client and not acked); how many."""
+def drain(coord: Coordinator, history: History) -> dict[str, Any]:
+    """Take every message still queued, including those leased to a client and never acked
+    (they come back when their 3 s lease runs out); the queue's stats once it is empty."""
     session = coord.run(ops.session_open(SESSION_TTL, "drain"))["session"]
+    deadline = time.monotonic() + 30
     drained = 0
-    while (row := coord.run(ops.queue_get(session, QUEUE, wait=3.5, visibility=600.0))) is not None:
-        take(history, row)
-        coord.run(ops.queue_ack(session, QUEUE, row["id"]))
-        drained += 1
-    return drained
+    while time.monotonic() < deadline:
+        row = coord.run(ops.queue_get(session, history.queue, visibility=600.0))
+        if row is not None:
+            take(history, row)
+            coord.run(ops.queue_ack(session, history.queue, row["id"]))
+            drained += 1
+            continue
+        stats = coord.run(ops.queue_stats(history.queue))
+        if stats["depth"] == 0:
+            return {**stats, "drained": drained}
+        time.sleep(0.2)  # leased elsewhere: wait for the lease to lapse
+    raise AssertionError(f"queue not drained in 30 s: {coord.run(ops.queue_stats(history.queue))}")
 
 
 def lost_writes(history: History, finals: dict[str, bytes | None]) -> list[str]:
