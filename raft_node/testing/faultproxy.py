@@ -3,7 +3,10 @@
 Every directed peer link ``src -> dst`` gets its own listening port; ``src`` is configured to
 dial ``dst`` through it. ``block(src, dst)`` turns that link into a black hole, as a real network
 partition would: open connections are cut, new ones are accepted and then neither forwarded nor
-answered, so the dialler sees silence and its timeouts (not a quick refusal). ``mute(src, dst,
+answered, so the dialler sees silence and its timeouts (not a quick refusal); ``heal`` closes
+those black-holed connections, as a real network's healed link would let the dialler's next SYN
+through (left open, a connection accepted during the cut would stay silent after it, until the
+dialler's handshake timeout: seconds of partition that no longer exists). ``mute(src, dst,
 direction)`` keeps a link's connections open but silently drops what flows one way: ``"down"``
 (the answers: a request arrives and is carried out, its answer is lost) or ``"up"`` (the
 requests: nothing arrives). ``heal()`` restores every link. The proxy runs its own event loop
@@ -78,6 +81,7 @@ class _Link:
         self.muted: set[str] = set()  # "up" and/or "down": data dropped that way
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._holes: set[asyncio.StreamWriter] = set()  # accepted while blocked: never forwarded
 
     async def start(self, host: str) -> int:
         self._server = await asyncio.start_server(self._handle, host, 0)
@@ -85,14 +89,14 @@ class _Link:
 
     def set_blocked(self, blocked: bool) -> None:
         self.blocked = blocked
-        if blocked:
-            for writer in list(self._conns):
-                writer.close()
+        for writer in list(self._conns if blocked else self._holes):
+            writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
         try:
             if self.blocked:
+                self._holes.add(writer)
                 await self._black_hole(reader)
                 return
             try:
@@ -107,6 +111,7 @@ class _Link:
             )
         finally:
             self._conns.discard(writer)
+            self._holes.discard(writer)
             writer.close()
 
     async def _black_hole(self, reader: asyncio.StreamReader) -> None:
