@@ -180,7 +180,9 @@ class WatchCursor:
             if replay["more"]:  # a page: ask again after it (live events would leave a gap)
                 self.version = events[-1][0]
                 raise Reconnect("more history to replay", resp.leader_hint) from _Page(out)
-            self.version = replay["revision"]
+            # A node behind us (a lagging follower, a new leader still applying) answers with
+            # an older revision: never go back, or its next events would be handed out again.
+            self.version = max(self.version or 0, replay["revision"])
             return out
         if tag == "event":
             event = resp.value[2]

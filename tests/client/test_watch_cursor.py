@@ -68,6 +68,14 @@ def test_a_skipped_version_resubscribes_after_the_last_one_handled():
     assert cursor.version == 1
 
 
+def test_a_node_behind_the_watch_does_not_make_it_go_back():
+    cursor = cursor_for("", 10)
+    assert cursor.on_response(_subscribed([], revision=7)) == []  # a lagging node
+    assert cursor.version == 10
+    assert cursor.on_response(_live(_event(8))) == []  # seen already, from the other node
+    assert cursor.on_response(_live(_event(11)))[0].version == 11
+
+
 def test_a_page_of_history_is_handed_out_and_the_rest_asked_for():
     cursor = cursor_for("", 0)
     with pytest.raises(Reconnect) as info:

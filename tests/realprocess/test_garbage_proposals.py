@@ -36,10 +36,12 @@ def _garbage(i: int, rng: random.Random) -> bytes:
     return msgpack.packb(["lock.acquire", "s", f"l{i}", "exclusive", "me", 0])
 
 
-def _last_index(cluster: LocalCluster, node: str) -> int:
-    status = cluster.status(node, timeout=5.0)
-    assert status is not None and status["role"] == "leader", status
-    return status["last_index"]
+def _log(cluster: LocalCluster) -> tuple[int, int]:
+    """(longest log, highest term) over the nodes: a leader change on a loaded machine moves
+    the leader, and adds a few entries of its own (no-op, grace), counted per new term."""
+    statuses = [s for s in (cluster.status(n, timeout=5.0) for n in cluster.ids) if s]
+    assert statuses
+    return max(s["last_index"] for s in statuses), max(s["term"] for s in statuses)
 
 
 def test_garbage_proposals_are_rejected_without_taking_log_entries(
@@ -49,7 +51,7 @@ def test_garbage_proposals_are_rejected_without_taking_log_entries(
     leader = cluster.wait_for_leader(timeout=60)
     follower = next(n for n in cluster.ids if n != leader)
     rng = random.Random(15)
-    before = _last_index(cluster, leader)
+    before, term = _log(cluster)
     codes: list[str] = []
     with cluster.client([leader]) as to_leader, cluster.client([follower]) as via_follower:
         for i in range(GARBAGE_COUNT):
@@ -57,14 +59,15 @@ def test_garbage_proposals_are_rejected_without_taking_log_entries(
             with pytest.raises(Rejected) as refused:
                 client.propose(_garbage(i, rng))
             codes.append(refused.value.code)
-        grown = _last_index(cluster, leader) - before
+        after, term_after = _log(cluster)
+        grown, allowed = after - before, SLACK + 3 * (term_after - term)
         assert codes == ["bad_command"] * GARBAGE_COUNT
-        assert grown <= SLACK, f"{GARBAGE_COUNT} garbage proposals grew the log by {grown}"
+        assert grown <= allowed, f"{GARBAGE_COUNT} garbage proposals grew the log by {grown}"
         # The control: well-formed commands from the same clients still take one entry each.
-        before = _last_index(cluster, leader)
+        before, _ = _log(cluster)
         for i in range(20):
             to_leader.propose(c.cache_set(f"valid-{i}", b"v", None))
-        assert _last_index(cluster, leader) - before >= 20
+        assert _log(cluster)[0] - before >= 20
 
 
 def test_the_coordination_client_gets_the_same_typed_error(
