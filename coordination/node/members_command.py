@@ -16,7 +16,6 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from coordination import conf as settings_conf
 from coordination.conf import Resolved
 from coordination.exceptions import CoordinationError
 from coordination.node import runtime
@@ -59,9 +58,8 @@ def run(
 ) -> int:
     """Do the action and print the resulting membership; ``ValueError`` for bad usage."""
     conf = load(setting_overrides(opts, OPTIONS))
-    secret = settings_conf.cluster_secret(conf, dev=dev, how=how)
-    _, client_ssl = runtime.ssl_contexts(conf)
-    addresses = list(runtime.cluster_addresses(conf).values())
+    secret, client_ssl, members_at = runtime.client_access(conf, dev=dev, how=how)
+    addresses = list(members_at.values())
     quiet = bool(opts.get("json"))
     client = RaftClient(addresses, secret, timeout=10.0, ssl=client_ssl, name="raft-members")
 

@@ -13,7 +13,15 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from coordination.conf import INVALID, Problem, Resolved, SettingsError, setting_name, weak_secret
+from coordination.conf import (
+    INVALID,
+    Problem,
+    Resolved,
+    SettingsError,
+    cluster_secret,
+    setting_name,
+    weak_secret,
+)
 from raft_node.client import RaftClient, parse_addresses
 from raft_node.core.fsm import StateMachine
 from raft_node.host.config import Address, NodeConfig, parse_cluster
@@ -47,6 +55,15 @@ def ssl_contexts(conf: Resolved) -> tuple[ssl.SSLContext | None, ssl.SSLContext 
             f"TLS_CA={ca!r}): {exc}",
         ) from None
     return server, client
+
+
+def client_access(
+    conf: Resolved, *, dev: bool, how: str = ""
+) -> tuple[bytes, ssl.SSLContext | None, dict[str, Address]]:
+    """What a command-line client of the cluster needs: the secret, the client TLS context and
+    the members' addresses (``raft_status``, ``raft_members``)."""
+    secret = cluster_secret(conf, dev=dev, how=how)
+    return secret, ssl_contexts(conf)[1], cluster_addresses(conf)
 
 
 def cluster_membership(conf: Resolved, secret: bytes, address: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from coordination import conf as settings_conf
 from coordination.conf import Resolved
 from coordination.node import runtime
 from coordination.node.options import Option, setting_overrides
@@ -53,9 +52,8 @@ def run(
 ) -> int:
     """Ask every member (in parallel) and print the report; ``ValueError`` for bad settings."""
     conf = load(setting_overrides(opts, OPTIONS))
-    secret = settings_conf.cluster_secret(conf, dev=dev, how=how)
-    _, client_ssl = runtime.ssl_contexts(conf)
-    members = list(runtime.cluster_addresses(conf).items())
+    secret, client_ssl, addresses = runtime.client_access(conf, dev=dev, how=how)
+    members = list(addresses.items())
     timeout = opts.get("timeout") or STATUS_TIMEOUT
 
     deadline = time.monotonic() + (opts.get("wait") or 0.0)
