@@ -81,6 +81,11 @@ class _Outbound:
         assert self.tcp is not None
         self.tcp.send(messages)
 
+    def flush_responses(self) -> None:
+        flush = getattr(self.tcp, "flush_responses", None)  # the in-memory twin answers at once
+        if flush is not None:
+            flush()
+
 
 class NodeServer:
     def __init__(

@@ -20,6 +20,7 @@ from coordination import conf as settings_conf
 from coordination.conf import INVALID, Problem, Resolved, SettingsError, setting_name
 from coordination.node import runtime
 from coordination.node.options import Option, setting_overrides
+from raft_node.host.node_host import event
 from raft_node.server import NodeServer
 
 OPTIONS = (
@@ -74,9 +75,7 @@ def build_server(
     return server
 
 
-def joining(
-    conf: Resolved, secret: bytes, opts: Mapping[str, Any]
-) -> tuple[Resolved, list[str]]:
+def joining(conf: Resolved, secret: bytes, opts: Mapping[str, Any]) -> tuple[Resolved, list[str]]:
     """The settings of a node joining the cluster that ``--join`` names: its ``CLUSTER`` is the
     members' addresses plus this node's ``--listen``, and the voters are the cluster's (this node
     is not one: it waits to be added as a learner)."""
@@ -93,10 +92,38 @@ def joining(
     return Resolved({**conf.data, "CLUSTER": cluster}, conf.sources), list(membership["voters"])
 
 
-def serve(server: NodeServer) -> int:
-    """Run the node until it is told to stop (0) or a fatal error stops it (1)."""
-    asyncio.run(_serve(server))
+def serve(server: NodeServer, event_loop: str = "asyncio", *, tls: bool = False) -> int:
+    """Run the node until it is told to stop (0) or a fatal error stops it (1), on the event
+    loop ``loop_factory(event_loop, tls)`` picks."""
+    factory = loop_factory(event_loop, tls=tls)
+    event(logging.INFO, "event_loop", node=server.id, loop=_loop_name(factory))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve(server))
     return 1 if server.fatal_error is not None else 0
+
+
+def loop_factory(choice: str, *, tls: bool) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The ``EVENT_LOOP`` setting's loop. uvloop (the ``speed`` extra) runs the node's loop in C:
+    the socket writes, the selector and the callbacks that are most of a node's CPU per write
+    (bench/cpu_ab.py measures it). ``auto`` takes it when installed and TLS is off: the TLS
+    code path (certificate reload on SIGHUP, the typed handshake refusals) is tested on the
+    standard loop only; ``uvloop`` forces it, and fails loudly when it is missing."""
+    if choice == "uvloop" or (choice == "auto" and not tls):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ValueError(
+                    "EVENT_LOOP is 'uvloop' but uvloop is not installed: "
+                    "pip install 'raftsync[speed]'"
+                ) from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def _loop_name(factory: Callable[[], asyncio.AbstractEventLoop]) -> str:
+    return "asyncio" if factory is asyncio.new_event_loop else "uvloop"
 
 
 def run(
@@ -108,8 +135,9 @@ def run(
 ) -> int:
     """Resolve the settings with ``load(flag overrides)``, build the node, serve it."""
     configure_logging()
-    server = build_server(load(setting_overrides(opts, OPTIONS)), opts, dev=dev, how=how)
-    return serve(server)
+    conf = load(setting_overrides(opts, OPTIONS))
+    server = build_server(conf, opts, dev=dev, how=how)
+    return serve(server, conf["EVENT_LOOP"], tls=bool(conf["TLS_CERT"]))
 
 
 async def _serve(server: NodeServer) -> None:

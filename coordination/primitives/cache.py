@@ -204,6 +204,11 @@ class Cache:
         if keys != [] and self.queue.blocks(keys):
             self.queue.check_room(keys)
             result: Any = self._enqueue(ctx, kind, args, keys, keys)
+        elif self._unheld(keys):
+            # No L1 holds a key this write may change, so nothing can make it wait: apply it
+            # once, with no dry run. (The evaluators refuse before they change anything, and
+            # one that changes nothing answers as its dry run would.)
+            result, _ = self.writes.evaluate(kind, ctx, ctx.index, args, True)
         else:
             result, changes = self.writes.evaluate(kind, ctx, ctx.index, args, False)
             if kind == TXN:
@@ -225,6 +230,14 @@ class Cache:
                     self._notify(ctx, ctx.index, changes if keys is not None else None)
         self._finish(ctx)
         return result
+
+    def _unheld(self, keys: list[str] | None) -> bool:
+        """Whether no L1 registration (live or not yet dropped) covers ``keys`` (None: every
+        key). A write's changes are always among its ``keys``."""
+        l1 = self.l1
+        if not l1.count():
+            return True
+        return keys is not None and not any(l1.held(key) for key in keys)
 
     def _enqueue(
         self, ctx: Ctx, kind: str, args: list[Any], keys: list[str] | None, wait: Any

@@ -44,9 +44,12 @@ class WriteQueue:
 
     def blocks(self, keys: list[str] | None) -> bool:
         """A new write on ``keys`` (None: clear) must queue behind earlier ones."""
-        if keys is None:
-            return bool(self.ops)
-        return bool(self.clears) or any(key in self.by_key for key in keys)
+        if not self.ops:  # the usual case: nothing waits for L1 holders
+            return False
+        if keys is None or self.clears:
+            return True
+        by_key = self.by_key
+        return any(key in by_key for key in keys)
 
     def check_room(self, keys: list[str] | None) -> None:
         if len(self.ops) >= QUEUED_MAX:

@@ -81,6 +81,9 @@ class AsyncRaftClient(ClientConfig):
     # -- machinery ------------------------------------------------------------------------------
 
     async def _connection(self, budget: float) -> AsyncConnection:
+        conn = self._conn  # the usual case, without taking the lock
+        if conn is not None and not conn.closed and conn.addr == self._targets.current:
+            return conn
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:

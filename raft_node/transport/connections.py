@@ -180,6 +180,9 @@ class InboundServer:
         self.max_client_out_bytes = max_client_out_bytes
         self.max_pending_handshakes = max_pending_handshakes
         self.handshaking = 0
+        # Connections holding responses not yet written (``flush_responses``).
+        self._unflushed: dict[Callable[[], None], None] = {}
+        self._flush_scheduled = False
         self._server: asyncio.Server | None = None
         self._conn_tasks: set[asyncio.Task[Any]] = set()
 
@@ -194,6 +197,17 @@ class InboundServer:
         )
         sockname = self._server.sockets[0].getsockname()
         return (sockname[0], sockname[1])
+
+    def flush_responses(self) -> None:
+        """Write every connection's waiting responses now, one write per connection. The node
+        calls it right after it handled a ``Ready``, so the answers of a batch it just applied
+        leave in the same loop iteration; responses made elsewhere (a read, a waiter's timeout)
+        are flushed by the callback scheduled with the first of them."""
+        self._flush_scheduled = False
+        if self._unflushed:
+            flushes, self._unflushed = self._unflushed, {}
+            for flush in flushes:
+                flush()
 
     def close(self) -> list[asyncio.Task[Any]]:
         """Stop accepting and cancel every connection's task; answers those tasks (to await)."""
@@ -403,7 +417,10 @@ class InboundServer:
                 return
             out.append(frame)
             if len(out) == 1:
-                loop.call_soon(flush)
+                self._unflushed[flush] = None
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    loop.call_soon(self.flush_responses)
             stats["client_responses"] += 1
             stats["frames_out"] += 1
             stats["bytes_out"] += len(frame)

@@ -218,6 +218,10 @@ class TcpTransport:
 
     # -- Transport -------------------------------------------------------------------------------
 
+    def flush_responses(self) -> None:
+        """Write the client responses produced so far (``InboundServer.flush_responses``)."""
+        self._inbound.flush_responses()
+
     def send(self, msgs: Iterable[Message]) -> None:
         self._router.send(msgs)
 
