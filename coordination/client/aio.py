@@ -336,8 +336,13 @@ class AsyncSession(SessionKeepalive):
 
     async def _keepalive(self) -> None:
         keepalive = ops.session_keepalive(self.id)
+        delay = self.keepalive_interval
         while True:
-            await asyncio.sleep(self.keepalive_interval)
+            await asyncio.sleep(delay)
+            delay = self._keepalive_wait()
+            if delay:
+                continue  # a lock acquire renewed the session meanwhile
+            delay = self.keepalive_interval
             error: RaftError | None = None
             sent = time.monotonic()
             try:
@@ -398,7 +403,9 @@ class AsyncLock(LockHold):
             self._turns += 1
             wait = max(0.0, wait - (time.monotonic() - started))
         try:
+            sent = time.monotonic()
             acquired = await self.coord.run(self._acquire_op(self.session.id, wait))
+            self.session._confirmed(sent)  # the acquire's entry renewed the session
             if acquired and self.session.lease_in_doubt:  # as ``BlockingHold.acquire``
                 acquired = self._confirm(await self.coord.run(self._check_op()))
         except BaseException:

@@ -426,7 +426,12 @@ class Session(SessionKeepalive):
         client = self.coord.new_client(timeout=max(1.0, self.keepalive_interval))
         keepalive = ops.session_keepalive(self.id)
         try:
-            while not self._closed.wait(self.keepalive_interval):
+            delay = self.keepalive_interval
+            while not self._closed.wait(delay):
+                delay = self._keepalive_wait()
+                if delay:
+                    continue  # a lock acquire renewed the session meanwhile
+                delay = self.keepalive_interval
                 error: RaftError | None = None
                 sent = time.monotonic()
                 try:

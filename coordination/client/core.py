@@ -29,6 +29,8 @@ class FencedHold:
     name: str
     owner: str
     wait: float | None
+    # Whether the acquire's entry also renews the session (then its answer confirms the lease).
+    _renews_session = False
 
     def _init_hold(self) -> None:
         self.token: int | None = None
@@ -104,7 +106,10 @@ class BlockingHold:
         lost with the session before the answer was used: ``lapsed``). A token returned was
         current after the answer arrived: the session's lease was still sure then, or a
         linearizable ``check_token`` said so (``FencedHold._confirm``)."""
+        sent = time.monotonic()
         acquired = self.coord.run(self._acquire_op(self.session.id, self._wait_for(wait)))
+        if self._renews_session:
+            self.session._confirmed(sent)
         if acquired and self.session.lease_in_doubt:
             acquired = self._confirm(self.coord.run(self._check_op()))
         return acquired
@@ -122,6 +127,9 @@ class LockHold(FencedHold):
             raise ValueError(f"mode must be {EXCLUSIVE!r} or {SHARED!r}")
         self.name, self.mode, self.owner, self.wait = name, mode, owner, wait
         self._init_hold()
+
+    # The cluster renews the session in the acquire's own entry (``locks.acquire``).
+    _renews_session = True
 
     def _acquire_base(self, session_id: int, wait: float) -> ops.Operation[Any]:
         return ops.lock_acquire(session_id, self.name, self.mode, self.owner, wait)
@@ -169,6 +177,18 @@ class SessionKeepalive:
 
     def _renewed(self) -> None:
         self.last_renewed = time.monotonic()
+
+    def _confirmed(self, sent: float) -> None:
+        """An entry that renews the session (a lock acquire, sent at ``sent``) was applied:
+        the lease is sure from ``sent`` on, and the next keepalive can wait a full interval."""
+        self._renewed()
+        self.confirmed_at = max(self.confirmed_at, sent)
+
+    def _keepalive_wait(self) -> float:
+        """Seconds until a keepalive is due (a renewing entry, such as a lock acquire, moved
+        it on); 0 when it is due now."""
+        left = self.last_renewed + self.keepalive_interval - time.monotonic()
+        return left if left > 0.05 * self.keepalive_interval else 0.0
 
     def _keepalive_lost(self, error: RaftError | None, sent: float | None = None) -> bool:
         """After one keepalive sent at ``sent`` (``error`` None if it succeeded): True if the

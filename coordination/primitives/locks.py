@@ -152,9 +152,18 @@ class Locks:
         }
 
     def acquire(self, ctx: Ctx, args: list[Any]) -> dict[str, Any] | Pending:
+        """Grant, refuse, or queue a wait; an acquire that is not rejected also keeps its
+        session alive (a keepalive in the same entry), so the answer confirms the client's
+        lease as of the send and a busy locker needs no separate keepalive entries."""
         sid, name, mode, owner, wait_ms = _acquire_args(args)
         sid = self.sessions.require(sid)
+        result = self._acquire(ctx, sid, name, mode, owner, wait_ms)
+        self.sessions.renew(ctx, sid)
+        return result
 
+    def _acquire(
+        self, ctx: Ctx, sid: int, name: str, mode: str, owner: str, wait_ms: int
+    ) -> dict[str, Any] | Pending:
         lock = self.locks.get(name)
         if lock is not None:
             hold = lock.holders.get((sid, owner))
@@ -216,7 +225,7 @@ class Locks:
         same entry: the client counts a renewal as one, so the cluster must too)."""
         sid, name, owner = limits.args(args, 3, "lock.renew")
         token = self._hold(sid, name, owner)[1].token
-        self.sessions.keepalive(ctx, [sid])
+        self.sessions.renew(ctx, sid)
         return token
 
     # -- for the cache's transactions (``cache_txn``: fenced writes, txn compares and releases) -

@@ -75,10 +75,17 @@ class Sessions:
     def keepalive(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
         (sid,) = limits.args(args, 1, "session.keepalive")
         sid = self.require(sid)
+        return {"session": sid, "expires_ms": self.renew(ctx, sid)}
+
+    def renew(self, ctx: Ctx, sid: int) -> int:
+        """Give live session ``sid`` a full TTL from this entry's time (a keepalive; a lock
+        acquire or renew carries one too); returns the new deadline."""
         record = self.live[sid]
-        record[1] = ctx.now_ms + record[0]
-        self._deadlines.push(record[1], sid)
-        return {"session": sid, "expires_ms": record[1]}
+        deadline = ctx.now_ms + record[0]
+        if deadline > record[1]:
+            record[1] = deadline
+            self._deadlines.push(deadline, sid)
+        return record[1]
 
     def close(self, ctx: Ctx, args: list[Any]) -> bool:
         (sid,) = limits.args(args, 1, "session.close")

@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 import pytest
 
+import coordination.client.core as core_module
 from coordination.client.aio import AsyncLock
 from coordination.client.coordinator import Lock
 from coordination.client.core import SessionKeepalive
@@ -29,9 +30,30 @@ class FakeSession(SessionKeepalive):
         return False
 
 
+class Clock:
+    """``time.monotonic`` for the handles, which a fake call moves on (a pause in the call)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return _real_monotonic() + self.offset
+
+
+_real_monotonic = time.monotonic
+CLOCK = Clock()
+
+
+@pytest.fixture(autouse=True)
+def _clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    CLOCK.offset = 0.0
+    monkeypatch.setattr(core_module.time, "monotonic", CLOCK)
+
+
 class FakeCoord:
-    """Answers an acquire with a grant (pausing ``pause`` seconds "inside the call"), and a
-    token check with ``still_current``."""
+    """Answers an acquire with a grant (pausing ``pause`` seconds "inside the call": the clock
+    moves on, as if the process had been stopped between sending and reading the answer), and
+    a token check with ``still_current``."""
 
     def __init__(self, session: FakeSession, pause: float, still_current: bool) -> None:
         self.session, self.pause, self.still_current = session, pause, still_current
@@ -41,7 +63,7 @@ class FakeCoord:
         name = msgpack.unpackb(op.body)[0]
         self.sent.append(name)
         if name.endswith("acquire"):
-            self.session.confirmed_at -= self.pause  # as if the call had taken that long
+            CLOCK.offset += self.pause
             return op.decode({"acquired": True, "token": 42, "count": 1, "mode": "exclusive"})
         assert name.endswith("check_token")
         return op.decode(self.still_current)
@@ -114,3 +136,22 @@ def test_the_lease_counts_from_when_the_last_confirmed_keepalive_was_sent() -> N
     assert session.lease_in_doubt  # 0.95 s of a 1 s TTL (less the margin) are gone
     assert session._keepalive_lost(None, time.monotonic()) is False
     assert not session.lease_in_doubt
+
+
+def test_a_lock_acquire_confirms_the_lease_and_puts_off_the_next_keepalive() -> None:
+    """The acquire's entry renews the session (``Locks.acquire``), so its answer confirms the
+    lease from when it was sent; a semaphore acquire does not renew, so it still checks."""
+    session = FakeSession(ttl=1.0)
+    session.confirmed_at = session.last_renewed = time.monotonic() - 5  # in doubt, keepalive due
+    assert session.lease_in_doubt and session._keepalive_wait() == 0.0
+    coord = FakeCoord(session, pause=0.0, still_current=False)
+    assert _sync_handle("lock", coord).acquire() is True
+    assert coord.sent == ["lock.acquire"]  # no check: the acquire itself renewed the lease
+    assert not session.lease_in_doubt
+    assert 0.25 < session._keepalive_wait() <= session.keepalive_interval
+
+    session = FakeSession(ttl=1.0)
+    session.confirmed_at = time.monotonic() - 5
+    coord = FakeCoord(session, pause=0.0, still_current=True)
+    assert _sync_handle("semaphore", coord).acquire() is True
+    assert coord.sent[1].endswith("check_token") and session.lease_in_doubt

@@ -39,6 +39,9 @@ class _LateSessions:
     def keepalive(self, ctx: Any, args: list[Any]) -> Any:
         return self.target.keepalive(ctx, args)
 
+    def renew(self, ctx: Any, sid: int) -> int:
+        return self.target.renew(ctx, sid)
+
 
 def locks_machine() -> CoordinationMachine:
     """Sessions + locks only, so the other parts (built separately) cannot disturb these
@@ -323,6 +326,25 @@ def test_renew_keeps_the_session_alive():
     assert d.holders("job") == []  # no renewal for a whole TTL: expired, the lock released
 
 
+def test_an_acquire_keeps_its_session_alive_and_a_refused_one_does_not():
+    """The acquire's entry carries the session's keepalive (the client counts its answer as a
+    confirmed renewal, ``SessionKeepalive._confirmed``); a rejected acquire changes nothing."""
+    d = Driver()
+    a, b = d.session(ttl=1_000), d.session(ttl=60_000)
+    token = d.acquire(a, "job", owner="t")["token"]
+    d.acquire(b, "busy")
+    for _ in range(5):
+        d.now += 800
+        assert d.acquire(a, "busy")["acquired"] is False  # not granted: still a keepalive
+        d.tick()
+    assert d.holders("job") == [(a, "t", X, token, 1)]
+    d.now += 800
+    rejected(d, "lock_mode", "lock.acquire", a, "job", S, "t", 0)  # refused: no keepalive
+    d.now += 300
+    d.tick()
+    assert d.holders("job") == []  # a whole TTL since the last acquire: expired, released
+
+
 def test_check_token_is_false_for_a_stale_token_after_a_regrant():
     d = Driver()
     a, b = d.session(), d.session()
@@ -553,7 +575,8 @@ def test_a_lock_freed_twice_in_one_tick_is_granted_again_only_at_the_next_entry(
     d.tick()
     assert d.done[waiting_three] == (True, granted(d.index))
     assert d.index > reused and not d.query("lock.check_token", "x", reused)
-    assert d.locks.deferred == {} and d.m.next_deadline() == d.now + 58_000
+    # Next: three's session, renewed by its acquire above (an acquire carries a keepalive).
+    assert d.locks.deferred == {} and d.m.next_deadline() == d.now + 60_000
 
 
 def test_closing_a_session_cancels_its_waits_and_releases_its_holds():
@@ -696,6 +719,12 @@ class Model:
     def acquire(self, idx: int, now: int, sid: int, name: str, mode: str, owner: str, wait: int):
         if sid not in self.live:
             return ("rejected", "session_expired"), {}
+        result = self._acquire(idx, now, sid, name, mode, owner, wait)
+        if not (isinstance(result[0], tuple) and result[0][0] == "rejected"):
+            self.live[sid][1] = max(self.live[sid][1], now + self.live[sid][0])  # a keepalive
+        return result
+
+    def _acquire(self, idx: int, now: int, sid: int, name: str, mode: str, owner: str, wait: int):
         lock = self.locks.get(name)
         if lock is not None:
             for h in lock["holders"]:
