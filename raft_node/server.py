@@ -146,6 +146,7 @@ class NodeServer:
             snapshot_chunk_bytes=config.snapshot_chunk_bytes,
             snapshot_dir=incoming,
             on_fatal=self.fail,
+            on_peer_batch=self._process_now,
         )
         outbound.tcp = self.transport
         self.host.conf_listeners.append(self._use_configuration)
@@ -294,6 +295,15 @@ class NodeServer:
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._process)
+
+    def _process_now(self) -> None:
+        """A peer's messages were just stepped: handle the Ready now rather than a loop
+        iteration later. On the path of every write (a follower's append, the leader's acks),
+        that was one more pass through the event loop per hop (a selector call, and whatever
+        callbacks were queued meanwhile). Client requests still gather for one iteration
+        (``kick``): they batch into one synced write."""
+        if self._loop is not None and self.fatal_error is None:
+            self._process()
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -162,8 +162,12 @@ class InboundServer:
         max_client_inflight: int,
         max_client_out_bytes: int,
         max_pending_handshakes: int,
+        on_peer_batch: Callable[[], None] | None = None,
     ) -> None:
         self.node_id = node_id
+        # Called after the messages of one socket read from a peer were delivered (see
+        # ``TcpTransport``'s ``on_peer_batch``).
+        self.on_peer_batch = on_peer_batch
         self.on_message = on_message
         self._secret = secret
         self._stats = stats
@@ -357,6 +361,8 @@ class InboundServer:
                                 writer.write(ack_frame(stream_id, True))
                         else:
                             raise ProtocolViolation(f"frame kind {kind} on a peer connection")
+                    if self.on_peer_batch is not None:
+                        self.on_peer_batch()
         except SnapshotStreamError as e:
             stats["snapshot_failures"] += 1
             if e.stream_id is not None and not writer.transport.is_closing():

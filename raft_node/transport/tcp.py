@@ -138,12 +138,16 @@ class TcpTransport:
         max_pending_handshakes: int = 256,
         rng: random.Random | None = None,
         on_fatal: Callable[[BaseException, str], None] | None = None,
+        on_peer_batch: Callable[[], None] | None = None,
     ) -> None:
         """``peers`` maps node ids to ``(host, port)``; it may include ``node_id`` itself, whose
         address is then the listen address unless ``listen`` is given (port 0 picks a free port;
         see ``address`` after ``start()``). ``on_fatal(exc, task_name)`` is called if a peer's
         writer task dies of an unexpected exception (a bug: every expected failure is retried);
-        the node stops then, rather than live on unable to reach that peer."""
+        the node stops then, rather than live on unable to reach that peer. ``on_peer_batch()``
+        is called after the messages of one socket read from a peer were given to
+        ``on_message``: a node handles them there and then, rather than a loop iteration
+        later."""
         self.node_id = node_id
         secret = check_secret(secret)
         self._listen = listen if listen is not None else peers.get(node_id)
@@ -194,6 +198,7 @@ class TcpTransport:
             max_client_inflight=max_client_inflight,
             max_client_out_bytes=max_client_out_bytes,
             max_pending_handshakes=max_pending_handshakes,
+            on_peer_batch=on_peer_batch,
         )
         self._running = False
         self.address: Address | None = None
