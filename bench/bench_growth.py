@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import growth_report
+import growth_state
 from bench_raft import add_run_args, log, log_node_tails, run_benchmark, write_report
 from benchlib import Controlled, log_events, vm_rss_kb
 
@@ -68,6 +69,8 @@ class Run:
     def __init__(self, args: argparse.Namespace, cluster: LocalCluster, driver: Controlled):
         self.args, self.cluster, self.driver = args, cluster, driver
         self.every = args.snapshot_every or SPEC["SNAPSHOT_EVERY"].default
+        self.term = 0
+        self.elections: list[tuple[str, int]] = []  # (phase, terms gone by), nonzero only
 
     def request(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
         return self.driver.request(cmd, timeout)
@@ -127,9 +130,16 @@ class Run:
             | {k: float(e[k]) for k in ("ms", "serialize_ms", "serialize_cpu_ms") if k in e}
             for n, e in taken.items()
         }
-        terms = {n: s["term"] for n, s in self.statuses().items()}
-        elections = max(terms.values()) - max(s["term"] for s in status.values())
-        return {"filler_entries": max(0, need), "nodes": nodes, "elections": elections}
+        return {"filler_entries": max(0, need), "nodes": nodes}
+
+    def note(self, phase: str) -> None:
+        """Record the terms that went by since the last note (each one is an election), so the
+        report says in which phase leadership moved, if it did."""
+        term = max(s["term"] for s in self.statuses().values())
+        if self.term and term > self.term:
+            self.elections.append((phase, term - self.term))
+            log(f"  {term - self.term} election(s) during: {phase}")
+        self.term = term
 
     def restarted_rss_mb(self) -> dict[str, Any]:
         """RSS of a follower restarted from its snapshot (SIGTERM, start, caught up), and of
@@ -151,6 +161,7 @@ class Run:
         state = json.loads(
             subprocess.run(
                 [sys.executable, str(BENCH / "growth_state.py"), str(cluster.base_dir / node)],
+                env={**os.environ, **growth_state.ALLOCATOR_ENV},
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -203,6 +214,7 @@ class Run:
     def state(self, name: str, keys: int) -> dict[str, Any]:
         """Snapshot, the nodes' RSS, a restarted follower's RSS, cache stats."""
         snap = self.snapshot()
+        self.note(f"{name}: snapshot")
         ms = statistics.median(s["ms"] for s in snap["nodes"].values())
         log(f"{name}: snapshot {ms:,.0f} ms (median of the nodes)")
         rss = self.rss_mb()
@@ -210,6 +222,7 @@ class Run:
         row = {"name": name, "keys": keys, "snapshot": snap, "rss_mb": rss}
         if self.args.restart:
             row["restarted"] = self.restarted_rss_mb()
+            self.note(f"{name}: follower restart")
         row["stats"] = self.request({"cmd": "stats"}, 60)
         return row
 
@@ -217,6 +230,7 @@ class Run:
         """One row of the table: the state's figures, then the workloads."""
         row = self.state(name, keys)
         row["results"] = self.workloads(keys, queue, deep)
+        self.note(f"{name}: workloads")
         return row
 
 
@@ -243,11 +257,14 @@ def grow(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
         driver.receive(timeout=60)
         run = Run(args, cluster, driver)
         result["snapshot_every"] = run.every
+        result["elections"] = run.elections
+        run.note("start")
         timeout = 600 * args.timeout_scale
         repeat = max(1, -(-args.history_warmup // WARM_KEYS))
         warm = {"cmd": "fill", "prefix": WARM, "start": 0, "stop": WARM_KEYS, "value_bytes": 100}
         result["warmup"] = run.request({**warm, "repeat": repeat, "inflight": 4}, timeout)
         result["warm_keys"] = WARM_KEYS
+        run.note("warm-up")
         result["start"] = run.state("start", 0)  # as at every level: snapshotted, log compacted
         loaded = 0
         for level in args.levels:
@@ -256,6 +273,7 @@ def grow(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
             took = run.request(fill, timeout)
             loaded = level
             log(f"{level:,} keys: loaded at {took['keys_per_s']:,.0f} keys/s")
+            run.note(f"{level:,} keys: load")
             last = level == args.levels[-1]
             row = run.step(f"{level:,} keys", level, WORK if last else None, False)
             row["fill"] = took
@@ -264,6 +282,7 @@ def grow(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
             put = {"cmd": "queue_fill", "queue": BACKLOG, "count": args.queue_messages}
             took = run.request({**put, "inflight": args.fill_inflight}, timeout)
             log(f"queue: {args.queue_messages:,} messages put at {took['per_s']:,.0f}/s")
+            run.note("queue: put")
             name = f"{loaded:,} keys + {args.queue_messages:,} queued messages"
             row = run.step(name, loaded, BACKLOG, True)
             row["fill"], row["queued"] = took, args.queue_messages
@@ -281,6 +300,7 @@ def grow(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
                 "read": run.measure({"workload": "read", **common}),
             }
             result["values"].append(rows)
+            run.note(f"values of {size:,} B")
         result["final_rss_mb"] = run.rss_mb()
         result["final_stats"] = run.request({"cmd": "stats"}, 60)
         result["terms"] = {n: s["term"] for n, s in run.statuses().items()}

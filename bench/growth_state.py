@@ -1,7 +1,7 @@
 """The memory and restore time of a snapshotted state alone, in a fresh process (for
 ``bench_growth.py``).
 
-    python bench/growth_state.py DATA_DIR    -> one JSON line
+    MALLOC_MMAP_THRESHOLD_=131072 python bench/growth_state.py DATA_DIR    -> one JSON line
 
 Reads the newest snapshot file of a node's data directory and restores it into a new
 ``Applier(CoordinationMachine())``, as a node does on start. A node's RSS also holds the
@@ -10,6 +10,12 @@ serialisations; here, with Django's imports and the file's bytes already residen
 first reading, the RSS growth across the restore is the state's own cost, so it tells a state
 that costs more per key from an allocator that keeps more. The restore's CPU time is what a
 follower pays to install that snapshot (on its event loop).
+
+``ALLOCATOR_ENV`` is the environment ``bench_growth.py`` runs it with. glibc serves a large
+allocation with its own mapping, returned when freed, but after freeing one it raises that
+threshold to the freed size (up to 32 MiB), so a snapshot-sized buffer under 32 MiB freed
+during the restore stays in the heap and in the RSS, and one above does not: that alone made a
+100k-key state look 35% dearer per key than a 1M-key one. A fixed threshold keeps it out.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from benchlib import vm_rss_kb
 from coordination.primitives.machine import CoordinationMachine
 from raft_node.host.applier import Applier
 from raft_node.storage.durable_format import decode_snapshot_file, parse_snapshot_name
+
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}  # glibc's default, kept fixed
 
 
 def newest_snapshot(data_dir: Path) -> Path:
