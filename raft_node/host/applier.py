@@ -87,11 +87,12 @@ def cyclic_gc_paused() -> Iterator[None]:
     containers in one burst. The collector is triggered by allocation counts, so during that
     burst it runs hundreds of young collections and, as the survivors pile up, full collections
     over the whole heap, and none of them can find garbage: a snapshot's temporaries are freed by
-    reference counting, and the state has no cycles to collect. Measured at 1M cache keys: the
-    snapshot's serialisation 1.5 -> 0.5 µs of CPU per key, a restore 2.8 -> 1.1 s (plus about
-    0.13 s of young collections the new objects still get once the collector is back). Both run
-    on the node's event loop, so that is time in which the node answers nothing and sends no
-    heartbeat.
+    reference counting, and the state has no cycles to collect. Both run on the node's event
+    loop, so that is time in which the node answers nothing and sends no heartbeat. Measured with
+    ``bench/gc_state.py`` (1M cache keys, one process): a restore 2.0 -> 1.3 s of CPU (the new
+    objects still get their young collections once the collector is back: about 0.1 s). The
+    serialisation gains little there since cache records are tuples (``cache_store``), but other
+    parts' rows (queued messages, history events) are lists, and a node's heap holds more.
 
     Nested and concurrent uses are counted: the collector comes back when the last one ends, and
     only if it was enabled when the first began."""

@@ -1,6 +1,6 @@
 """Cache keys cost the cyclic garbage collector nothing: a record is a tuple of bytes, ints and
 None, which CPython stops tracking at its first collection. As lists, a million keys were a
-million objects every full collection walked (about 0.5 s each, longer than an election
+million objects every full collection walked (0.4 to 0.8 s each, longer than an election
 timeout); this keeps them out, whatever the number of keys."""
 
 from __future__ import annotations
