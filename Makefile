@@ -75,3 +75,10 @@ bench-celery: venv
 .PHONY: bench-etcd
 bench-etcd: venv
 	$(VENV)/bin/python bench/bench_vs_etcd.py $(BENCH_ARGS)
+
+# How cost grows with the state: cache write/read throughput and p99, lock pairs and queue cycles
+# at 10k, 100k and 1M keys, with 100k queued messages and with 100 B / 4 KiB / 64 KiB values; each
+# node's RSS, memory per key and snapshot time (about 6 min). BENCH_ARGS=--quick: 1k/2k keys (~10 s).
+.PHONY: bench-growth
+bench-growth: venv
+	$(VENV)/bin/python bench/bench_growth.py $(BENCH_ARGS)

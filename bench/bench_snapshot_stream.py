@@ -46,6 +46,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import vm_rss_kb  # noqa: E402
 
 from coordination.client import Coordinator  # noqa: E402
 from coordination.primitives import commands as c  # noqa: E402
@@ -54,13 +57,6 @@ from raft_node.testing.launcher import LocalCluster  # noqa: E402
 MACHINE = "coordination.primitives.machine.CoordinationMachine"
 SNAPSHOT_EVERY = 1000
 MiB = 1 << 20
-
-
-def vm_rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -216,7 +212,9 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> None:
 
     def sample() -> None:
         while not sampling.is_set():
-            rss.append((time.monotonic(), vm_rss_kb(pid)))
+            kb = vm_rss_kb(pid)
+            if kb is not None:
+                rss.append((time.monotonic(), kb))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -68,6 +68,37 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def vm_rss_kb(pid: int) -> int | None:
+    """Resident set size of a process in KiB (``VmRSS`` of ``/proc/<pid>/status``), or None
+    (gone): what the kernel holds for it, allocator slack included, as an operator sees it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def log_events(path: Path, name: str) -> list[dict[str, str]]:
+    """The ``key=value`` fields of every ``event=<name>`` line of a node log, oldest first
+    (``snapshot_taken`` carries ``index``, ``bytes``, ``ms``, ``serialize_ms``), so benches
+    read what the node measured itself instead of timing it from outside."""
+    marker = f"event={name} "
+    found = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        at = line.find(marker)
+        if at >= 0:
+            found.append(
+                dict(f.split("=", 1) for f in line[at + len(marker) :].split() if "=" in f)
+            )
+    return found
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

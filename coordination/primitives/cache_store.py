@@ -6,9 +6,13 @@ write takes effect, the store only records its effect. Where the store's bookkee
 them (a key with queued writes is not removed by its TTL, nor forgotten once evicted; a key an L1
 holds is not forgotten either), the caller passes them in.
 
-**Keys.** ``data[key] = [value, version, expires_ms, seq]``, kept in ``seq`` order (a change
-moves the key to the end). The *version* is the index of the entry of the write that produced the
-value: unique per write, and increasing per key. An expired key reads as absent at once (reads
+**Keys.** ``data[key] = (value, version, expires_ms, seq)``, kept in ``seq`` order (a change
+moves the key to the end). A record is a tuple, replaced whole on every change, never mutated:
+CPython stops tracking a tuple of bytes, ints and None at its first garbage collection, so a
+million keys add nothing to the work of a full collection (as lists they made each one walk
+1.1M objects, 0.4 to 0.8 s, longer than an election timeout; ``bench/gc_state.py``). The
+*version* is the index of the entry of the write that produced the value: unique per write, and
+increasing per key. An expired key reads as absent at once (reads
 use ``now_ms``, the log time of the last applied entry) and is removed by the next tick that
 reaches its deadline, which reclaims its memory. A key with queued writes is only marked expired
 (it reads absent); it is removed when its queue drains (``resume_expiry``), unless a queued write
@@ -59,7 +63,7 @@ class CacheStore:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, record: Record | None = None) -> None:
         self.max_bytes = max_bytes
         self.record = record or ignore_change  # every change, for ``coord.watch``
-        self.data: dict[str, list[Any]] = {}  # key -> [value, version, expires_ms, seq]; by seq
+        self.data: dict[str, tuple[Any, ...]] = {}  # key -> (value, version, expires, seq); by seq
         self.evicted: dict[str, int] = {}  # key -> version; eviction order
         self.evicted_expires: dict[str, int] = {}  # key -> expires_ms, evicted keys with a TTL
         self.tombstones: dict[str, list[int]] = {}  # key -> [delete version, seq]; by seq
@@ -135,7 +139,7 @@ class CacheStore:
             self.evicted_expires.pop(key, None)
         self.tombstones.pop(key, None)
         self.seq += 1
-        self.data[key] = [value, version, expires, self.seq]
+        self.data[key] = (value, version, expires, self.seq)
         self.bytes += entry_size(key, value)
         if expires is not None:
             self._push(expires, key)
@@ -277,14 +281,14 @@ class CacheStore:
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "data": [[key, *rec] for key, rec in self.data.items()],
+            "data": [(key, *rec) for key, rec in self.data.items()],  # msgpack arrays, as lists
             "evicted": [[k, v, self.evicted_expires.get(k)] for k, v in self.evicted.items()],
             "tombstones": [[key, *rec] for key, rec in self.tombstones.items()],
             "counters": [self.floor, self.seq, self.bytes, self.now_ms],
         }
 
     def from_state(self, state: Any) -> None:
-        self.data = {row[0]: list(row[1:]) for row in state["data"]}
+        self.data = {row[0]: tuple(row[1:]) for row in state["data"]}
         self.evicted = {key: version for key, version, _ in state["evicted"]}
         self.evicted_expires = {key: exp for key, _, exp in state["evicted"] if exp is not None}
         self.tombstones = {row[0]: list(row[1:]) for row in state["tombstones"]}
