@@ -74,9 +74,7 @@ def build_server(
     return server
 
 
-def joining(
-    conf: Resolved, secret: bytes, opts: Mapping[str, Any]
-) -> tuple[Resolved, list[str]]:
+def joining(conf: Resolved, secret: bytes, opts: Mapping[str, Any]) -> tuple[Resolved, list[str]]:
     """The settings of a node joining the cluster that ``--join`` names: its ``CLUSTER`` is the
     members' addresses plus this node's ``--listen``, and the voters are the cluster's (this node
     is not one: it waits to be added as a learner)."""

@@ -20,12 +20,16 @@ subscription only adds the bookkeeping of its window, and it ends with its sessi
 **Choosing the subscription** (deterministic, in ``feed``, run at the end of every entry that
 may need it, after blocked gets are served):
 
-1. subscriptions that gained room in this entry (``hungry``, in the order they gained it) fill
-   up from their queues, taking one message at a time from the next of their queues with a
-   ready message (``turn`` rotates, so ``-Q a,b`` cannot starve ``b``);
-2. then each queue that got ready messages (sorted by name) gives them, one at a time, to the
-   first subscription in its rotation with room; a subscription that is given a message (in
-   either step) moves to the end of the rotation of that queue.
+1. each queue that got ready messages (sorted by name) gives them, one at a time, to the first
+   subscription in its rotation with room;
+2. then subscriptions that gained room in this entry (``hungry``, in the order they gained it)
+   fill up from their queues, taking one message at a time from the next of their queues with a
+   ready message (``turn`` rotates, so ``-Q a,b`` cannot starve ``b``).
+
+A subscription moves to the end of a queue's rotation when it is given a message of that queue
+and when a lease of it ends. So a message whose lease ended without an ack (a nack, a
+``visibility`` deadline passed) goes to another consumer with room if there is one, before its
+previous holder, and a stuck consumer cannot take its expired messages straight back.
 
 So between entries no queue has a ready message while a subscription on it has room (the
 invariant ``tests/primitives`` and the simulator check), and a window is never exceeded except
@@ -114,17 +118,26 @@ class Consumers:
     # -- ops ------------------------------------------------------------------------------------
 
     def subscribe(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
-        """``[session, stream, [name, ...], window, visibility_ms, sub]`` -> ``{"sub": id}``.
-        ``sub`` None registers a subscription (its id is this entry's index); an id changes that
-        subscription of the session (queues, window, lease). Either way, what the window allows
-        is leased in this entry. The queues need not exist yet."""
-        sid, stream, names, window, visibility, sub_id = limits.args(args, 6, "queue.subscribe")
+        """``[session, stream, [name, ...], window, visibility_ms, sub, exclusive]`` ->
+        ``{"sub": id}``. ``sub`` None registers a subscription (its id is this entry's index);
+        an id changes that subscription of the session (queues, window, lease). Either way,
+        what the window allows is leased in this entry. The queues need not exist yet.
+
+        ``exclusive``: the subscription takes its queues over; every other subscription stops
+        consuming them. For a queue meant to have one consumer (a Celery worker's control
+        queue, named after the worker): a worker restarted under the same name takes it at
+        once, instead of sharing it with its dead predecessor's subscription, which would
+        keep taking messages until that session expired."""
+        sid, stream, names, window, visibility, sub_id, exclusive = limits.args(
+            args, 7, "queue.subscribe"
+        )
         stream = _stream(stream)
         if not isinstance(names, list) or not 1 <= len(names) <= MAX_QUEUES_PER_WAIT:
             reject(BAD_COMMAND, f"queues must be a list of 1..{MAX_QUEUES_PER_WAIT} names")
         names = list(dict.fromkeys(queue_name(n) for n in names))
         window = limits.integer(window, WINDOW, "window")
         visibility = limits.optional_integer(visibility, limits.VISIBILITY_MS, "visibility_ms")
+        exclusive = limits.boolean(exclusive, "exclusive")
         sid = self._sessions.require(sid)
         if sub_id is None:
             if len(self._by_session.get(sid, ())) >= SUBSCRIPTIONS_PER_SESSION:
@@ -140,7 +153,12 @@ class Consumers:
             sub.stream, sub.queues, sub.window, sub.visibility = stream, names, window, visibility
             sub.turn = 0
         for name in names:
-            self.rotation.setdefault(name, {})[sub.id] = None
+            turn = self.rotation.setdefault(name, {})
+            if exclusive:
+                for other in [i for i in turn if i != sub.id]:
+                    self.subs[other].queues.remove(name)
+                    del turn[other]
+            turn[sub.id] = None
         self._hungry[sub.id] = None
         self._flush(ctx)
         return {"sub": sub.id}
@@ -192,11 +210,16 @@ class Consumers:
         self._events.setdefault(sub.stream, []).append(row)
 
     def released(self, name: str, mid: int) -> None:
-        """A lease ended (ack, nack, expiry, session end, queue deleted): its room comes back."""
+        """A lease ended (ack, nack, expiry, session end, queue deleted): its room comes back,
+        and its subscription goes to the end of the queue's rotation (module doc)."""
         sub_id = self._lease_sub.pop((name, mid), None)
         if sub_id is not None:
             del self.subs[sub_id].leases[(name, mid)]
             self._hungry[sub_id] = None
+            turn = self.rotation.get(name)
+            if turn is not None and sub_id in turn:
+                del turn[sub_id]
+                turn[sub_id] = None
 
     def session_ended(self, session_id: int) -> None:
         """Before the part returns the session's leases: its subscriptions go first, so none of
@@ -205,13 +228,8 @@ class Consumers:
             self._drop(self.subs[sub_id])
 
     def feed(self, ctx: Ctx, dirty: list[str], queues: dict[str, QueueState]) -> None:
-        """Lease ready messages to subscriptions with room (module doc: hungry ones fill up,
-        then each queue in ``dirty`` serves its rotation). Called by the part's ``_flush``."""
-        hungry, self._hungry = self._hungry, {}
-        for sub_id in hungry:
-            sub = self.subs.get(sub_id)
-            if sub is not None:
-                self._fill(ctx, sub, queues)
+        """Lease ready messages to subscriptions with room (module doc: each queue in ``dirty``
+        serves its rotation, then hungry ones fill up). Called by the part's ``_flush``."""
         for name in dirty:
             turn, q = self.rotation.get(name), queues.get(name)
             while turn and q is not None and q.ready:
@@ -219,6 +237,11 @@ class Consumers:
                 if sub is None:
                     break
                 self._give(ctx, sub, q)
+        hungry, self._hungry = self._hungry, {}
+        for sub_id in hungry:
+            sub = self.subs.get(sub_id)
+            if sub is not None:
+                self._fill(ctx, sub, queues)
 
     def drain_events(self) -> list[tuple[str, Any]]:
         events, self._events = self._events, {}

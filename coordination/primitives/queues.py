@@ -153,7 +153,7 @@ class Queues(QueueViews):
                     "queue.purge": 1,
                     "queue.delete": 1,
                     "queue.requeue_dead": 2,
-                    "queue.subscribe": 6,
+                    "queue.subscribe": 7,
                     "queue.unsubscribe": 2,
                 }
             ),

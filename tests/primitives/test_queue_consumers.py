@@ -58,9 +58,16 @@ class Node:
         return self.do("queue.put", name, payload, priority, None, delay)["id"]
 
     def subscribe(
-        self, sid: int, queues: list[str], window: int, stream: str = "s", vis: int | None = None
+        self,
+        sid: int,
+        queues: list[str],
+        window: int,
+        stream: str = "s",
+        vis: int | None = None,
+        exclusive: bool = False,
     ) -> int:
-        return self.do("queue.subscribe", sid, stream, queues, window, vis, None)["sub"]
+        args = (sid, stream, queues, window, vis, None, exclusive)
+        return self.do("queue.subscribe", *args)["sub"]
 
     def pushed(self, stream: str = "s") -> list[tuple[int, int, int]]:
         """(entry index, message id, delivery count) of every row pushed on ``stream``, taken."""
@@ -183,6 +190,32 @@ def test_a_lease_with_a_deadline_runs_out_and_comes_back(node: Node) -> None:
     assert node.pushed() == [(node.index, mid, 2)]  # expired, requeued, and leased again
 
 
+def test_an_expired_lease_goes_to_another_consumer_before_its_holder(node: Node) -> None:
+    stuck, other = node.session(), node.session()
+    node.subscribe(stuck, ["jobs"], 5, stream="stuck", vis=1_000)
+    mid = node.put("jobs")
+    node.subscribe(other, ["jobs"], 5, stream="other")
+    assert [m for _, m, _ in node.pushed("stuck")] == [mid]
+    node.tick(1_500)  # the stuck consumer still has room, but goes last
+    assert node.pushed("stuck") == [] and node.pushed("other") == [(node.index, mid, 2)]
+
+
+def test_an_exclusive_subscription_takes_its_queues_over(node: Node) -> None:
+    """A worker restarted under the same name (same control queue) while its dead
+    predecessor's session still lives: the new subscription gets every message at once."""
+    dead, alive = node.session(), node.session()
+    old = node.subscribe(dead, ["ctl", "jobs"], 5, stream="dead", exclusive=True)
+    node.subscribe(alive, ["ctl"], 5, stream="alive", exclusive=True)
+    ids = [node.put("ctl") for _ in range(3)]
+    assert node.pushed("dead") == []
+    assert [m for _, m, _ in node.pushed("alive")] == ids
+    assert node.queues.consumers.subs[old].queues == ["jobs"]  # still consumes the rest
+    assert node.stats("ctl")["subscribers"] == 1
+    shared = node.subscribe(alive, ["jobs"], 5, stream="alive")  # not exclusive: shared
+    node.put("jobs")
+    assert node.stats("jobs")["subscribers"] == 2 and shared != old
+
+
 def test_unsubscribe_keeps_the_leases_and_pushes_nothing_more(node: Node) -> None:
     sid, other = node.session(), node.session()
     sub = node.subscribe(sid, ["jobs"], 2)
@@ -201,16 +234,16 @@ def test_changing_a_subscription_resizes_its_window(node: Node) -> None:
     sub = node.subscribe(sid, ["jobs"], 1)
     ids = [node.put("jobs") for _ in range(4)]
     assert len(node.pushed()) == 1
-    assert node.do("queue.subscribe", sid, "s", ["jobs"], 3, None, sub) == {"sub": sub}
+    assert node.do("queue.subscribe", sid, "s", ["jobs"], 3, None, sub, False) == {"sub": sub}
     assert [mid for _, mid, _ in node.pushed()] == ids[1:3]
-    node.do("queue.subscribe", sid, "s", ["jobs"], 1, None, sub)  # below what it holds
+    node.do("queue.subscribe", sid, "s", ["jobs"], 1, None, sub, False)  # below what it holds
     node.do("queue.ack", sid, "jobs", ids[0])
     assert node.pushed() == []  # still 2 held against a window of 1
     node.do("queue.ack_many", sid, "jobs", ids[1:3])
     assert [mid for _, mid, _ in node.pushed()] == [ids[3]]
     stranger = node.session()
     node.refused(
-        errors.UNKNOWN_SUBSCRIPTION, "queue.subscribe", stranger, "s", ["jobs"], 1, None, sub
+        errors.UNKNOWN_SUBSCRIPTION, "queue.subscribe", stranger, "s", ["jobs"], 1, None, sub, False
     )
 
 
@@ -243,18 +276,20 @@ def test_bad_arguments_and_limits(node: Node) -> None:
     def refused(code: str, *args: Any) -> None:
         node.refused(code, "queue.subscribe", *args)
 
-    refused(errors.BAD_COMMAND, sid, "s", "jobs", 1, None, None)  # not a list
-    refused(errors.BAD_COMMAND, sid, "s", [], 1, None, None)
-    refused(errors.BAD_COMMAND, sid, "s", [f"q{i}" for i in range(33)], 1, None, None)
-    refused(errors.LIMIT, sid, "s", ["jobs"], 0, None, None)
-    refused(errors.LIMIT, sid, "s", ["jobs"], limits.BATCH_MAX + 1, None, None)
-    refused(errors.LIMIT, sid, "x" * 65, ["jobs"], 1, None, None)
-    refused(errors.BAD_COMMAND, sid, "a b", ["jobs"], 1, None, None)
-    refused(errors.LIMIT, sid, "s", ["jobs"], 1, 10, None)  # visibility below 1 s
-    refused(errors.UNKNOWN_SESSION, 999, "s", ["jobs"], 1, None, None)
+    refused(errors.BAD_COMMAND, sid, "s", "jobs", 1, None, None, False)  # not a list
+    refused(errors.BAD_COMMAND, sid, "s", [], 1, None, None, False)
+    refused(errors.BAD_COMMAND, sid, "s", [f"q{i}" for i in range(33)], 1, None, None, False)
+    refused(errors.LIMIT, sid, "s", ["jobs"], 0, None, None, False)
+    refused(errors.LIMIT, sid, "s", ["jobs"], limits.BATCH_MAX + 1, None, None, False)
+    refused(errors.LIMIT, sid, "x" * 65, ["jobs"], 1, None, None, False)
+    refused(errors.BAD_COMMAND, sid, "a b", ["jobs"], 1, None, None, False)
+    refused(errors.LIMIT, sid, "s", ["jobs"], 1, 10, None, False)  # visibility below 1 s
+    refused(errors.UNKNOWN_SESSION, 999, "s", ["jobs"], 1, None, None, False)
+    refused(errors.BAD_COMMAND, sid, "s", ["jobs"], 1, None, None, "yes")
+    refused(errors.BAD_COMMAND, sid, "s", ["jobs"], 1, None, None)  # 6 arguments
     for _ in range(SUBSCRIPTIONS_PER_SESSION):
         node.subscribe(sid, ["jobs"], 1)
-    refused(errors.LIMIT, sid, "s", ["jobs"], 1, None, None)
+    refused(errors.LIMIT, sid, "s", ["jobs"], 1, None, None, False)
 
 
 def test_snapshots_keep_subscriptions_and_older_snapshots_have_none() -> None:
@@ -318,34 +353,60 @@ class SubscriptionModel(QueueModel):
         window=st.integers(1, 3),
         visibility=st.sampled_from([1_000, 4_000, None]),
         stream=st.sampled_from(["s1", "s2"]),
+        exclusive=st.sampled_from([False, False, True]),
     )
     def subscribe(
-        self, slot: int, queues: list[str], window: int, visibility: int | None, stream: str
+        self,
+        slot: int,
+        queues: list[str],
+        window: int,
+        visibility: int | None,
+        stream: str,
+        exclusive: bool,
     ) -> None:
         sid = self.sessions[slot]
-        args = (sid, stream, queues, window, visibility, None)
+        args = (sid, stream, queues, window, visibility, None, exclusive)
         assert self.node.do("queue.subscribe", *args) == {"sub": self.node.index}
         self.subs[self.node.index] = {
-            "session": sid, "stream": stream, "queues": queues, "window": window,
+            "session": sid, "stream": stream, "queues": list(queues), "window": window,
             "visibility": visibility, "cap": window,
         }  # fmt: skip
+        if exclusive:
+            self.take_over(self.node.index, queues)
 
-    @rule(data=st.data(), window=st.integers(1, 3), visibility=st.sampled_from([4_000, None]))
-    def change_subscription(self, data: st.DataObject, window: int, visibility: int | None) -> None:
-        if not self.subs:
+    def take_over(self, sub_id: int, queues: list[str]) -> None:
+        for other, model in self.subs.items():
+            if other != sub_id and model["session"] in self.sessions:
+                model["queues"] = [q for q in model["queues"] if q not in queues]
+
+    @rule(
+        data=st.data(),
+        window=st.integers(1, 3),
+        visibility=st.sampled_from([4_000, None]),
+        exclusive=st.booleans(),
+    )
+    def change_subscription(
+        self, data: st.DataObject, window: int, visibility: int | None, exclusive: bool
+    ) -> None:
+        live = sorted(k for k, v in self.subs.items() if v["session"] in self.sessions)
+        if not live:
             return
-        sub_id = data.draw(st.sampled_from(sorted(self.subs)))
+        sub_id = data.draw(st.sampled_from(live))
         sub = self.subs[sub_id]
+        queues = sub["queues"] or ["b"]  # one that was taken over entirely names another
         held = sum(1 for m in self.msgs.values() if getattr(m, "via", None) == sub_id)
-        args = (sub["session"], sub["stream"], sub["queues"], window, visibility, sub_id)
+        args = (sub["session"], sub["stream"], queues, window, visibility, sub_id, exclusive)
         assert self.node.do("queue.subscribe", *args) == {"sub": sub_id}
-        sub.update(window=window, visibility=visibility, cap=max(window, held))
+        sub.update(window=window, visibility=visibility, cap=max(window, held), queues=queues)
+        if exclusive:
+            self.take_over(sub_id, queues)
 
     @rule(data=st.data())
     def unsubscribe(self, data: st.DataObject) -> None:
-        if not self.subs:
+        live = sorted(k for k, v in self.subs.items() if v["session"] in self.sessions)
+        if not live:
             return
-        sub_id = data.draw(st.sampled_from(sorted(self.subs)))
+        sub_id = data.draw(st.sampled_from(live))
         assert self.node.do("queue.unsubscribe", self.subs.pop(sub_id)["session"], sub_id)
         for m in self.msgs.values():
             if getattr(m, "via", None) == sub_id:
