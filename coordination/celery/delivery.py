@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -93,23 +94,33 @@ class Inbox:
 
 class AckBatcher:
     """Acks go to the cluster from a background thread, batched: while one ``ack_many`` entry
-    commits, the acks that arrive meanwhile gather for the next (group commit). The worker never
-    waits for an ack, and a busy worker pays about one entry per several tasks instead of one
-    per task. An ack is a promise that may still be lost (a crash before it commits): the
-    message is then delivered again, which ``acks_late`` already allows for. Each committed
-    ack also gives the channel's subscription its room back, so the next message is pushed in
-    the same entry.
+    commits, the acks that arrive meanwhile gather for the next (group commit), and a first ack
+    waits up to ``linger`` seconds for others unless ``flush_at`` of them are waiting already.
+    The worker never waits for an ack, and a worker pays about one entry per several tasks
+    instead of one per task, also when tasks trickle in one at a time (then every ack was an
+    entry of its own, as many as the puts). ``flush_at`` is half the channel's window, so the
+    room that acks give back comes in time. An ack is a promise that may still be lost (a crash
+    before it commits): the message is then delivered again, which ``acks_late`` already allows
+    for. Each committed ack also gives the channel's subscription its room back, so the next
+    message is pushed in the same entry.
     """
 
-    def __init__(self, coord: Coordinator, session: Session) -> None:
+    def __init__(self, coord: Coordinator, session: Session, linger: float = 0.0) -> None:
         self.coord, self.session = coord, session
+        self.linger = linger
+        self.flush_at = 1
         self._pending: dict[str, list[int]] = {}
+        self._count = 0
+        self._first_at = 0.0
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def add(self, queue: str, msg_id: int) -> None:
         with self._cv:
+            if not self._count:
+                self._first_at = time.monotonic()
+            self._count += 1
             self._pending.setdefault(queue, []).append(msg_id)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -133,7 +144,12 @@ class AckBatcher:
                     self._cv.wait()
                 if not self._pending:
                     return
-                batch, self._pending = self._pending, {}
+                while not self._closed and self._count < self.flush_at:
+                    left = self._first_at + self.linger - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+                batch, self._pending, self._count = self._pending, {}, 0
             for queue, ids in batch.items():
                 for start in range(0, len(ids), limits.BATCH_MAX):
                     self._send(queue, ids[start : start + limits.BATCH_MAX])

@@ -124,7 +124,8 @@ class Channel(virtual.Channel):
         self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
         # The window when kombu sets no prefetch limit, and the most one basic_get leases.
         self.max_fetch = int(options.get("max_fetch", 16))
-        self._acks = AckBatcher(self.coord, self.session)
+        # How long a first ack waits for others to share its entry (``AckBatcher``).
+        self._acks = AckBatcher(self.coord, self.session, float(options.get("ack_linger", 0.02)))
         # Queues consumed with no_ack (a worker's control queue, a caller's reply queue): their
         # own subscription, acked as they arrive.
         self._no_ack: set[str] = set()
@@ -223,6 +224,7 @@ class Channel(virtual.Channel):
     def sync_subscriptions(self, stream: str) -> list[int]:
         """Make this channel's subscriptions in the cluster match what kombu consumes (one
         entry per change: consuming, cancelling, a new prefetch count); their ids."""
+        self._acks.flush_at = max(1, self.window() // 2)
         wanted = [
             (self.tasks_sub, self.task_queues(), self.window()),
             (self.no_ack_sub, self.no_ack_queues(), self.max_fetch),
