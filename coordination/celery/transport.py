@@ -132,6 +132,9 @@ class Channel(virtual.Channel):
         self._fanout: set[str] = set()  # queues bound to a fanout exchange (broadcasts)
         self._bindings: dict[str, list[Any]] = {}  # queue -> the binding locks this channel holds
         self.tasks_sub, self.no_ack_sub = Subscription(), Subscription()
+        # Subscriptions ended while messages they were leased may still be on their way: those
+        # go back to the queue when they arrive (not to a consumer, not left to the session).
+        self._retired: set[int] = set()
 
     # -- virtual transport hooks ----------------------------------------------------------------
 
@@ -237,6 +240,7 @@ class Channel(virtual.Channel):
                 assert sub.id is not None
                 with contextlib.suppress(*CLEANUP_ERRORS):
                     self.coord.run(ops.queue_unsubscribe(self.session.id, sub.id))
+                self._retired.add(sub.id)
                 sub.id = None
             else:
                 no_ack = sub is self.no_ack_sub
@@ -251,7 +255,13 @@ class Channel(virtual.Channel):
         return [sub.id for sub in (self.tasks_sub, self.no_ack_sub) if sub.id is not None]
 
     def consumes(self, row: dict[str, Any]) -> bool:
-        """Whether a pushed row is for one of this channel's subscriptions."""
+        """Whether a pushed row is for one of this channel's subscriptions (or ended ones)."""
+        sub = row["sub"]
+        return sub in (self.tasks_sub.id, self.no_ack_sub.id) or sub in self._retired
+
+    def consumes_now(self, row: dict[str, Any]) -> bool:
+        """Whether a row's subscription is a current one: a row of an ended one goes back even
+        if its queue is consumed again meanwhile (it was leased under the old terms)."""
         return row["sub"] in (self.tasks_sub.id, self.no_ack_sub.id)
 
     def from_push(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -486,8 +496,8 @@ class Transport(virtual.Transport):
             return  # its channel closed: the session's end returns the lease
         message = channel.from_push(row)
         callback = self._callbacks.get(row["queue"])
-        if callback is None:
-            channel.give_back(message)
+        if callback is None or not channel.consumes_now(row):
+            channel.give_back(message)  # cancelled meanwhile
         else:
             callback(message)
 

@@ -166,6 +166,24 @@ def test_fanout_reaches_every_bound_queue_of_every_connection_once(connect):
             listener.get(timeout=0.3)
 
 
+def test_messages_pushed_to_a_consumer_cancelled_meanwhile_go_back_to_the_queue(connect):
+    conn = connect()
+    got: list[Any] = []
+    consumer = conn.Consumer([Queue("k-gone")], callbacks=[lambda body, msg: got.append(body)])
+    consumer.consume()
+    transport = conn.transport
+    transport._prepare()  # subscribed, with room
+    producer = conn.Producer()
+    for n in range(2):
+        producer.publish({"n": n}, routing_key="k-gone")
+    until(lambda: len(transport.inbox._rows) == 2)  # leased and pushed, not delivered yet
+    consumer.cancel()
+    transport._prepare()  # unsubscribed
+    conn.drain_events(timeout=1)
+    assert got == []
+    until(lambda: stats(conn, "k-gone")["ready"] == 2 and stats(conn, "k-gone")["in_flight"] == 0)
+
+
 # -- Celery workers on the transport --------------------------------------------------------------
 
 
