@@ -48,11 +48,10 @@ class Inbox:
             if self.closed:
                 return
             self._rows.extend(rows)
-            if self._signalled:
-                return
-            self._signalled = True
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._write_fd, b"!")
+            if not self._signalled:  # one byte in the pipe while anything waits, never more
+                self._signalled = True
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.write(self._write_fd, b"!")
 
     def take(self) -> list[dict[str, Any]]:
         """Everything waiting, oldest first (and the descriptor is quiet again)."""
