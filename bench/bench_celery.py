@@ -72,7 +72,10 @@ from raft_node.testing.launcher import LocalCluster
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 MACHINE = "coordination.primitives.machine.CoordinationMachine"
-GOAL_RATIO = 0.5  # raft:// end-to-end tasks/s at least half of the Redis broker's
+# raft:// end-to-end tasks/s over the Redis broker's, per number of producer threads (issue 14:
+# 0.8 with one producer, 1.5 with eight); 0.5 otherwise (the earlier goal).
+GOAL_RATIOS = {1: 0.8, 8: 1.5}
+GOAL_RATIO = 0.5
 GOAL_RESULT_RATIO = 2.0  # raft:// result round trip p50 at most twice the Redis backend's
 CONCURRENCY = 2
 MACHINE_BUSY = "machine busy"  # a CPU figure that is not a process of ours
@@ -474,6 +477,7 @@ def run_raft(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> No
             options["polling_wait"] = args.polling_wait
         if args.session_ttl is not None:
             options["session_ttl"] = args.session_ttl
+        options.update(args.raft_option)
         url = ";".join(f"raft://{a}" for a in addresses)
         probes = Probes(drained, server_cpu, log_index)
         backend = (url, {"secret": cluster.secret})  # raft:// results on the same cluster
@@ -656,15 +660,16 @@ def build_table(args: argparse.Namespace, raft: dict[str, Any], red: dict[str, A
     return [line(header), sep, *(line(r) for r in rows)]
 
 
-def goal_notes(raft: dict[str, Any], red: dict[str, Any]) -> list[str]:
+def goal_notes(args: argparse.Namespace, raft: dict[str, Any], red: dict[str, Any]) -> list[str]:
+    goal = GOAL_RATIOS.get(args.producers, GOAL_RATIO)
     a, b = summarize(raft), summarize(red)
     if not a or not b:
-        return ["Goal (raft:// >= 0.5 x redis:// tasks/s end to end): n/a (a contender failed)"]
+        return [f"Goal (raft:// >= {goal} x redis:// tasks/s end to end): n/a (a contender failed)"]
     ratio = a["tasks_per_s"] / b["tasks_per_s"]
-    verdict = "met" if ratio >= GOAL_RATIO else "not met"
+    verdict = "met" if ratio >= goal else "not met"
     notes = [
-        f"raft:// / redis:// end-to-end tasks/s: {ratio:.2f}"
-        f" (goal >= {GOAL_RATIO}: {verdict}; informational, nothing asserts on it)"
+        f"raft:// / redis:// end-to-end tasks/s, {args.producers} producer thread(s): {ratio:.2f}"
+        f" (goal >= {goal}: {verdict}; informational, nothing asserts on it)"
     ]
     trip_a, trip_b = raft.get("round_trip"), red.get("round_trip")
     if trip_a and trip_b:
@@ -753,7 +758,7 @@ def render(
         "",
         *build_table(args, raft, red),
         "",
-        *goal_notes(raft, red),
+        *goal_notes(args, raft, red),
         "",
         "## Observations",
         "",
@@ -815,12 +820,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--polling-wait", type=float, default=None, help="raft:// polling_wait (s)")
     ap.add_argument("--session-ttl", type=float, default=None, help="raft:// session_ttl (s)")
+    ap.add_argument(
+        "--raft-option",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="another raft:// transport option, e.g. asynchronous=false or ack_linger=0.05",
+    )
     ap.add_argument("--rep-timeout", type=float, default=None, help="per repetition (s)")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="time the worker's transport _get/basic_ack calls (adds a wrapper per call)",
+        help="time the worker's delivery/basic_ack and the producer's _put (a wrapper per call)",
     )
     ap.add_argument(
         "--no-split",
@@ -851,6 +863,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.rep_timeout is None:
         args.rep_timeout = max(60.0, args.tasks * 0.1)
     args.queue = f"bench-celery-{uuid.uuid4().hex[:8]}"
+    options = {}
+    for item in args.raft_option:
+        key, _, value = item.partition("=")
+        options[key] = json.loads(value)
+    args.raft_option = options
     return args
 
 
@@ -872,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     written, latest = write_report(args.out_dir, kind, render(args, info, raft, red, cmdline), data)
     print("\n".join(build_table(args, raft, red)))
     print()
-    print("\n".join(goal_notes(raft, red)))
+    print("\n".join(goal_notes(args, raft, red)))
     print()
     print("\n".join(observations(args, raft, red)))
     print(f"\nwritten: {written} (.json) and {latest}")

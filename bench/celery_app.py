@@ -15,10 +15,11 @@ task, ``bench.echo``, whose result *is* stored, in the contender's own result ba
 (``result_backend`` in the config: ``raft://`` on the same cluster, or Redis), and read back by
 the producer with ``.get()``.
 
-With ``profile`` set, the worker's main process times the transport channel's ``_get`` (raft://
-fetches through it; kombu's Redis transport reads BRPOP replies in its event loop instead, so it
-has no such call on the consume path) and ``basic_ack``, and writes the samples to
-``marks_dir/profile-worker-<pid>.jsonl`` at shutdown; the producer does the same for ``_put``.
+With ``profile`` set, the worker's main process times the raft:// transport's
+``Transport._deliver_pushed`` (handing pushed messages to Celery; kombu's Redis transport reads
+BRPOP replies in its event loop instead, so it has no such call) and the channel's ``basic_ack``,
+and writes the samples to ``marks_dir/profile-worker-<pid>.jsonl`` at shutdown; the producer
+does the same for ``_put``.
 """
 
 from __future__ import annotations
@@ -112,15 +113,18 @@ def _timed(name: str, fn: Any) -> Any:
 
 
 def install_profiling(app: Celery, methods: tuple[str, ...]) -> None:
-    """Wrap these methods of the transport's channel class with timers (once per process)."""
+    """Wrap these methods of the transport's channel class (``Transport.<name>``: of the
+    transport class) with timers, once per process; a method the transport lacks is skipped."""
     with app.connection_for_read() as conn:  # not connected: only its transport class is used
-        channel_cls = conn.transport.Channel
+        transport_cls = type(conn.transport)
     for name in methods:
-        fn = getattr(channel_cls, name)
-        if not getattr(fn, "_bench_timed", False):
-            wrapped = _timed(name, fn)
+        owner, _, attr = name.rpartition(".")
+        cls = transport_cls if owner == "Transport" else transport_cls.Channel
+        fn = getattr(cls, attr, None)
+        if fn is not None and not getattr(fn, "_bench_timed", False):
+            wrapped = _timed(attr, fn)
             wrapped._bench_timed = True  # type: ignore[attr-defined]
-            setattr(channel_cls, name, wrapped)
+            setattr(cls, attr, wrapped)
 
 
 def dump_profile(marks_dir: str, role: str) -> None:
@@ -147,7 +151,7 @@ def _from_env() -> Celery | None:
         (Path(marks_dir) / f"ready-{os.getpid()}").write_text(str(time.time()))
 
     if config.get("profile"):
-        install_profiling(worker_app, ("_get", "basic_ack"))
+        install_profiling(worker_app, ("Transport._deliver_pushed", "basic_ack"))
 
         @signals.worker_shutdown.connect(weak=False)
         def on_shutdown(**_: Any) -> None:

@@ -45,6 +45,7 @@ DEADLOCK = "deadlock"  # waiting would close a cycle in the wait-for graph (deta
 LOCK_MODE = "lock_mode"  # e.g. reentrant upgrade from shared to exclusive
 UNKNOWN_QUEUE = "unknown_queue"
 UNKNOWN_MESSAGE = "unknown_message"  # ack/nack of a message not leased to the caller
+UNKNOWN_SUBSCRIPTION = "unknown_subscription"  # a queue subscription the session does not hold
 NOT_INTEGER = "not_integer"  # incr of a cache value that is not an integer
 UNKNOWN_KEY = "unknown_key"  # incr of a cache key that does not exist
 EVICTED = "evicted"  # incr/touch of a cache key whose value now lives only in Redis
@@ -98,6 +99,7 @@ _TABLE = (
     ErrorCode(NOT_HOLDER, exc.NotHolder, 409, MACHINE),
     ErrorCode(LOCK_MODE, exc.LockModeError, 409, MACHINE),
     ErrorCode(UNKNOWN_MESSAGE, exc.UnknownMessage, 409, MACHINE),
+    ErrorCode(UNKNOWN_SUBSCRIPTION, exc.UnknownSubscription, 404, MACHINE),
     ErrorCode(NOT_INTEGER, exc.NotInteger, 409, MACHINE),
     ErrorCode(EVICTED, exc.Evicted, 409, MACHINE),
     ErrorCode(DUPLICATE, exc.Superseded, 409, MACHINE),

@@ -53,6 +53,7 @@ __all__ = [
     "UnknownMessage",
     "UnknownQueue",
     "UnknownSession",
+    "UnknownSubscription",
     "WatchCompacted",
 ]
 
@@ -121,6 +122,11 @@ class UnknownQueue(CoordinationError):
 
 class UnknownMessage(CoordinationError):
     pass
+
+
+class UnknownSubscription(CoordinationError):
+    """A change to a queue subscription that the session does not hold (never had, or it ended
+    with an earlier session)."""
 
 
 class NotInteger(CoordinationError):

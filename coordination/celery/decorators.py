@@ -185,8 +185,7 @@ def format_key(
         return key.format(**arguments)
     except (KeyError, IndexError, AttributeError) as exc:
         raise LockKeyError(
-            f"{what} key template {key!r}: this call of {where} gives no value for "
-            f"{exc.args[0]!r}"
+            f"{what} key template {key!r}: this call of {where} gives no value for {exc.args[0]!r}"
         ) from None
 
 

@@ -97,7 +97,10 @@ def once_key(task: Any, args: Any, kwargs: Any) -> str:
     """The key of one send of ``task`` (typed errors for a template the call cannot fill or a
     key longer than the cluster's key limit)."""
     key = build_key(
-        task.once["key"], inspect.signature(task.run), tuple(args or ()), dict(kwargs or {}),
+        task.once["key"],
+        inspect.signature(task.run),
+        tuple(args or ()),
+        dict(kwargs or {}),
         task.name,
     )
     if not isinstance(key, str) or not key:

@@ -15,34 +15,38 @@ worker's messages back; it is off by default.
 Unacked messages are deliberately *not* re-published when a channel closes (kombu's default for
 virtual transports): their leases return them, exactly once each.
 
-A fetch leases as many messages as the consumer has prefetch room for (``queue.get_many``,
-at most ``max_fetch``, default 16) in one log entry, and acks are sent from a background thread
-in batches (``queue.ack_many``: while one commits, the next gathers), so a busy worker costs
-about one entry per several tasks on top of each task's put.
+**Delivery is pushed.** A consuming channel holds a *subscription* in the cluster
+(``coordination.primitives.queue_consumers``): its queues and a window, kombu's prefetch count
+(``max_fetch``, default 16, when kombu sets none). The entry that makes a message ready (the
+put itself, a countdown coming due, a requeue) also leases it to a subscription with room, and
+the connection's push stream (``coordination.client.push``, one leader-served WATCH per
+connection) brings it, with no get entry and no polling. Acks go out from a background thread
+in batches (``queue.ack_many``: while one commits, the next gathers), and each one gives the
+subscription its room back, so the next message goes out in the ack's own entry: a busy worker
+costs its tasks' puts plus a share of an ack batch. A stream that breaks (leader change,
+reconnect) resumes at the leader with a replay of what was leased to it meanwhile; leases never
+depend on the stream. Publishing is one ``queue.put`` request and one entry: ``delay()`` returns
+once it is committed.
 
-An empty queue is not polled: each fetch is a blocking get served by the leader for up to
-``polling_wait`` seconds (default 1), so an idle worker costs about two log entries per second
-(the get, and the tick that ends its wait) instead of a stream of empty polls.
+The transport is asynchronous: in a worker's event loop (Celery's ``asynloop``, as with
+kombu's Redis transport) the push stream's thread wakes the loop through a file descriptor
+(``delivery.Inbox``); a blocking ``drain_events`` (``synloop``, ``SimpleQueue``) waits on the
+same descriptor. ``transport_options={"asynchronous": False}`` makes Celery use its blocking
+loop instead.
 
 Priorities: Celery's ``priority`` 0..9 maps to the queue's priority 0..9, and **higher is served
-first** (as with RabbitMQ; the opposite of kombu's Redis transport). ETA and countdown tasks
+first** (as with RabbitMQ; the opposite of kombu's Redis transport); like AMQP's, the order
+applies to what is waiting, not to what a worker has already prefetched. ETA and countdown tasks
 are stored as delayed messages and handed out only when due (up to 7 days ahead), so a long
 countdown is never redelivered while a worker waits on it.
 
 Remote control works (``celery inspect``, ``control.ping``, ``revoke``): bindings are shared
 through the cluster as session-held locks (``celery_bindings``), so a broadcast reaches every
-live worker's control queue and replies reach the caller's reply queue.
-
-Broadcasts are pushed, like tasks: one blocking ``queue.get_any`` per wait covers the queues
-every channel of the connection consumes with ``no_ack`` (a worker's control queue, listed
-first, and reply queues) together with the task queues of the channel that has prefetch room.
-So a broadcast wakes a waiting worker at once, and one committed before a task (a ``revoke``
-sent before the task) is delivered before it: the leader serves the first listed queue with a
-message. While every task channel's prefetch window is full (no task can be fetched) the
-``no_ack`` queues are checked without blocking, at most every ``broadcast_poll_interval``
-seconds (default 0.5): a wait there would hold up the next fetch when a slot frees.
-``no_ack`` messages are acked as they are fetched (at most once, as AMQP's ``no_ack``), so a
-control message is never delivered again when its lease would have run out.
+live worker's control queue and replies reach the caller's reply queue. Queues consumed with
+``no_ack`` (a worker's control queue, reply queues) have their own subscription, and the
+messages are acked as they arrive (at most once, as AMQP's ``no_ack``). Both subscriptions of a
+connection share its push stream, which carries deliveries in log order: a broadcast committed
+before a task (a ``revoke`` sent before its task) reaches the worker before it.
 
 The cluster addresses come from the URL (``;``-separated alternates), or
 ``transport_options["addresses"]``; a bare ``raft://`` means the ``COORDINATION`` cluster
@@ -54,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Collection
@@ -64,10 +69,13 @@ from typing import Any
 from kombu.transport import virtual
 from kombu.utils.url import maybe_sanitize_url
 
+import coordination.client.operations as ops
 from coordination.celery import bindings as celery_bindings
 from coordination.celery import connect
+from coordination.celery.delivery import AckBatcher, Inbox
 from coordination.celery.once import held_key, report_duplicate
 from coordination.client.coordinator import Coordinator, Session
+from coordination.client.push import PushStream
 from coordination.exceptions import (
     AlreadyQueued,
     NotHolder,
@@ -77,6 +85,7 @@ from coordination.exceptions import (
     UnknownSession,
 )
 from coordination.primitives import limits
+from coordination.primitives.queue_consumers import WINDOW
 from coordination.primitives.queues import MAX_GET_ANY_QUEUES
 from raft_node.client import ClusterUnavailable, Timeout
 
@@ -84,6 +93,18 @@ log = logging.getLogger("coordination.celery")
 # Best-effort clean-up: the queue or binding may be gone already, or our session with it.
 CLEANUP_ERRORS = (UnknownQueue, UnknownSession, SessionExpired, NotHolder)
 MAX_ETA = limits.DELAY_MS[1] / 1000  # the queue's longest delayed delivery (7 days)
+SESSION_CHECK = 1.0  # seconds a blocking drain waits between checks of the sessions
+
+
+class Subscription:
+    """One of a channel's subscriptions as last sent to the cluster: its id and what it asked
+    for (the queues and the window)."""
+
+    __slots__ = ("id", "sent")
+
+    def __init__(self) -> None:
+        self.id: int | None = None
+        self.sent: tuple[tuple[str, ...], int] | None = None
 
 
 class Channel(virtual.Channel):
@@ -96,21 +117,24 @@ class Channel(virtual.Channel):
         # None: session-held leases (module docstring); a number bounds each lease.
         visibility = options.get("visibility_timeout")
         self.visibility = None if visibility is None else float(visibility)
-        # A get is a log entry (it leases): wait for a message on the leader rather than poll.
+        # basic_get (kombu's polling Queue.get): a blocking get served by the leader.
         self.wait = float(options.get("polling_wait", 1.0))
         self.coord = _coordinator(connection.client, options)
         self.session: Session = self.coord.session(float(options.get("session_ttl", 30.0)))
         self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
-        # Most messages a fetch leases at once (never more than kombu's prefetch room).
+        # The window when kombu sets no prefetch limit, and the most one basic_get leases.
         self.max_fetch = int(options.get("max_fetch", 16))
-        self._acks = AckBatcher(self.coord, self.session)
-        # Queues consumed with no_ack (a worker's control queue, a caller's reply queue): acked
-        # when fetched, so any channel of the connection may fetch them (Transport.drain_events
-        # waits on them together with the task queues).
+        # How long a first ack waits for others to share its entry (``AckBatcher``).
+        self._acks = AckBatcher(self.coord, self.session, float(options.get("ack_linger", 0.02)))
+        # Queues consumed with no_ack (a worker's control queue, a caller's reply queue): their
+        # own subscription, acked as they arrive.
         self._no_ack: set[str] = set()
         self._fanout: set[str] = set()  # queues bound to a fanout exchange (broadcasts)
         self._bindings: dict[str, list[Any]] = {}  # queue -> the binding locks this channel holds
-        self._turn = 0  # rotates the order get_any tries the consumed queues in
+        self.tasks_sub, self.no_ack_sub = Subscription(), Subscription()
+        # Subscriptions ended while messages they were leased may still be on their way: those
+        # go back to the queue when they arrive (not to a consumer, not left to the session).
+        self._retired: set[int] = set()
 
     # -- virtual transport hooks ----------------------------------------------------------------
 
@@ -143,7 +167,16 @@ class Channel(virtual.Channel):
             raise AlreadyQueued(hold[0], result.tag or "")
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        return self._fetch(queue, 1)[0][1]
+        """kombu's polling get (``Queue.get``, ``basic_get``); consumers are pushed to."""
+        try:
+            batch = self.coord.queue(queue).get_many(
+                1, wait=self.wait, visibility=self.visibility, session=self.session
+            )
+        except UnknownQueue:
+            raise Empty() from None
+        if not batch:
+            raise Empty()
+        return self._to_kombu([_row(msg) for msg in batch])[0][1]
 
     def basic_consume(
         self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
@@ -153,10 +186,17 @@ class Channel(virtual.Channel):
             self._no_ack.add(queue)
         else:
             self._no_ack.discard(queue)
+        self.connection.changed()
 
     def basic_cancel(self, consumer_tag: str) -> None:
         super().basic_cancel(consumer_tag)
         self._no_ack.intersection_update(self._active_queues)
+        if self.connection is not None:
+            self.connection.changed()
+
+    def basic_qos(self, prefetch_size: int = 0, prefetch_count: int = 0, *args: Any) -> None:
+        super().basic_qos(prefetch_size, prefetch_count, *args)
+        self.connection.changed()  # the window follows at the next turn of the loop
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         """kombu's ``basic_get``; with ``no_ack`` the message is acked at once (nothing else
@@ -168,96 +208,96 @@ class Channel(virtual.Channel):
                 self._acks.add(*lease)
         return message
 
-    def shared_queues(self) -> list[str]:
-        """The consumed queues any channel of the connection may fetch (``no_ack``: acked when
-        fetched), fanout-bound ones (broadcasts) first."""
-        queues = [q for q in self._active_queues if q in self._no_ack]
-        return sorted(queues, key=lambda q: q not in self._fanout)
-
     def task_queues(self) -> list[str]:
         """The consumed queues whose messages this channel leases until acked."""
         return [q for q in self._active_queues if q not in self._no_ack]
 
-    def _poll(self, cycle: Any, callback: Any, timeout: float | None = None) -> None:
-        """kombu's per-channel drain (``Channel.drain_events``): the connection-wide wait of
-        ``Transport.drain_events`` restricted to this channel's queues."""
-        self.wait_and_deliver(self.shared_queues(), self.wait, callback)
+    def no_ack_queues(self) -> list[str]:
+        """The consumed ``no_ack`` queues, fanout-bound ones (broadcasts) first."""
+        queues = [q for q in self._active_queues if q in self._no_ack]
+        return sorted(queues, key=lambda q: q not in self._fanout)
 
-    def wait_and_deliver(
-        self, shared: list[str], wait: float, callback: Any, *, take: bool = True
-    ) -> None:
-        """One ``queue.get_any`` over ``shared`` (no_ack queues of any channel, listed first so
-        a broadcast is served before a task committed after it) and, with ``take``, this
-        channel's task queues (rotated each time for fairness; a worker of ``-Q a,b`` does not
-        wait out an empty ``a`` before looking at ``b``). Blocks up to ``wait`` seconds at the
-        leader; ``Empty`` if nothing came."""
-        tasks = self.task_queues() if take else []
-        if len(tasks) > 1:
-            self._turn = (self._turn + 1) % len(tasks)
-            tasks = tasks[self._turn :] + tasks[: self._turn]
-        queues = list(dict.fromkeys(shared + tasks))[:MAX_GET_ANY_QUEUES]
-        if not queues:
-            raise Empty()
-        try:
-            batch = self.coord.get_any(
-                queues,
-                self._room() if tasks else self.max_fetch,
-                wait=wait,
-                visibility=self.visibility,
-                session=self.session,
-            )
-        except UnknownQueue:
-            raise Empty() from None
-        self._deliver(self._to_kombu(batch, set(shared)), callback)
+    def window(self) -> int:
+        """How many messages the task subscription may hold: kombu's prefetch count."""
+        prefetch = self.qos.prefetch_count or self.max_fetch
+        return max(WINDOW[0], min(WINDOW[1], prefetch))
 
-    def _room(self) -> int:
-        room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
-        return max(1, min(self.max_fetch, self.max_fetch if room is None else room))
+    # -- push subscriptions -------------------------------------------------------------------
 
-    def _deliver(self, batch: list[tuple[str, dict[str, Any]]], callback: Any) -> None:
-        for i, (queue, message) in enumerate(batch):
-            try:
-                callback(message, queue)
-            except BaseException:
-                for _, rest in batch[i + 1 :]:  # leased but never handed over: give them back
-                    with contextlib.suppress(SessionExpired, UnknownSession):
-                        self._nack(rest["properties"]["delivery_tag"], requeue=True)
-                raise
+    def sync_subscriptions(self, stream: str) -> list[int]:
+        """Make this channel's subscriptions in the cluster match what kombu consumes (one
+        entry per change: consuming, cancelling, a new prefetch count); their ids."""
+        self._acks.flush_at = max(1, self.window() // 2)
+        wanted = [
+            (self.tasks_sub, self.task_queues(), self.window()),
+            (self.no_ack_sub, self.no_ack_queues(), self.max_fetch),
+        ]
+        for sub, queues, window in wanted:
+            want = (tuple(queues[:MAX_GET_ANY_QUEUES]), window) if queues else None
+            if want == sub.sent:
+                continue
+            if want is None:
+                assert sub.id is not None
+                with contextlib.suppress(*CLEANUP_ERRORS):
+                    self.coord.run(ops.queue_unsubscribe(self.session.id, sub.id))
+                self._retired.add(sub.id)
+                sub.id = None
+            else:
+                no_ack = sub is self.no_ack_sub
+                vis = None if no_ack else self.visibility
+                # A no_ack queue has one consumer (a worker's control queue, a reply queue):
+                # taking it over leaves nothing to a dead predecessor of the same name.
+                op = ops.queue_subscribe(
+                    self.session.id, stream, list(want[0]), want[1], vis, sub.id, no_ack
+                )
+                sub.id = self.coord.run(op)
+            sub.sent = want
+        return [sub.id for sub in (self.tasks_sub, self.no_ack_sub) if sub.id is not None]
 
-    def _fetch(self, queue: str, count: int) -> list[tuple[str, dict[str, Any]]]:
-        try:
-            batch = self.coord.queue(queue).get_many(
-                count, wait=self.wait, visibility=self.visibility, session=self.session
-            )
-        except UnknownQueue:
-            raise Empty() from None
-        return self._to_kombu(batch)
+    def consumes(self, row: dict[str, Any]) -> bool:
+        """Whether a pushed row is for one of this channel's subscriptions (or ended ones)."""
+        sub = row["sub"]
+        return sub in (self.tasks_sub.id, self.no_ack_sub.id) or sub in self._retired
+
+    def consumes_now(self, row: dict[str, Any]) -> bool:
+        """Whether a row's subscription is a current one: a row of an ended one goes back even
+        if its queue is consumed again meanwhile (it was leased under the old terms)."""
+        return row["sub"] in (self.tasks_sub.id, self.no_ack_sub.id)
+
+    def from_push(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A pushed row as kombu's message; a ``no_ack`` one is acked now."""
+        acked = (row["queue"],) if row["sub"] == self.no_ack_sub.id else ()
+        return self._to_kombu([row], acked)[0][1]
 
     def _to_kombu(
-        self, batch: list[Any], acked: Collection[str] = ()
+        self, rows: list[dict[str, Any]], acked: Collection[str] = ()
     ) -> list[tuple[str, dict[str, Any]]]:
-        """(queue, kombu message) per leased message. A message of a queue in ``acked`` (no_ack)
+        """(queue, kombu message) per leased row. A message of a queue in ``acked`` (no_ack)
         is acked now; any other's lease is remembered for its ack. A redelivery carries
         ``delivery_info["redelivered"]``, where kombu's transports put it and Celery reads it
         (``Reject(requeue=True)``, ``worker_deduplicate_successful_tasks``)."""
-        if not batch:
-            raise Empty()
         messages = []
-        for msg in batch:
-            message = json.loads(msg.payload)
+        for row in rows:
+            queue, mid = row["queue"], row["id"]
+            message = json.loads(row["payload"])
             props = message.setdefault("properties", {})
-            if msg.delivery_count > 1:
+            if row["delivery_count"] > 1:
                 info = props.get("delivery_info")
                 if not isinstance(info, dict):
                     info = props["delivery_info"] = {}
                 info["redelivered"] = True
                 message["redelivered"] = True  # as kombu's virtual ``_restore`` marks it
-            if msg.queue.name in acked:
-                self._acks.add(msg.queue.name, msg.id)
+            if queue in acked:
+                self._acks.add(queue, mid)
             else:
-                self._leases[props["delivery_tag"]] = (msg.queue.name, msg.id)
-            messages.append((msg.queue.name, message))
+                self._leases[props["delivery_tag"]] = (queue, mid)
+            messages.append((queue, message))
         return messages
+
+    def give_back(self, message: dict[str, Any]) -> None:
+        """A pushed message with no consumer left for it (cancelled meanwhile): requeued."""
+        with contextlib.suppress(SessionExpired, UnknownSession):
+            self._nack(message["properties"]["delivery_tag"], requeue=True)
 
     def _nack(self, delivery_tag: str, requeue: bool) -> None:
         """Give a leased message back (or dead-letter it); UnknownMessage: the lease ran out
@@ -331,61 +371,7 @@ class Channel(virtual.Channel):
     def close(self) -> None:
         super().close()
         self._acks.close(timeout=2 * self.coord.timeout)  # acks given so far reach the cluster
-        self.session.close()  # leases of anything still unacked expire and redeliver
-
-
-class AckBatcher:
-    """Acks go to the cluster from a background thread, batched: while one ``ack_many`` entry
-    commits, the acks that arrive meanwhile gather for the next (group commit). The worker never
-    waits for an ack, and a busy worker pays about one entry per several tasks instead of one
-    per task. An ack is a promise that may still be lost (a crash before it commits): the
-    message is then delivered again, which ``acks_late`` already allows for.
-    """
-
-    def __init__(self, coord: Coordinator, session: Session) -> None:
-        self.coord, self.session = coord, session
-        self._pending: dict[str, list[int]] = {}
-        self._cv = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def add(self, queue: str, msg_id: int) -> None:
-        with self._cv:
-            self._pending.setdefault(queue, []).append(msg_id)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, daemon=True, name=f"raftsync-acks-{self.session.id}"
-                )
-                self._thread.start()
-            self._cv.notify()
-
-    def close(self, timeout: float) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._pending and not self._closed:
-                    self._cv.wait()
-                if not self._pending:
-                    return
-                batch, self._pending = self._pending, {}
-            for queue, ids in batch.items():
-                for start in range(0, len(ids), limits.BATCH_MAX):
-                    self._send(queue, ids[start : start + limits.BATCH_MAX])
-
-    def _send(self, queue: str, ids: list[int]) -> None:
-        try:
-            self.coord.propose_ack_many(self.session, queue, ids)
-        except (SessionExpired, UnknownSession, UnknownQueue):
-            pass  # the leases ended with the session: those messages are delivered again
-        except (ClusterUnavailable, Timeout) as exc:
-            log.warning("event=acks_not_sent queue=%s count=%d error=%s", queue, len(ids), exc)
+        self.session.close()  # its subscriptions end; unacked leases come back
 
 
 class Transport(virtual.Transport):
@@ -397,12 +383,10 @@ class Transport(virtual.Transport):
     # a URL may name several members (``raft://h1:7001,h2:7001``), or none (``raft://``: the
     # COORDINATION cluster), which kombu's clones would otherwise turn into ``localhost``.
     can_parse_url = True
-    # The blocking get is the wait for messages; this short sleep only paces the loop while
-    # the consumer's prefetch window is full (kombu does not fetch then, and would spin).
-    polling_interval = 0.001
+    polling_interval = None  # nothing polls: deliveries are pushed
     # The cluster being unreachable is a connection problem: Celery reconnects, with backoff.
     # So is losing the channel's session (e.g. cut off for longer than its TTL): reconnecting
-    # opens a new one and binds again.
+    # opens a new one and subscribes again.
     connection_errors = (
         *virtual.Transport.connection_errors,
         ClusterUnavailable,
@@ -412,68 +396,139 @@ class Transport(virtual.Transport):
         UnknownSession,
     )
     implements = virtual.Transport.implements.extend(
-        asynchronous=False, exchange_type={"direct", "fanout"}
+        asynchronous=True, exchange_type={"direct", "fanout"}
     )
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         options = client.transport_options or {}
-        self.broadcast_poll = float(options.get("broadcast_poll_interval", 0.5))
-        self._next_shared_check = 0.0  # when the no_ack queues are next checked, windows full
-        self._turn = 0  # rotates which channel with prefetch room waits (several task channels)
+        if not options.get("asynchronous", True):  # Celery then runs its blocking loop
+            self.implements = Transport.implements.extend(asynchronous=False)
+        self.inbox = Inbox()
+        # One push stream per connection: its channels' deliveries, in log order.
+        self.stream_name = f"k{os.getpid()}-{os.urandom(8).hex()}"
+        self._stream: PushStream | None = None
+        self._stream_error: BaseException | None = None
+        self._changed = True  # consumers or prefetch changed: subscriptions to sync
+        self._loop: Any = None
+        self._lock = threading.Lock()  # one sync at a time (drain_events may run on threads)
+
+    def changed(self) -> None:
+        """A channel's consumers or prefetch changed (kombu calls this on the channel's
+        ``connection``, which is this transport)."""
+        self._changed = True
+
+    # -- delivery -------------------------------------------------------------------------------
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
-        """Deliver what the next wait brings, else ``socket.timeout`` once ``timeout`` ran out.
-
-        kombu's virtual transport drains channels in turn, each with its own wait: a worker's
-        control channel waited (or was polled) apart from its task channel, so a ``revoke``
-        sent before a task could reach the worker after it. Here one wait covers both (see
-        ``Channel.wait_and_deliver``): the ``no_ack`` queues of every channel, broadcasts
-        first, then the task queues of one channel with prefetch room (rotating among such
-        channels). With no room anywhere, the ``no_ack`` queues are checked without blocking,
-        at most every ``broadcast_poll_interval``; with no task consumer at all (a caller
-        collecting replies) the wait is on them alone.
-        """
+        """Deliver what has been pushed, waiting up to ``timeout`` for something (else
+        ``socket.timeout``, as kombu raises)."""
         start = time.monotonic()
         while True:
+            self._prepare()
+            if self._deliver_pushed():
+                return
             left = None if timeout is None else timeout - (time.monotonic() - start)
-            try:
-                return self._drain_once(left)
-            except Empty:
-                if timeout is not None and time.monotonic() - start >= timeout:
-                    raise TimeoutError() from None  # socket.timeout, as kombu raises
-                time.sleep(self.polling_interval)
+            if left is not None and left <= 0:
+                raise TimeoutError()
+            self.inbox.wait(SESSION_CHECK if left is None else min(left, SESSION_CHECK))
 
-    def _drain_once(self, left: float | None) -> None:
-        channels = [ch for ch in self.channels if ch.connection is not None and ch._consumers]
-        shared = list(dict.fromkeys(q for ch in channels for q in ch.shared_queues()))
-        fanout = {q for ch in channels for q in ch._fanout}
-        shared.sort(key=lambda q: q not in fanout)  # broadcasts before replies
-        takers = [ch for ch in channels if ch.task_queues() and ch.qos.can_consume()]
-        if takers:
-            self._turn = (self._turn + 1) % len(takers)
-            channel = takers[self._turn]
-            return channel.wait_and_deliver(shared, _wait(channel.wait, left), self._deliver)
-        if not shared:
-            raise Empty()
-        owner = next(ch for ch in channels if ch.shared_queues())
-        wait = _wait(owner.wait, left)
-        if any(ch.task_queues() for ch in channels):  # every prefetch window is full
-            now = time.monotonic()
-            if now < self._next_shared_check:
-                raise Empty()
-            self._next_shared_check = now + self.broadcast_poll
-            wait = 0.0
-        owner.wait_and_deliver(shared, wait, self._deliver, take=False)
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Worker event loop (``asynloop``): the inbox's descriptor is polled with the rest; each
+        turn of the loop first brings the subscriptions up to date."""
+        self._loop = loop
+        loop.add_reader(self.inbox.fileno(), self._deliver_pushed)
+        loop.on_tick.add(self._on_tick)
+
+    def _on_tick(self) -> None:
+        if self.inbox.closed:
+            return
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Subscriptions as kombu consumes, the push stream running; a consuming channel's
+        lost session (or a stream refused for good) is a connection error, as in the blocking
+        path, so Celery reconnects."""
+        if self._stream_error is not None:
+            raise self._stream_error
+        channels = [ch for ch in self.channels if ch.connection is not None]
+        for ch in channels:
+            if ch.session.lost and (ch.tasks_sub.id or ch.no_ack_sub.id or ch._consumers):
+                raise SessionExpired("session_expired", f"session {ch.session.id} was lost")
+        if not self._changed:
+            return
+        with self._lock:
+            self._changed = False
+            try:
+                subscribed = [
+                    sub for ch in channels for sub in ch.sync_subscriptions(self.stream_name)
+                ]
+            except BaseException:
+                self._changed = True
+                raise
+            if subscribed and self._stream is None:
+                self._stream = PushStream(
+                    channels[0].coord, self.stream_name, self.inbox.put, self._refused
+                )
+
+    def _refused(self, exc: BaseException) -> None:
+        self._stream_error = exc
+        self.inbox.put([])  # wake the loop: it raises the error
+
+    def _deliver_pushed(self) -> bool:
+        """Hand every pushed message to its consumer; whether there was any."""
+        rows = self.inbox.take()
+        if not rows:
+            if self._stream_error is not None:
+                raise self._stream_error
+            return False
+        for i, row in enumerate(rows):
+            try:
+                self._deliver_row(row)
+            except BaseException:
+                self.inbox.give_back(rows[i + 1 :])
+                raise
+        return True
+
+    def _deliver_row(self, row: dict[str, Any]) -> None:
+        channel = next((ch for ch in self.channels if ch.consumes(row)), None)
+        if channel is None:
+            return  # its channel closed: the session's end returns the lease
+        message = channel.from_push(row)
+        callback = self._callbacks.get(row["queue"])
+        if callback is None or not channel.consumes_now(row):
+            channel.give_back(message)  # cancelled meanwhile
+        else:
+            callback(message)
+
+    def close_connection(self, connection: Any) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.inbox.fileno())
+            self._loop.on_tick.discard(self._on_tick)
+        if self._stream is not None:
+            self._stream.close()
+        super().close_connection(connection)
+        self.inbox.close()
 
     def driver_version(self) -> str:
-        return "1"
+        return "2"
 
     def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
         """The URL as configured (a worker's banner); a bare one says where it leads."""
         if uri.rstrip("/") == "raft:":
             return "raft:// (the COORDINATION cluster)"
         return uri if include_password else maybe_sanitize_url(uri, mask)
+
+
+def _row(msg: Any) -> dict[str, Any]:
+    """A client ``Message`` (``get_many``) as the row shape pushes arrive in."""
+    return {
+        "queue": msg.queue.name,
+        "id": msg.id,
+        "payload": msg.payload,
+        "delivery_count": msg.delivery_count,
+    }
 
 
 def eta_delay(headers: dict[str, Any], now: float | None = None) -> float:
@@ -510,9 +565,3 @@ def register() -> None:
     from coordination import register_transport
 
     register_transport()
-
-
-def _wait(wait: float, left: float | None) -> float:
-    """The blocking wait of one get: the channel's ``polling_wait``, cut to what is left of
-    the caller's ``drain_events`` timeout."""
-    return wait if left is None else max(0.0, min(wait, left))

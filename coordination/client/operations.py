@@ -295,6 +295,34 @@ def queue_requeue_dead(name: str, max_count: int = 1000) -> Operation[int]:
     return write(c.queue_requeue_dead(name, max_count))
 
 
+def queue_subscribe(
+    session: int,
+    stream: str,
+    names: list[str],
+    window: int,
+    visibility: float | None = None,
+    sub: int | None = None,
+    exclusive: bool = False,
+) -> Operation[int]:
+    """Register a push subscription (``sub`` None), or change one of ``session``'s; its id.
+    What it may take now is leased in the same entry and pushed on ``stream``
+    (``coordination.client.push`` follows the stream). ``exclusive`` takes the queues over
+    from every other subscription."""
+    vis = lease_ms(visibility)
+    body = c.queue_subscribe(session, stream, names, window, vis, sub, exclusive)
+    return write(body, lambda result: result["sub"])
+
+
+def queue_unsubscribe(session: int, sub: int) -> Operation[bool]:
+    """Whether the subscription existed; its messages stay leased to ``session``."""
+    return write(c.queue_unsubscribe(session, sub))
+
+
+def queue_pushed(stream: str, after_index: int = 0) -> Operation[list[dict[str, Any]]]:
+    """Rows still leased through ``stream`` by entries after ``after_index`` (a replay)."""
+    return read(c.queue_pushed(stream, after_index))
+
+
 # -- cache (the L1 client is ``coordination.client.cache.Cache``) --------------------------------
 
 

@@ -192,6 +192,31 @@ def queue_held(prefix: str, limit: int) -> bytes:
     return _cmd("queue.held", prefix, limit)
 
 
+def queue_subscribe(
+    session: int,
+    stream: str,
+    names: list[str],
+    window: int,
+    visibility_ms: int | None,
+    sub: int | None = None,
+    exclusive: bool = False,
+) -> bytes:
+    """Register a subscription (``sub`` None) or change one: messages of ``names`` are leased
+    to it while it holds fewer than ``window``, and pushed on topic ``queue.push.<stream>``.
+    ``exclusive``: every other subscription stops consuming ``names``."""
+    args = (session, stream, list(names), window, visibility_ms, sub, exclusive)
+    return _cmd("queue.subscribe", *args)
+
+
+def queue_unsubscribe(session: int, sub: int) -> bytes:
+    return _cmd("queue.unsubscribe", session, sub)
+
+
+def queue_pushed(stream: str, after_index: int) -> bytes:
+    """Messages still leased through ``stream``'s subscriptions by entries after the index."""
+    return _cmd("queue.pushed", stream, after_index)
+
+
 # -- cache --------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from coordination.errors import (
     UNKNOWN_MESSAGE,
     UNKNOWN_QUEUE,
     UNKNOWN_SESSION,
+    UNKNOWN_SUBSCRIPTION,
 )
 from raft_node.core.fsm import CommandRejected
 
@@ -50,6 +51,7 @@ __all__ = [
     "UNKNOWN_MESSAGE",
     "UNKNOWN_QUEUE",
     "UNKNOWN_SESSION",
+    "UNKNOWN_SUBSCRIPTION",
     "reject",
 ]
 

@@ -42,6 +42,10 @@ Design notes (the contract the clients and the kombu transport rely on):
   becoming visible, a requeue), completed with ``None`` when the wait runs out, failed with
   ``session_expired`` when their session ends. Invariant between entries: a queue never has both
   ready messages and waiters (every entry point ends with ``_flush``).
+- **Subscriptions** (``queue_consumers``): a consumer's standing request with a window; what a
+  blocked get does not take is leased to a subscription with room in the entry that made it
+  ready, and pushed on the subscription's stream (no get entry per message). Invariant between
+  entries: no queue has ready messages while a subscription on it has room.
 - **Time.** One ``Deadlines`` heap, keys ``("d", queue, id)`` delayed message visible,
   ``("l", queue, id)`` lease expiry, ``("w", token)`` wait timeout, ``("x", queue, dedup_id)``
   dedup expiry. A tick handles due keys in deadline order (ties: d, l, w, x) and serves waiters
@@ -57,7 +61,7 @@ from typing import Any
 
 from coordination.primitives import limits
 from coordination.primitives import queues_keys as keys
-from coordination.primitives.base import Check, Ctx, Deadlines, Op, Pending, Query
+from coordination.primitives.base import Check, Ctx, Deadlines, Op, Pending
 from coordination.primitives.errors import (
     BAD_COMMAND,
     LIMIT,
@@ -66,27 +70,25 @@ from coordination.primitives.errors import (
     UNKNOWN_QUEUE,
     reject,
 )
+from coordination.primitives.queue_consumers import Consumers, Subscription
 from coordination.primitives.queues_keys import DEDUP_MAX_ENTRIES, DEFAULT_DEDUP_WINDOW_MS
 from coordination.primitives.queues_state import DLQ_SUFFIX, QueueState, is_dlq
+from coordination.primitives.queues_state import MAX_QUEUES_PER_WAIT as MAX_GET_ANY_QUEUES
+from coordination.primitives.queues_state import queue_name as _queue_name
+from coordination.primitives.queues_views import QueueViews
 from coordination.primitives.sessions import Sessions
 
 DEFAULT_MAX_DELIVERIES = 5
-MAX_GET_ANY_QUEUES = 32  # queues one get_any may wait on
 REASON_MAX_DELIVERIES = "max_deliveries"
 REASON_REJECTED = "rejected"
 
-__all__ = ["DEDUP_MAX_ENTRIES", "DEFAULT_DEDUP_WINDOW_MS", "DEFAULT_MAX_DELIVERIES", "Queues"]
-
-
-def _queue_name(value: Any) -> str:
-    name = limits.name(value, "queue name")
-    if not is_dlq(name) and len(name.encode()) + len(DLQ_SUFFIX) > limits.NAME_MAX_BYTES:
-        reject(
-            LIMIT,
-            f"queue name longer than {limits.NAME_MAX_BYTES - len(DLQ_SUFFIX)} bytes "
-            f"(its dead-letter queue name needs {len(DLQ_SUFFIX)} more)",
-        )
-    return name
+__all__ = [
+    "DEDUP_MAX_ENTRIES",
+    "DEFAULT_DEDUP_WINDOW_MS",
+    "DEFAULT_MAX_DELIVERIES",
+    "MAX_GET_ANY_QUEUES",
+    "Queues",
+]
 
 
 def _msg_id(value: Any) -> int:
@@ -101,7 +103,7 @@ def _defaults(name: str) -> tuple[int, int, int]:
     return deliveries, DEFAULT_DEDUP_WINDOW_MS, limits.QUEUE_DEPTH_MAX
 
 
-class Queues:
+class Queues(QueueViews):
     name = "queues"
 
     def __init__(self, sessions: Sessions) -> None:
@@ -115,6 +117,7 @@ class Queues:
         self._waits_by_session: dict[int, dict[int, None]] = {}
         self._deadlines = Deadlines()
         self._dirty: dict[str, None] = {}  # queues that may have both ready messages and waiters
+        self.consumers = Consumers(sessions, self._flush, self._lease_to)
 
     def ops(self) -> dict[str, Op]:
         return {
@@ -130,6 +133,8 @@ class Queues:
             "queue.purge": self.purge,
             "queue.delete": self.delete,
             "queue.requeue_dead": self.requeue_dead,
+            "queue.subscribe": self.consumers.subscribe,
+            "queue.unsubscribe": self.consumers.unsubscribe,
         }
 
     def checks(self) -> dict[str, Check]:
@@ -148,18 +153,11 @@ class Queues:
                     "queue.purge": 1,
                     "queue.delete": 1,
                     "queue.requeue_dead": 2,
+                    "queue.subscribe": 7,
+                    "queue.unsubscribe": 2,
                 }
             ),
             "queue.put": _put_arity,
-        }
-
-    def queries(self) -> dict[str, Query]:
-        return {
-            "queue.stats": self.stats,
-            "queue.list": self.list,
-            "queue.peek": self.peek,
-            "queue.dead_letters": self.dead_letters,
-            "queue.held": self.held_keys,
         }
 
     # -- ops ------------------------------------------------------------------------------------
@@ -270,6 +268,7 @@ class Queues:
         self._unlease(q, mid)
         q.remove(mid)
         q.total_acked += 1
+        self._flush(ctx)  # the room it leaves in a subscription is filled in this entry
         return True
 
     def ack_many(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
@@ -293,6 +292,7 @@ class Queues:
             q.remove(mid)
             q.total_acked += 1
             acked += 1
+        self._flush(ctx)
         return {"acked": acked, "unknown": unknown}
 
     def nack(self, ctx: Ctx, args: list[Any]) -> bool:
@@ -348,7 +348,9 @@ class Queues:
             ctx.fail(token, UNKNOWN_QUEUE, f"queue {name!r} was deleted")
         for mid, (sid, _) in q.inflight.items():
             self._forget(self._leases_by_session, sid, (name, mid))
+            self.consumers.released(name, mid)
         self._dirty.pop(name, None)
+        self._flush(ctx)  # subscriptions that held its messages take from their other queues
         return True  # stale deadlines of its messages are skipped: ids are never reused
 
     @staticmethod
@@ -377,51 +379,6 @@ class Queues:
             self._dirty[q.name] = None
         self._flush(ctx)
         return moved
-
-    # -- queries --------------------------------------------------------------------------------
-
-    def stats(self, args: list[Any]) -> dict[str, Any]:
-        (name,) = limits.args(args, 1, "queue.stats")
-        return self._stats(self._require(_queue_name(name)))
-
-    def list(self, args: list[Any]) -> list[dict[str, Any]]:
-        limits.args(args, 0, "queue.list")
-        return [self._stats(self.queues[name]) for name in sorted(self.queues)]
-
-    def peek(self, args: list[Any]) -> list[dict[str, Any]]:
-        """``[name, limit]`` -> up to ``limit`` ready messages in delivery order, not leased."""
-        name, limit = limits.args(args, 2, "queue.peek")
-        q = self._require(_queue_name(name))
-        limit = limits.integer(limit, (1, limits.BATCH_MAX), "limit")
-        return [q.view(mid) for mid in q.ready_in_order(limit)]
-
-    def dead_letters(self, args: list[Any]) -> list[dict[str, Any]]:
-        """``[name, limit]`` -> up to ``limit`` ready messages of ``name.dlq`` in its order."""
-        name, limit = limits.args(args, 2, "queue.dead_letters")
-        self._require(_queue_name(name))
-        limit = limits.integer(limit, (1, limits.BATCH_MAX), "limit")
-        dlq = self.queues.get(name + DLQ_SUFFIX)
-        return [] if dlq is None else [dlq.view(mid) for mid in dlq.ready_in_order(limit)]
-
-    def held_keys(self, args: list[Any]) -> list[dict[str, Any]]:
-        """``[prefix, limit]`` -> up to ``limit`` held keys (``queues_keys``) starting with
-        ``prefix``, by queue name then put order: ``{"queue", "key", "tag", "id", "state"
-        (ready, delayed or in_flight), "priority", "delivery_count", "session" and
-        "lease_expires_ms" (of the lease, None unless in flight), "visible_at_ms" (delayed)}``.
-        A held key lives exactly as long as its message, so this is every key a put would
-        refuse right now: how an operator sees which ``@once`` tasks are queued or running."""
-        prefix, limit = limits.prefix_and_limit(args, "queue.held")
-        assert limit is not None
-        rows: list[dict[str, Any]] = []
-        for name in sorted(self.queues):
-            rows += self.queues[name].held_rows(prefix)[: limit - len(rows)]
-            if len(rows) >= limit:
-                break
-        return rows
-
-    def _stats(self, q: QueueState) -> dict[str, Any]:
-        dlq = None if q.is_dlq else self.queues.get(q.name + DLQ_SUFFIX)
-        return q.stats(len(dlq.messages) if dlq is not None else 0)
 
     # -- time and sessions ----------------------------------------------------------------------
 
@@ -470,6 +427,7 @@ class Queues:
         self._flush(ctx)
 
     def session_ended(self, ctx: Ctx, session_id: int) -> None:
+        self.consumers.session_ended(session_id)  # first: its subscriptions take nothing back
         for token in sorted(self._waits_by_session.get(session_id, ())):
             queue = self.waiters[token][1]
             self._drop_waiter(token)
@@ -532,9 +490,15 @@ class Queues:
             self._deadlines.push(deadline, ("l", q.name, mid))
         return q.view(mid)
 
+    def _lease_to(self, ctx: Ctx, q: QueueState, sub: Subscription) -> dict[str, Any]:
+        row = self._lease(ctx, q, sub.session, sub.visibility)
+        self.consumers.leased(ctx, sub, row)
+        return row
+
     def _unlease(self, q: QueueState, mid: int) -> None:
         sid = q.inflight.pop(mid)[0]
         self._forget(self._leases_by_session, sid, (q.name, mid))
+        self.consumers.released(q.name, mid)
 
     def _redeliver(self, ctx: Ctx, q: QueueState, mid: int, delay: int) -> None:
         """A message whose lease ended without an ack: back to the queue, or dead-lettered."""
@@ -568,15 +532,22 @@ class Queues:
         self._forget(self._waits_by_session, sid, token)
 
     def _flush(self, ctx: Ctx) -> None:
-        """Serve blocked gets of every queue that got ready messages (FIFO among waiters)."""
+        """Serve blocked gets of every queue that got ready messages (FIFO among waiters), then
+        subscriptions with room (``Consumers.feed``)."""
         dirty, self._dirty = self._dirty, {}
-        for name in sorted(dirty):
+        names = sorted(dirty)
+        for name in names:
             q = self.queues[name]
             while q.waiters and q.ready:
                 token = next(iter(q.waiters))
                 sid, _, _, visibility, count = self.waiters[token]
                 self._drop_waiter(token)
                 ctx.complete(token, self._lease_batch(ctx, q, sid, visibility, count))
+        self.consumers.feed(ctx, names, self.queues)
+
+    def drain_events(self) -> list[tuple[str, Any]]:
+        """Deliveries to subscriptions, for their streams' WATCH (``queue_consumers``)."""
+        return self.consumers.drain_events()
 
     # -- snapshots ------------------------------------------------------------------------------
 
@@ -584,10 +555,12 @@ class Queues:
         return [
             [q.to_state() for q in self.queues.values()],
             [[token, *waiter] for token, waiter in self.waiters.items()],
+            self.consumers.to_state(),
         ]
 
     def from_state(self, state: Any) -> None:
-        queues, waiters = state
+        queues, waiters = state[:2]
+        self.consumers.from_state(state[2] if len(state) > 2 else None)
         self.queues = {}
         for row in queues:
             q = QueueState.from_state(row)

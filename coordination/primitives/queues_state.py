@@ -24,13 +24,27 @@ import heapq
 from typing import Any
 
 from coordination.primitives import limits
+from coordination.primitives.errors import LIMIT, reject
 
 DLQ_SUFFIX = ".dlq"
 PRIORITIES = limits.PRIORITY_MAX - limits.PRIORITY_MIN + 1
+MAX_QUEUES_PER_WAIT = 32  # queues one get_any or subscription may name
 
 
 def is_dlq(name: str) -> bool:
     return name.endswith(DLQ_SUFFIX)
+
+
+def queue_name(value: Any) -> str:
+    """A valid queue name: a name that leaves room for its dead-letter queue's suffix."""
+    name = limits.name(value, "queue name")
+    if not is_dlq(name) and len(name.encode()) + len(DLQ_SUFFIX) > limits.NAME_MAX_BYTES:
+        reject(
+            LIMIT,
+            f"queue name longer than {limits.NAME_MAX_BYTES - len(DLQ_SUFFIX)} bytes "
+            f"(its dead-letter queue name needs {len(DLQ_SUFFIX)} more)",
+        )
+    return name
 
 
 class QueueState:

@@ -1,9 +1,10 @@
 """The simulated clients of the coordination primitives: their state, their requests, and how a
 request waits on a node's host.
 
-Shared by the lock/queue side (``workload``) and the cache side (``cache_clients``), which both
-depend on this module and not on each other (``Driver`` is what the cache side needs of the
-workload: its engine, its clients and how to start a request).
+Shared by the lock/queue side (``workload``) and the cache and push sides (``cache_clients``,
+``push_clients``), which all depend on this module and not on each other (``Driver`` is what
+those sides need of the workload: its engine, its clients, how to start a request and how a
+queue message is handed to a client).
 """
 
 from __future__ import annotations
@@ -71,3 +72,7 @@ class Driver(Protocol):
     clients: list[SimClient]
 
     def start(self, cl: SimClient, body: bytes, kind: str, info: dict[str, Any]) -> None: ...
+
+    def delivered(self, cl: SimClient, msg: dict[str, Any]) -> None:
+        """A queue message reached ``cl`` (a get's answer, or a push)."""
+        ...

@@ -30,6 +30,9 @@ Checks:
 - **Queue accounting** at the end: every acknowledged put is either acked by a consumer or still
   in the queue (ready, delayed, in flight or dead-lettered); nothing is delivered that was never
   put; every delivery of a message carries a different ``delivery_count``.
+- **Push delivery** (``push_clients``: half the clients consume through subscriptions and
+  streams that break and resume): no ready message beside a subscription with room, and no
+  lease lost or handed out twice by a stream or its replay.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from coordination.primitives import commands as c
 from coordination.primitives.machine import CoordinationMachine
 from coordination.simulation.cache_clients import CacheClients
 from coordination.simulation.clients import Request, RequestWait, SimClient
+from coordination.simulation.push_clients import PushClients
 from coordination.simulation.ratelimit_clients import RateLimitClients
 from coordination.simulation.semaphore_clients import KINDS as SEMAPHORE_KINDS
 from coordination.simulation.semaphore_clients import SemaphoreClients
@@ -82,6 +86,7 @@ class CoordinationWorkload:
         self.cache = CacheClients(self)
         self.semaphores = SemaphoreClients(self)
         self.ratelimits = RateLimitClients(self)
+        self.push = PushClients(self)
 
     def __repr__(self) -> str:
         return f"pending {[cl.current.kind for cl in self.clients if cl.current]}"
@@ -126,12 +131,16 @@ class CoordinationWorkload:
     def on_event(self, cl: Any, liveness: bool) -> None:
         sim = self.sim
         assert sim is not None
-        if isinstance(cl, tuple):  # ("invalidate", client, key): an event reached a client
-            self.cache.deliver(cl[1], cl[2])
+        if isinstance(cl, tuple):  # an event reached a client
+            if cl[0] == "push":  # ("push", client, epoch, frame)
+                self.push.deliver(cl[1], cl[2], cl[3])
+            else:  # ("invalidate", client, key)
+                self.cache.deliver(cl[1], cl[2])
             return
         sim.schedule(sim.rng.randrange(5, 25), cl)
         if cl.finished or sim.now < cl.paused_until:
             return
+        self.push.turn(cl)
         if cl.paused_until:
             cl.paused_until = 0
             for name in sorted(cl.held):  # resumed from a pause: write at once, as it would
@@ -153,7 +162,7 @@ class CoordinationWorkload:
     def _wind_down(self, cl: SimClient) -> None:
         """After healing: give back what we hold, then close the session."""
         assert cl.session is not None
-        if self.semaphores.wind_down(cl):
+        if self.semaphores.wind_down(cl) or self.push.wind_down(cl):
             return
         if cl.held:
             name = next(iter(cl.held))
@@ -223,6 +232,8 @@ class CoordinationWorkload:
                 payload += f"/{hold[0]}".encode()
             body = c.queue_put(QUEUES[0], payload, prio, None, rng.choice((0, 0, 300)), hold)
             self.start(cl, body, "put", {"payload": payload})
+        elif self.push.is_push(cl):
+            self.push.next_op(cl)  # its messages are pushed: no gets
         elif rng.random() < 0.3:
             count = rng.randrange(2, 5)
             lease = rng.choice((1_000, 1_000, None))  # None: held until the session ends
@@ -274,6 +285,8 @@ class CoordinationWorkload:
         if kind == "take":
             self.ratelimits.finished(req, ok, value)
             return
+        if kind in ("subscribe", "unsubscribe"):
+            self.push.finished(req, ok, value)
         if not ok:
             code = value[0]
             if code in ("session_expired", "unknown_session"):
@@ -307,10 +320,10 @@ class CoordinationWorkload:
         elif kind == "put":
             self.puts[info["payload"]] = value["id"]
         elif kind == "get" and value:
-            self._delivered(cl, value)
+            self.delivered(cl, value)
         elif kind == "get_many":
             for msg in value:
-                self._delivered(cl, msg)
+                self.delivered(cl, msg)
         elif kind == "ack":
             self.acked.add(info["msg"]["id"])
         elif kind == "ack_many":
@@ -325,8 +338,9 @@ class CoordinationWorkload:
         cl.leased = []
         self.cache.session_lost(cl)
         self.semaphores.session_lost(cl)
+        self.push.session_lost(cl)
 
-    def _delivered(self, cl: SimClient, msg: dict[str, Any]) -> None:
+    def delivered(self, cl: SimClient, msg: dict[str, Any]) -> None:
         payload, mid, count = msg["payload"], msg["id"], msg["delivery_count"]
         if self.puts.get(payload, mid) != mid and not payload.startswith(b"k"):
             raise Violation(f"delivered message {mid} with payload {payload!r} never put")
@@ -359,6 +373,7 @@ class CoordinationWorkload:
         assert node.host is not None
         machine = node.host.state_machine
         self.semaphores.check(machine, index)
+        self.push.check(machine, index)
         for name in LOCKS:
             info = machine.query(msgpack.packb(["lock.inspect", name]))
             holders = info.get("holders", []) if info else []

@@ -681,6 +681,7 @@ def test_stats_shape(node: Node) -> None:
         "in_flight": 1,
         "dead_letters": 0,
         "consumers_waiting": 0,
+        "subscribers": 0,
         "total_put": 3,
         "total_acked": 0,
         "total_dead_lettered": 0,

@@ -105,3 +105,44 @@ def test_semaphore_check_catches_a_semaphore_that_admits_one_too_many(monkeypatc
     monkeypatch.setattr(semaphores.Semaphores, "acquire", one_more)
     failures = _sweep(range(80), until="holders at index")
     assert any("semaphore gamma has 3 holders" in f for f in failures), failures[:1]
+
+
+def test_push_check_catches_a_stream_that_resumes_without_its_replay(monkeypatch) -> None:
+    """A resumed stream must hand out what was leased to it while it was down."""
+    from coordination.client import push
+
+    handle = push.PushCursor.on_response
+
+    def without_replay(self, resp):
+        rows = handle(self, resp)
+        return [] if resp.ok and resp.value[0] == "subscribed" else rows
+
+    monkeypatch.setattr(push.PushCursor, "on_response", without_replay)
+    failures = _sweep(range(60), until="never reached it")
+    assert any("never reached it" in f for f in failures), failures[:2]
+
+
+def test_delivery_check_catches_a_stream_that_hands_a_lease_out_twice(monkeypatch) -> None:
+    """A cursor that forgets which index it has seen replays (or re-sends) leases it gave."""
+    from coordination.client import push
+
+    def forgetful(self, resp):
+        tag = resp.value[0]
+        return list(resp.value[2]) if tag in ("subscribed", "event") else []
+
+    monkeypatch.setattr(push.PushCursor, "on_response", forgetful)
+    failures = _sweep(range(60), until="delivered twice")
+    assert any("delivered twice" in f for f in failures), failures[:2]
+
+
+def test_subscription_check_catches_room_that_is_never_refilled(monkeypatch) -> None:
+    from coordination.primitives import queue_consumers
+
+    def released(self, name, mid):  # the bug: an ended lease gives no room back to fill
+        sub_id = self._lease_sub.pop((name, mid), None)
+        if sub_id is not None:
+            del self.subs[sub_id].leases[(name, mid)]
+
+    monkeypatch.setattr(queue_consumers.Consumers, "released", released)
+    failures = _sweep(range(60), until="beside subscription")
+    assert any("beside subscription" in f for f in failures), failures[:2]
