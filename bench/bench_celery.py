@@ -37,9 +37,7 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -57,7 +55,6 @@ from bench_primitives import cpu_seconds, redis_cpu
 from bench_raft import add_run_args, fmt_ms, log, log_node_tails, run_benchmark, write_report
 from benchlib import percentile
 from celery_app import (
-    CONFIG_ENV,
     ECHO_NAME,
     TASK_NAME,
     dump_profile,
@@ -65,12 +62,12 @@ from celery_app import (
     make_app,
 )
 from celery_marks import Marks, profile_summary
+from celery_worker import Worker
 
 from coordination.client import Coordinator
 from raft_node.testing.launcher import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
 MACHINE = "coordination.primitives.machine.CoordinationMachine"
 # raft:// end-to-end tasks/s over the Redis broker's, per number of producer threads (issue 14:
 # 0.8 with one producer, 1.5 with eight); 0.5 otherwise (the earlier goal).
@@ -85,71 +82,6 @@ REST = "rest of machine"
 # test run on the same machine shows as 70% and more.
 NOISY_PCT = 30
 VISIBILITY = 3600.0  # both brokers; kombu's Redis default too
-
-
-# -- the worker subprocess -----------------------------------------------------------------------
-
-
-class Worker:
-    """One ``celery worker`` in its own process group, so its pool processes can be stopped too."""
-
-    def __init__(self, config: dict[str, Any], name: str, log_path: Path) -> None:
-        self.config = config
-        self.marks_dir = Path(config["marks_dir"])
-        argv = [sys.executable, "-m", "celery", "-A", "celery_app", "worker"]
-        argv += ["--pool", "prefork", "--concurrency", str(CONCURRENCY)]
-        argv += ["-Q", config["queue"], "-n", f"bench-{name}@%h", "--loglevel", "WARNING"]
-        argv += ["--without-heartbeat", "--without-gossip", "--without-mingle"]
-        self.argv = argv
-        env = {
-            **os.environ,
-            CONFIG_ENV: json.dumps(config),
-            "PYTHONPATH": os.pathsep.join(
-                [str(BENCH), str(ROOT), os.environ.get("PYTHONPATH", "")]
-            ),
-        }
-        self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited during start-up (rc={self.proc.returncode})")
-            if (self.marks_dir / f"ready-{self.proc.pid}").exists():
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"worker not ready within {timeout:.0f}s")
-
-    def pids(self) -> list[int]:
-        """The main process and its pool processes."""
-        pid = self.proc.pid
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            children = []
-        return [pid, *(int(c) for c in children)]
-
-    def stop(self, grace: float = 20.0) -> None:
-        """Warm shutdown (SIGTERM: profile samples are written), then SIGKILL the group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                log("worker did not stop in time; SIGKILL")
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # leftover pool processes of our group
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self.log.close()
 
 
 # -- one contender -------------------------------------------------------------------------------
@@ -346,7 +278,7 @@ def run_broker(
     app = make_app(config)
     if args.profile:
         install_profiling(app, ("_put",))
-    worker = Worker(config, name, base / "worker.log")
+    worker = Worker(config, name, base / "worker.log", CONCURRENCY)
     result["worker_argv"] = worker.argv
     try:
         worker.wait_ready(60)
@@ -369,7 +301,7 @@ def run_broker(
             worker.stop()
 
             def start_worker() -> Worker:
-                return Worker(config, name, base / "worker-split.log")
+                return Worker(config, name, base / "worker-split.log", CONCURRENCY)
 
             result["split"] = split_phase(app, marks, args.reps + 1, args, start_worker, probes)
             log(f"{name}: split: {split_line(result['split'])}")

@@ -64,6 +64,8 @@ def make_app(config: dict[str, Any]) -> Celery:
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
     )
+    if config.get("result_expires") is not None:  # the soak: results stay a minute, not a day
+        app.conf.result_expires = config["result_expires"]
 
     @app.task(name=TASK_NAME, bind=True)
     def noop(self: Any, rep: int, seq: int) -> None:

@@ -29,6 +29,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,6 +268,15 @@ def log_time() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
 
 
+def log_instant(line: str) -> float:
+    """The ``time.monotonic()`` instant just after a node's log line was stamped. The stamp is
+    wall-clock time cut to the millisecond, so one millisecond is added: whatever a client
+    started after the returned instant, it started after the line was written."""
+    stamp, millis = line[:23].split(",")
+    wall = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000 + 0.001
+    return time.monotonic() - (time.time() - wall)
+
+
 def prepare(cluster: LocalCluster, history: History) -> Coordinator:
     """A coordinator for setup and final checks; the queue allows many redeliveries, so no
     message dead-letters during a run (a dead letter would look lost to the drain)."""
@@ -347,3 +357,92 @@ def verdict(history: History, finals: dict[str, bytes | None]) -> dict[str, Any]
         "outcomes": dict(history.outcomes),
         "ok_writes_at": history.ok_writes_at,
     }
+
+
+# -- one recorded run: start the clients, let a nemesis act, then stop and check ------------------
+
+
+@dataclass
+class Recording:
+    """A workload running on ``cluster`` (``record``), until ``finish`` stops and checks it."""
+
+    cluster: LocalCluster
+    history: History
+    coord: Coordinator
+    halt: threading.Event
+    clients: list[ChaosClient]
+    began: str  # the nodes' log time at the start: leader changes after it are this run's
+
+
+def record(
+    cluster: LocalCluster,
+    ns: str,
+    clients: int = 3,
+    confined: Iterable[tuple[str, list[str], float]] = (),
+) -> Recording:
+    """Start ``clients`` clients that reach every node and follow the leader, plus one per
+    ``(name, nodes, timeout)`` in ``confined`` that starts from those nodes only (it still
+    follows leader hints: a client inside a partition, not one pinned to a node)."""
+    history, halt = History(ns), threading.Event()
+    coord = prepare(cluster, history)
+    began = log_time()
+    started = [ChaosClient(f"c{i + 1}", cluster, history, halt) for i in range(clients)]
+    started += [ChaosClient(n, cluster, history, halt, nodes, t) for n, nodes, t in confined]
+    for client in started:
+        client.start()
+    return Recording(cluster, history, coord, halt, started, began)
+
+
+def finish(rec: Recording) -> dict[str, Any]:
+    """Stop the clients once a leader serves, wait until every live node has applied the same
+    entries, read every key, drain the queue, and check: the ``verdict`` figures plus the
+    drain's, and every leadership (term, node) the nodes' logs record."""
+    cluster = rec.cluster
+    cluster.wait_for_leader(timeout=30)
+    rec.halt.set()
+    for client in rec.clients:
+        client.join(60)
+        assert not client.is_alive(), f"{client.name} is stuck"
+    cluster.wait_converged()
+    finals = final_reads(rec.coord, rec.history)
+    queue = drain(rec.coord, rec.history)
+    rec.coord.close()
+    figures = verdict(rec.history, finals)
+    leaders = leaderships(cluster)
+    figures["drained"] = queue["drained"]
+    figures["dead_letters"] = queue["dead_letters"]
+    figures["leaders"] = [(term, node) for _, term, node in leaders]
+    figures["leader_changes"] = sum(at >= rec.began for at, _, _ in leaders)
+    return figures
+
+
+def print_verdict(f: dict[str, Any]) -> None:
+    """The checks' figures, one line each (run pytest with ``-s`` to see them)."""
+    print(f"   leaders (term, node) since the cluster started: {f['leaders']}")
+    print(f"   outcomes: {f['outcomes']}")
+    print(f"   register: {f['register_ops']} ops -> {f['register_check'].explanation}")
+    print(f"   lock: {f['lock_ops']} ops, {f['grants']} grants -> {f['lock_check'].explanation}")
+    lost = f["lost_writes"]
+    print(
+        f"   tokens monotonic: {f['tokens_monotonic']}; lost acked writes: {len(lost)} {lost[:3]}"
+    )
+    print(
+        f"   queue: {f['acked_puts']} acked puts ({f['unknown_puts']} unknown), "
+        f"{f['delivered']} deliveries ({f['redelivered']} redeliveries, {f['drained']} at the "
+        f"drain), lost acked puts: {len(f['lost_puts'])}"
+    )
+
+
+def assert_safe(f: dict[str, Any]) -> None:
+    """0 linearizability violations (registers, lock), monotonic tokens, 0 acked writes or puts
+    lost, none dead-lettered, one leader per term, and enough work done to mean something."""
+    assert f["register_check"].ok is True, f["register_check"].explanation
+    assert f["lock_check"].ok is True, f["lock_check"].explanation
+    assert f["tokens_monotonic"]
+    assert not f["lost_writes"], f["lost_writes"]
+    assert not f["lost_puts"], f["lost_puts"][:10]
+    assert f["dead_letters"] == 0  # none counted lost that were only dead-lettered
+    terms = [term for term, _ in f["leaders"]]
+    two = [(term, node) for term, node in f["leaders"] if terms.count(term) > 1]
+    assert not two, f"two leaders in one term: {two}"
+    assert f["register_ops"] > 50 and f["grants"] > 0 and f["acked_puts"] > 10  # it did work

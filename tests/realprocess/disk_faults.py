@@ -8,8 +8,10 @@ and it behaves like a disk that lost the writes: once an fsync has failed, every
 fails too (a restart is the only repair), and the file is cut back to its size at its last good
 fsync, so whatever the node wrote but never synced is gone, as after a real lost write-back.
 
-Also the shared load: ``Writer`` streams unique ``incr`` writes and stamps each acknowledgement,
-so a test can count acks after a fault and measure the longest gap without acks.
+Also the shared load and evidence: ``Writer`` streams unique cache writes and stamps each
+acknowledgement, so a test can count acks after a fault, measure the longest gap without acks,
+and (pinned to the failing node) see whether that node acknowledged anything after its failure;
+``durable_last_index`` reads what a stopped node's disk really kept.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from raft_node import kvstore
+from coordination.primitives import commands as c
+from coordination.primitives import limits
 from raft_node.client import RaftError
+from raft_node.client.policy import Targets
+from raft_node.storage.durable import DurableStorage
 from raft_node.testing.launcher import LocalCluster
 
 SHIM_SOURCE = r"""
@@ -153,14 +159,31 @@ def fill(path: Path, leave: int) -> int:
     return filler.stat().st_size
 
 
-class Writer(threading.Thread):
-    """Streams unique ``incr`` writes; remembers each acknowledged key and when it was acked."""
+class Pinned(Targets):
+    """Always the one seed: a leader hint is ignored, so every request goes to that node."""
 
-    def __init__(self, cluster: LocalCluster, prefix: str, nodes=None, timeout=5.0) -> None:
+    def leader_is(self, hint: str) -> bool:
+        return False
+
+
+class Writer(threading.Thread):
+    """Streams unique cache writes (value ``b"1"``); remembers each acknowledged key, when it was
+    acked, and when every attempt started and whether it was acked.
+
+    ``pinned``: the client talks to ``nodes`` (one node) only, never following a leader hint,
+    so an acknowledgement can only come from that node: it shows whether a node whose disk
+    failed still acknowledged anything after the failure."""
+
+    def __init__(
+        self, cluster: LocalCluster, prefix: str, nodes=None, timeout=5.0, pinned=False
+    ) -> None:
         super().__init__(daemon=True)
         self.client = cluster.client(nodes, timeout=timeout)
+        if pinned:  # the client's own target policy, replaced (test code may reach in)
+            self.client._targets = Pinned(self.client._targets.seeds)
         self.prefix = prefix
         self.acked: list[tuple[str, float]] = []
+        self.attempts: list[tuple[float, bool]] = []  # (started, acked)
         self.latencies: list[float] = []
         self.failed = 0
         self.halt = threading.Event()
@@ -171,11 +194,13 @@ class Writer(threading.Thread):
             key = f"{self.prefix}{i}"
             started = time.monotonic()
             try:
-                self.client.propose(kvstore.incr(key))
+                self.client.propose(c.cache_set(key, b"1", None))
                 now = time.monotonic()
                 self.acked.append((key, now))
+                self.attempts.append((started, True))
                 self.latencies.append(now - started)
             except RaftError:
+                self.attempts.append((started, False))
                 self.failed += 1
                 time.sleep(0.01)
             i += 1
@@ -196,10 +221,26 @@ class Writer(threading.Thread):
     def acked_after(self, t: float) -> int:
         return sum(1 for _, at in self.acked if at > t)
 
+    def started_between(self, start: float, end: float) -> tuple[int, int]:
+        """(attempts, acknowledged ones) among the writes started in ``(start, end)``."""
+        inside = [acked for at, acked in self.attempts if start < at < end]
+        return len(inside), sum(inside)
+
     def longest_gap(self, since: float) -> float:
         """The longest time without an acknowledgement after ``since`` (the unavailability)."""
         stamps = [since] + [at for _, at in self.acked if at > since]
         return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+
+
+def durable_last_index(data_dir: Path, scratch: Path) -> int:
+    """The last log index a stopped node's disk holds, as the node itself would recover it on
+    restart (a torn tail dropped), read from a copy so the evidence is left as it was."""
+    for part in ("log", "snapshots"):
+        if (data_dir / part).exists():
+            shutil.copytree(data_dir / part, scratch / part)
+    with DurableStorage(scratch) as storage:
+        state = storage.load()
+    return state.entries[-1].index if state.entries else state.snapshot.meta.index
 
 
 def wait_exit(cluster: LocalCluster, node: str, timeout: float = 20.0) -> int:
@@ -211,18 +252,49 @@ def wait_exit(cluster: LocalCluster, node: str, timeout: float = 20.0) -> int:
         pytest.fail(f"{node} still runs {timeout}s after its disk failed")
 
 
-def read_linearizable(cluster: LocalCluster, nodes: list[str], keys: list[str]) -> dict:
-    """The keys whose value is not 1, read through the leader among ``nodes`` (linearizable)."""
-    with cluster.client(nodes, timeout=10.0) as c:
-        values = {k: c.read(kvstore.get(k)) for k in keys}
+def wait_caught_up(cluster: LocalCluster, node: str, timeout: float = 30.0) -> float:
+    """Seconds until ``node`` has applied everything the leader had committed when this was
+    called. (Under a steady load the nodes' indexes never agree at one instant, so "caught up"
+    means reaching a mark, not ``wait_converged``.)"""
+    started = time.monotonic()
+    leader = cluster.wait_for_leader(timeout=timeout)
+    status = cluster.status(leader)
+    assert status is not None, f"the leader {leader} does not answer"
+    mark = status["commit"]
+    while time.monotonic() < started + timeout:
+        status = cluster.status(node)
+        if status is not None and status["applied"] >= mark:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{node} did not reach index {mark} in {timeout:.0f} s: {status}")
+
+
+def _unwritten(values: dict[str, Any]) -> dict[str, Any]:
+    """The keys whose record does not hold ``b"1"`` (absent: None)."""
+    values = {k: None if v is None else v["value"] for k, v in values.items()}
     return {k: v for k, v in values.items() if v != b"1"}
+
+
+def read_linearizable(cluster: LocalCluster, nodes: list[str], keys: list[str]) -> dict:
+    """The keys not written, read through the leader among ``nodes`` (linearizable)."""
+    return _read_all(cluster, nodes, keys, stale=False)
 
 
 def read_local(cluster: LocalCluster, node: str, keys: list[str]) -> dict:
-    """The keys whose value is not 1 on ``node`` itself (a stale, local read)."""
-    with cluster.client([node], timeout=10.0) as c:
-        values = {k: c.read(kvstore.get(k), stale=True) for k in keys}
-    return {k: v for k, v in values.items() if v != b"1"}
+    """The keys not written on ``node`` itself (a stale, local read)."""
+    return _read_all(cluster, [node], keys, stale=True)
+
+
+def _read_all(cluster: LocalCluster, nodes: list[str], keys: list[str], stale: bool) -> dict:
+    """Read in batches of ``BATCH_MAX`` keys (thousands of single reads take seconds)."""
+    values: dict[str, Any] = {}
+    with cluster.client(nodes, timeout=10.0) as client:
+        for i in range(0, len(keys), limits.BATCH_MAX):
+            batch = keys[i : i + limits.BATCH_MAX]
+            values.update(
+                zip(batch, client.read(c.cache_get_many(batch), stale=stale), strict=True)
+            )
+    return _unwritten(values)
 
 
 def percentile(values: list[float], p: float) -> float:

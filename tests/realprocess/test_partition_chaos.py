@@ -28,21 +28,11 @@ Short forms run in CI (about 20 s each); the long forms (``slow``) run many more
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from chaos_workload import (
-    ChaosClient,
-    History,
-    drain,
-    final_reads,
-    leaderships,
-    log_time,
-    prepare,
-    verdict,
-)
+from chaos_workload import History, assert_safe, finish, print_verdict, record, verdict
 
 from raft_node.sim.linearizability import Operation
 from raft_node.testing.launcher import LocalCluster
@@ -93,19 +83,13 @@ def bridge(cluster: LocalCluster, rng: random.Random, i: int) -> str:
 
 
 def run_chaos(cluster: LocalCluster, fault, rounds: int) -> tuple[dict, list]:
-    """Clients run while the nemesis applies ``rounds`` faults; then heal,
-    stop the clients, read every key, drain the queue and check."""
+    """Clients run while the nemesis applies ``rounds`` faults; then heal, stop the clients and
+    check (``chaos_workload.finish``)."""
     cluster.proxy.heal()
     cluster.wait_for_leader(timeout=30)
-    history, halt = History(f"{fault.__name__}-{rounds}"), threading.Event()
-    coord = prepare(cluster, history)
-    began = log_time()
     # c0 reaches n1 only, as a client inside n1's network namespace would: cut off with n1, its
     # requests fail or end unknown. The others reach every node and follow the leader.
-    clients = [ChaosClient(f"c{i}", cluster, history, halt) for i in range(1, CLIENTS)]
-    clients.append(ChaosClient("c0", cluster, history, halt, nodes=["n1"], timeout=0.5))
-    for client in clients:
-        client.start()
+    rec = record(cluster, f"{fault.__name__}-{rounds}", CLIENTS - 1, [("c0", ["n1"], 0.5)])
     rng = random.Random(f"{fault.__name__}-{rounds}")
     windows = []  # (description, start, end) of each cut
     time.sleep(HEALED_S)
@@ -116,21 +100,8 @@ def run_chaos(cluster: LocalCluster, fault, rounds: int) -> tuple[dict, list]:
         cluster.proxy.heal()
         windows.append((what, start, time.monotonic()))
         time.sleep(HEALED_S)
-    cluster.wait_for_leader(timeout=30)
-    halt.set()
-    for client in clients:
-        client.join(60)
-        assert not client.is_alive(), f"{client.name} is stuck"
-    cluster.wait_converged()
-    finals = final_reads(coord, history)
-    queue = drain(coord, history)
-    coord.close()
-    figures = verdict(history, finals)
-    figures["drained"] = queue["drained"]
-    figures["dead_letters"] = queue["dead_letters"]
+    figures = finish(rec)
     figures["partitions"] = len(windows)
-    figures["leaders"] = [(term, node) for _, term, node in leaderships(cluster)]
-    figures["leader_changes"] = sum(at >= began for at, _, _ in leaderships(cluster))
     report(fault.__name__, figures, windows)
     return figures, windows
 
@@ -140,29 +111,7 @@ def report(name: str, f: dict, windows: list) -> None:
     for what, start, end in windows:
         acked = sum(start < t < end for t in f["ok_writes_at"])
         print(f"   cut {what} for {end - start:.1f}s: {acked} writes acked during it")
-    print(f"   leaders (term, node) since the cluster started: {f['leaders']}")
-    print(f"   outcomes: {f['outcomes']}")
-    print(f"   register: {f['register_ops']} ops -> {f['register_check'].explanation}")
-    print(f"   lock: {f['lock_ops']} ops, {f['grants']} grants -> {f['lock_check'].explanation}")
-    print(f"   tokens monotonic: {f['tokens_monotonic']}; lost acked writes: {f['lost_writes']}")
-    print(
-        f"   queue: {f['acked_puts']} acked puts ({f['unknown_puts']} unknown), "
-        f"{f['delivered']} deliveries ({f['redelivered']} redeliveries, {f['drained']} at the "
-        f"drain), lost acked puts: {len(f['lost_puts'])}"
-    )
-
-
-def assert_safe(f: dict) -> None:
-    assert f["register_check"].ok is True, f["register_check"].explanation
-    assert f["lock_check"].ok is True, f["lock_check"].explanation
-    assert f["tokens_monotonic"]
-    assert not f["lost_writes"], f["lost_writes"]
-    assert not f["lost_puts"], f["lost_puts"][:10]
-    assert f["dead_letters"] == 0  # none counted lost that were only dead-lettered
-    terms = [term for term, _ in f["leaders"]]
-    two = [(term, node) for term, node in f["leaders"] if terms.count(term) > 1]
-    assert not two, f"two leaders in one term: {two}"
-    assert f["register_ops"] > 50 and f["grants"] > 0 and f["acked_puts"] > 10  # it did work
+    print_verdict(f)
 
 
 @pytest.mark.parametrize("rounds", ROUNDS)
