@@ -34,12 +34,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from coordination.client.watch import Reconnect
-from coordination.errors import typed
+from coordination.client.watch import Reconnect, raise_refusal
 from coordination.primitives import commands
 from coordination.primitives.queue_consumers import PUSH_TOPIC
 from raft_node.client import RaftError
-from raft_node.client.errors import raise_for
 from raft_node.client.policy import Backoff, Targets, parse_addresses
 from raft_node.transport import client_protocol as p
 from raft_node.transport.auth import client_handshake_sync
@@ -69,12 +67,7 @@ class PushCursor:
         """The rows of one response; raises ``Reconnect`` (resume elsewhere), or the typed error
         of a final refusal."""
         if not resp.ok:
-            if resp.kind in (p.NOT_LEADER, p.UNAVAILABLE, p.TIMEOUT):
-                raise Reconnect(f"{resp.kind}: {resp.message}", resp.leader_hint)
-            try:
-                raise_for(resp)
-            except RaftError as exc:
-                raise typed(exc) from None
+            raise_refusal(resp)
         tag = resp.value[0]
         if tag == "subscribed":
             applied, replay = resp.value[1], resp.value[2]

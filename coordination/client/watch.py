@@ -119,6 +119,17 @@ class Reconnect(Exception):
         self.hint = hint
 
 
+
+def raise_refusal(resp: p.Response) -> None:
+    """A stream's refusal: ``Reconnect`` (resume on another node) for a node that is not (or no
+    longer) the one to serve it, else the typed error of a final refusal."""
+    if resp.kind in (p.NOT_LEADER, p.UNAVAILABLE, p.TIMEOUT):
+        raise Reconnect(f"{resp.kind}: {resp.message}", resp.leader_hint)
+    try:
+        raise_for(resp)
+    except RaftError as exc:
+        raise typed(exc) from None
+
 class WatchCursor:
     """What a watch has seen and what it asks for next; turns responses into events."""
 
@@ -166,12 +177,7 @@ class WatchCursor:
         """The events to hand out for one response; raises ``Reconnect``, or the typed error
         of a final refusal (``WatchCompacted``, ``BadRequest``)."""
         if not resp.ok:
-            if resp.kind in (p.NOT_LEADER, p.UNAVAILABLE, p.TIMEOUT):
-                raise Reconnect(f"{resp.kind}: {resp.message}", resp.leader_hint)
-            try:
-                raise_for(resp)
-            except RaftError as exc:
-                raise typed(exc) from None
+            raise_refusal(resp)
         tag = resp.value[0]
         if tag == "subscribed":
             replay = resp.value[2]
