@@ -131,8 +131,11 @@ class AsyncConnection:
             self._inflight.pop(req_id, None)
 
     def _flush(self) -> None:
-        if self._writer is not None and not self.closed:
-            self._writer.write(b"".join(self._out))
+        writer = self._writer
+        # A closing transport: asyncio drops the write, uvloop raises; the read loop fails the
+        # requests either way (they were perhaps not sent: their callers retry).
+        if writer is not None and not self.closed and not writer.transport.is_closing():
+            writer.write(b"".join(self._out))
         self._out.clear()
 
     async def close(self) -> None:

@@ -429,6 +429,7 @@ class PeerRouter:
 
     def _write_counted(self, p: _Peer, writer: asyncio.StreamWriter, *parts: Any) -> None:
         """Write one frame given in parts (a chunk's data is a view of the image, not a copy)."""
+        _check_open(writer)
         for part in parts:
             writer.write(part)
         p.frames_out += 1
@@ -459,7 +460,12 @@ class PeerRouter:
         stays with the pump: with data already buffered, we leave it to the pump's drain, as we
         leave it a snapshot to stream."""
         writer = p.writer
-        if writer is None or p.busy or writer.transport.get_write_buffer_size() > MAX_BATCH_BYTES:
+        if (
+            writer is None
+            or p.busy
+            or writer.transport.is_closing()  # the pump notices and reconnects
+            or writer.transport.get_write_buffer_size() > MAX_BATCH_BYTES
+        ):
             p.wake.set()
             return
         self._write_batch(p, writer)
@@ -468,7 +474,10 @@ class PeerRouter:
 
     def _write_batch(self, p: _Peer, writer: asyncio.StreamWriter) -> None:
         """Encode queued messages (up to ``MAX_BATCH_BYTES``) into one write, stopping before a
-        snapshot (which the pump streams)."""
+        snapshot (which the pump streams). ``ConnectionResetError`` (nothing taken from the
+        queue) if the connection is closed already: asyncio's transports drop such a write,
+        uvloop's raise ``RuntimeError``, so the check comes first for both."""
+        _check_open(writer)
         stats = self._stats
         max_body = self.max_peer_frame_bytes - 2
         header = frame_header
@@ -504,3 +513,8 @@ class PeerRouter:
             p.frames_out += n
             stats["frames_out"] += n
             stats["bytes_out"] += len(data)
+
+
+def _check_open(writer: asyncio.StreamWriter) -> None:
+    if writer.transport.is_closing():
+        raise ConnectionResetError("the connection to the peer is closed")
