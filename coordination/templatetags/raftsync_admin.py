@@ -11,8 +11,10 @@ NONE = "—"
 
 @register.filter
 def ms(value: int | None) -> str:
-    """A duration in milliseconds, in the unit a person reads: ``850 ms``, ``4.2 s``, ``12 min``."""
-    if value is None:
+    """A duration in milliseconds, in the unit a person reads: ``850 ms``, ``4.2 s``, ``12 min``.
+    Anything that is not a number (a template's missing field: a node that has not reported it
+    yet, such as a learner just added) shows as unknown rather than failing the page."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return NONE
     if value < 1000:
         return f"{value} ms"

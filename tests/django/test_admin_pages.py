@@ -132,6 +132,8 @@ def test_display_helpers():
         "10 min",
         "2.0 h",
     ]
+    # A field a node has not reported yet renders as '' in a template: unknown, not a 500.
+    assert (ms(""), ms("soon")) == ("—", "—")
     assert (percent(None), percent(0.5), percent(1 / 3)) == ("—", "50.0 %", "33.3 %")
     assert inspection.preview(b"short") == "short"
     assert inspection.preview(b"\xff ok") == "\ufffd ok"
