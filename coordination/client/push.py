@@ -34,13 +34,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from coordination.client.watch import Reconnect, raise_refusal
+from coordination.client.watch import Reconnect, raise_refusal, stream_handshake
 from coordination.primitives import commands
 from coordination.primitives.queue_consumers import PUSH_TOPIC
 from raft_node.client import RaftError
 from raft_node.client.policy import Backoff, Targets, parse_addresses
 from raft_node.transport import client_protocol as p
-from raft_node.transport.auth import client_handshake_sync
 from raft_node.transport.codec import decode_payload, encode_payload
 from raft_node.transport.wire import MAX_FRAME_BYTES, FrameKind, read_frame_sync, send_frame_sync
 
@@ -152,13 +151,9 @@ class PushStream:
 
     def _follow(self) -> None:
         """Follow one connection until it breaks or the stream is closed; raises why."""
-        coord, addr = self._coord, self._targets.current
-        sock = socket.create_connection(addr, timeout=2.0)
+        sock = socket.create_connection(self._targets.current, timeout=2.0)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if coord.ssl is not None:
-                sock = coord.ssl.wrap_socket(sock, server_hostname=addr[0])
-            client_handshake_sync(sock, coord.secret, my_id=f"{coord.name}-push", timeout=2.0)
+            sock = stream_handshake(sock, self._coord, self._targets.current, "push")
             self._sock = sock
             if self._halt.is_set():
                 return

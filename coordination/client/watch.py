@@ -120,6 +120,16 @@ class Reconnect(Exception):
 
 
 
+def stream_handshake(sock: socket.socket, coord: Any, addr: Any, role: str) -> socket.socket:
+    """TLS (when the coordinator has it) and the client handshake on a stream's own socket
+    (a watch, a push stream); answers the socket to use."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if coord.ssl is not None:
+        sock = coord.ssl.wrap_socket(sock, server_hostname=addr[0])
+    client_handshake_sync(sock, coord.secret, my_id=f"{coord.name}-{role}", timeout=2.0)
+    return sock
+
+
 def raise_refusal(resp: p.Response) -> None:
     """A stream's refusal: ``Reconnect`` (resume on another node) for a node that is not (or no
     longer) the one to serve it, else the typed error of a final refusal."""
@@ -321,12 +331,9 @@ class Watch:
                         return
 
     def _follow(self) -> None:
-        coord, addr = self._coord, self._targets.current
-        sock = socket.create_connection(addr, timeout=2.0)
+        sock = socket.create_connection(self._targets.current, timeout=2.0)
         try:
-            if coord.ssl is not None:
-                sock = coord.ssl.wrap_socket(sock, server_hostname=addr[0])
-            client_handshake_sync(sock, coord.secret, my_id=f"{coord.name}-watch", timeout=2.0)
+            sock = stream_handshake(sock, self._coord, self._targets.current, "watch")
             self._sock = sock
             if self._halt.is_set():
                 return
