@@ -99,9 +99,16 @@ def ours_load(cluster: LocalCluster, concurrency: int, warmup: float, seconds: f
 
 
 async def ours_failover_probe(
-    cluster: LocalCluster, victim: str, interval: float, timeout: float, body: bytes | None = None
+    cluster: LocalCluster,
+    victim: str,
+    interval: float,
+    timeout: float,
+    body: bytes | None = None,
+    sig: int = signal.SIGKILL,
 ) -> float | None:
     """SIGKILL ``victim``; seconds until a survivor acknowledges a write (None: none in time).
+    With ``sig=SIGSTOP`` the victim hangs instead (its sockets stay open, as with a dead machine
+    or a partition, so only the election timers can notice) and is killed after the probe.
 
     Probes are proposals with a fresh ``client_id`` each (so they may overlap) and a 0.5 s
     deadline, sent on connections opened before the kill, to every survivor every ``interval``.
@@ -141,7 +148,7 @@ async def ours_failover_probe(
 
     proc = cluster.procs[victim]
     t_kill = time.monotonic()
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     try:
         deadline = t_kill + timeout
         while not first.done() and time.monotonic() < deadline:
@@ -160,6 +167,7 @@ async def ours_failover_probe(
         await asyncio.gather(*tasks, return_exceptions=True)
         for conn in conns.values():
             await conn.close()
+        proc.kill()  # a paused victim ends here (a killed one already has)
         proc.wait(timeout=15)
 
 

@@ -10,9 +10,10 @@ ratios are taken per round, from two measurements made seconds apart, and their 
 
 Rows: 1 client sequential writes; 64 writes in flight; a lock pair (acquire + release; etcd: a
 lease + txn lock and etcd's own lock service); failover (kill -9 of the leader to the next
-acknowledged write, probed every 3 ms); etcd's Go load tool (``etcdctl check perf``) next to
-raftsync's own client at many in flight; and the client and server CPU per operation of each,
-read from /proc. Without etcd installed it prints how to install it and exits 0.
+acknowledged write, probed every 3 ms; and the same with SIGSTOP, a hung leader whose sockets
+stay open, so that only the election timers can notice it); etcd's Go load tool (``etcdctl
+check perf``) next to raftsync's own client at many in flight; and the client and server CPU
+per operation of each, read from /proc. Without etcd installed it prints how to install it and exits 0.
 
 Writes ``bench/results/vs_etcd.md`` (+ ``.json``) and ``bench/results/vs_etcd_cdf.png``. Nothing
 here asserts on timings: the exit status is non-zero only when a part could not run.
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -115,14 +117,17 @@ def run_capacity(args, cluster: LocalCluster, etcd, drivers, base: Path, result:
     result["capacity"] = cap
 
 
-def failover_ours(cluster: LocalCluster, driver: Controlled, args, restart: bool) -> float | None:
+def failover_ours(
+    cluster: LocalCluster, driver: Controlled, args, restart: bool, sig: int
+) -> float | None:
     from coordination.primitives import commands as c
 
     leader = cluster.wait_for_leader(timeout=30)
     driver.request({"cmd": "bg", "on": True}, 10)
     time.sleep(0.3)  # writes flowing through the leader when it dies
     body = c.cache_set(key(123_456), value(9), None)
-    t = asyncio.run(ours_failover_probe(cluster, leader, args.probe_interval_ms / 1000, 30.0, body))
+    interval = args.probe_interval_ms / 1000
+    t = asyncio.run(ours_failover_probe(cluster, leader, interval, 30.0, body, sig))
     driver.request({"cmd": "bg", "on": False}, 30)
     if restart:  # the next trial starts from three converged nodes
         cluster.start_node(leader)
@@ -130,12 +135,12 @@ def failover_ours(cluster: LocalCluster, driver: Controlled, args, restart: bool
     return t
 
 
-def failover_etcd(etcd, driver: Controlled, args, restart: bool) -> float | None:
+def failover_etcd(etcd, driver: Controlled, args, restart: bool, sig: int) -> float | None:
     leader, term = etcd.wait_for_leader(timeout=30)
     driver.request({"cmd": "bg", "on": True}, 10)
     time.sleep(0.3)
     interval = args.probe_interval_ms / 1000
-    t = asyncio.run(etcd_cluster.etcd_failover_probe(etcd, leader, term, interval, 30.0))
+    t = asyncio.run(etcd_cluster.etcd_failover_probe(etcd, leader, term, interval, 30.0, sig))
     driver.request({"cmd": "bg", "on": False}, 30)
     if restart:
         etcd.start_member(leader)
@@ -143,24 +148,34 @@ def failover_etcd(etcd, driver: Controlled, args, restart: bool) -> float | None
     return t
 
 
+FAILOVERS = [  # (result key, signal, what it stands for)
+    ("failover", signal.SIGKILL, "kill -9"),  # a process dies: the OS closes its sockets
+    ("failover_pause", signal.SIGSTOP, "SIGSTOP"),  # a hung or cut-off machine: timers only
+]
+
+
 def run_failover(args, cluster, etcd, drivers, result: dict) -> None:
-    """``--trials`` kill -9 trials per system, alternating which system goes first."""
-    for trial in range(args.trials):
-        order = ["raftsync", "etcd"] if trial % 2 == 0 else ["etcd", "raftsync"]
-        restart = trial < args.trials - 1  # not after the last: the clusters stop next
-        for system in order:
-            try:
-                if system == "raftsync":
-                    t = failover_ours(cluster, drivers["raftsync"], args, restart)
-                else:
-                    t = failover_etcd(etcd, drivers["etcd"], args, restart)
-            except Exception as exc:
-                result["failover_errors"].append(f"{system}: {type(exc).__name__}: {exc}")
-                log(f"{system}: failover trial failed: {exc}")
-                continue
-            result["failover"][system].append(t)
-            shown = f"{t * 1000:.0f} ms" if t is not None else "no write acknowledged in 30 s"
-            log(f"failover trial {trial + 1}/{args.trials} {system}: {shown}")
+    """``--trials`` kill -9 trials per system, then ``--pause-trials`` SIGSTOP trials,
+    alternating which system goes first."""
+    for name, sig, label in FAILOVERS:
+        trials = args.trials if name == "failover" else args.pause_trials
+        last = name == FAILOVERS[-1][0] or not args.pause_trials
+        for trial in range(trials):
+            order = ["raftsync", "etcd"] if trial % 2 == 0 else ["etcd", "raftsync"]
+            restart = trial < trials - 1 or not last  # not after the last: the clusters stop
+            for system in order:
+                try:
+                    if system == "raftsync":
+                        t = failover_ours(cluster, drivers["raftsync"], args, restart, sig)
+                    else:
+                        t = failover_etcd(etcd, drivers["etcd"], args, restart, sig)
+                except Exception as exc:
+                    result["failover_errors"].append(f"{system}: {type(exc).__name__}: {exc}")
+                    log(f"{system}: {label} failover trial failed: {exc}")
+                    continue
+                result[name][system].append(t)
+                shown = f"{t * 1000:.0f} ms" if t is not None else "no write acknowledged in 30 s"
+                log(f"{label} failover trial {trial + 1}/{trials} {system}: {shown}")
 
 
 def side_by_side(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
@@ -218,7 +233,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=None, help="warm-up seconds (default 1)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     ap.add_argument("--inflight", type=int, default=64, help="writes in flight, second row")
-    ap.add_argument("--trials", type=int, default=10, help="failover trials per system")
+    ap.add_argument("--trials", type=int, default=10, help="kill -9 failover trials per system")
+    ap.add_argument(
+        "--pause-trials", type=int, default=10, help="SIGSTOP failover trials per system (0: none)"
+    )
     ap.add_argument("--probe-interval-ms", type=float, default=3.0)
     ap.add_argument(
         "--perf-load",
@@ -233,6 +251,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.rounds, args.trials, args.perf_load = 0.4, 1, 1, "off"
+        args.pause_trials = min(args.pause_trials, 1)
     if args.warmup is None:
         args.warmup = 0.1 if args.quick else 1.0
     return args
@@ -256,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "rounds": [],
         "failover": {"raftsync": [], "etcd": []},
+        "failover_pause": {"raftsync": [], "etcd": []},
         "failover_errors": [],
     }
     info = run_benchmark(args, "vs-etcd-", [("side by side", side_by_side, result, False)])

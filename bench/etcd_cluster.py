@@ -185,10 +185,16 @@ class EtcdCluster:
 
 
 async def etcd_failover_probe(
-    cluster: EtcdCluster, victim: str, term: int, interval: float, timeout: float
+    cluster: EtcdCluster,
+    victim: str,
+    term: int,
+    interval: float,
+    timeout: float,
+    sig: int = signal.SIGKILL,
 ) -> float | None:
     """SIGKILL ``victim`` (the leader at ``term``); seconds until a survivor acknowledges a put
-    (None: none within ``timeout``).
+    (None: none within ``timeout``). With ``sig=SIGSTOP`` the victim hangs instead, and is
+    killed after the probe.
 
     The twin of ``bench_raft.ours_failover_probe``: every ``interval`` a put with a 0.5 s deadline
     goes to each survivor on a channel connected before the kill (no client backoff). A follower
@@ -219,7 +225,7 @@ async def etcd_failover_probe(
 
     proc = cluster.procs[victim]
     t_kill = time.monotonic()
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     try:
         deadline = t_kill + timeout
         while not first.done() and time.monotonic() < deadline:
@@ -235,6 +241,7 @@ async def etcd_failover_probe(
         await asyncio.gather(*tasks, return_exceptions=True)
         for ch in channels.values():
             await ch.close()
+        proc.kill()  # a paused victim ends here (a killed one already has)
         proc.wait(timeout=15)
 
 

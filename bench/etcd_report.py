@@ -89,6 +89,27 @@ def _failover(samples: list[float | None]) -> dict[str, Any]:
     }
 
 
+def _failover_row(
+    samples: dict[str, list[float | None]], row_id: str, label: str
+) -> dict[str, Any]:
+    fo = {s: _failover(samples[s]) for s in ("raftsync", "etcd")}
+    med_ratio = (
+        fo["raftsync"]["median"] / fo["etcd"]["median"]
+        if fo["raftsync"]["median"] and fo["etcd"]["median"]
+        else None
+    )
+    return {
+        "id": row_id,
+        "metric": f"failover, {label}, to the next acked write, median / max ms"
+        f" ({fo['raftsync']['n']} / {fo['etcd']['n']} trials)",
+        "raftsync": f"{_f(fo['raftsync']['median'], 0)} / {_f(fo['raftsync']['max'], 0)}",
+        "etcd": f"{_f(fo['etcd']['median'], 0)} / {_f(fo['etcd']['max'], 0)}",
+        "ratio": _f(med_ratio),
+        "values": {"median": med_ratio, "p99": fo["raftsync"]["p99"]},
+        "missed": {s: fo[s]["missed"] for s in fo},
+    }
+
+
 def build_rows(result: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     w1 = (_runs(result, "write_1", "raftsync"), _runs(result, "write_1", "etcd"))
@@ -124,24 +145,12 @@ def build_rows(result: dict[str, Any], args: argparse.Namespace) -> list[dict[st
     rows.append(
         _latency_row(result, "lock pair p50 / p95 / p99 ms (etcd: v3lock API)", "lock", "v3lock")
     )
-    fo = {s: _failover(result["failover"][s]) for s in ("raftsync", "etcd")}
-    med_ratio = (
-        fo["raftsync"]["median"] / fo["etcd"]["median"]
-        if fo["raftsync"]["median"] and fo["etcd"]["median"]
-        else None
-    )
-    rows.append(
-        {
-            "id": "failover",
-            "metric": f"failover, kill -9 to next acked write, median / max ms"
-            f" ({fo['raftsync']['n']} / {fo['etcd']['n']} trials)",
-            "raftsync": f"{_f(fo['raftsync']['median'], 0)} / {_f(fo['raftsync']['max'], 0)}",
-            "etcd": f"{_f(fo['etcd']['median'], 0)} / {_f(fo['etcd']['max'], 0)}",
-            "ratio": _f(med_ratio),
-            "values": {"median": med_ratio, "p99": fo["raftsync"]["p99"]},
-            "missed": {s: fo[s]["missed"] for s in fo},
-        }
-    )
+    for key, label in (
+        ("failover", "kill -9 (the process dies: its sockets close)"),
+        ("failover_pause", "SIGSTOP (a hung leader, sockets open: election timers only)"),
+    ):
+        if any(result.get(key, {}).values()):
+            rows.append(_failover_row(result[key], key, label))
     cap = result.get("capacity") or {}
     if cap:
         e, o = cap.get("etcd", {}), cap.get("raftsync", {})
@@ -224,6 +233,18 @@ def acceptance(rows: list[dict[str, Any]]) -> list[str]:
         judge("failover median <= 1.0x etcd", v.get("failover", {}).get("median"), 1.0, True),
         judge("failover p99 <= 500 ms", v.get("failover", {}).get("p99"), 500, True),
         judge(
+            "(not a bound) SIGSTOP failover median vs etcd, timers only",
+            v.get("failover_pause", {}).get("median"),
+            1.0,
+            True,
+        ),
+        judge(
+            "(not a bound) SIGSTOP failover p99 <= 500 ms",
+            v.get("failover_pause", {}).get("p99"),
+            500,
+            True,
+        ),
+        judge(
             "total CPU per write (64 in flight) <= 110 µs",
             v.get("cpu_write_64", {}).get("total"),
             110,
@@ -279,14 +300,15 @@ def plot_cdf(result: dict[str, Any], path: Path) -> bool:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right")
     ax = axes.flat[3]
-    for system in ("raftsync", "etcd"):
-        ok = sorted(1000 * t for t in result["failover"][system] if t is not None)
-        if ok:
-            xs = [ok[0], *ok]  # the step starts at 0 at the fastest trial
-            ys = [0.0, *((i + 1) / len(ok) for i in range(len(ok)))]
-            label = f"{system} (n={len(ok)})"
-            ax.step(xs, ys, where="post", color=colours[system], marker="o", label=label)
-    ax.set_title("failover: kill -9 of the leader to the next acked write")
+    for key, style, how in (("failover", "-", "kill -9"), ("failover_pause", "--", "SIGSTOP")):
+        for system in ("raftsync", "etcd"):
+            ok = sorted(1000 * t for t in result.get(key, {}).get(system, []) if t is not None)
+            if ok:
+                xs = [ok[0], *ok]  # the step starts at 0 at the fastest trial
+                ys = [0.0, *((i + 1) / len(ok) for i in range(len(ok)))]
+                label = f"{system}, {how} (n={len(ok)})"
+                ax.step(xs, ys, style, where="post", color=colours[system], marker="o", label=label)
+    ax.set_title("failover: leader killed (-9) or hung (SIGSTOP) to the next acked write")
     ax.set_xlabel("gap, ms")
     ax.set_ylabel("fraction of trials")
     ax.grid(True, alpha=0.3)
@@ -338,6 +360,10 @@ def strip_samples(result: dict[str, Any]) -> dict[str, Any]:
     return strip(result)
 
 
+def _missed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {r["id"]: r.get("missed") for r in rows if r.get("id", "").startswith("failover")}
+
+
 def render(args, info, result, rows, argv: list[str], plotted: bool) -> str:
     s = result.get("settings", {})
     lines = [
@@ -351,8 +377,9 @@ def render(args, info, result, rows, argv: list[str], plotted: bool) -> str:
         f"- {result.get('etcd_version', 'etcd version unknown')};"
         " client: aetcd 1.0.0 (gRPC, asyncio)",
         f"- rounds: {args.rounds} (order flipped each round), {args.warmup}s warm-up +"
-        f" {args.seconds}s measured per workload; failover: {args.trials} trials per system,"
-        f" probe every {args.probe_interval_ms} ms",
+        f" {args.seconds}s measured per workload; failover: {args.trials} kill -9 and"
+        f" {getattr(args, 'pause_trials', 0)} SIGSTOP trials per system, probe every"
+        f" {args.probe_interval_ms} ms",
         "",
         *table(rows),
         "",
@@ -379,7 +406,12 @@ def render(args, info, result, rows, argv: list[str], plotted: bool) -> str:
         " under a lease granted before the window, then a txn deleting it (lease + txn), or"
         " `v3lockpb.Lock/Lock` + `Unlock` with that lease (v3lock).",
         f"- failover errors: {result.get('failover_errors') or 'none'}; missed trials:"
-        f" {next((r.get('missed') for r in rows if r.get('id') == 'failover'), None)}",
+        f" {_missed(rows)}",
+        "- kill -9: the leader's process dies and the OS closes its sockets; raftsync's"
+        " followers see the close and elect after a short random wait"
+        " (`Raft.suspect_leader`), etcd's wait for the election timeout. SIGSTOP: the leader"
+        " hangs with its sockets open (as a dead machine or a partition looks), so both wait"
+        " for their election timers.",
         f"- capacity: {strip_samples(result.get('capacity') or {'skipped': True})}",
         "",
     ]

@@ -147,6 +147,7 @@ class NodeServer:
             snapshot_dir=incoming,
             on_fatal=self.fail,
             on_peer_batch=self._process_now,
+            on_peer_closed=self.host.report_peer_closed,
         )
         outbound.tcp = self.transport
         self.host.conf_listeners.append(self._use_configuration)

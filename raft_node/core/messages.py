@@ -32,6 +32,7 @@ class MessageType(IntEnum):
     TRANSFER_LEADER = 5  # host asks the leader to hand leadership to ``frm``
     UNREACHABLE = 6  # transport reports a peer unreachable
     SNAP_STATUS = 7  # transport reports whether a snapshot send failed (reject=True)
+    PEER_CLOSED = 8  # transport saw a peer's process close its connection (EOF or reset)
 
     # Network messages.
     APP = 10  # AppendEntries (possibly empty: probes and commit updates)
@@ -57,6 +58,7 @@ LOCAL_MESSAGES = frozenset(
         MessageType.TRANSFER_LEADER,
         MessageType.UNREACHABLE,
         MessageType.SNAP_STATUS,
+        MessageType.PEER_CLOSED,
     }
 )
 

@@ -105,6 +105,7 @@ class Raft(LeaderRole, MembershipRole):
         self.term = state.hard_state.term
         self.vote = state.hard_state.vote
         self.lead: NodeId = NONE
+        self.lead_suspect = False  # our leader's process closed its connection to us
         self.role = Role.FOLLOWER
         meta = state.snapshot.meta
         base = conf_of(meta) if meta.voters else ConfState(tuple(sorted(config.voters)))
@@ -141,6 +142,7 @@ class Raft(LeaderRole, MembershipRole):
             self.term = term
             self.vote = NONE
         self.lead = NONE
+        self.lead_suspect = False
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = self.election_timeout + self.rng.randrange(
@@ -222,6 +224,26 @@ class Raft(LeaderRole, MembershipRole):
             self.heartbeat_elapsed = 0
             self.step(Message(type=MT.BEAT, frm=self.id))
 
+    def suspect_leader(self, node: NodeId) -> None:
+        """Our leader ``node``'s process closed its connection (a crash, kill -9 or restart
+        closes every socket at once; a dead machine or a partition does not, and still waits for
+        the election timeout). Campaign after a short random wait instead of the rest of the
+        timeout, and stop defending its lease, so that a peer that saw the same close can win.
+
+        Only timing changes, never safety: the pre-vote and vote rules are the usual ones. The
+        wait (a heartbeat interval and a tick, plus a random part up to half an election
+        timeout) lets a leader that is alive and merely reconnected (a TLS reload) prove itself
+        first: any append or heartbeat from it clears the suspicion and restarts the normal
+        timer. The random part keeps two followers that saw the same close from splitting the
+        vote. ZooKeeper's followers act the same way on a lost leader socket."""
+        if self.role != Role.FOLLOWER or node != self.lead or self.lead_suspect:
+            return
+        self.lead_suspect = True
+        wait = (
+            self.heartbeat_timeout + 1 + self.rng.randrange(0, max(1, self.election_timeout // 2))
+        )
+        self.election_elapsed = max(self.election_elapsed, self.randomized_election_timeout - wait)
+
     def promotable(self) -> bool:
         return self.id in self.quorum
 
@@ -236,6 +258,7 @@ class Raft(LeaderRole, MembershipRole):
                 in_lease = (
                     self.check_quorum
                     and self.lead != NONE
+                    and not self.lead_suspect
                     and self.election_elapsed < self.election_timeout
                 )
                 if in_lease and not force:
@@ -339,16 +362,18 @@ class Raft(LeaderRole, MembershipRole):
         t = m.type
         if t == MT.APP:
             self.election_elapsed = 0
-            self.lead = m.frm
+            self.lead, self.lead_suspect = m.frm, False
             self._handle_append(m)
         elif t == MT.HEARTBEAT:
             self.election_elapsed = 0
-            self.lead = m.frm
+            self.lead, self.lead_suspect = m.frm, False
             self._handle_heartbeat(m)
         elif t == MT.SNAP:
             self.election_elapsed = 0
-            self.lead = m.frm
+            self.lead, self.lead_suspect = m.frm, False
             self._handle_snapshot(m)
+        elif t == MT.PEER_CLOSED:
+            self.suspect_leader(m.frm)
         elif t == MT.TIMEOUT_NOW:
             self._hup(transfer=True)
         elif t in (MT.TRANSFER_LEADER, MT.READ_INDEX):

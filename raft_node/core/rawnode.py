@@ -99,6 +99,12 @@ class RawNode:
     def report_unreachable(self, node: NodeId) -> None:
         self.raft.step(Message(type=MT.UNREACHABLE, frm=node))
 
+    def report_peer_closed(self, node: NodeId) -> None:
+        """``node``'s process closed its connection to us (EOF or reset, as a crash or a
+        restart does): if it is our leader, a follower elects a new one soon instead of after a
+        whole election timeout (``Raft.suspect_leader``)."""
+        self.raft.step(Message(type=MT.PEER_CLOSED, frm=node))
+
     def report_snapshot(self, node: NodeId, ok: bool) -> None:
         self.raft.step(Message(type=MT.SNAP_STATUS, frm=node, reject=not ok))
 

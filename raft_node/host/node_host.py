@@ -252,6 +252,12 @@ class NodeHost:
         self.raw.report_snapshot(peer, ok)
         self.wake()
 
+    def report_peer_closed(self, peer: NodeId) -> None:
+        """``peer``'s process closed its connection (EOF or reset): a follower whose leader
+        that is elects a new one soon (``Raft.suspect_leader``)."""
+        self.raw.report_peer_closed(peer)
+        self.wake()
+
     def tick(self) -> None:
         """One tick of the core; a leader may propose the state machine's tick; expire waits.
 

@@ -45,7 +45,7 @@ from raft_node.sim.membership import CommitQuorum, change_membership
 
 __all__ = ["Faults", "SimNode", "SimResult", "Simulation", "SimulationFailure", "Workload"]
 
-TICK, DELIVER, CLIENT, FAULT, MEMBERSHIP = 0, 1, 2, 3, 4
+TICK, DELIVER, CLIENT, FAULT, MEMBERSHIP, PEER_CLOSED = 0, 1, 2, 3, 4, 5
 MEMBERSHIP_EVERY_MS = (20, 120)  # between membership change requests, during the chaos phase
 REQUEST_TIMEOUT_S = 3.0  # hosts answer "timeout" to client requests waiting longer
 
@@ -262,6 +262,11 @@ class Simulation:
             elif kind == MEMBERSHIP and self.faults.enabled:
                 change_membership(self)
                 self._push(self.rng.randrange(*MEMBERSHIP_EVERY_MS), MEMBERSHIP, None)
+            elif kind == PEER_CLOSED:
+                node = self.nodes[payload[0]]
+                if node.host is not None:
+                    node.host.report_peer_closed(payload[1])
+                    self.process(node)
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -306,8 +311,16 @@ class Simulation:
         node.disk.crash()
         if host is not None:
             host.fail_waiters(UNAVAILABLE, "node crashed")
+            self._tell_closed(node.id)
         self.workload.on_crash(node)
         node.state = {}
+
+    def _tell_closed(self, closed: NodeId) -> None:
+        """A crashed process's sockets close: most of its peers see the EOF soon (a peer cut
+        off by a partition, or on a lost segment, does not)."""
+        for other in self.nodes.values():
+            if other.id != closed and other.host is not None and self.rng.random() < 0.8:
+                self._push(self._delay(), PEER_CLOSED, (other.id, closed))
 
     def process(self, node: SimNode) -> None:
         """Let the node's host handle its pending Readys and snapshot if due (call after giving
@@ -411,6 +424,8 @@ class Simulation:
         elif choice < 0.8:
             a, b = rng.sample(self.ids, 2)
             self.blocked.add((a, b))  # one-way: a cannot reach b
+            if rng.random() < 0.5:  # and b sees a's connection reset while a lives on
+                self._push(self._delay(), PEER_CLOSED, (b, a))
         else:
             self.blocked.clear()
 

@@ -163,11 +163,15 @@ class InboundServer:
         max_client_out_bytes: int,
         max_pending_handshakes: int,
         on_peer_batch: Callable[[], None] | None = None,
+        on_peer_closed: Callable[[NodeId], None] | None = None,
     ) -> None:
         self.node_id = node_id
         # Called after the messages of one socket read from a peer were delivered (see
         # ``TcpTransport``'s ``on_peer_batch``).
         self.on_peer_batch = on_peer_batch
+        # Called when an authenticated peer's process closed its connection: EOF or reset,
+        # not a close of ours (``TcpTransport``'s ``on_peer_closed``).
+        self.on_peer_closed = on_peer_closed
         self.on_message = on_message
         self._secret = secret
         self._stats = stats
@@ -244,6 +248,7 @@ class InboundServer:
                 return
             if who.is_peer:
                 await self._serve_peer(who, reader, writer)
+                self._peer_closed(who.id)
             else:
                 await self._serve_client(reader, writer)
             level = logging.INFO if who.is_peer else logging.DEBUG
@@ -251,6 +256,8 @@ class InboundServer:
         except asyncio.CancelledError:
             pass  # stop(): nothing to log
         except Exception as e:
+            if isinstance(e, ConnectionError) and who is not None and who.is_peer:
+                self._peer_closed(who.id)  # reset by the peer's side
             if isinstance(
                 e, (FrameError, CodecError, ProtocolViolation, SnapshotStreamError, TimeoutError)
             ):
@@ -374,6 +381,15 @@ class InboundServer:
         finally:
             if incoming is not None:
                 incoming.abandon()
+
+    def _peer_closed(self, peer: NodeId) -> None:
+        if self.on_peer_closed is None:
+            return
+        try:
+            self.on_peer_closed(peer)
+        except Exception:
+            self._stats["callback_errors"] += 1
+            log.exception("event=callback_error callback=on_peer_closed peer=%s", peer)
 
     def _deliver(self, m: Message, peer: NodeId) -> None:
         try:

@@ -139,6 +139,7 @@ class TcpTransport:
         rng: random.Random | None = None,
         on_fatal: Callable[[BaseException, str], None] | None = None,
         on_peer_batch: Callable[[], None] | None = None,
+        on_peer_closed: Callable[[NodeId], None] | None = None,
     ) -> None:
         """``peers`` maps node ids to ``(host, port)``; it may include ``node_id`` itself, whose
         address is then the listen address unless ``listen`` is given (port 0 picks a free port;
@@ -147,7 +148,9 @@ class TcpTransport:
         the node stops then, rather than live on unable to reach that peer. ``on_peer_batch()``
         is called after the messages of one socket read from a peer were given to
         ``on_message``: a node handles them there and then, rather than a loop iteration
-        later."""
+        later. ``on_peer_closed(peer)`` is called when a peer's process closed its inbound
+        connection (EOF or reset; not a close of ours, a timeout or a protocol error): the node
+        calls ``RawNode.report_peer_closed``."""
         self.node_id = node_id
         secret = check_secret(secret)
         self._listen = listen if listen is not None else peers.get(node_id)
@@ -199,6 +202,7 @@ class TcpTransport:
             max_client_out_bytes=max_client_out_bytes,
             max_pending_handshakes=max_pending_handshakes,
             on_peer_batch=on_peer_batch,
+            on_peer_closed=on_peer_closed,
         )
         self._running = False
         self.address: Address | None = None

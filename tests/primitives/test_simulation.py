@@ -74,7 +74,7 @@ def test_cache_linearizability_check_catches_writes_that_skip_l1_holders(monkeyp
     from coordination.primitives import cache
 
     monkeypatch.setattr(cache.Cache, "waits_for_holders", False)
-    failures = _sweep(range(60), until="cache history not linearizable")
+    failures = _sweep(range(120), until="cache history not linearizable")
     assert any("cache history not linearizable" in f for f in failures), failures[:2]
 
 

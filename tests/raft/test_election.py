@@ -147,3 +147,75 @@ def test_leader_lease_ignores_disruptive_vote_requests():
     net.deliver([vote])
     assert net.raft("b").term == term
     assert net.leaders() == ["a"]
+
+
+# -- a leader whose process closed its connections (crash, kill -9, restart) -----------------
+
+
+def _elect_a_then_crash_it(seed: int) -> Net:
+    net = Net(ABC, seed=seed)
+    net.campaign("a")
+    net.tick_all(3)  # heartbeats: b and c hold a's lease
+    net.crash("a")
+    return net
+
+
+def _ticks_until_someone_campaigns(net: Net, limit: int = 40) -> int:
+    for ticks in range(1, limit + 1):
+        net.tick("b")
+        net.tick("c")
+        if any(net.raft(n).role != Role.FOLLOWER or net.raft(n).term > 1 for n in ("b", "c")):
+            return ticks
+    raise AssertionError(f"nobody campaigned within {limit} ticks")
+
+
+def test_a_closed_leader_connection_brings_the_election_forward():
+    """Both followers saw a's connection close: one campaigns after at most a heartbeat, a tick
+    and half an election timeout (not the randomized 1x-2x timeout), and wins."""
+    for seed in range(20):
+        net = _elect_a_then_crash_it(seed)
+        for n in ("b", "c"):
+            net.raw(n).report_peer_closed("a")
+            assert net.raft(n).lead_suspect
+        cfg = net.raft("b")
+        bound = cfg.heartbeat_timeout + 1 + cfg.election_timeout // 2
+        assert _ticks_until_someone_campaigns(net) <= bound, seed
+        net.tick_all(10)
+        assert len([n for n in ("b", "c") if net.raft(n).role == Role.LEADER]) == 1, seed
+
+
+def test_without_the_close_the_followers_wait_the_whole_timeout():
+    """The same crash with no close seen (a dead machine, a partition): nobody campaigns before
+    the election timeout. This is what the test above improves on, and proves it can fail."""
+    for seed in range(20):
+        net = _elect_a_then_crash_it(seed)
+        assert _ticks_until_someone_campaigns(net) >= net.raft("b").election_timeout - 3, seed
+
+
+def test_a_close_seen_by_one_follower_cannot_depose_a_live_leader():
+    """b saw a's connection reset but a lives and c still hears it: b's pre-vote is refused
+    (c is in a's lease, and a leads), and a's next heartbeat clears b's suspicion."""
+    net = Net(ABC, seed=1)
+    net.campaign("a")
+    net.tick_all(3)
+    net.cut("a", "b")  # a's heartbeats do not reach b for now
+    net.raw("b").report_peer_closed("a")
+    for _ in range(net.raft("b").heartbeat_timeout + 1 + net.raft("b").election_timeout // 2):
+        net.tick("b")
+    assert net.raft("b").role in (Role.PRE_CANDIDATE, Role.FOLLOWER)
+    assert net.leaders() == ["a"] and net.raft("a").term == 1
+    net.heal()
+    net.tick("a", 2)  # a heartbeat reaches b
+    assert net.raft("b").role == Role.FOLLOWER and net.raft("b").lead == "a"
+    assert not net.raft("b").lead_suspect
+
+
+def test_a_close_from_a_peer_that_is_not_the_leader_changes_nothing():
+    net = Net(ABC, seed=2)
+    net.campaign("a")
+    net.tick_all(3)
+    before = net.raft("b").election_elapsed
+    net.raw("b").report_peer_closed("c")
+    net.raw("a").report_peer_closed("b")  # and a leader ignores closes altogether
+    assert not net.raft("b").lead_suspect and net.raft("b").election_elapsed == before
+    assert net.leaders() == ["a"]

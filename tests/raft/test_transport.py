@@ -66,6 +66,7 @@ class Node:
         self.got: list[Message] = []
         self.unreachable: list[str] = []
         self.snap_status: list[tuple[str, bool]] = []
+        self.closed: list[str] = []
         kw.setdefault("listen", LOOPBACK)
         self.t = TcpTransport(
             node_id,
@@ -74,6 +75,7 @@ class Node:
             self.got.append,
             on_unreachable=self.unreachable.append,
             on_snapshot_status=lambda p, ok: self.snap_status.append((p, ok)),
+            on_peer_closed=self.closed.append,
             **kw,
         )
 
@@ -155,6 +157,23 @@ def test_peer_restart_reconnects_and_delivery_resumes() -> None:
         assert a.t.stats()["reconnects"] == 1
         await a.t.stop()
         await b2.t.stop()
+
+    run(main())
+
+
+def test_a_peer_that_closes_its_connection_is_reported_and_our_own_close_is_not() -> None:
+    """The node elects a new leader early on this report (``Raft.suspect_leader``), so it must
+    come when the peer's process closes its side, and not when we close ours."""
+
+    async def main() -> None:
+        a, b = await linked()
+        a.t.send([app(0)])
+        b.t.send([app(0, frm="b", to="a")])
+        await until(lambda: len(b.got) == 1 and len(a.got) == 1)
+        await a.t.stop()  # as a crash or a restart closes a's sockets
+        await until(lambda: b.closed == ["a"])
+        await b.t.stop()
+        assert a.closed == []  # a stopped first: b's close was not a's to report
 
     run(main())
 
