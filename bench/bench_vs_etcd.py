@@ -13,7 +13,8 @@ lease + txn lock and etcd's own lock service); failover (kill -9 of the leader t
 acknowledged write, probed every 3 ms; and the same with SIGSTOP, a hung leader whose sockets
 stay open, so that only the election timers can notice it); etcd's Go load tool (``etcdctl
 check perf``) next to raftsync's own client at many in flight; and the client and server CPU
-per operation of each, read from /proc. Without etcd installed it prints how to install it and exits 0.
+per operation of each, read from /proc. Without etcd installed it prints how to install it and
+exits 0.
 
 Writes ``bench/results/vs_etcd.md`` (+ ``.json``) and ``bench/results/vs_etcd_cdf.png``. Nothing
 here asserts on timings: the exit status is non-zero only when a part could not run.
