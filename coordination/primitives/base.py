@@ -108,9 +108,11 @@ class Deadlines:
     def due(self, now_ms: int, current: Callable[[Any], int | None]) -> list[Any]:
         """Keys whose current deadline has passed, each once (a key pushed again with the same
         deadline, e.g. by a keepalive that did not move it, has two identical heap entries)."""
+        heap = self._heap
+        if not heap or heap[0][0] > now_ms:
+            return []  # the usual case, on every tick of every part
         out: list[Any] = []
         seen: set[Any] = set()
-        heap = self._heap
         while heap and heap[0][0] <= now_ms:
             deadline, key = heapq.heappop(heap)
             if current(key) == deadline and key not in seen:
