@@ -200,6 +200,8 @@ class NodeHost:
         # Called with the configuration in force whenever it changes (before the Ready that
         # follows is sent: a new member's address must be known to reach it).
         self.conf_listeners: list[Callable[[ConfState], None]] = []
+        # Called with the new leader (NONE: none known) whenever this node's view of it changes.
+        self.leader_listeners: list[Callable[[NodeId], None]] = []
         self._conf = self.raw.raft.conf
 
     # -- what the request handler and plugins read ---------------------------------------------
@@ -546,7 +548,8 @@ class NodeHost:
             if self._role == Role.LEADER:
                 self._waiters.on_lost_leadership()
                 self._stamp.follow()
-        if lead != self._lead:
+        changed = lead != self._lead
+        if changed:
             event(
                 logging.INFO,
                 "leader_change",
@@ -555,6 +558,9 @@ class NodeHost:
                 term=self.raw.raft.term,
             )
         self._role, self._lead = role, lead
+        if changed:
+            for listener in self.leader_listeners:
+                listener(lead)
 
     # -- snapshots -----------------------------------------------------------------------------
 

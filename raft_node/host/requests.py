@@ -3,8 +3,9 @@
 - **Proposals** are accepted by any node. On the leader, ``NodeHost.propose`` wraps the body in
   the applier's envelope (client id, sequence number, its clock) and the request is answered
   when the host reports the outcome for that ``(client_id, seq)``. A follower forwards the
-  request to the leader over one pipelined connection and relays the answer, with the leader's
-  address as a hint so the client can go there directly next time.
+  request to the leader over one pipelined connection (``raft_node.host.forwarding``) and
+  relays the answer, with the leader's address as a hint so the client can go there directly
+  next time.
 - **Reads**: linearizable ones go to ``NodeHost.read`` (ReadIndex rounds); ``stale=True`` reads
   query the local state machine at once.
 - **Watch** subscribes the connection to a topic of the host's event stream; **transfer** asks
@@ -25,12 +26,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from raft_node.client import AsyncConnection, AuthenticationFailed
-from raft_node.client.connection import NotSent
 from raft_node.core.messages import NONE, NodeId
 from raft_node.host import waiters as w
 from raft_node.host.backup import BackupService, chunk_bytes_for
 from raft_node.host.config import NodeConfig
+from raft_node.host.forwarding import LeaderForwarder
 from raft_node.host.members import MembershipService
 from raft_node.host.node_host import NodeHost, ProposalDropped
 from raft_node.transport import backup_protocol as bp
@@ -70,7 +70,8 @@ class RequestHandler:
     def __init__(self, host: NodeHost, config: NodeConfig) -> None:
         self.host = host
         self.config = config
-        self._forward: dict[NodeId, AsyncConnection] = {}
+        self.forwarder = LeaderForwarder(host.id, config)
+        host.leader_listeners.append(self.forwarder.leader_changed)
         self._hint: tuple[NodeId, str] = (NONE, "")
         self.members = MembershipService(host, config)
         chunk = chunk_bytes_for(config.max_frame_bytes)
@@ -156,51 +157,11 @@ class RequestHandler:
         """Close the connections that forward proposals to the leader (reopened on the next
         proposal, with the config's current TLS context). A forwarded request in flight on one
         answers ``unavailable``; its client retries it (same id and sequence: applied once)."""
-        conns, self._forward = list(self._forward.values()), {}
-        for conn in conns:
-            asyncio.get_running_loop().create_task(conn.close())
+        self.forwarder.drop_connections()
 
     async def _forward_to_leader(self, req: p.Propose | p.Transfer) -> list:
-        config = self.config
         lead = self.host.leader
-        if lead == NONE or lead == self.host.id:
-            return p.err(req.req_id, p.NOT_LEADER, "no leader known; retry", definite=True)
-        hint = self.address_str(lead)
-        conn = self._forward.get(lead)
-        try:
-            if conn is None or conn.closed:
-                conn = AsyncConnection(
-                    config.cluster[lead],
-                    config.secret,
-                    f"{self.host.id}-forward",
-                    ssl=config.ssl_client,
-                    max_frame_bytes=config.max_frame_bytes,
-                )
-                await conn.open(2.0)
-                self._forward[lead] = conn
-        except (OSError, EOFError, asyncio.IncompleteReadError, AuthenticationFailed) as exc:
-            # Nothing was sent: the proposal surely went nowhere (``definite``).
-            message = f"leader unreachable: {exc!r}"
-            return p.err(req.req_id, p.UNAVAILABLE, message, hint, definite=True)
-        try:
-            timeout = config.request_timeout
-            if isinstance(req, p.Propose):
-                resp = await conn.request(p.PROPOSE, [req.client_id, req.seq, req.body], timeout)
-            else:
-                resp = await conn.request(p.TRANSFER, [req.target], timeout)
-        except TimeoutError:
-            return p.err(req.req_id, p.TIMEOUT, "leader did not answer in time", hint)
-        except NotSent as exc:
-            message = f"leader unreachable: {exc!r}"
-            return p.err(req.req_id, p.UNAVAILABLE, message, hint, definite=True)
-        except (OSError, EOFError, asyncio.IncompleteReadError, AuthenticationFailed) as exc:
-            # AuthenticationFailed: the leader refuses this node's secret or certificate (a
-            # rotation half done); the client may still reach the leader itself.
-            return p.err(req.req_id, p.UNAVAILABLE, f"leader unreachable: {exc!r}", hint)
-        if resp.ok:
-            return p.ok(req.req_id, resp.value, resp.leader_hint or hint)
-        assert resp.error is not None
-        return p.error(req.req_id, resp.kind, resp.error, resp.leader_hint or hint)
+        return await self.forwarder.forward(lead, req, self.address_str(lead))
 
     # -- reads ---------------------------------------------------------------------------------
 
