@@ -126,7 +126,9 @@ def test_a_silent_node_gets_half_the_budget_then_the_retry_gets_the_rest():
 def test_a_node_that_drops_a_proposal_marks_its_answer_definite():
     class NotTheLeader:
         id = "n1"
-        leader_listeners: list[Any] = []
+
+        def __init__(self) -> None:
+            self.leader_listeners: list[Any] = []
 
         def propose(self, *args: Any) -> None:
             raise ProposalDropped("not the leader", "n2")

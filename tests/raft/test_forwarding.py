@@ -65,7 +65,7 @@ def test_requests_share_one_open_and_a_leader_change_answers_them_at_once() -> N
 
 def test_a_change_to_the_same_leader_keeps_its_opening() -> None:
     async def main() -> None:
-        server, addr, accepted = await _silent_server()
+        server, addr, _accepted = await _silent_server()
         config = NodeConfig("n2", {"n1": addr, "n2": ("127.0.0.1", 1)}, Path("."), SECRET)
         forwarder = LeaderForwarder("n2", config)
         task = asyncio.create_task(forwarder.forward("n1", _propose(1), "hint"))
