@@ -49,20 +49,29 @@ def workload(
 
 def simulate(ops: list[tuple[bool, int]], size: int, policy: str, warmup: int = 0) -> float:
     """Hit rate (hits / reads after ``warmup`` operations) of a ``size``-key cache replaying
-    ``ops``, where a write drops the key from the cache (as the L1 does with its own writes):
+    ``ops`` with no leases, where a write keeps a cached key cached (as the L1 does with its own
+    writes, ``cache.set_hold``):
 
     - ``"static"``: caches exactly the ``size`` most popular keys (ranks below ``size``), each
-      from its first read after a write; the best static choice for this distribution;
-    - ``"lru"``: admits every miss and evicts the least recently used key.
+      from its first read; the best static choice for this distribution;
+    - ``"lru"``: admits every miss and evicts the least recently used key;
+    - ``"lfu"``: counts every request from the first operation on (perfect memory, no aging),
+      evicts the least frequently requested cached key and admits a miss only if it was
+      requested more often: the best an online policy can learn from this trace.
     """
+    import heapq
     from collections import OrderedDict
 
     cached: OrderedDict[int, None] = OrderedDict()
+    freq: dict[int, int] = {}
+    heap: list[tuple[int, int]] = []  # (count, rank) of cached keys, lazily updated
     hits = reads = 0
     for n, (is_read, rank) in enumerate(ops):
         counted = n >= warmup
+        freq[rank] = freq.get(rank, 0) + 1
+        if policy == "lfu" and rank in cached:
+            heapq.heappush(heap, (freq[rank], rank))
         if not is_read:
-            cached.pop(rank, None)
             continue
         reads += counted
         if rank in cached:
@@ -75,6 +84,17 @@ def simulate(ops: list[tuple[bool, int]], size: int, policy: str, warmup: int = 
         elif policy == "static":
             if rank < size:
                 cached[rank] = None
+        elif policy == "lfu":
+            if len(cached) < size:
+                cached[rank] = None
+                heapq.heappush(heap, (freq[rank], rank))
+                continue
+            while heap[0][1] not in cached or freq[heap[0][1]] != heap[0][0]:
+                heapq.heappop(heap)  # stale
+            if freq[rank] > heap[0][0]:
+                del cached[heapq.heappop(heap)[1]]
+                cached[rank] = None
+                heapq.heappush(heap, (freq[rank], rank))
         else:
             raise ValueError(f"unknown policy {policy!r}")
     return hits / reads if reads else float("nan")

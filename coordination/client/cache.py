@@ -24,6 +24,13 @@ has been asked for more often (recently) than the entry it would evict, so one-o
 flush popular keys. A key that would not be admitted is read from the cluster without
 registering (no fill, no lease). Evicting a registered entry releases it from one worker thread
 (``releaser``); the Redis read-back of evicted keys is ``redis_fallback``.
+
+A key this process still wants does not expire from its L1 every lease: a background thread
+(``renewer``) extends, in one ``cache.renew`` entry per batch, the registered copies in the last
+half of their local lease whose key the admission counts still call popular (requested within
+the last two aging periods). The cluster extends only registrations that are live and not told
+of a waiting write, so the value kept is still the current one; the new local deadline counts
+from when the renewal was sent. Without it, every popular key cost a miss and a fill per lease.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from coordination.client import operations as ops
 from coordination.client.admission import FrequencySketch
 from coordination.client.redis_fallback import RedisFallback
 from coordination.client.releaser import ReleaseWorker
+from coordination.client.renewer import LeaseRenewer
 from coordination.primitives import commands as c
 from raft_node.client import Watcher
 
@@ -47,6 +55,7 @@ if TYPE_CHECKING:
 
 LINEARIZABLE, BOUNDED = "linearizable", "bounded"
 LEASE_SAFETY = 0.8  # use 80% of the granted lease locally
+RENEW_BELOW = 0.5  # renew a copy once less than this share of its local lease is left
 
 # Every open cache client of this process, for ``process_stats`` (weak: never keeps one alive).
 _open_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
@@ -91,6 +100,14 @@ class Cache:
         self._releaser = coord.new_client() if registers else None
         # Releases of evicted registrations, sent off the reader's thread.
         self._evictions = ReleaseWorker(self._release) if registers else None
+        # Lease renewals of the copies still wanted, batched on their own thread.
+        self._renew_below = lease * LEASE_SAFETY * RENEW_BELOW
+        self._renewer = (
+            LeaseRenewer(self._due_renewals, self._renew, self._renew_below / 2)
+            if registers
+            else None
+        )
+        self.renewed = 0
         if registers:
             self.session = session or coord.default_session
             self._watcher = Watcher(
@@ -147,6 +164,8 @@ class Cache:
                     evicted.append((old, entry[3]))
         if evicted and self._evictions is not None:
             self._evictions.submit(evicted)
+        if reg is not None and self._renewer is not None:
+            self._renewer.start()
 
     def _local(self, key: str) -> tuple[Any, int] | None:
         """``(value, version)`` from the L1, or None (absent or past its local lease)."""
@@ -159,6 +178,42 @@ class Cache:
                 return None
             self._l1.move_to_end(key)
             return entry[0], entry[1]
+
+    def _due_renewals(self) -> list[tuple[str, int]]:
+        """Registered copies in the last half of their local lease whose key is still
+        popular by the admission counts (a key nobody asked for lately is let go)."""
+        soon = time.monotonic() + self._renew_below
+        frequency = self._admission.frequency
+        with self._lock:
+            return [
+                (key, entry[3])
+                for key, entry in self._l1.items()
+                if entry[3] is not None and entry[2] < soon and frequency(key) > 0
+            ]
+
+    def _renew(self, pairs: list[tuple[str, int]]) -> None:
+        """Extend ``pairs``' leases in one entry; keep the local copies that are still the
+        ones renewed (an invalidation or a re-fill since leaves them alone). Never raises: a
+        renewal that fails lets the lease run out, which costs one miss."""
+        if self._releaser is None or self.session is None:
+            return
+        started = time.monotonic()
+        try:
+            renewed = self._releaser.propose(
+                c.cache_renew(self.session.id, pairs, _ms(self.lease) or 1)
+            )
+        except Exception:
+            return
+        wanted = dict(pairs)
+        with self._lock:
+            for key, granted_ms in renewed:
+                entry = self._l1.get(key)
+                if entry is None or entry[3] != wanted.get(key):
+                    continue
+                deadline = started + granted_ms / 1000 * LEASE_SAFETY
+                if deadline > entry[2]:
+                    self._l1[key] = (entry[0], entry[1], deadline, entry[3])
+                    self.renewed += 1
 
     def _forget(self, key: str) -> None:
         """Before we write ``key``: drop our own copy and registration, so the write does not
@@ -360,6 +415,7 @@ class Cache:
             "misses": self.misses,
             "hit_rate": self.hits / total if total else 0.0,
             "redis_hits": self.redis_hits,
+            "renewed": self.renewed,
         }
 
     def cluster_stats(self) -> dict[str, Any]:
@@ -372,6 +428,8 @@ class Cache:
             self._watcher.stop()
         if self._evictions is not None:
             self._evictions.close(timeout=1.0)  # before the client it sends with
+        if self._renewer is not None:
+            self._renewer.close(timeout=1.0)  # before the client it sends with
         if self._releaser is not None:
             self._releaser.close()
         if self._redis is not None:

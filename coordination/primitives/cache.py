@@ -64,6 +64,8 @@ later (``Pending``) as described above:
                                                        lease_ms} (lease_ms = lease_until - now:
                                                        0 when nothing was registered)
 ``cache.release [session, [key, ...]]``                registrations dropped
+``cache.renew [session, [[key, reg], ...], lease_ms]`` [[key, lease_ms], ...] for the live,
+                                                       unnotified registrations it extended
 query ``cache.get [key]``                              {value, version, expires_ms} | None |
                                                        {evicted: True, version, expires_ms}
 query ``cache.get_many [[key, ...]]``                  [one ``get`` answer per key]
@@ -99,7 +101,7 @@ from coordination.primitives.cache_store import (
 from coordination.primitives.cache_txn import KIND as TXN
 from coordination.primitives.cache_txn import TXN_CHECKS, TXN_WRITES, LockTable, Txns
 from coordination.primitives.cache_writes import CacheWrites
-from coordination.primitives.errors import EVICTED, UNKNOWN_KEY
+from coordination.primitives.errors import BAD_COMMAND, EVICTED, UNKNOWN_KEY, reject
 from coordination.primitives.sessions import Sessions
 from raft_node.core.fsm import CommandRejected
 
@@ -146,6 +148,7 @@ class Cache:
         ops: dict[str, Op] = {op: self._command(parse) for op, parse in parsers.items()}
         ops["cache.fill"] = self.fill
         ops["cache.release"] = self.release
+        ops["cache.renew"] = self.renew
         return ops
 
     def checks(self) -> dict[str, Check]:
@@ -356,6 +359,31 @@ class Cache:
         dropped = self.l1.release(sid, keys, regs)
         self._finish(ctx)
         return dropped
+
+    def renew(self, ctx: Ctx, args: list[Any]) -> list[list[Any]]:
+        """Extend the leases of L1 registrations their holder still serves from (a client
+        renews the keys it keeps reading, in one entry, before their leases run out, instead
+        of re-filling each). A registration that expired, was replaced, or was told of a
+        waiting write is left alone; the answer names the keys extended and their new lease."""
+        self._begin(ctx)
+        sid, items, lease_ms = limits.args(args, 3, "cache.renew")
+        sid = self.sessions.require(sid)
+        keys, regs = release_items(items)
+        lease_ms = lease(lease_ms)
+        renewed: list[list[Any]] = []
+        if None in regs:
+            reject(BAD_COMMAND, "cache.renew takes [key, registration] pairs")
+        for key, reg in zip(keys, regs, strict=True):
+            if self.queue.busy(key):
+                continue
+            until = ctx.now_ms + lease_ms
+            current = self.store.read(key)
+            if current is not None and current["expires_ms"] is not None:
+                until = min(until, current["expires_ms"])  # never outlives the key
+            if until > ctx.now_ms and self.l1.renew(sid, key, reg, until, ctx.now_ms):
+                renewed.append([key, until - ctx.now_ms])
+        self._finish(ctx)
+        return renewed
 
     # -- time and sessions ----------------------------------------------------------------------
 

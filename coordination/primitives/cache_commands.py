@@ -141,12 +141,14 @@ def _session_first(count: int, op: str) -> Check:
 _NO_SESSIONS = _NoSessions()
 
 # What the leader checks before proposing (``CoordinationMachine.validate``): every write's whole
-# parse, except ``set_hold``'s, which looks its session up after the arity; fills and releases too.
+# parse, except ``set_hold``'s, which looks its session up after the arity; fills, releases and
+# renewals too.
 CHECKS: dict[str, Check] = {
     **{op: _stateless(parse) for op, parse in WRITES.items() if op != "cache.set_hold"},
     "cache.set_hold": _session_first(5, "cache.set_hold"),
     "cache.fill": _session_first(3, "cache.fill"),
     "cache.release": _session_first(2, "cache.release"),
+    "cache.renew": _session_first(3, "cache.renew"),
 }
 
 

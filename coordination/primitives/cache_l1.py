@@ -95,6 +95,19 @@ class L1Registry:
             dropped += self.drop(sid, key)
         return dropped
 
+    def renew(self, sid: int, key: str, reg_id: int, lease_until: int, now_ms: int) -> bool:
+        """Extend ``sid``'s registration ``reg_id`` of ``key`` to ``lease_until``, only if it is
+        live and not told of a waiting write. Such a registration proves no write to the key
+        was applied since its fill (a write to a held key waits for its holders), so the value
+        the holder keeps is the current one: extending it is a fill that changes nothing."""
+        reg = self.holders.get(key, {}).get(sid)
+        if reg is None or reg[2] != reg_id or reg[1] or reg[0] <= now_ms:
+            return False
+        if lease_until > reg[0]:
+            reg[0] = lease_until
+            self._push(lease_until, (sid, key))
+        return True
+
     def session_ended(self, sid: int) -> None:
         for key in list(self.by_session.get(sid, ())):
             self.drop(sid, key)

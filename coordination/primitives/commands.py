@@ -303,6 +303,11 @@ def cache_release(session: int, keys: Iterable[str | tuple[str, int]]) -> bytes:
     return _cmd("cache.release", session, [list(k) if isinstance(k, tuple) else k for k in keys])
 
 
+def cache_renew(session: int, pairs: Iterable[tuple[str, int]], lease_ms: int) -> bytes:
+    """Extend the leases of ``(key, registration)`` L1 registrations still live."""
+    return _cmd("cache.renew", session, [list(k) for k in pairs], lease_ms)
+
+
 def cache_stats() -> bytes:
     return _cmd("cache.stats")
 

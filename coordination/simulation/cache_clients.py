@@ -3,11 +3,12 @@
 Each client watches one node's event stream (``session:<id>``, a subscription on that node's
 host), as ``cache_client.Cache`` does.
 A read is an L1 hit while the local lease lasts, else a ``cache.fill`` through the log that may
-register a lease. An invalidation event, delivered after a random delay by the watched node,
-drops the key and sends a release naming the fill's registration, on a separate lane without
-retries (as the real client's releaser does: a lost release only delays writers until the
-lease ends). If the watched node crashes, events may have been lost: the L1 is dropped. Writes
-are ``cache.set`` of unique values. Every read (hits included) and write goes into a history
+register a lease; now and then a client extends the leases it holds with one ``cache.renew``.
+An invalidation event, delivered after a random delay by the watched node, drops the key and
+sends a release naming the fill's registration, on a separate lane without retries (as the
+real client's releaser does: a lost release only delays writers until the lease ends). If the
+watched node crashes, events may have been lost: the L1 is dropped. Writes are ``cache.set`` of
+unique values. Every read (hits included) and write goes into a history
 checked for linearizability per key with a register model: the L1 included, under faults.
 """
 
@@ -37,6 +38,7 @@ class CacheClients:
         self.values = 0
         self.hits = 0
         self.invalidations = 0
+        self.renewals = 0
 
     # -- starting operations --------------------------------------------------------------------
 
@@ -54,6 +56,12 @@ class CacheClients:
                 body = c.cache_set(key, value, None)
             self.w.start(cl, body, "cset", {"key": key, "value": value})
             return
+        if cl.l1 and sim.rng.random() < 0.3:  # extend what we hold, as the real client does
+            pairs = {k: e[1] for k, e in cl.l1.items() if e[2] > sim.now}
+            if pairs:
+                body = c.cache_renew(cl.session, list(pairs.items()), LEASE_MS)
+                self.w.start(cl, body, "renew", {"pairs": pairs})
+                return
         entry = cl.l1.get(key)
         if entry is not None and entry[2] > sim.now:
             self.hits += 1
@@ -89,9 +97,13 @@ class CacheClients:
     def finished(self, req: Request, ok: bool, value: Any) -> None:
         sim = self.w.sim
         assert sim is not None
-        cl, key = req.client, req.info["key"]
+        cl = req.client
         if not ok:
             return  # an error carries no information about the register
+        if req.kind == "renew":
+            self._renewed(cl, req, value)
+            return
+        key = req.info["key"]
         if req.kind == "cset":
             self.history.append(
                 Operation(cl.name, key, "write", req.info["value"], None, req.started, sim.now)
@@ -116,6 +128,18 @@ class CacheClients:
                 return
         if reg is not None:
             self._release(cl, key, reg)
+
+    def _renewed(self, cl: SimClient, req: Request, value: Any) -> None:
+        """Extend the local leases the cluster extended, counted from the FIRST send (as for
+        fills), and only for a copy still held from the same fill."""
+        for key, granted in value:
+            entry = cl.l1.get(key)
+            if entry is None or entry[1] != req.info["pairs"].get(key):
+                continue  # dropped (an invalidation) or re-filled since: leave it
+            deadline = req.started + int(granted * LEASE_SAFETY)
+            if deadline > entry[2]:
+                cl.l1[key] = (entry[0], entry[1], deadline)
+                self.renewals += 1
 
     # -- invalidations --------------------------------------------------------------------------
 

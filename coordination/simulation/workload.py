@@ -272,7 +272,7 @@ class CoordinationWorkload:
         req.done = True
         cl.current = None
         kind, info = req.kind, req.info
-        if kind in ("cset", "fill"):
+        if kind in ("cset", "fill", "renew"):
             self.cache.finished(req, ok, value)
             if not ok and value[0] in ("session_expired", "unknown_session"):
                 self._session_lost(cl)

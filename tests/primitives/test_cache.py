@@ -509,6 +509,37 @@ def test_a_late_release_does_not_drop_a_newer_registration():
     assert d.stats()["l1_holders"] == 0
 
 
+def test_renew_extends_live_registrations_and_nothing_else():
+    """A holder that keeps reading a key extends its lease in one entry instead of re-filling
+    it. Only a live registration, named by its fill, and not told of a waiting write is
+    extended; the lease never outlives the key's expiry."""
+    d = Driver()
+    s = d.session()  # 1
+    d.apply("cache.set", "k", b"v", None)  # 2
+    d.apply("cache.set", "t", b"v", 5_000)  # 3: expires at T0 + 5,000
+    reg_k = d.apply("cache.fill", s, "k", 1_000)["registration"]  # 4
+    reg_t = d.apply("cache.fill", s, "t", 1_000)["registration"]  # 5
+    reg_x = d.apply("cache.fill", s, "x", 1_000)["registration"]  # 6: absent keys too
+    d.now += 900
+    got = d.apply("cache.renew", s, [["k", reg_k], ["t", reg_t], ["x", reg_x + 99]], 10_000)
+    assert got == [["k", 10_000], ["t", 4_100]]  # x: not that registration; t: capped
+    d.now += 5_000  # k's first lease is long gone; the renewed one holds the write back
+    assert d.apply("cache.set", "k", b"w", None) == Pending(d.index)
+    assert d.events() == [(f"session:{s}", ["invalidate", "k", d.index])]
+    waiting = d.index
+    # Told of a waiting write: no renewal keeps the holder (and so the write) any longer.
+    assert d.apply("cache.renew", s, [["k", reg_k]], 60_000) == []
+    d.now += 5_001
+    d.tick()
+    assert (waiting, True, waiting) in d.done()
+    assert d.get("k") == _rec(b"w", waiting)
+    # Expired: nothing to renew, and a renewal cannot bring it back.
+    assert d.apply("cache.renew", s, [["x", reg_x]], 1_000) == []
+    assert d.stats()["l1_holders"] == 0
+    assert d.code("cache.renew", s, ["k"], 1_000) == "bad_command"  # pairs only
+    assert d.code("cache.renew", s, [["k", reg_k]], 10) == "limit_exceeded"  # lease < 100 ms
+
+
 def test_fill_while_writes_wait_serves_the_old_value_uncacheable():
     d = Driver()
     s1, s2 = d.session(), d.session()  # 1, 2

@@ -84,6 +84,29 @@ def test_no_reader_sees_an_old_value_after_a_write_returned(cluster):
     assert sum(r.stats()["hits"] for _, r in readers) > 0
 
 
+def test_a_key_kept_in_use_is_renewed_instead_of_refilled_and_still_invalidated(cluster):
+    """Read for three leases, a key stays in the L1: hits late in its lease renew it in the
+    background (one ``cache.renew`` per batch), so it is never missed again after its fill. A
+    renewed copy is still invalidated: once a write returned, the old value is gone."""
+    coord, cache = _cache(cluster, lease=0.5)
+    coord_w, writer = _cache(cluster, mode=BOUNDED)
+    try:
+        writer.set("rn:k", b"1")
+        assert cache.get("rn:k") == b"1"  # the one miss: filled and registered
+        deadline = time.monotonic() + 1.5  # three leases of 0.5 s
+        while time.monotonic() < deadline:
+            assert cache.get("rn:k") == b"1"
+            time.sleep(0.01)
+        stats = cache.stats()
+        assert stats["misses"] == 1, stats
+        assert stats["renewed"] >= 3, stats
+        writer.set("rn:k", b"2")
+        assert cache.get("rn:k") == b"2"
+    finally:
+        for closing in (cache, writer, coord, coord_w):
+            closing.close()
+
+
 def test_an_evicted_registration_is_released_so_writes_do_not_wait_for_its_lease(cluster):
     coord, cache = _cache(cluster, l1_size=2, lease=30.0)
     coord_w, writer = _cache(cluster, mode=BOUNDED)
