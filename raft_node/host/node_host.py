@@ -257,7 +257,11 @@ class NodeHost:
     def report_peer_closed(self, peer: NodeId) -> None:
         """``peer``'s process closed its connection (EOF or reset): a follower whose leader
         that is elects a new one soon (``Raft.suspect_leader``)."""
+        raft = self.raw.raft
+        suspected = raft.lead_suspect
         self.raw.report_peer_closed(peer)
+        if raft.lead_suspect and not suspected:
+            event(logging.INFO, "leader_connection_closed", node=self.id, leader=peer)
         self.wake()
 
     def tick(self) -> None:

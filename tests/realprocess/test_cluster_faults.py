@@ -110,6 +110,14 @@ def test_kill_leader_during_writes_loses_nothing_acknowledged(cluster: LocalClus
     cluster.kill(old)
     new = cluster.wait_for_leader(exclude=old)
     assert new != old
+    # The survivors saw the dead leader's connections close: they elected without waiting
+    # for the election timeout (``Raft.suspect_leader``), and said why.
+    seen = [
+        n
+        for n in cluster.ids
+        if n != old and "event=leader_connection_closed" in (cluster.log_path(n).read_text())
+    ]
+    assert seen, "no survivor logged the closed leader connection"
     writer.wait_acked(len(writer.acked) + 50)  # writes resume under the new leader
     acked = writer.stop()
     cluster.start_node(old)
