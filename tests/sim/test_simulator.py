@@ -104,12 +104,12 @@ def test_two_membership_changes_at_once_are_caught() -> None:
 
 @pytest.mark.slow
 def test_a_change_before_the_new_leaders_first_commit_is_caught() -> None:
-    """The thesis' erratum, injected: rare (about one seed in 2,000), so it runs in the deep
-    search only."""
+    """The thesis' erratum, injected: rare (about one seed in 2,500: seeds 2908 and 5240 of
+    the first 6,000 catch it), so it runs in the deep search only, up to its first catch."""
     failures = _sweep(
-        range(2_000), 3, 3000, until=SAFETY, raft_class=NoTermCommitConfRaft, membership=True
+        range(4_000), 3, 3000, until=SAFETY, raft_class=NoTermCommitConfRaft, membership=True
     )
-    assert any(SAFETY in f for f in failures), "unnoticed in 2,000 seeds"
+    assert any(SAFETY in f for f in failures), "unnoticed in 4,000 seeds"
 
 
 def test_same_seed_same_run() -> None:
