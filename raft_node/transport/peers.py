@@ -82,6 +82,7 @@ class _Peer:
     writer: asyncio.StreamWriter | None = None  # set while connected (see _pump)
     busy: bool = False  # the pump is writing/draining
     redial: bool = False  # we closed the connection on purpose (new TLS contexts)
+    redialed_at: float = float("-inf")  # when we last closed it on purpose (monotonic)
     streams: dict[int, _Stream] = field(default_factory=dict)  # by stream id: not yet reported
 
 
@@ -179,9 +180,10 @@ class PeerRouter:
         right away (a bad one shows in ``connect_failed`` now, not at the next network blip
         days later). Raft resends whatever those connections lose."""
         self._ssl_client = ssl_client
+        now = time.monotonic()
         for p in self.peers.values():
             if p.writer is not None:
-                p.redial = True
+                p.redial, p.redialed_at = True, now
                 p.writer.close()
 
     def peer_stats(self) -> dict[NodeId, dict[str, Any]]:

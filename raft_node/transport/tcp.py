@@ -86,6 +86,7 @@ import asyncio
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ from raft_node.transport.peers import PeerRouter
 from raft_node.transport.protocol import STAT_KEYS, ClientHandler, Transport
 from raft_node.transport.snapstream import CHUNK_OVERHEAD, DEFAULT_CHUNK_BYTES, remove_stale
 from raft_node.transport.wire import MAX_FRAME_BYTES
+
+PEER_CLOSED_WINDOW = 1.0  # seconds between the two closes of a peer whose process is gone
 
 __all__ = [
     "ClientHandler",
@@ -148,9 +151,11 @@ class TcpTransport:
         the node stops then, rather than live on unable to reach that peer. ``on_peer_batch()``
         is called after the messages of one socket read from a peer were given to
         ``on_message``: a node handles them there and then, rather than a loop iteration
-        later. ``on_peer_closed(peer)`` is called when a peer's process closed its inbound
-        connection (EOF or reset; not a close of ours, a timeout or a protocol error): the node
-        calls ``RawNode.report_peer_closed``."""
+        later. ``on_peer_closed(peer)`` is called when a peer's process is gone: it closed its
+        connection to us (EOF or reset; not a close of ours, a timeout or a protocol error) and
+        our connection to it failed too (in either order, within ``PEER_CLOSED_WINDOW``). A
+        process that dies closes both at once; one that only re-dials us (a TLS reload) keeps
+        the connection it accepted from us. The node calls ``RawNode.report_peer_closed``."""
         self.node_id = node_id
         secret = check_secret(secret)
         self._listen = listen if listen is not None else peers.get(node_id)
@@ -163,11 +168,14 @@ class TcpTransport:
         if snapshot_chunk_bytes < 1:
             raise ValueError(f"snapshot_chunk_bytes must be >= 1, got {snapshot_chunk_bytes!r}")
         self._snapshot_dir = None if snapshot_dir is None else Path(snapshot_dir)
+        self._on_unreachable = on_unreachable
+        self._on_peer_closed = on_peer_closed
+        self._closed_in: dict[NodeId, float] = {}  # peer -> when its connection to us closed
         self._router = PeerRouter(
             node_id,
             secret,
             self._stats,
-            on_unreachable=on_unreachable,
+            on_unreachable=self._unreachable,
             on_snapshot_status=on_snapshot_status,
             on_fatal=on_fatal,
             ssl_client=ssl_client,
@@ -202,10 +210,35 @@ class TcpTransport:
             max_client_out_bytes=max_client_out_bytes,
             max_pending_handshakes=max_pending_handshakes,
             on_peer_batch=on_peer_batch,
-            on_peer_closed=on_peer_closed,
+            on_peer_closed=self._inbound_closed,
         )
         self._running = False
         self.address: Address | None = None
+
+    # -- a peer's process gone: both directions closed ------------------------------------------
+
+    def _inbound_closed(self, peer: NodeId) -> None:
+        ours = self._router.peers.get(peer)
+        now = time.monotonic()
+        redialing = ours is not None and now - ours.redialed_at <= PEER_CLOSED_WINDOW
+        if ours is None or not (ours.connected or redialing):
+            self._peer_gone(peer)  # our connection to it already failed (or never was)
+        else:
+            # Wait for ours to fail too. One we are re-dialling ourselves (our own TLS reload)
+            # proves nothing either way: only a failed attempt does.
+            self._closed_in[peer] = now
+
+    def _unreachable(self, peer: NodeId) -> None:
+        if self._on_unreachable is not None:
+            self._on_unreachable(peer)
+        closed = self._closed_in.pop(peer, None)
+        if closed is not None and time.monotonic() - closed <= PEER_CLOSED_WINDOW:
+            self._peer_gone(peer)
+
+    def _peer_gone(self, peer: NodeId) -> None:
+        self._closed_in.pop(peer, None)
+        if self._on_peer_closed is not None:
+            self._on_peer_closed(peer)
 
     # -- membership ------------------------------------------------------------------------------
 

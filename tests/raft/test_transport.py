@@ -178,6 +178,28 @@ def test_a_peer_that_closes_its_connection_is_reported_and_our_own_close_is_not(
     run(main())
 
 
+def test_a_peer_that_only_redials_us_is_not_reported_closed() -> None:
+    """A TLS reload makes a node close and re-dial its connections to its peers; it is alive,
+    and the connection it accepted from each peer stays open, so no peer reports it closed
+    (its followers would otherwise elect a new leader on every certificate rotation)."""
+
+    async def main() -> None:
+        a, b = await linked()
+        a.t.send([app(0)])
+        b.t.send([app(0, frm="b", to="a")])
+        await until(lambda: len(b.got) == 1 and len(a.got) == 1)
+        a.t.set_tls(None, None)  # a closes its connection to b, to re-dial it
+        await asyncio.sleep(0.3)  # b reads the EOF (and would report it within this)
+        a.t.send([app(1)])  # the re-dial (connections open when something is queued)
+        await until(lambda: len(b.got) == 2)
+        assert b.closed == [] and a.closed == []
+        await a.t.stop()
+        await until(lambda: b.closed == ["a"])  # a real close still is
+        await b.t.stop()
+
+    run(main())
+
+
 def test_send_queue_bound_drops_oldest() -> None:
     async def main() -> None:
         with socket.socket() as s:  # a port with nothing listening on it
