@@ -98,7 +98,8 @@ class LeaderForwarder:
             self._conns[lead] = conn
             return conn
         finally:
-            self._opening.pop(lead, None)
+            if self._opening.get(lead) is asyncio.current_task():
+                del self._opening[lead]  # (an abandoned one was removed already)
 
     def leader_changed(self, lead: NodeId) -> None:
         """Close the connections to, and abandon the openings to, every node but ``lead``."""

@@ -22,7 +22,8 @@ thread and never from inside ``send``:
   ``RawNode.report_unreachable``), once per failed attempt.
 - ``on_peer_closed(peer)`` (optional): the peer's process is gone: its connection to us closed
   (EOF or reset, as a crash or restart does; not a timeout, nor a close of ours) and ours to it
-  failed too; the host calls ``RawNode.report_peer_closed``. The in-process transport has no connections and never calls it.
+  failed too; the host calls ``RawNode.report_peer_closed``. The in-process transport has no
+  connections and never calls it.
 - ``on_snapshot_status(peer, ok)``: a ``SNAP`` message reached the peer (``True``: the TCP
   transport reports it when the receiver acknowledges the complete, checked snapshot; the
   in-process one when it is handed over) or was dropped, rejected or lost with its connection
