@@ -42,8 +42,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import KEYSPACE, cpu_seconds, key, send_line, value
-from prim_common import Samples, Window, now
+from benchlib import KEYSPACE, key, send_line, value
+from prim_common import Window, closed_loop
 
 CLIENT_TIMEOUT = 5.0
 BG_CONCURRENCY = 4
@@ -220,25 +220,12 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
 # -- measurement ----------------------------------------------------------------------------------
 
 
-def _cpu(pids: list[int]) -> float:
-    return sum(cpu_seconds(p) or 0.0 for p in pids)
-
-
 async def measure(side: Side, cmd: dict[str, Any]) -> dict[str, Any]:
     workload, conc = cmd["workload"], int(cmd["concurrency"])
     pids = [int(p) for p in cmd.get("pids", [])]
     if workload in ("lock", "v3lock"):
         await side.prepare_lock(workload)
     window = Window(cmd["warmup"], cmd["seconds"])
-    samples = Samples(window)
-    cpu: dict[str, float] = {}
-
-    async def sampler() -> None:
-        await asyncio.sleep(max(0.0, (window.start - now()) / 1e9))
-        cpu["client0"], cpu["server0"] = cpu_seconds(os.getpid()) or 0.0, _cpu(pids)
-        await asyncio.sleep(max(0.0, (window.end - now()) / 1e9))
-        cpu["client1"], cpu["server1"] = cpu_seconds(os.getpid()) or 0.0, _cpu(pids)
-
     if workload == "write":
         op = side.write
     elif workload == "raw":
@@ -248,31 +235,11 @@ async def measure(side: Side, cmd: dict[str, Any]) -> dict[str, Any]:
         async def op(n: int) -> None:
             await side.lock_pair(workload, n)
 
-    async def worker(i: int) -> None:
-        n = i * 7919
-        while not window.over():
-            n += 1
-            t0 = now()
-            try:
-                await op(n)
-            except Exception as exc:
-                samples.error(exc)
-                await asyncio.sleep(0.01)
-                continue
-            samples.done(t0)
-
     try:
-        await asyncio.gather(sampler(), *(worker(i) for i in range(conc)))
+        out, samples = await closed_loop(op, conc, window, pids)
     finally:
         if workload in ("lock", "v3lock"):
             await side.end_lock()
-    out = samples.summary()
-    ops = out["ops"]
-    client = cpu["client1"] - cpu["client0"]
-    server = cpu["server1"] - cpu["server0"]
-    out["client_cpu_s"], out["server_cpu_s"] = client, server
-    out["client_cpu_us_per_op"] = 1e6 * client / ops if ops else None
-    out["server_cpu_us_per_op"] = 1e6 * server / ops if ops else None
     out["lat_us"] = [x // 1000 for x in samples.latencies]
     return out
 

@@ -42,8 +42,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import cpu_seconds, send_line
-from prim_common import Samples, Window, now
+from benchlib import send_line
+from prim_common import Window, closed_loop
 
 from coordination.client.aio import AsyncCoordinator
 from coordination.primitives import commands as c
@@ -172,37 +172,7 @@ class Driver:
         if cmd["workload"] in ("lock", "queue"):
             await self.coord.default_session()  # opened before any clock starts
         window = Window(cmd["warmup"], cmd["seconds"])
-        samples = Samples(window)
-        cpu: dict[str, float] = {}
-
-        def server_cpu() -> float:
-            return sum(cpu_seconds(p) or 0.0 for p in pids)
-
-        async def sampler() -> None:
-            await asyncio.sleep(max(0.0, (window.start - now()) / 1e9))
-            cpu["client0"], cpu["server0"] = cpu_seconds(os.getpid()) or 0.0, server_cpu()
-            await asyncio.sleep(max(0.0, (window.end - now()) / 1e9))
-            cpu["client1"], cpu["server1"] = cpu_seconds(os.getpid()) or 0.0, server_cpu()
-
-        async def worker(i: int) -> None:
-            n = i * 7919
-            while not window.over():
-                n += 1
-                t0 = now()
-                try:
-                    await op(n)
-                except Exception as exc:
-                    samples.error(exc)
-                    await asyncio.sleep(0.01)
-                    continue
-                samples.done(t0)
-
-        await asyncio.gather(sampler(), *(worker(i) for i in range(int(cmd["concurrency"]))))
-        out = samples.summary()
-        ops = out["ops"]
-        for side in ("client", "server"):
-            spent = cpu[f"{side}1"] - cpu[f"{side}0"]
-            out[f"{side}_cpu_us_per_op"] = 1e6 * spent / ops if ops else None
+        out, _ = await closed_loop(op, int(cmd["concurrency"]), window, pids)
         return out
 
 

@@ -8,13 +8,15 @@ it *completes* inside ``[start, end]`` (after the warm-up), like ``raft_load.py`
 
 from __future__ import annotations
 
+import asyncio
+import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchlib import summarize_latencies
+from benchlib import cpu_seconds, summarize_latencies
 
 PAYLOAD_BYTES = 100
 _STAMP = struct.Struct(">q")
@@ -77,6 +79,53 @@ class Samples:
         out.update(self.counters)
         out.update(extra)
         return out
+
+
+async def closed_loop(
+    op: Callable[[int], Awaitable[Any]],
+    concurrency: int,
+    window: Window,
+    pids: list[int],
+) -> tuple[dict[str, Any], Samples]:
+    """``concurrency`` asyncio workers, each awaiting ``op(n)`` back to back until the window
+    ends (a failed call is counted and retried after 10 ms); the summary, with this process's
+    and ``pids``' CPU over the measured part of the window (``client_cpu_s``, ``server_cpu_s``
+    and both per operation), and the samples. Shared by ``etcd_load.py`` and
+    ``growth_load.py``, so both systems and every growth step are measured the same way."""
+    samples = Samples(window)
+    cpu: dict[str, float] = {}
+
+    def read_cpu(at: str) -> None:
+        cpu[f"client{at}"] = cpu_seconds(os.getpid()) or 0.0
+        cpu[f"server{at}"] = sum(cpu_seconds(p) or 0.0 for p in pids)
+
+    async def sampler() -> None:
+        await asyncio.sleep(max(0.0, (window.start - now()) / 1e9))
+        read_cpu("0")
+        await asyncio.sleep(max(0.0, (window.end - now()) / 1e9))
+        read_cpu("1")
+
+    async def worker(i: int) -> None:
+        n = i * 7919
+        while not window.over():
+            n += 1
+            t0 = now()
+            try:
+                await op(n)
+            except Exception as exc:
+                samples.error(exc)
+                await asyncio.sleep(0.01)
+                continue
+            samples.done(t0)
+
+    await asyncio.gather(sampler(), *(worker(i) for i in range(concurrency)))
+    out = samples.summary()
+    ops = out["ops"]
+    for side in ("client", "server"):
+        spent = cpu[f"{side}1"] - cpu[f"{side}0"]
+        out[f"{side}_cpu_s"] = spent
+        out[f"{side}_cpu_us_per_op"] = 1e6 * spent / ops if ops else None
+    return out, samples
 
 
 class Holders:
