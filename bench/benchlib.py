@@ -7,12 +7,15 @@ system-wide CLOCK_MONOTONIC on Linux) and ``time.perf_counter_ns()`` for in-proc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
 import socket
 import subprocess
+import sys
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 def send_line(stream: Any, obj: Any) -> None:
     stream.write(json.dumps(obj) + "\n")
     stream.flush()
+
+
+async def serve_commands(handle: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> None:
+    """A load driver's side of ``Controlled``: one JSON command per stdin line, answered on
+    stdout with ``await handle(cmd)`` (an exception answers ``{"error": ...}``) until stdin
+    closes."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        cmd = json.loads(line)
+        try:
+            answer = await handle(cmd)
+        except Exception as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        send_line(sys.stdout, answer)
 
 
 class Controlled:

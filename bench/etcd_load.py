@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import KEYSPACE, key, send_line, value
+from benchlib import KEYSPACE, key, send_line, serve_commands, value
 from prim_common import Window, closed_loop
 
 CLIENT_TIMEOUT = 5.0
@@ -267,32 +267,26 @@ async def amain(args: argparse.Namespace) -> None:
     else:
         side = EtcdSide(params)
     await side.open()
-    loop = asyncio.get_running_loop()
     bg: tuple[asyncio.Event, asyncio.Task[None]] | None = None
+
+    async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
+        nonlocal bg
+        if cmd["cmd"] == "run":
+            return await measure(side, cmd)
+        if cmd["cmd"] == "bg":
+            if cmd["on"] and bg is None:
+                stop = asyncio.Event()
+                bg = (stop, asyncio.create_task(background(side, stop)))
+            elif not cmd["on"] and bg is not None:
+                bg[0].set()
+                await asyncio.wait_for(bg[1], 10)
+                bg = None
+            return {"bg": bool(bg)}
+        return {"error": f"unknown command {cmd!r}"}
+
     try:
         send_line(sys.stdout, {"ready": True})
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return
-            cmd = json.loads(line)
-            try:
-                if cmd["cmd"] == "run":
-                    answer = await measure(side, cmd)
-                elif cmd["cmd"] == "bg":
-                    if cmd["on"] and bg is None:
-                        stop = asyncio.Event()
-                        bg = (stop, asyncio.create_task(background(side, stop)))
-                    elif not cmd["on"] and bg is not None:
-                        bg[0].set()
-                        await asyncio.wait_for(bg[1], 10)
-                        bg = None
-                    answer = {"bg": bool(bg)}
-                else:
-                    answer = {"error": f"unknown command {cmd!r}"}
-            except Exception as exc:
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            send_line(sys.stdout, answer)
+        await serve_commands(handle)
     finally:
         if bg is not None:
             bg[0].set()

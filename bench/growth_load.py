@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import sys
@@ -42,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import send_line
+from benchlib import send_line, serve_commands
 from prim_common import Window, closed_loop
 
 from coordination.client.aio import AsyncCoordinator
@@ -178,25 +177,18 @@ class Driver:
 
 async def amain(args: argparse.Namespace) -> None:
     driver = Driver(args.addresses.split(","), os.environ["RAFTSYNC_BENCH_SECRET"])
-    loop = asyncio.get_running_loop()
+
+    async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd["cmd"] == "stats":
+            return await driver.stats()
+        if cmd["cmd"] in ("fill", "queue_fill", "filler", "run"):
+            return await getattr(driver, cmd["cmd"])(cmd)
+        return {"error": f"unknown command {cmd!r}"}
+
     try:
         await driver.coord.default_session()
         send_line(sys.stdout, {"ready": True})
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return
-            cmd = json.loads(line)
-            try:
-                if cmd["cmd"] == "stats":
-                    answer = await driver.stats()
-                elif cmd["cmd"] in ("fill", "queue_fill", "filler", "run"):
-                    answer = await getattr(driver, cmd["cmd"])(cmd)
-                else:
-                    answer = {"error": f"unknown command {cmd!r}"}
-            except Exception as exc:
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            send_line(sys.stdout, answer)
+        await serve_commands(handle)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(driver.coord.close(), 5)
