@@ -76,6 +76,7 @@ from coordination.celery.delivery import AckBatcher, Inbox
 from coordination.celery.once import held_key, report_duplicate
 from coordination.client.coordinator import Coordinator, Session
 from coordination.client.push import PushStream
+from coordination.client.put_combiner import combiner_for
 from coordination.exceptions import (
     AlreadyQueued,
     NotHolder,
@@ -120,6 +121,7 @@ class Channel(virtual.Channel):
         # basic_get (kombu's polling Queue.get): a blocking get served by the leader.
         self.wait = float(options.get("polling_wait", 1.0))
         self.coord = _coordinator(connection.client, options)
+        self._combiner = combiner_for((tuple(map(str, self.coord.addresses)), self.coord.secret))
         self.session: Session = self.coord.session(float(options.get("session_ttl", 30.0)))
         self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
         # The window when kombu sets no prefetch limit, and the most one basic_get leases.
@@ -155,11 +157,12 @@ class Channel(virtual.Channel):
         delay = eta_delay(headers)
         hold = held_key(headers)  # a @once task: its key is held while the message is queued
         body = json.dumps(message).encode()
+        # Puts of this process's other publishing threads, made while one is in flight, share
+        # its next entry (``put_combiner``); a lone publisher's put goes out at once.
+        row = ops.put_row(body, priority, None, delay, *(hold or (None, "")))
+        result = self._combiner.put(self.coord.propose, queue, row)
         if hold is None:
-            self.coord.queue(queue).put(body, priority=priority, delay=delay)
             return
-        put = self.coord.queue(queue).put
-        result = put(body, priority=priority, delay=delay, hold_key=hold[0], tag=hold[1])
         # Same tag: this very task's publish retried after its first put landed. Else tell
         # the apply_async hook; with no hook to tell (send_task), raise.
         duplicate = result.duplicate and result.tag != hold[1]

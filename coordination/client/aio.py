@@ -41,6 +41,7 @@ from coordination.client.core import (
 )
 from coordination.client.election import AsyncElection
 from coordination.client.operations import EXCLUSIVE, Operation
+from coordination.client.put_batcher import PutBatcher
 from coordination.client.ratelimit import AsyncRateLimit
 from coordination.client.semaphores import AsyncSemaphore
 from coordination.client.txn import AsyncTransactions
@@ -76,6 +77,7 @@ class AsyncCoordinator(AsyncTransactions):  # fenced writes and txns: ``client.t
         self._default_lock = asyncio.Lock()
         self._gates: dict[str, asyncio.Lock] = {}
         self._gate_holders: dict[str, list[Any]] = {}  # name -> [owner, count]
+        self.put_batcher = PutBatcher(self.propose)  # concurrent puts share entries
 
     @classmethod
     def from_settings(
@@ -501,8 +503,18 @@ class AsyncQueue:
         hold_key: str | None = None,
         tag: str = "",
     ) -> ops.PutResult:
-        op = ops.queue_put(self.name, payload, priority, dedup_id, delay, hold_key, tag)
-        return ops.PutResult(await self.coord.run(op))
+        """As ``Queue.put``. Puts that coroutines of this coordinator start in the same
+        event-loop turn share one log entry (``client.put_batcher``); each is still answered
+        on its own."""
+        row = ops.put_row(payload, priority, dedup_id, delay, hold_key, tag)
+        return await self.coord.put_batcher.put(self.name, row)
+
+    async def put_many(
+        self, payloads: list[bytes], *, priority: int = 0, delay: float = 0.0
+    ) -> list[ops.PutResult | Exception]:
+        """As ``Queue.put_many``."""
+        rows = [ops.put_row(p, priority, None, delay) for p in payloads]
+        return await self.coord.run(ops.queue_put_many(self.name, rows))
 
     async def get(
         self,

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from coordination.errors import EVICTED, build
 from coordination.primitives import commands as c
 from coordination.primitives.cache_l1 import LEASE_MS
+from raft_node.client import RaftError
 
 T = TypeVar("T")
 
@@ -208,6 +209,41 @@ def queue_put(
     entry that acks, dead-letters or purges the message."""
     hold = None if hold_key is None else (hold_key, tag)
     return write(c.queue_put(name, payload, priority, dedup_id, ms(delay), hold))
+
+
+def put_row(
+    payload: bytes,
+    priority: int = 0,
+    dedup_id: str | None = None,
+    delay: float = 0.0,
+    hold_key: str | None = None,
+    tag: str = "",
+) -> list[Any]:
+    """One message of a ``queue_put_many``, as on the wire (the arguments of ``queue_put``)."""
+    return [payload, priority, dedup_id, ms(delay), None if hold_key is None else [hold_key, tag]]
+
+
+def put_answer(row: dict[str, Any]) -> PutResult:
+    """One message's answer of a ``queue.put_many``: its ``PutResult``, or the typed error that
+    refused that message alone (raised)."""
+    if "error" in row:
+        raise build(row["error"], row["message"], row.get("details"))
+    return PutResult(row)
+
+
+def queue_put_many(name: str, rows: list[list[Any]]) -> Operation[list[PutResult | Exception]]:
+    """Up to 1,000 messages (``put_row`` each) in one entry. Each is its own put: the result
+    holds, in order, its ``PutResult`` or, for a message refused on its own (a full queue, a
+    payload over the limit), the typed exception, not raised (as ``asyncio.gather(...,
+    return_exceptions=True)``): the other messages went in all the same."""
+    return write(c.queue_put_many(name, rows), lambda answers: [_settled(a) for a in answers])
+
+
+def _settled(row: dict[str, Any]) -> PutResult | Exception:
+    try:
+        return put_answer(row)
+    except RaftError as exc:
+        return exc
 
 
 def lease_ms(visibility: float | None) -> int | None:

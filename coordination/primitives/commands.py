@@ -126,6 +126,12 @@ def queue_put(
     return _cmd("queue.put", name, payload, priority, dedup_id, delay_ms, list(hold))
 
 
+def queue_put_many(name: str, messages: list[list[Any]]) -> bytes:
+    """``messages``: ``[payload, priority, dedup_id, delay_ms, hold]`` each (``hold`` None or
+    ``[key, tag]``); one entry, one answer per message (``queues_put``)."""
+    return _cmd("queue.put_many", name, [list(m) for m in messages])
+
+
 def queue_get(session: int, name: str, wait_ms: int, visibility_ms: int | None) -> bytes:
     return _cmd("queue.get", session, name, wait_ms, visibility_ms)
 

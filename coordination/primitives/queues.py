@@ -2,9 +2,10 @@
 
 Design notes (the contract the clients and the kombu transport rely on):
 
-- **Ids and order.** A message's id is the index of the entry that put it: unique, increasing,
-  never reused, and the same after a move to or from the dead-letter queue. Ready messages are
-  delivered highest priority first (9 before 0), lowest id first within a priority. A message
+- **Ids and order.** A message's id comes from the position of its put in the log (the entry's
+  index; once batches are in use, ``queues_put``): unique, increasing, never reused, and the
+  same after a move to or from the dead-letter queue. Ready messages are delivered highest
+  priority first (9 before 0), lowest id first within a priority. A message
   requeued by ``nack``, a lease expiry or its consumer's session ending goes back under its own
   id, so it is retried before newer messages; a delayed message becomes ready in id order too.
 - **One place at a time.** Until it is acked, purged or dropped, a message is in exactly one
@@ -32,9 +33,11 @@ Design notes (the contract the clients and the kombu transport rely on):
   ``dedup_window_ms``, or a *held* key whose message is still in the queue (until the entry that
   acks, dead-letters, purges or drops it), returns the first id with ``duplicate: True`` and
   changes nothing. The ``queue.held`` query lists the held keys with their messages' state.
-- **Batches.** ``get_many`` leases up to ``max_count`` ready messages in one entry (a consumer
-  with room for several pays one commit), answering a list; ``get_any`` does the same from the
-  first of several queues with messages, and blocked, waits in all of them at once;
+- **Batches.** ``put_many`` enqueues up to ``BATCH_MAX`` messages in one entry, each checked
+  and answered on its own (``queues_put``). ``get_many`` leases up to ``max_count`` ready
+  messages in one entry (a consumer with room for several pays one commit), answering a list;
+  ``get_any`` does the same from the first of several queues with messages, and blocked, waits
+  in all of them at once;
   ``ack_many`` acks a list of ids of one session, reporting the ids no longer leased to it
   instead of failing the batch.
 - **Blocking gets.** ``get`` on an empty queue with ``wait_ms > 0`` returns ``Pending(index)``.
@@ -60,11 +63,9 @@ from __future__ import annotations
 from typing import Any
 
 from coordination.primitives import limits
-from coordination.primitives import queues_keys as keys
 from coordination.primitives.base import Check, Ctx, Deadlines, Op, Pending
 from coordination.primitives.errors import (
     BAD_COMMAND,
-    LIMIT,
     SESSION_EXPIRED,
     UNKNOWN_MESSAGE,
     UNKNOWN_QUEUE,
@@ -72,6 +73,7 @@ from coordination.primitives.errors import (
 )
 from coordination.primitives.queue_consumers import Consumers, Subscription
 from coordination.primitives.queues_keys import DEDUP_MAX_ENTRIES, DEFAULT_DEDUP_WINDOW_MS
+from coordination.primitives.queues_put import QueuePuts, put_arity, put_many_arity
 from coordination.primitives.queues_state import DLQ_SUFFIX, QueueState, is_dlq
 from coordination.primitives.queues_state import MAX_QUEUES_PER_WAIT as MAX_GET_ANY_QUEUES
 from coordination.primitives.queues_state import queue_name as _queue_name
@@ -103,7 +105,7 @@ def _defaults(name: str) -> tuple[int, int, int]:
     return deliveries, DEFAULT_DEDUP_WINDOW_MS, limits.QUEUE_DEPTH_MAX
 
 
-class Queues(QueueViews):
+class Queues(QueueViews, QueuePuts):
     name = "queues"
 
     def __init__(self, sessions: Sessions) -> None:
@@ -123,6 +125,7 @@ class Queues(QueueViews):
         return {
             "queue.declare": self.declare,
             "queue.put": self.put,
+            "queue.put_many": self.put_many,
             "queue.get": self.get,
             "queue.get_many": self.get_many,
             "queue.get_any": self.get_any,
@@ -157,7 +160,8 @@ class Queues(QueueViews):
                     "queue.unsubscribe": 2,
                 }
             ),
-            "queue.put": _put_arity,
+            "queue.put": put_arity,
+            "queue.put_many": put_many_arity,
         }
 
     # -- ops ------------------------------------------------------------------------------------
@@ -178,36 +182,6 @@ class Queues(QueueViews):
         if depth is not None:
             q.max_depth = depth
         return q.config()
-
-    def put(self, ctx: Ctx, args: list[Any]) -> dict[str, Any]:
-        """``[name, payload, priority, dedup_id, delay_ms(, hold)]`` -> ``{"id", "duplicate"}``
-        (a held-key duplicate adds the first put's ``"tag"``). ``hold`` is ``None`` or
-        ``[key, tag]``; commands without it (5 arguments) are as valid as ever."""
-        if len(args) == 5:
-            args = [*args, None]
-        name, payload, priority, dedup_id, delay, hold = limits.args(args, 6, "queue.put")
-        name = _queue_name(name)
-        payload = limits.blob(payload, limits.PAYLOAD_MAX_BYTES, "payload")
-        priority = limits.integer(priority, (limits.PRIORITY_MIN, limits.PRIORITY_MAX), "priority")
-        dedup_id = keys.dedup_id(dedup_id)
-        delay = limits.integer(delay, limits.DELAY_MS, "delay_ms")
-        hold = keys.hold(hold)
-        q = self.queues.get(name)
-        if q is not None:
-            duplicate = keys.duplicate_of(q, dedup_id, hold, ctx.now_ms)
-            if duplicate is not None:
-                return duplicate
-            if len(q.messages) >= q.max_depth:
-                reject(LIMIT, f"queue {name!r} is full ({q.max_depth} messages)")
-        else:
-            q = self._create(name)
-        mid = ctx.index
-        q.messages[mid] = [payload, priority, 0, None]
-        q.total_put += 1
-        self._enqueue(q, mid, ctx.now_ms, delay)
-        keys.remember(q, mid, dedup_id, hold, ctx.now_ms, self._deadlines)
-        self._flush(ctx)
-        return {"id": mid, "duplicate": False}
 
     def get(self, ctx: Ctx, args: list[Any]) -> dict[str, Any] | Pending | None:
         """``[session, name, wait_ms, visibility_ms]`` -> message dict, ``None`` (empty, no
@@ -556,11 +530,13 @@ class Queues(QueueViews):
             [q.to_state() for q in self.queues.values()],
             [[token, *waiter] for token, waiter in self.waiters.items()],
             self.consumers.to_state(),
+            self.batched_ids,
         ]
 
     def from_state(self, state: Any) -> None:
         queues, waiters = state[:2]
         self.consumers.from_state(state[2] if len(state) > 2 else None)
+        self.batched_ids = bool(state[3]) if len(state) > 3 else False  # before put_many: False
         self.queues = {}
         for row in queues:
             q = QueueState.from_state(row)
@@ -582,8 +558,3 @@ class Queues(QueueViews):
             self._waits_by_session.setdefault(sid, {})[token] = None
             deadlines.append((until, ("w", token)))
         self._deadlines.rebuild(deadlines)
-
-
-def _put_arity(args: list[Any]) -> list[Any]:
-    """``queue.put`` takes 6 arguments, or 5 (from before ``hold``), as ``Queues.put`` does."""
-    return limits.args([*args, None] if len(args) == 5 else args, 6, "queue.put")

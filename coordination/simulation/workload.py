@@ -230,7 +230,14 @@ class CoordinationWorkload:
             if self.payload_seq % 3 == 0:  # a held key (``@once``), named in the payload
                 hold = (f"h{prio % 3}", cl.name)
                 payload += f"/{hold[0]}".encode()
-            body = c.queue_put(QUEUES[0], payload, prio, None, rng.choice((0, 0, 300)), hold)
+            delay = rng.choice((0, 0, 300))
+            if hold is None and self.payload_seq % 4 == 1:  # a batch of three, one entry
+                payloads = [payload, payload + b"/b1", payload + b"/b2"]
+                rows = [[p, prio, None, delay, None] for p in payloads]
+                body = c.queue_put_many(QUEUES[0], rows)
+                self.start(cl, body, "put_many", {"payloads": payloads})
+                return
+            body = c.queue_put(QUEUES[0], payload, prio, None, delay, hold)
             self.start(cl, body, "put", {"payload": payload})
         elif self.push.is_push(cl):
             self.push.next_op(cl)  # its messages are pushed: no gets
@@ -319,6 +326,11 @@ class CoordinationWorkload:
                 cl.held.pop(info["lock"], None)
         elif kind == "put":
             self.puts[info["payload"]] = value["id"]
+        elif kind == "put_many":
+            for payload, answer in zip(info["payloads"], value, strict=True):
+                if "error" in answer:
+                    raise Violation(f"{cl.name} put_many refused a message: {answer}")
+                self.puts[payload] = answer["id"]
         elif kind == "get" and value:
             self.delivered(cl, value)
         elif kind == "get_many":

@@ -117,8 +117,12 @@ class LeaderRole(_Base):
         return self.log.maybe_commit(self.quorum.committed_index(match), self.term)
 
     def _on_commit_advanced(self) -> None:
-        # Followers learn the new commit index from the next append; batch it with others.
-        self.pending_broadcast = True
+        # Followers learn the new commit index from the next append, sent for new entries or,
+        # failing that, at the next tick: under load the next batch carries it at no cost,
+        # where an append of its own would cost every follower a message, a log write and an
+        # answer per commit. Nothing waits on a follower's commit index: clients are answered
+        # by the leader, and a follower's ReadIndex learns it from the heartbeat round.
+        self.commit_unsent = True
         if self.pending_read_index and self._committed_in_current_term():
             pending, self.pending_read_index = self.pending_read_index, []
             for req in pending:
@@ -204,6 +208,7 @@ class LeaderRole(_Base):
     def flush_broadcast(self) -> None:
         if self.pending_broadcast and self.role == Role.LEADER:
             self.pending_broadcast = False
+            self.commit_unsent = False
             for v in self.prs:
                 if v != self.id:
                     self._maybe_send_append(v)

@@ -118,6 +118,7 @@ class Raft(LeaderRole, MembershipRole):
         self.read_only = ReadOnly()
         self.pending_read_index: list[Message] = []
         self.pending_broadcast = False
+        self.commit_unsent = False
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = self.election_timeout
@@ -151,6 +152,7 @@ class Raft(LeaderRole, MembershipRole):
         self.lead_transferee = NONE
         self.votes = {}
         self.pending_broadcast = False
+        self.commit_unsent = False
         nxt = self.log.last_index() + 1
         inflight = self.config.max_inflight
         self.prs = {v: Progress(nxt, inflight) for v in self.conf.members()}
@@ -220,6 +222,8 @@ class Raft(LeaderRole, MembershipRole):
                 self.lead_transferee = NONE  # transfer did not finish in time: resume service
         if self.role != Role.LEADER:
             return
+        if self.commit_unsent:  # no append carried the last commit advance: send it now
+            self.pending_broadcast = True
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
             self.step(Message(type=MT.BEAT, frm=self.id))

@@ -35,6 +35,7 @@ class RaftState(Protocol):
     read_states: list[ReadState]
     pending_read_index: list[Message]
     pending_broadcast: bool
+    commit_unsent: bool
     lead_transferee: NodeId
     election_elapsed: int
     max_size_per_msg: int

@@ -17,6 +17,7 @@ from search_depth import examples
 from coordination.primitives import errors, limits, queues_keys
 from coordination.primitives.machine import CoordinationMachine
 from coordination.primitives.queues import DEFAULT_MAX_DELIVERIES, Queues
+from coordination.primitives.queues_put import MSG_ID_STRIDE
 from raft_node.core.fsm import CommandRejected, Pending
 from raft_node.core.messages import Entry
 from raft_node.host.applier import SYSTEM, Applier, encode_command
@@ -881,6 +882,7 @@ class QueueModel(RuleBasedStateMachine):
         self.waiters: list[list[Any]] = []  # [token, session, queue, deadline, visibility]
         self.expected: dict[int, tuple[bool, Any]] = {}
         self.counter = 0
+        self.batched = False  # a put_many was applied: ids are index * MSG_ID_STRIDE + position
 
     # -- the model's own rules --------------------------------------------------------------
 
@@ -947,24 +949,69 @@ class QueueModel(RuleBasedStateMachine):
     ) -> None:
         self.counter += 1
         payload = b"p%d" % self.counter
-        seen = self.dedup.get((queue, dedup)) if dedup else None
         tag = f"t{self.counter}"
         args: tuple[Any, ...] = (queue, payload, priority, dedup, delay)
         if hold is not None or self.counter % 2:  # old 5-argument commands stay in the mix
             args = (*args, None if hold is None else [hold, tag])
-        holder = self.held(queue).get(hold) if hold else None
-        if holder is not None:
-            expected = {"id": holder.id, "duplicate": True, "tag": holder.hold[1]}
-            assert self.node.do("queue.put", *args) == expected
-            return
-        if seen is not None and seen[1] > self.node.now:
-            assert self.node.do("queue.put", *args) == {"id": seen[0], "duplicate": True}
-            return
-        if self.depth(queue) >= CONFIG[queue][2]:
+        index = self.node.index + 1
+        mid = index * MSG_ID_STRIDE if self.batched else index
+        expected = self.expect_put(queue, payload, priority, delay, dedup, hold, tag, mid)
+        if expected is None:
             self.node.rejected(errors.LIMIT, "queue.put", *args)
             return
-        mid = self.node.index + 1
-        assert self.node.do("queue.put", *args) == {"id": mid, "duplicate": False}
+        assert self.node.do("queue.put", *args) == expected
+        self.serve()
+
+    @rule(
+        queue=st.sampled_from(["a", "b"]),
+        puts=st.lists(
+            st.tuples(
+                st.sampled_from([0, 1, 5, 9]),
+                st.sampled_from([0, 0, 0, 1_500]),
+                st.sampled_from([None, None, "k1", "k2"]),
+                st.sampled_from([None, None, "h1", "h2", "h3"]),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    )
+    def put_many(self, queue: str, puts: list[tuple[Any, ...]]) -> None:
+        """Each message is its own put, in order; the waiters are served once, at the end."""
+        base = (self.node.index + 1) * MSG_ID_STRIDE
+        self.batched = True  # from this entry on, every put's id is index * stride + position
+        rows, expected = [], []
+        for position, (priority, delay, dedup, hold) in enumerate(puts):
+            self.counter += 1
+            payload, tag = b"p%d" % self.counter, f"t{self.counter}"
+            rows.append([payload, priority, dedup, delay, None if hold is None else [hold, tag]])
+            answer = self.expect_put(
+                queue, payload, priority, delay, dedup, hold, tag, base + position
+            )
+            expected.append(answer or {"error": errors.LIMIT})
+        got = self.node.do("queue.put_many", queue, rows)
+        assert [{"error": g["error"]} if "error" in g else g for g in got] == expected
+        self.serve()
+
+    def expect_put(
+        self,
+        queue: str,
+        payload: bytes,
+        priority: int,
+        delay: int,
+        dedup: str | None,
+        hold: str | None,
+        tag: str,
+        mid: int,
+    ) -> dict[str, Any] | None:
+        """The model's answer to one put (None: refused, the queue is full), applied to it."""
+        seen = self.dedup.get((queue, dedup)) if dedup else None
+        holder = self.held(queue).get(hold) if hold else None
+        if holder is not None:
+            return {"id": holder.id, "duplicate": True, "tag": holder.hold[1]}
+        if seen is not None and seen[1] > self.node.now:
+            return {"id": seen[0], "duplicate": True}
+        if self.depth(queue) >= CONFIG[queue][2]:
+            return None
         self.put_ids.add(mid)
         m = self.msgs[mid] = MMsg(mid, queue, priority, payload)
         m.hold = (hold, tag) if hold else None
@@ -972,7 +1019,7 @@ class QueueModel(RuleBasedStateMachine):
             m.state, m.at = "delayed", self.node.now + delay
         if dedup and CONFIG[queue][1]:
             self.dedup[(queue, dedup)] = (mid, self.node.now + CONFIG[queue][1])
-        self.serve()
+        return {"id": mid, "duplicate": False}
 
     @rule(
         slot=st.integers(0, 1),
@@ -1369,3 +1416,69 @@ def test_blocked_get_any_waits_in_every_queue_and_is_served_once(node: Node) -> 
     assert node.tick(1_000) == {timed.token: (True, [])}
     node.do("session.close", s1)
     check_invariants(node.queues)
+
+
+# -- put_many -----------------------------------------------------------------------------------
+
+
+def test_put_many_answers_each_message_and_refuses_only_the_bad_ones() -> None:
+    node = Node()
+    node.do("queue.declare", "q", None, None, 3)
+    before = node.put("q")  # ids are entry indexes until the first batch
+    assert before == node.index
+    big = b"x" * (limits.PAYLOAD_MAX_BYTES + 1)
+    rows = [[b"a", 9, None, 0, None], [big, 0, None, 0, None], [b"b", 0, "d1", 0, None]]
+    rows += [[b"c", 0, "d1", 0, None], [b"d", 0, None, 0, None], [b"e"]]
+    got = node.do("queue.put_many", "q", rows)
+    base = node.index * MSG_ID_STRIDE
+    assert got[0] == {"id": base, "duplicate": False}
+    assert got[1]["error"] == errors.LIMIT and "payload" in got[1]["message"]
+    assert got[2] == {"id": base + 2, "duplicate": False}
+    assert got[3] == {"id": base + 2, "duplicate": True}  # a dedup id repeated in the batch
+    assert got[4]["error"] == errors.LIMIT and "full" in got[4]["message"]  # depth 3
+    assert got[5]["error"] == errors.BAD_COMMAND
+    assert node.stats("q")["depth"] == 3
+    sid = node.session()
+    order = [node.get(sid, "q")["id"] for _ in range(3)]
+    assert order == [base, before, base + 2]  # priority 9 first, then ids in log order
+    node.do("queue.ack", sid, "q", base)
+    after = node.put("q", b"f")  # single puts now use the stride too, and still sort last
+    assert after == node.index * MSG_ID_STRIDE and after > base + 5
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["q", []], ["q", "x"], ["q", [[b"a", 0, None, 0, None]] * (limits.BATCH_MAX + 1)], ["q"]],
+)
+def test_put_many_refuses_a_malformed_batch_before_it_is_proposed(args: list[Any]) -> None:
+    node = Node()
+    command = msgpack.packb(["queue.put_many", *args], use_bin_type=True)
+    with pytest.raises(CommandRejected) as info:
+        node.m.validate(command)
+    assert info.value.code == errors.BAD_COMMAND
+    node.rejected(errors.BAD_COMMAND, "queue.put_many", *args)
+    assert node.query("queue.list") == []
+
+
+def test_put_many_wakes_waiters_once_with_the_batch_in_priority_order() -> None:
+    node = Node()
+    node.do("queue.declare", "q", None, None, None)
+    sid = node.session()
+    pending = node.get(sid, "q", wait=5_000)
+    rows = [[b"low", 0, None, 0, None], [b"high", 9, None, 0, None]]
+    node.do("queue.put_many", "q", rows)
+    assert node.done()[pending.token][1]["payload"] == b"high"
+
+
+def test_the_id_switch_is_replicated_state() -> None:
+    node = Node()
+    node.do("queue.put_many", "q", [[b"a", 0, None, 0, None]])
+    replica = Node()
+    replica.index, replica.now = node.index, node.now
+    replica.m.restore(node.m.snapshot())
+    assert node.put("q") == replica.put("q") == node.index * MSG_ID_STRIDE
+    old = msgpack.unpackb(Node().m.snapshot(), raw=False, strict_map_key=False)
+    old[1]["queues"] = old[1]["queues"][:3]  # a snapshot from before put_many
+    fresh = Node()
+    fresh.m.restore(msgpack.packb(old, use_bin_type=True))
+    assert fresh.put("q") == fresh.index

@@ -118,7 +118,7 @@ def test_push_check_catches_a_stream_that_resumes_without_its_replay(monkeypatch
         return [] if resp.ok and resp.value[0] == "subscribed" else rows
 
     monkeypatch.setattr(push.PushCursor, "on_response", without_replay)
-    failures = _sweep(range(60), until="never reached it")
+    failures = _sweep(range(150), until="never reached it")  # first catch: seed 69
     assert any("never reached it" in f for f in failures), failures[:2]
 
 

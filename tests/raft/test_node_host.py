@@ -167,6 +167,15 @@ class Cluster:
                 return leaders[0]
         raise AssertionError(f"no leader among {among}")
 
+    def settle_commits(self) -> None:
+        """Settle, then tick the leader and settle again: a commit advance that no new entry
+        carried reaches the followers with the leader's next tick."""
+        self.settle()
+        for host in list(self.hosts.values()):
+            if host.is_leader:
+                host.tick()
+        self.settle()
+
     def elect(self, node: str) -> NodeHost:
         self.hosts[node].raw.campaign()
         self.settle()
@@ -232,7 +241,7 @@ def test_a_retried_request_is_applied_once_and_both_copies_get_the_first_result(
     first, retry = Answer(), Answer()
     leader.propose("client", 1, incr("n"), first)
     leader.propose("client", 1, incr("n"), retry)  # the client's retry, same seq
-    cluster.settle()
+    cluster.settle_commits()
     assert first.got == [("done", (True, 1))]
     assert retry.got == [("done", (True, 1))]
     for host in cluster.hosts.values():  # applied once on every replica
@@ -412,7 +421,7 @@ def test_a_tick_is_proposed_once_the_deadline_passes_and_not_again_until_applied
 def test_a_new_leader_proposes_the_grace_command_first_and_followers_do_not() -> None:
     cluster = Cluster(["n1", "n2", "n3"], machine=lambda: Ticking(deadline=None))
     leader = cluster.elect("n1")
-    cluster.settle()
+    cluster.settle_commits()
     for host in cluster.hosts.values():
         assert len(host.state_machine.graces) == 1  # applied everywhere, proposed once
     assert _system_bodies(leader) == [b"grace"]

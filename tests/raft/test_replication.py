@@ -180,6 +180,32 @@ def test_proposals_between_readies_travel_in_one_append():
     assert all(len(m.entries) == 50 for m in appends)
 
 
+def test_a_commit_advance_rides_on_the_next_append_or_the_next_tick():
+    """The leader sends no append of its own for a commit advance: the next batch carries it,
+    or, with nothing to send, its next tick does (followers apply at most a tick later)."""
+    net = Net(["a", "b", "c"])
+    net.campaign("a")
+    net.tick("a")
+    net.delivered.clear()
+    first, _ = net.propose("a", b"one")
+    assert net.raft("a").log.committed == first
+    empty = [m for m in net.delivered if m.type == MT.APP and not m.entries]
+    assert empty == []  # the old behaviour sent one per follower here
+    assert all(net.raft(n).log.committed < first for n in "bc")
+    second, _ = net.propose("a", b"two")
+    carried = [m for m in net.delivered if m.type == MT.APP and m.entries[-1:]]
+    assert all(m.commit == first for m in carried if m.entries[0].index == second)
+    assert all(net.raft(n).log.committed == first for n in "bc")  # learnt from the batch
+    net.delivered.clear()
+    net.tick("a")  # nothing new to send: the tick carries the commit of "two"
+    assert {m.to for m in net.delivered if m.type == MT.APP and m.commit == second} == {"b", "c"}
+    assert all(net.raft(n).log.committed == second for n in "bc")
+    assert net.sm["b"].applied == net.sm["a"].applied
+    net.delivered.clear()
+    net.tick("a")  # and only once
+    assert [m for m in net.delivered if m.type == MT.APP] == []
+
+
 def test_restart_replays_committed_entries_from_storage():
     net = Net(["a", "b", "c"])
     net.campaign("a")

@@ -186,6 +186,38 @@ def test_async_client_locks_queues_and_sessions(cluster):
     asyncio.run(main())
 
 
+def test_concurrent_async_puts_share_entries_and_put_many_answers_each(cluster):
+    """64 coroutines putting on one coordinator cost far fewer entries than puts, and every
+    put gets its own id, in the order made; ``put_many`` (blocking client) answers each."""
+    import asyncio
+
+    from coordination.client.aio import AsyncCoordinator
+    from coordination.exceptions import LimitExceeded
+
+    async def main():
+        async with AsyncCoordinator(list(cluster.addresses.values()), cluster.secret) as coord:
+            queue = coord.queue("batched")
+            await queue.put(b"first")
+            before = cluster.status(cluster.leader())["commit"]
+            ids = await asyncio.gather(*(queue.put(b"m%d" % i) for i in range(64)))
+            after = cluster.status(cluster.leader())["commit"]
+            assert ids == sorted(ids) and len(set(ids)) == 64
+            assert after - before < 16  # one put_many entry, plus ticks or a retry at most
+            got = await queue.get_many(65, wait=5)
+            assert [m.payload for m in got] == [b"first"] + [b"m%d" % i for i in range(64)]
+
+    asyncio.run(main())
+    coord = _coordinator(cluster)
+    try:
+        queue = coord.queue("batched-small")
+        queue.declare(max_depth=2)
+        results = queue.put_many([b"a", b"b", b"c"])
+        assert results[0] < results[1] and isinstance(results[2], LimitExceeded)
+        assert queue.stats()["depth"] == 2
+    finally:
+        coord.close()
+
+
 def test_threads_of_one_process_wait_for_each_other(cluster):
     """Each thread gets its own default session, so contention is ordinary waiting."""
     with _coordinator(cluster) as coord:
