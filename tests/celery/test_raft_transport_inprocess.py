@@ -6,6 +6,9 @@ processes (a worker killed with SIGKILL, the leader killed) stays in
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +21,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.simple import SimpleQueue
 
 import coordination  # noqa: F401  (registers raft:// with kombu)
+from coordination.primitives.queues_put import MSG_ID_STRIDE
 from raft_node.testing.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,6 +81,39 @@ def test_published_messages_are_consumed_in_order_and_an_ack_removes_them(connec
     with pytest.raises(queue.Empty):
         queue.get(timeout=0.3)
     queue.close()
+
+
+def test_publishing_threads_share_entries_and_keep_each_thread_s_order(connect):
+    """Threads of one process, a connection each (kombu's producer pool), publish at once: the
+    puts made while one commits share the next entry (``put_combiner``), and each thread's
+    messages keep the order it sent them in."""
+    conns = [connect() for _ in range(8)]
+    queues = [conn.SimpleQueue("k-threads") for conn in conns]
+    start = threading.Barrier(len(queues))
+
+    def publish(t: int) -> None:
+        start.wait()
+        for n in range(25):
+            queues[t].put({"t": t, "n": n})
+
+    threads = [threading.Thread(target=publish, args=(t,)) for t in range(len(queues))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    rows = conns[0].default_channel.coord.queue("k-threads").peek(1_000)
+    assert len(rows) == 200
+    sent = {}  # id -> (thread, n), from the message kombu stored (its body base64-encoded)
+    for row in rows:
+        body = json.loads(base64.b64decode(json.loads(row["payload"])["body"]))
+        sent[row["id"]] = (body["t"], body["n"])
+    entries = {mid // MSG_ID_STRIDE if mid >= MSG_ID_STRIDE else mid for mid in sent}
+    assert len(entries) < len(sent)  # at least one entry carried several threads' puts
+    for t in range(len(queues)):
+        mine = [n for mid, (who, n) in sorted(sent.items()) if who == t]
+        assert mine == list(range(25))
+    for queue in queues:
+        queue.close()
 
 
 def test_a_requeued_message_comes_back_marked_redelivered_and_a_rejected_one_is_dead_lettered(
