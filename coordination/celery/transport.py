@@ -121,7 +121,7 @@ class Channel(virtual.Channel):
         # basic_get (kombu's polling Queue.get): a blocking get served by the leader.
         self.wait = float(options.get("polling_wait", 1.0))
         self.coord = _coordinator(connection.client, options)
-        self._combiner = combiner_for((tuple(map(str, self.coord.addresses)), self.coord.secret))
+        self._cluster = (tuple(map(str, self.coord.addresses)), self.coord.secret)  # put_combiner
         self.session: Session = self.coord.session(float(options.get("session_ttl", 30.0)))
         self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
         # The window when kombu sets no prefetch limit, and the most one basic_get leases.
@@ -160,7 +160,7 @@ class Channel(virtual.Channel):
         # Puts of this process's other publishing threads, made while one is in flight, share
         # its next entry (``put_combiner``); a lone publisher's put goes out at once.
         row = ops.put_row(body, priority, None, delay, *(hold or (None, "")))
-        result = self._combiner.put(self.coord.propose, queue, row)
+        result = combiner_for(self._cluster).put(self.coord.propose, queue, row)
         if hold is None:
             return
         # Same tag: this very task's publish retried after its first put landed. Else tell

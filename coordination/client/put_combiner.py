@@ -19,6 +19,7 @@ name the same cluster (``combiner_for`` keys combiners by cluster). Against a no
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -167,9 +168,23 @@ _COMBINERS_LOCK = threading.Lock()
 
 def combiner_for(cluster: Any) -> PutCombiner:
     """The process's combiner for ``cluster`` (any hashable that names one cluster: its
-    addresses and secret)."""
+    addresses and secret). Look it up for each put rather than keeping it: a forked child gets
+    new ones (``_forget_after_fork``)."""
     with _COMBINERS_LOCK:
         combiner = _COMBINERS.get(cluster)
         if combiner is None:
             combiner = _COMBINERS[cluster] = PutCombiner()
         return combiner
+
+
+def _forget_after_fork() -> None:
+    """A forked child (a Celery prefork pool process) starts with no combiner and a free lock:
+    one inherited while a parent's thread had a put in flight would make the child's first put
+    wait forever for a hand-off that no thread of the child will make."""
+    global _COMBINERS_LOCK
+    _COMBINERS.clear()
+    _COMBINERS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

@@ -118,3 +118,33 @@ def test_payload_bytes_cut_a_batch() -> None:
 def test_one_combiner_per_cluster() -> None:
     assert combiner_for(("a:1", b"s")) is combiner_for(("a:1", b"s"))
     assert combiner_for(("a:1", b"s")) is not combiner_for(("b:1", b"s"))
+
+
+def test_a_forked_child_does_not_inherit_a_put_in_flight() -> None:
+    """Celery forks its pool processes from a worker that publishes too (remote-control replies):
+    a child forked while a parent's put was in flight must still be able to put."""
+    import multiprocessing
+
+    key = ("fork:1", b"s")
+    release = threading.Event()
+
+    def stuck(body: bytes) -> Any:
+        release.wait(10)
+        return {"id": 1, "duplicate": False}
+
+    parent = threading.Thread(target=combiner_for(key).put, args=(stuck, "q", ops.put_row(b"a")))
+    parent.start()
+    time.sleep(0.05)  # the parent's put is in flight: its combiner is busy
+
+    def child() -> None:
+        leader = SlowLeader(commit_s=0)
+        combiner_for(key).put(leader.propose, "q", ops.put_row(b"b"))
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(10)
+    if process.is_alive():
+        process.kill()
+    release.set()
+    parent.join(10)
+    assert process.exitcode == 0  # None: the child hung waiting for the parent's hand-off
