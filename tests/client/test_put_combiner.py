@@ -120,31 +120,52 @@ def test_one_combiner_per_cluster() -> None:
     assert combiner_for(("a:1", b"s")) is not combiner_for(("b:1", b"s"))
 
 
+FORK_SCRIPT = """
+import os, sys, threading, time
+import coordination.client.operations as ops
+from coordination.client.put_combiner import combiner_for
+
+key = ("fork:1", b"s")
+release = threading.Event()
+
+def stuck(body):
+    release.wait(10)
+    return {"id": 1, "duplicate": False}
+
+parent = threading.Thread(target=combiner_for(key).put, args=(stuck, "q", ops.put_row(b"a")))
+parent.start()
+time.sleep(0.05)  # the parent's put is in flight: its combiner is busy
+pid = os.fork()
+if pid == 0:  # the child: its first put must go out
+    seven = lambda body: {"id": 7, "duplicate": False}  # noqa: E731
+    answer = combiner_for(key).put(seven, "q", ops.put_row(b"b"))
+    os._exit(0 if answer == 7 else 3)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.02)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    status = None
+release.set()
+parent.join(10)
+print("child", "hung" if status is None else os.waitstatus_to_exitcode(status))
+"""
+
+
 def test_a_forked_child_does_not_inherit_a_put_in_flight() -> None:
     """Celery forks its pool processes from a worker that publishes too (remote-control replies):
-    a child forked while a parent's put was in flight must still be able to put."""
-    import multiprocessing
+    a child forked while a parent's put was in flight must still be able to put. Run in a
+    fresh interpreter: a fork of the test process would copy other tests' threads too."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    key = ("fork:1", b"s")
-    release = threading.Event()
-
-    def stuck(body: bytes) -> Any:
-        release.wait(10)
-        return {"id": 1, "duplicate": False}
-
-    parent = threading.Thread(target=combiner_for(key).put, args=(stuck, "q", ops.put_row(b"a")))
-    parent.start()
-    time.sleep(0.05)  # the parent's put is in flight: its combiner is busy
-
-    def child() -> None:
-        leader = SlowLeader(commit_s=0)
-        combiner_for(key).put(leader.propose, "q", ops.put_row(b"b"))
-
-    process = multiprocessing.get_context("fork").Process(target=child)
-    process.start()
-    process.join(10)
-    if process.is_alive():
-        process.kill()
-    release.set()
-    parent.join(10)
-    assert process.exitcode == 0  # None: the child hung waiting for the parent's hand-off
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert run.stdout.strip() == "child 0", run.stdout + run.stderr
