@@ -207,8 +207,14 @@ def queue_put(
     still in the queue (ready, delayed or in flight) returns that message's id and its ``tag``
     (``{"id", "duplicate": True, "tag"}``) and enqueues nothing; the key is free again in the
     entry that acks, dead-letters or purges the message."""
-    hold = None if hold_key is None else (hold_key, tag)
-    return write(c.queue_put(name, payload, priority, dedup_id, ms(delay), hold))
+    return queue_put_row(name, put_row(payload, priority, dedup_id, delay, hold_key, tag))
+
+
+def queue_put_row(name: str, row: list[Any]) -> Operation[dict[str, Any]]:
+    """``queue_put`` of one ``put_row``: the single-message command (the batchers send a lone
+    put this way)."""
+    payload, priority, dedup_id, delay_ms, hold = row
+    return write(c.queue_put(name, payload, priority, dedup_id, delay_ms, hold and tuple(hold)))
 
 
 def put_row(

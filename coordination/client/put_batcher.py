@@ -121,10 +121,8 @@ class PutBatcher:
                 _settle(future, exception=refused)
 
     async def _send_one(self, name: str, row: list[Any], future: asyncio.Future[Any]) -> None:
-        payload, priority, dedup_id, delay_ms, hold = row
-        body = c.queue_put(name, payload, priority, dedup_id, delay_ms, hold and tuple(hold))
         try:
-            answer = await self._propose(body)
+            answer = await self._propose(ops.queue_put_row(name, row).body)
         except OutcomeUnknown as exc:
             exc.decode = ops.PutResult  # type: ignore[attr-defined]
             _settle(future, exception=exc)

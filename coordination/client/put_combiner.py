@@ -151,10 +151,8 @@ def _chunks(puts: list[_Put]) -> list[list[_Put]]:
 
 
 def _send_one(propose: Propose, put: _Put) -> None:
-    payload, priority, dedup_id, delay_ms, hold = put.row
-    body = c.queue_put(put.name, payload, priority, dedup_id, delay_ms, hold and tuple(hold))
     try:
-        put.answer = ops.PutResult(propose(body))
+        put.answer = ops.PutResult(propose(ops.queue_put_row(put.name, put.row).body))
     except OutcomeUnknown as exc:
         exc.decode = ops.PutResult  # type: ignore[attr-defined]
         put.error = exc
