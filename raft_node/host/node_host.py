@@ -423,8 +423,8 @@ class NodeHost:
         then applying.
 
         A leader that stays leader answers first: it applies, and writes its clients' answers,
-        before it sends what does not depend on applying (the commit-index notices to its
-        followers) and before the unsynced write of its commit index. Those sat between a
+        before it sends what does not depend on applying (heartbeats, a tick's commit-index
+        append) and before the unsynced write of its commit index. Those sat between a
         commit and its answer: three syscalls per committed batch on the latency path. With
         entries to sync it still applies after the sync (an applied entry is on this node's
         disk, which the simulator checks)."""
