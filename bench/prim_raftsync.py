@@ -198,12 +198,40 @@ def locks(p: dict[str, Any]) -> dict[str, Any]:
 # -- queue ----------------------------------------------------------------------------------------
 
 
-async def _producers(coord: AsyncCoordinator, name: str, count: int, s: Samples) -> None:
-    queue = coord.queue(name)
+# A queue holds at most 100,000 messages (limits.QUEUE_DEPTH_MAX, a memory bound). The put phase
+# moves on to a fresh queue before its queue fills: otherwise a rate above 100,000 / (warm-up +
+# window) msg/s would meet the limit and be measured as refusals and back-offs, not as put/s.
+SPILL_AT = 90_000
+
+
+class Spill:
+    """The put phase's queue names: ``name`` for the first ``SPILL_AT`` puts started, then
+    ``name.spill1``, ``name.spill2``, ... (declared like ``name`` before their first put). All
+    producers move together, so the puts of one event-loop turn still share one queue (and one
+    ``put_many`` entry) except at the switch. The get+ack phase drains ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = 0
+
+    def names(self) -> list[str]:
+        return [self.name, *(f"{self.name}.spill{i}" for i in range(1, 8))]
+
+    def next(self) -> str:
+        turn = self.started // SPILL_AT
+        self.started += 1
+        return self.names()[min(turn, 7)]
+
+
+async def _producers(
+    coord: AsyncCoordinator, name: str, count: int, s: Samples, spill: Spill | None = None
+) -> None:
+    queues = {n: coord.queue(n) for n in (spill.names() if spill else [name])}
 
     async def producer() -> None:
         while not s.window.over():
             t0 = now()
+            queue = queues[spill.next()] if spill else queues[name]
             try:
                 await queue.put(payload())
             except LimitExceeded as exc:  # the queue is full (max_depth): not a put/s figure
@@ -276,18 +304,23 @@ async def _queue(p: dict[str, Any]) -> dict[str, Any]:
     producer_coord = _async_coordinator(p)
     consumer_coords = [_async_coordinator(p) for _ in range(p["queue_sessions"])]
     try:
-        await producer_coord.propose(c.queue_declare(name, None, 0, None))  # no dedup window
+        spill = Spill(name)
+        for queue_name in spill.names():  # no dedup window
+            await producer_coord.propose(c.queue_declare(queue_name, None, 0, None))
         # put: N producers on one pipelined connection.
         s = Samples(Window(qp["warmup"], qp["seconds"]))
         try:
             await asyncio.wait_for(
-                _producers(producer_coord, name, p["queue_producers"], s), _bound(qp)
+                _producers(producer_coord, name, p["queue_producers"], s, spill), _bound(qp)
             )
             out["put"] = s.summary(producers=p["queue_producers"])
         except Exception as exc:
             out["put"] = {"error": f"{type(exc).__name__}: {exc}"}
         stats = await producer_coord.query(c.queue_stats(name))
         out["backlog_after_put"] = stats
+        out["put_queues"] = spill.started // SPILL_AT + 1
+        for queue_name in spill.names()[1:]:
+            await producer_coord.propose(c.queue_delete(queue_name))
 
         # get+ack: consumers drain the backlog the put phase left.
         s = Samples(Window(qp["warmup"], qp["seconds"]))
