@@ -210,23 +210,20 @@ class Spill:
     producers move together, so the puts of one event-loop turn still share one queue (and one
     ``put_many`` entry) except at the switch. The get+ack phase drains ``name``."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, spills: int = 7) -> None:
+        self.names = [name, *(f"{name}.spill{i}" for i in range(1, spills + 1))]
         self.started = 0
-
-    def names(self) -> list[str]:
-        return [self.name, *(f"{self.name}.spill{i}" for i in range(1, 8))]
 
     def next(self) -> str:
         turn = self.started // SPILL_AT
         self.started += 1
-        return self.names()[min(turn, 7)]
+        return self.names[min(turn, len(self.names) - 1)]
 
 
 async def _producers(
     coord: AsyncCoordinator, name: str, count: int, s: Samples, spill: Spill | None = None
 ) -> None:
-    queues = {n: coord.queue(n) for n in (spill.names() if spill else [name])}
+    queues = {n: coord.queue(n) for n in (spill.names if spill else [name])}
 
     async def producer() -> None:
         while not s.window.over():
@@ -305,7 +302,7 @@ async def _queue(p: dict[str, Any]) -> dict[str, Any]:
     consumer_coords = [_async_coordinator(p) for _ in range(p["queue_sessions"])]
     try:
         spill = Spill(name)
-        for queue_name in spill.names():  # no dedup window
+        for queue_name in spill.names:  # no dedup window
             await producer_coord.propose(c.queue_declare(queue_name, None, 0, None))
         # put: N producers on one pipelined connection.
         s = Samples(Window(qp["warmup"], qp["seconds"]))
@@ -319,7 +316,7 @@ async def _queue(p: dict[str, Any]) -> dict[str, Any]:
         stats = await producer_coord.query(c.queue_stats(name))
         out["backlog_after_put"] = stats
         out["put_queues"] = spill.started // SPILL_AT + 1
-        for queue_name in spill.names()[1:]:
+        for queue_name in spill.names[1:]:
             await producer_coord.propose(c.queue_delete(queue_name))
 
         # get+ack: consumers drain the backlog the put phase left.
