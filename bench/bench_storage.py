@@ -1,9 +1,12 @@
 """Latency of ``DurableStorage.save()`` with fsync on: what one Raft ``Ready`` costs the host.
 
-Each sample is one ``save(hard_state, entries)`` call (one record, one write, one fsync) with
-``--batch`` entries of ``--entry-bytes`` bytes and an advancing commit index, the shape a busy
-leader's Ready has. A "raw" row measures a bare ``os.write`` + ``os.fsync`` of the same bytes on
-the same disk, so the table shows how much of the latency is the disk and how much is ours.
+Each sample is one ``save(hard_state, entries)`` call (one record, one ``pwrite``, one
+``fdatasync``) with ``--batch`` entries of ``--entry-bytes`` bytes and an advancing commit index,
+the shape a busy leader's Ready has; a second row per batch turns the segment preallocation off
+(the file grows with every save). Two "raw" rows measure the same bytes on the same disk with
+nothing of ours around them: ``os.write`` + ``os.fsync`` on a growing file, and ``os.pwrite`` +
+``os.fdatasync`` inside ``posix_fallocate``d space. So the table shows how much of the latency
+is the disk, how much is ours, and what preallocation saves.
 
     python bench/bench_storage.py --dir /tmp/bench-storage [--saves 3000] [--out table.txt]
 
@@ -19,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,10 +37,13 @@ def percentile(sorted_ns: list[int], p: float) -> float:
     return sorted_ns[rank - 1] / 1000
 
 
-def bench_durable(path: Path, batch: int, entry_bytes: int, saves: int, warmup: int) -> list[int]:
+def bench_durable(
+    path: Path, batch: int, entry_bytes: int, saves: int, warmup: int, preallocate: bool = True
+) -> list[int]:
     payload = os.urandom(entry_bytes)
     samples: list[int] = []
-    with DurableStorage(path) as store:
+    kw = {} if preallocate else {"preallocate_bytes": 0}
+    with DurableStorage(path, **kw) as store:
         index = 0
         for n in range(warmup + saves):
             entries = [Entry(1, index + k + 1, payload) for k in range(batch)]
@@ -50,16 +57,23 @@ def bench_durable(path: Path, batch: int, entry_bytes: int, saves: int, warmup: 
     return samples
 
 
-def bench_raw(path: Path, nbytes: int, saves: int, warmup: int) -> list[int]:
-    """The floor: append ``nbytes`` and fsync, nothing else."""
+def bench_raw(path: Path, nbytes: int, saves: int, warmup: int, preallocated: bool) -> list[int]:
+    """The floor: write ``nbytes`` and sync, nothing else; at the end of a growing file with
+    ``fsync``, or inside space allocated up front with ``fdatasync``."""
     data = os.urandom(nbytes)
     samples: list[int] = []
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND * (not preallocated), 0o644)
     try:
+        if preallocated:
+            os.posix_fallocate(fd, 0, nbytes * (warmup + saves))
         for n in range(warmup + saves):
             t0 = time.perf_counter_ns()
-            os.write(fd, data)
-            os.fsync(fd)
+            if preallocated:
+                os.pwrite(fd, data, n * nbytes)
+                os.fdatasync(fd)
+            else:
+                os.write(fd, data)
+                os.fsync(fd)
             elapsed = time.perf_counter_ns() - t0
             if n >= warmup:
                 samples.append(elapsed)
@@ -72,7 +86,7 @@ def row(name: str, samples: list[int], entries_per_save: int) -> str:
     s = sorted(samples)
     saves_per_s = len(s) / (sum(s) / 1e9)
     return (
-        f"{name:<22}{percentile(s, 50):>10.0f}{percentile(s, 95):>10.0f}"
+        f"{name:<26}{percentile(s, 50):>10.0f}{percentile(s, 95):>10.0f}"
         f"{percentile(s, 99):>10.0f}{saves_per_s:>11.0f}{saves_per_s * entries_per_save:>13.0f}"
     )
 
@@ -95,7 +109,7 @@ def header(args: argparse.Namespace) -> list[str]:
         f"commit:  {commit}   dir: {args.dir}   entry: {args.entry_bytes} B   "
         f"saves per row: {args.saves} (+{args.warmup} warmup)",
         "",
-        f"{'save() fsync=on':<22}{'p50 us':>10}{'p95 us':>10}{'p99 us':>10}"
+        f"{'save() sync on':<26}{'p50 us':>10}{'p95 us':>10}{'p99 us':>10}"
         f"{'saves/s':>11}{'entries/s':>13}",
     ]
 
@@ -113,18 +127,20 @@ def main() -> None:
     shutil.rmtree(args.dir, ignore_errors=True)
     args.dir.mkdir(parents=True)
     lines = header(args)
+    counts = {"saves": args.saves, "warmup": args.warmup}
     print("\n".join(lines), flush=True)
     for batch in (int(b) for b in args.batches.split(",")):
-        samples = bench_durable(
-            args.dir / f"batch{batch}", batch, args.entry_bytes, args.saves, args.warmup
-        )
-        lines.append(row(f"batch={batch}", samples, batch))
-        print(lines[-1], flush=True)
-        raw = bench_raw(
-            args.dir / f"raw{batch}.bin", batch * args.entry_bytes, args.saves, args.warmup
-        )
-        lines.append(row(f"  raw write+fsync {batch * args.entry_bytes}B", raw, batch))
-        print(lines[-1], flush=True)
+        nbytes = batch * args.entry_bytes
+        durable = partial(bench_durable, batch=batch, entry_bytes=args.entry_bytes, **counts)
+        raw = partial(bench_raw, nbytes=nbytes, **counts)
+        for name, run in (
+            (f"batch={batch}", durable),
+            ("  no preallocation", partial(durable, preallocate=False)),
+            (f"  raw write+fsync {nbytes}B", partial(raw, preallocated=False)),
+            ("  raw prealloc+fdatasync", partial(raw, preallocated=True)),
+        ):
+            lines.append(row(name, run(args.dir / f"b{batch}-{len(lines)}"), batch))
+            print(lines[-1], flush=True)
     shutil.rmtree(args.dir, ignore_errors=True)
     if args.out is not None:
         args.out.write_text("\n".join(lines) + "\n")

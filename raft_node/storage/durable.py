@@ -4,7 +4,8 @@ Layout::
 
     data_dir/LOCK                         flock'ed while open: one process per data dir
     data_dir/log/<seq>-<index>.seg        append-only segments; <seq> orders them, <index> is the
-                                          log's next index when the segment was started (a hint)
+                                          log's next index when the segment was started (a hint);
+                                          the last one has preallocated zeros after its records
     data_dir/snapshots/<index>-<term>.snap
 
 Every file is a sequence of framed records ``length:u32 crc32:u32 msgpack-payload`` (see
@@ -18,9 +19,14 @@ equals the in-memory one.
 Why one record per save: the torn tail a crash can leave is always (part of) the last write, and
 the last write is one whole save. Recovery therefore drops a torn save entirely, never half of
 one; a save is atomic on disk as well as durable. (Only a save bigger than the 64 MiB record
-limit is split, and may then be recovered as a prefix.) Each ``save()`` is one ``write`` and one
-``fsync``: group commit. ``save(None, [], None)`` and a save of an unchanged hard state write
-nothing.
+limit is split, and may then be recovered as a prefix.) Each ``save()`` is one ``pwrite`` after
+the last record and one ``fdatasync``: group commit. ``save(None, [], None)`` and a save of an
+unchanged hard state write nothing.
+
+Why preallocation: the active segment's blocks are allocated ``preallocate_bytes`` (1 MiB) ahead
+of its last record, so a save's ``fdatasync`` writes only the data, not a new file length and
+block map through the filesystem's journal (``_preallocate`` has the figures). The price is a
+zero tail, which the recovery rules below account for, and a trim of each segment at rotation.
 
 Why checkpoints: they make any suffix of the segment list replayable on its own. The oldest
 remaining segment's checkpoint starts replay, with placeholders for the entries it names (those
@@ -35,21 +41,27 @@ refuses). A later checkpoint is adopted as-is, which is how a rotation records a
   rename, directory fsync), then rotates into a new segment whose SAVE record carries the reset,
   and deletes the older segments whose entries the reset discarded (one that holds an index at
   or above the new first entry waits for a later compaction; deletion is always conservative).
-- A segment is rotated before a write would take it past ``segment_bytes``; that save pays one
-  extra directory fsync for the new file's name (once per segment, not per save).
+- A segment is rotated before a write would take it past ``segment_bytes``; that save pays a
+  trim of the old segment's zero tail (``ftruncate`` + ``fdatasync``, before the new file exists)
+  and one extra directory fsync for the new file's name (once per segment, not per save).
 
 Recovery rules and why:
 
-- Damage in the last record of the last segment (file ends inside it, CRC mismatch on the record
-  that ends the file, or an all-zero tail) is what an interrupted write looks like. It cannot hold
-  an acknowledged save (the save would not have returned before its fsync), so it is truncated,
-  logged as a warning and described in ``recovery_report``. If that leaves the last segment
-  without its checkpoint the file is deleted (a crash while rotating).
+- Zeros after the last record of the last segment are free space: preallocated, or a file a
+  crash extended without writing. Writing goes on there; nothing is reported. (Old segments are
+  trimmed before the next one is created, so only the last may have such a tail.)
+- Damage in the last record of the last segment, with nothing but zeros after it (file ends
+  inside it, CRC mismatch on the record that ends the file or that sits in the zero tail) is what
+  an interrupted write looks like. It cannot hold an acknowledged save (the save would not have
+  returned before its fsync), so it is truncated, logged as a warning and described in
+  ``recovery_report``. If that leaves the last segment without its checkpoint the file is
+  deleted (a crash while rotating).
 - Damage anywhere else was fsynced once and then changed: bit rot, a bad disk, a bad copy.
   Guessing would silently lose acknowledged entries or votes, so opening raises
   ``CorruptStorage`` naming the file and byte offset, and an operator decides. A length field
-  corrupted to point past the end of the last segment is told apart from a torn write because
-  the bytes that are there already hold a complete msgpack value (``durable_format._is_tail``).
+  corrupted to point past the last record (beyond the file's end, or into its zero tail) is told
+  apart from a torn write because the bytes that are there already hold a complete msgpack value
+  that ends before the claimed length (``durable_format._is_tail``).
 - Leftover ``*.snap.tmp`` files are crashes during a snapshot write: deleted and reported. The
   snapshot the log names must exist and match its meta; only the newest two are kept.
 
@@ -107,21 +119,25 @@ __all__ = ["CorruptStorage", "DurableStorage"]
 log = logging.getLogger("raft_node.storage.durable")
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_PREALLOCATE_BYTES = 1024 * 1024
+"""How far ahead of the last record a segment's blocks are allocated (see ``_preallocate``)."""
 
 
 @dataclass(slots=True)
 class _Segment:
     seq: int
     path: Path
-    size: int
+    size: int  # where the next record goes: the end of the last valid record
     checkpoint_end: int  # a segment holding only its checkpoint is never rotated
     max_index: int = 0  # highest entry index ever written to it (0: none)
+    allocated: int = 0  # the file's length; beyond ``size`` it is zeros (preallocated)
 
 
 class DurableStorage:
     """File-backed ``Storage``. See the module docstring for format, recovery and failure rules.
 
     ``fsync=False`` skips every fsync: only for tests and benchmarks that say so.
+    ``preallocate_bytes=0`` turns preallocation off (the files then grow with every write).
     """
 
     def __init__(
@@ -130,11 +146,13 @@ class DurableStorage:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync: bool = True,
+        preallocate_bytes: int = DEFAULT_PREALLOCATE_BYTES,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.log_dir = self.data_dir / "log"
         self.snapshot_dir = self.data_dir / "snapshots"
         self.segment_bytes = segment_bytes
+        self.preallocate_bytes = preallocate_bytes
         self.recovery_report: str | None = None
         self._fsync = fsync
         self._failed: str | None = None
@@ -289,7 +307,9 @@ class DurableStorage:
             self._snapshot = self._read_snapshot(self._state.snapshot)
             self._drop_dead_segments()
             self._prune_snapshots()
-            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            active = self._segments[-1]
+            self._fd = os.open(active.path, os.O_WRONLY | os.O_CLOEXEC)
+            active.allocated = os.fstat(self._fd).st_size
         if self._notes:
             self.recovery_report = "; ".join(self._notes)
             log.warning("%s: recovered: %s", self.data_dir, self.recovery_report)
@@ -401,32 +421,65 @@ class DurableStorage:
     # -- segments ----------------------------------------------------------------------------
 
     def _append(self, data: bytes, sync: bool = True) -> None:
-        """Write ``data`` to the active segment and fsync once (unless ``sync`` is False),
-        rotating first if it is full."""
+        """Write ``data`` after the active segment's last record and sync once (unless ``sync``
+        is False), rotating first if it is full."""
         active = self._segments[-1]
         if active.size > active.checkpoint_end and active.size + len(data) > self.segment_bytes:
             self._rotate(data)
             return
         assert self._fd is not None
         with self._io("log write"):
-            self._write_all(self._fd, data)
+            self._preallocate(self._fd, active, active.size + len(data))
+            self._pwrite_all(self._fd, data, active.size)
             active.size += len(data)
             if sync:
-                self._sync_fd(self._fd)
+                self._sync_data(self._fd)
+
+    def _preallocate(self, fd: int, seg: _Segment, end: int) -> None:
+        """Make sure the file's blocks reach past ``end``, a step at a time.
+
+        Why: on ext4 (and XFS) an ``fdatasync`` after a write that grows the file must also
+        commit the new size and block map to the journal; inside blocks already allocated it
+        writes only the data. On this project's VM that is 120 µs against 180 µs per 300-byte
+        save, on every follower's and the leader's critical path. ``posix_fallocate`` of a step
+        takes about 20 µs, once per ``preallocate_bytes`` of log. etcd preallocates its WAL
+        segments for the same reason.
+
+        The space beyond the last record reads as zeros, which recovery treats as free space in
+        the last segment (``durable_format.scan``); older segments are trimmed at rotation so
+        that a zero tail anywhere else is still damage. A failed preallocation costs speed, not
+        safety: it is logged and switched off, and the write that follows decides."""
+        if end <= seg.allocated or self.preallocate_bytes <= 0:
+            return
+        target = max(end, min(seg.allocated + self.preallocate_bytes, self.segment_bytes))
+        try:
+            os.posix_fallocate(fd, seg.allocated, target - seg.allocated)
+        except OSError as e:
+            log.warning("%s: preallocation off after %s", self.data_dir, e)
+            self.preallocate_bytes = 0
+        seg.allocated = os.fstat(fd).st_size
 
     def _rotate(self, data: bytes = b"") -> None:
-        """Start a new segment: checkpoint of the current state, then ``data``, one fsync, then
-        a directory fsync so the new name survives a crash."""
-        self._create_segment(self._segments[-1].seq + 1, data)
+        """Start a new segment: trim the current one to its records (so that only the last
+        segment ever has a zero tail, even after a crash), then a checkpoint of the current
+        state and ``data``, one fsync, and a directory fsync so the new name survives a crash."""
+        active = self._segments[-1]
+        if active.allocated > active.size and self._fd is not None:
+            with self._io("segment trim"):
+                os.ftruncate(self._fd, active.size)
+                self._sync_data(self._fd)
+            active.allocated = active.size
+        self._create_segment(active.seq + 1, data)
 
     def _create_segment(self, seq: int, data: bytes) -> None:
         cp = encode_checkpoint(self._state.checkpoint(seq))
         path = self.log_dir / segment_name(seq, self._state.last_index() + 1)
+        seg = _Segment(seq, path, len(cp) + len(data), len(cp))
         with self._io("segment create"):
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-            fd = os.open(path, flags, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                self._write_all(fd, cp + data)
+                self._preallocate(fd, seg, seg.size)
+                self._pwrite_all(fd, cp + data, 0)
                 self._sync_fd(fd)
                 self._sync_dir(self.log_dir)
             except BaseException:
@@ -435,7 +488,7 @@ class DurableStorage:
             if self._fd is not None:
                 os.close(self._fd)
             self._fd = fd
-        self._segments.append(_Segment(seq, path, len(cp) + len(data), len(cp)))
+        self._segments.append(seg)
 
     def _drop_dead_segments(self) -> None:
         """Delete leading segments none of whose entries are still live. The next segment's
@@ -503,9 +556,22 @@ class DurableStorage:
         while view:
             view = view[os.write(fd, view) :]
 
+    @staticmethod
+    def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            done = os.pwrite(fd, view, offset)
+            view, offset = view[done:], offset + done
+
     def _sync_fd(self, fd: int) -> None:
         if self._fsync:
             os.fsync(fd)
+
+    def _sync_data(self, fd: int) -> None:
+        """``fdatasync`` where there is one: it still commits a changed file length (POSIX
+        requires what a later read needs), and skips the timestamps."""
+        if self._fsync:
+            getattr(os, "fdatasync", os.fsync)(fd)
 
     def _sync_dir(self, path: Path) -> None:
         if not self._fsync:

@@ -97,7 +97,10 @@ def frame(payload: bytes, limit: int = MAX_RECORD) -> bytes:
 
 @dataclass(slots=True)
 class Scan:
-    """The valid records of one file, and where (and why) the valid part ends if it is torn."""
+    """The valid records of one file, and where (and why) the valid part ends if it is torn.
+
+    ``valid_end`` is where the next record goes. With ``tail_ok``, zeros after it are free space
+    (a preallocated segment), not damage: ``torn`` stays None and nothing needs repair."""
 
     records: list[tuple[int, memoryview]]
     valid_end: int
@@ -106,7 +109,8 @@ class Scan:
 
 def scan(buf: bytes, path: Path, *, tail_ok: bool, limit: int = MAX_RECORD) -> Scan:
     """Split ``buf`` into records. With ``tail_ok`` a damaged *final* record is reported as torn
-    (the caller truncates it); any other damage raises ``CorruptStorage``."""
+    (the caller truncates it) and an all-zero tail as free space; any other damage raises
+    ``CorruptStorage``."""
     view, n, off = memoryview(buf), len(buf), 0
     records: list[tuple[int, memoryview]] = []
     while off < n:
@@ -115,6 +119,8 @@ def scan(buf: bytes, path: Path, *, tail_ok: bool, limit: int = MAX_RECORD) -> S
             records.append((off, view[off + HEADER.size : end]))
             off = end
             continue
+        if tail_ok and _zeros_from(buf, off):
+            return Scan(records, off)
         if tail_ok and _is_tail(buf, off, end, problem):
             return Scan(records, off, f"{problem} at byte offset {off}")
         raise CorruptStorage(f"{path}: {problem} at byte offset {off}")
@@ -138,36 +144,43 @@ def _check_record(buf: bytes, off: int, limit: int) -> tuple[str | None, int]:
     return None, end
 
 
+def _zeros_from(buf: bytes, off: int) -> bool:
+    return off >= len(buf) or buf.count(0, off) == len(buf) - off
+
+
 def _is_tail(buf: bytes, off: int, end: int, problem: str) -> bool:
-    """Could this damage be an interrupted final write? Yes if everything from ``off`` on is
-    zeros (a file extended by the crash but never written), if the bad record is exactly the
-    last one (CRC mismatch), or if the file ends inside it (short header or payload).
+    """Could this damage at ``off`` be an interrupted final write? Only if nothing but zeros
+    follows the record's claimed end. Then: the file ends inside the record (short header or
+    payload), or the bad record is exactly the last one (CRC mismatch), or it sits in
+    preallocated space whose rest was never written (CRC mismatch, zeros after it).
 
-    Two shapes are not a torn write even though they reach the end of the file: a complete
-    length above the limit (we never write one), and a "short payload" whose bytes already hold
-    a complete msgpack value. msgpack is self-delimiting, so a proper prefix of our payload never
-    decodes completely; if it does, the length field was corrupted to point past the end, and
-    treating that as torn would silently drop the acknowledged records that follow it.
+    Three shapes are not a torn write even though nothing follows them: a complete length above
+    the limit (we never write one), and a short payload or a record inside preallocated space
+    whose bytes, trailing zeros left out, hold a complete msgpack value that ends before the
+    claimed length. msgpack is self-delimiting, so a proper prefix of our payload never decodes
+    completely; if the bytes do, the length field was corrupted to point past the record, and
+    treating that as torn would silently drop an acknowledged record (and, in a file that
+    grows, the records after it).
     """
-    if buf.count(0, off) == len(buf) - off:
-        return True
-    if problem.startswith("record length"):
+    if problem.startswith("record length") or not _zeros_from(buf, end):
         return False
-    if problem == "short payload":
-        return not _holds_complete_value(bytes(buf[off + HEADER.size :]).rstrip(b"\0"))
-    return end >= len(buf)
+    if problem == "crc mismatch" and end == len(buf):
+        return True
+    payload = bytes(buf[off + HEADER.size : min(end, len(buf))]).rstrip(b"\0")
+    return not _ends_before(payload, end - off - HEADER.size)
 
 
-def _holds_complete_value(data: bytes) -> bool:
+def _ends_before(data: bytes, length: int) -> bool:
+    """Do ``data``'s first bytes hold a complete msgpack value shorter than ``length``?"""
     unpacker = msgpack.Unpacker(raw=True, max_buffer_size=max(len(data), 1))
     unpacker.feed(data)
     try:
-        unpacker.unpack()
+        unpacker.skip()
     except msgpack.OutOfData:
         return False
     except Exception:  # garbage rather than a prefix of our bytes: sectors lost in the crash
         return False
-    return True
+    return unpacker.tell() < length
 
 
 # -- log records -------------------------------------------------------------------------------

@@ -47,49 +47,83 @@ def open_store(path: Path, **kw: object) -> DurableStorage:
 
 
 def record_offsets(path: Path) -> list[int]:
-    return [off for off, _ in scan(path.read_bytes(), path, tail_ok=False).records]
+    return [off for off, _ in scan(path.read_bytes(), path, tail_ok=True).records]
+
+
+def trim(path: Path) -> None:
+    """What a rotation does to the segment it leaves: cut the preallocated zeros."""
+    os.truncate(path, log_end(path))
+
+
+def log_end(path: Path) -> int:
+    """Where a segment's records end (its length, unless it has a preallocated zero tail)."""
+    return scan(path.read_bytes(), path, tail_ok=True).valid_end
+
+
+def sync_calls(monkeypatch: pytest.MonkeyPatch, replacement=None) -> list[int]:
+    """Route ``os.fsync`` and ``os.fdatasync`` through ``replacement`` (default: the real call),
+    recording the fd of every call."""
+    calls: list[int] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+        call = replacement or real
+        monkeypatch.setattr(os, name, lambda fd, call=call: (calls.append(fd), call(fd))[1])
+    return calls
 
 
 # -- torn tails --------------------------------------------------------------------------------
 
 
-def build_history(path: Path) -> tuple[PersistentState, int, int]:
-    """A few saves, then one more; returns the state before the last save and the segment size
-    before and after it."""
-    with open_store(path) as s:
+def build_history(path: Path, **kw: object) -> tuple[PersistentState, int, int]:
+    """A few saves, then one more; returns the state before the last save and where the
+    segment's records ended before and after it."""
+    with open_store(path, **kw) as s:
         s.save(HardState(1, "n1", 0), ents(1, 3))
         s.save(HardState(2, "n2", 2), ents(3, 5, term=2))
         before = s.load()
-        size0 = segments(path)[-1].stat().st_size
+        size0 = log_end(segments(path)[-1])
         s.save(HardState(2, "n2", 4), ents(6, 8, term=2, size=20))
-        size1 = segments(path)[-1].stat().st_size
+        size1 = log_end(segments(path)[-1])
     return before, size0, size1
 
 
+@pytest.mark.parametrize("preallocated", [False, True])
 def test_torn_tail_at_every_byte_offset_of_the_last_record(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, preallocated: bool
 ) -> None:
+    """A crash mid-write leaves a prefix of the last record: at the end of a growing file, or
+    followed by the zeros of a preallocated one (the rest of the write never reached them)."""
     origin = tmp_path / "origin"
-    before, size0, size1 = build_history(origin)
+    kw = {} if preallocated else {"preallocate_bytes": 0}
+    before, size0, size1 = build_history(origin, **kw)
     assert size1 - size0 > HEADER.size + 40
+    length = segments(origin)[-1].stat().st_size
+    assert (length > size1) == preallocated
     for cut in range(size0, size1):
         work = tmp_path / f"cut{cut}"
         shutil.copytree(origin, work)
         seg = segments(work)[-1]
-        os.truncate(seg, cut)
+        if preallocated:
+            with open(seg, "r+b") as f:
+                f.seek(cut)
+                f.write(bytes(size1 - cut))
+        else:
+            os.truncate(seg, cut)
         caplog.clear()
         logger = "raft_node.storage.durable"
-        with caplog.at_level(logging.WARNING, logger=logger), open_store(work) as s:
+        with caplog.at_level(logging.WARNING, logger=logger), open_store(work, **kw) as s:
             assert s.load() == before
-            assert seg.stat().st_size == size0
+            assert log_end(seg) == size0
             if cut == size0:
                 assert s.recovery_report is None
+                assert seg.stat().st_size == (length if preallocated else cut)  # no repair
             else:
+                assert seg.stat().st_size == size0  # the torn bytes are cut off
                 assert s.recovery_report is not None
                 assert seg.name in s.recovery_report and "torn" in s.recovery_report
                 assert any("torn" in r.getMessage() for r in caplog.records)
             s.save(None, ents(6, 6, term=3))
-        with open_store(work) as s:
+        with open_store(work, **kw) as s:
             assert s.recovery_report is None
             assert s.load().entries == (*before.entries, *ents(6, 6, term=3))
         shutil.rmtree(work)
@@ -108,17 +142,54 @@ def test_crc_mismatch_in_last_record_is_a_torn_tail(tmp_path: Path) -> None:
             s.save(HardState(2, "n2", 4), ents(6, 8, term=2, size=20))  # restore for next pos
 
 
-def test_zero_filled_tail_is_a_torn_tail(tmp_path: Path) -> None:
-    _, _, size1 = build_history(tmp_path)
+def test_a_zero_tail_of_the_last_segment_is_free_space(tmp_path: Path) -> None:
+    """Zeros after the last record: preallocated space, or a crash that extended the file but
+    never wrote the data. Either way nothing was lost: no repair, and writing goes on there."""
+    _, _, size1 = build_history(tmp_path, preallocate_bytes=0)
     with open_store(tmp_path) as s:
         after = s.load()
     seg = segments(tmp_path)[-1]
     with open(seg, "r+b") as f:
-        f.truncate(size1 + 4096)  # the crash extended the file but never wrote the data
-    with open_store(tmp_path) as s:
+        f.truncate(size1 + 4096)
+    with open_store(tmp_path, preallocate_bytes=0) as s:
         assert s.load() == after
-        assert s.recovery_report is not None and "4096 bytes" in s.recovery_report
-    assert seg.stat().st_size == size1
+        assert s.recovery_report is None
+        s.save(None, ents(9, 9, term=2))
+    assert seg.stat().st_size == size1 + 4096
+    with open_store(tmp_path) as s:
+        assert s.load().entries == (*after.entries, *ents(9, 9, term=2))
+        assert s.recovery_report is None
+
+
+def test_a_length_pointing_into_the_zero_tail_refuses_to_start(tmp_path: Path) -> None:
+    """The last record's length grown by a flipped bit now ends among the preallocated zeros.
+    Its bytes still hold a complete record, so this is damage to an acknowledged save, not a
+    torn write: refuse rather than drop it."""
+    _, size0, size1 = build_history(tmp_path)
+    seg = segments(tmp_path)[-1]
+    raw = bytearray(seg.read_bytes())
+    assert len(raw) > size1 + 4096
+    raw[size0 + 1] ^= 0x08  # the length's second byte: 2048 more
+    seg.write_bytes(raw)
+    with pytest.raises(CorruptStorage, match=f"crc mismatch at byte offset {size0}"):
+        open_store(tmp_path)
+
+
+def test_rotation_leaves_no_zero_tail_behind(tmp_path: Path) -> None:
+    """Only the last segment may end in zeros: a zero tail anywhere else is damage."""
+    with open_store(tmp_path, segment_bytes=300, preallocate_bytes=200) as s:
+        for i in range(1, 40):
+            s.save(HardState(1, "n1", i - 1), ents(i, i))
+        expected = s.load()
+    *older, last = segments(tmp_path)
+    assert len(older) >= 3
+    for seg in older:
+        assert log_end(seg) == seg.stat().st_size
+        scan(seg.read_bytes(), seg, tail_ok=False)  # allows no tail
+    assert last.stat().st_size >= log_end(last)
+    with open_store(tmp_path, segment_bytes=300, preallocate_bytes=200) as s:
+        assert s.load() == expected
+        assert s.recovery_report is None
 
 
 def test_flipped_byte_in_an_earlier_record_refuses_to_start(tmp_path: Path) -> None:
@@ -238,7 +309,9 @@ def test_crash_while_rotating_leaves_an_empty_segment(tmp_path: Path) -> None:
         s.save(HardState(1, "n1", 1), ents(1, 4))
         expected = s.load()
         seq = len(segments(tmp_path)) + 1
-    for content in (b"", b"\x10\x00"):  # nothing written yet, or a torn checkpoint header
+    trim(segments(tmp_path)[-1])
+    # nothing written yet, only preallocated, or a torn checkpoint header
+    for content in (b"", bytes(4096), b"\x10\x00"):
         (tmp_path / "log" / f"{seq:020d}-{5:020d}.seg").write_bytes(content)
         with open_store(tmp_path) as s:
             assert s.load() == expected
@@ -246,6 +319,7 @@ def test_crash_while_rotating_leaves_an_empty_segment(tmp_path: Path) -> None:
             assert len(segments(tmp_path)) == seq - 1
             s.save(None, ents(5, 5))
             expected = s.load()
+        trim(segments(tmp_path)[-1])
 
 
 @pytest.mark.parametrize("upto", [35, 39])  # 39: the compaction empties the log
@@ -259,7 +333,8 @@ def test_crash_between_rotation_and_segment_deletion(tmp_path: Path, upto: int) 
         s.compact(upto)
         after = s.load()
         newest = segments(live)[-1]
-    # The crash: the new segment is durable, the dead ones were not deleted yet.
+    # The crash: the old segment trimmed, the new one durable, the dead ones not deleted yet.
+    trim(segments(before)[-1])
     shutil.copy2(newest, before / "log" / newest.name)
     assert len(segments(before)) > 2
     with open_store(before, segment_bytes=200) as s:
@@ -290,7 +365,7 @@ def test_failed_fsync_stops_the_store(tmp_path: Path, monkeypatch: pytest.Monkey
     s = DurableStorage(tmp_path)
     s.save(HardState(1, "n1", 0), ents(1, 2))
 
-    monkeypatch.setattr(os, "fsync", broken_fsync)
+    sync_calls(monkeypatch, broken_fsync)
     with pytest.raises(StorageError, match="Input/output error"):
         s.save(None, ents(3, 3))
     monkeypatch.undo()  # the disk "recovers": the store must still refuse (never retry fsync)
@@ -308,6 +383,7 @@ def test_failed_write_stops_the_store(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full_disk)
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: full_disk(fd, data))
     with pytest.raises(StorageError, match="No space"):
         s.save(HardState(1, "n1", 0), ents(1, 2))
     monkeypatch.undo()
@@ -332,14 +408,12 @@ def test_one_fsync_per_save_and_none_for_empty_saves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = DurableStorage(tmp_path)
-    calls: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    calls = sync_calls(monkeypatch)
     seg = segments(tmp_path)[-1]
-    size = seg.stat().st_size
+    size = log_end(seg)
     s.save(None, [])
     s.save(HardState(0, "", 0), [])  # unchanged hard state
-    assert calls == [] and seg.stat().st_size == size
+    assert calls == [] and log_end(seg) == size
     s.save(HardState(1, "n1", 0), ents(1, 64, size=128))
     assert len(calls) == 1
     s.save(HardState(1, "n1", 10), [])

@@ -5,8 +5,10 @@ Why a shim and not device-mapper: a dm ``error``/``flakey``/``delay`` target on 
 the most faithful fault, but containers usually have no device-mapper driver (``dmsetup`` fails
 with "/dev/mapper/control: open failed" here). The shim fails the very call the storage makes,
 and it behaves like a disk that lost the writes: once an fsync has failed, every later one
-fails too (a restart is the only repair), and the file is cut back to its size at its last good
-fsync, so whatever the node wrote but never synced is gone, as after a real lost write-back.
+fails too (a restart is the only repair), and whatever the node wrote but never synced is gone,
+as after a real lost write-back: the file is cut back to its length at its last good fsync, and
+the ranges ``pwrite`` wrote since then inside that length (a preallocated segment) read as
+zeros again.
 
 Also the shared load and evidence: ``Writer`` streams unique cache writes and stamps each
 acknowledgement, so a test can count acks after a fault, measure the longest gap without acks,
@@ -48,7 +50,10 @@ SHIM_SOURCE = r"""
 #define MAX_FD 65536
 static ino_t synced_ino[MAX_FD];
 static off_t synced_size[MAX_FD];
+static ino_t dirty_ino[MAX_FD];
+static off_t dirty_lo[MAX_FD], dirty_hi[MAX_FD]; /* pwrite'n since the last good sync */
 static volatile int broken; /* a failed disk stays failed until the process restarts */
+static void lose(int fd, off_t length);
 
 static int control(const char *name, char *buf, size_t len) {
     const char *dir = getenv("DISKFAULT_DIR");
@@ -75,8 +80,10 @@ static int faulty(int fd, const char *name) {
     if (!broken && control("eio", NULL, 0) == 0) broken = 1;
     if (broken) {
         if (fd >= 0 && fd < MAX_FD && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)
-            && synced_ino[fd] == st.st_ino)
+            && synced_ino[fd] == st.st_ino) {
             (void)ftruncate(fd, synced_size[fd]); /* the unsynced tail is lost */
+            if (dirty_ino[fd] == st.st_ino) lose(fd, synced_size[fd]);
+        }
         errno = EIO;
         return -1;
     }
@@ -84,8 +91,48 @@ static int faulty(int fd, const char *name) {
     if (rc == 0 && fd >= 0 && fd < MAX_FD && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
         synced_ino[fd] = st.st_ino;
         synced_size[fd] = st.st_size;
+        dirty_ino[fd] = 0;
     }
     return rc;
+}
+
+static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
+
+/* Unsynced writes inside the file's synced length are lost too: zeros again. */
+static void lose(int fd, off_t length) {
+    static const char zeros[4096];
+    off_t end = dirty_hi[fd] < length ? dirty_hi[fd] : length;
+    if (real_pwrite == NULL) return;
+    for (off_t at = dirty_lo[fd]; at < end;) {
+        size_t n = end - at < (off_t)sizeof zeros ? (size_t)(end - at) : sizeof zeros;
+        ssize_t done = real_pwrite(fd, zeros, n, at);
+        if (done <= 0) break;
+        at += done;
+    }
+    dirty_ino[fd] = 0;
+}
+
+static ssize_t tracked_pwrite(int fd, const void *buf, size_t count, off_t offset) {
+    struct stat st;
+    if (real_pwrite == NULL)
+        real_pwrite = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
+    if (!broken && fd >= 0 && fd < MAX_FD && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        if (dirty_ino[fd] != st.st_ino) {
+            dirty_ino[fd] = st.st_ino;
+            dirty_lo[fd] = offset;
+            dirty_hi[fd] = offset;
+        }
+        if (offset < dirty_lo[fd]) dirty_lo[fd] = offset;
+        if (offset + (off_t)count > dirty_hi[fd]) dirty_hi[fd] = offset + (off_t)count;
+    }
+    return real_pwrite(fd, buf, count, offset);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
+    return tracked_pwrite(fd, buf, count, offset);
+}
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
+    return tracked_pwrite(fd, buf, count, offset);
 }
 
 int fsync(int fd) { return faulty(fd, "fsync"); }

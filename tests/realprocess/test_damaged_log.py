@@ -13,6 +13,7 @@ import pytest
 
 from coordination.client import Coordinator
 from coordination.primitives import commands
+from raft_node.storage.durable_format import scan
 from raft_node.testing.launcher import LocalCluster
 
 pytestmark = pytest.mark.realprocess
@@ -25,6 +26,11 @@ def _segment(cluster: LocalCluster, node: str) -> Path:
     segments = sorted((cluster.base_dir / node / "log").glob("*.seg"))
     assert segments, f"{node} has no log segment"
     return segments[-1]
+
+
+def _log_end(segment: Path) -> int:
+    """Where the segment's records end (it may have preallocated zeros after them)."""
+    return scan(segment.read_bytes(), segment, tail_ok=True).valid_end
 
 
 def _write(coord: Coordinator, prefix: str, count: int) -> None:
@@ -60,23 +66,26 @@ def test_a_torn_tail_is_repaired_and_a_corrupt_middle_refuses_to_start(cluster: 
     _caught_up(cluster, follower, leader)
 
     # A torn tail: the start of a record whose body never fully reached the disk (its header,
-    # then the first bytes of a msgpack array of 3 with only 2 elements written).
+    # then the first bytes of a msgpack array of 3 with only 2 elements written), right after
+    # the last record, in the segment's preallocated zeros.
     cluster.kill(follower)
     segment = _segment(cluster, follower)
-    size = segment.stat().st_size
-    with segment.open("ab") as f:
+    size = _log_end(segment)
+    assert segment.stat().st_size > size + 4096 + 8, "the segment is not preallocated"
+    with segment.open("r+b") as f:
+        f.seek(size)
         f.write((4096).to_bytes(4, "little") + b"\x12\x34\x56\x78" + b"\x93\x01\x02")
     cluster.start_node(follower)
     _write(coord, "after-tail", 50)
     _caught_up(cluster, follower, cluster.leader() or leader)
     log = cluster.log_path(follower).read_text()
     assert re.search(r"truncat|torn", log, re.I), "the repair was not reported"
-    assert segment.stat().st_size >= size  # the torn bytes were cut, the log grew again
+    assert _log_end(segment) > size  # the torn bytes were cut, the log grew again
 
     # A changed byte in the middle of the segment: refuse to start, name the file and offset.
     cluster.kill(follower)
     data = bytearray(segment.read_bytes())
-    middle = len(data) // 2
+    middle = _log_end(segment) // 2
     data[middle] ^= 0xFF
     segment.write_bytes(bytes(data))
     started = len(cluster.log_path(follower).read_text())
