@@ -26,7 +26,9 @@ subscription its room back, so the next message goes out in the ack's own entry:
 costs its tasks' puts plus a share of an ack batch. A stream that breaks (leader change,
 reconnect) resumes at the leader with a replay of what was leased to it meanwhile; leases never
 depend on the stream. Publishing is one ``queue.put`` request and one entry: ``delay()`` returns
-once it is committed.
+once it is committed. With ``transport_options={"confirm_publish": False}`` it returns at once
+and a background thread sends the puts in order, batched (``client.put_pipeline``: RabbitMQ's
+unconfirmed publishing, with its price: a put that fails afterwards is only logged).
 
 The transport is asynchronous: in a worker's event loop (Celery's ``asynloop``, as with
 kombu's Redis transport) the push stream's thread wakes the loop through a file descriptor
@@ -77,6 +79,7 @@ from coordination.celery.once import held_key, report_duplicate
 from coordination.client.coordinator import Coordinator, Session
 from coordination.client.push import PushStream
 from coordination.client.put_combiner import combiner_for
+from coordination.client.put_pipeline import PutPipeline
 from coordination.exceptions import (
     AlreadyQueued,
     NotHolder,
@@ -123,6 +126,9 @@ class Channel(virtual.Channel):
         self.coord = _coordinator(connection.client, options)
         self._cluster = (tuple(map(str, self.coord.addresses)), self.coord.secret)  # put_combiner
         self.session: Session = self.coord.session(float(options.get("session_ttl", 30.0)))
+        # confirm_publish=False: a publish returns before its put commits (``put_pipeline``).
+        confirm = options.get("confirm_publish", True)
+        self._pipeline = None if confirm else PutPipeline(self.coord.propose)
         self._leases: dict[str, tuple[str, int]] = {}  # delivery tag -> (queue, message id)
         # The window when kombu sets no prefetch limit, and the most one basic_get leases.
         self.max_fetch = int(options.get("max_fetch", 16))
@@ -160,6 +166,9 @@ class Channel(virtual.Channel):
         # Puts of this process's other publishing threads, made while one is in flight, share
         # its next entry (``put_combiner``); a lone publisher's put goes out at once.
         row = ops.put_row(body, priority, None, delay, *(hold or (None, "")))
+        if hold is None and self._pipeline is not None:
+            self._pipeline.put(queue, row)
+            return
         result = combiner_for(self._cluster).put(self.coord.propose, queue, row)
         if hold is None:
             return
@@ -372,6 +381,8 @@ class Channel(virtual.Channel):
         self.qos._quick_ack(delivery_tag)  # our nack did the requeue: no local re-publish
 
     def close(self) -> None:
+        if self._pipeline is not None:  # puts handed over so far reach the cluster first
+            self._pipeline.close(timeout=2 * self.coord.timeout)
         super().close()
         self._acks.close(timeout=2 * self.coord.timeout)  # acks given so far reach the cluster
         self.session.close()  # its subscriptions end; unacked leases come back

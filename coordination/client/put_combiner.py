@@ -38,15 +38,15 @@ from raft_node.client import OutcomeUnknown
 Propose = Callable[[bytes], Any]  # blocking: a coordinator's propose
 
 
-class _Put:
-    """One thread's put, and then its answer."""
+class PendingPut:
+    """One put, and then its answer (``result``) once ``done`` is set."""
 
     __slots__ = ("answer", "batch", "done", "error", "name", "propose", "row")
 
     def __init__(self, propose: Propose, name: str, row: list[Any]) -> None:
         self.propose, self.name, self.row = propose, name, row
         self.done = threading.Event()
-        self.batch: list[_Put] | None = None  # set when this thread is to send a batch
+        self.batch: list[PendingPut] | None = None  # set when this thread is to send a batch
         self.answer: Any = None
         self.error: BaseException | None = None
 
@@ -62,12 +62,16 @@ class PutCombiner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._busy = False
-        self._gathered: list[_Put] = []
-        self.batches_supported = True
+        self._gathered: list[PendingPut] = []
+        self._sender = PutSender()
+
+    @property
+    def batches_supported(self) -> bool:
+        return self._sender.batches_supported
 
     def put(self, propose: Propose, name: str, row: list[Any]) -> ops.PutResult:
         """``row``: ``ops.put_row(...)``. Returns the put's result, raises its refusal."""
-        mine = _Put(propose, name, row)
+        mine = PendingPut(propose, name, row)
         with self._lock:
             lead = not self._busy
             if lead:
@@ -83,10 +87,10 @@ class PutCombiner:
             self._lead(batch)
         return mine.result()
 
-    def _lead(self, batch: list[_Put]) -> None:
+    def _lead(self, batch: list[PendingPut]) -> None:
         """Send ``batch``, answer its puts, then hand what gathered meanwhile to its first."""
         try:
-            self._send(batch)
+            self._sender.send(batch)
         finally:
             for put in batch:
                 if put.answer is None and put.error is None:  # interrupted (KeyboardInterrupt)
@@ -101,8 +105,16 @@ class PutCombiner:
                 gathered[0].batch = gathered
                 gathered[0].done.set()
 
-    def _send(self, batch: list[_Put]) -> None:
-        by_queue: dict[str, list[_Put]] = {}
+
+class PutSender:
+    """Sends gathered puts: one ``queue.put_many`` per queue and chunk, in order, and answers
+    each put. Against a node without ``queue.put_many`` it sends them one by one, for good."""
+
+    def __init__(self) -> None:
+        self.batches_supported = True
+
+    def send(self, batch: list[PendingPut]) -> None:
+        by_queue: dict[str, list[PendingPut]] = {}
         for put in batch:
             by_queue.setdefault(put.name, []).append(put)
         propose = batch[0].propose
@@ -113,7 +125,7 @@ class PutCombiner:
                 for put in chunk:
                     _send_one(propose, put)
 
-    def _send_many(self, propose: Propose, puts: list[_Put]) -> bool:
+    def _send_many(self, propose: Propose, puts: list[PendingPut]) -> bool:
         """One ``queue.put_many``; False if the cluster does not know it (send one by one)."""
         try:
             answers = propose(c.queue_put_many(puts[0].name, [p.row for p in puts]))
@@ -140,9 +152,9 @@ class PutCombiner:
         return True
 
 
-def _chunks(puts: list[_Put]) -> list[list[_Put]]:
+def _chunks(puts: list[PendingPut]) -> list[list[PendingPut]]:
     """``puts`` in order, cut at ``BATCH_MAX`` messages or ``BATCH_BYTES`` of payload."""
-    chunks: list[list[_Put]] = [[]]
+    chunks: list[list[PendingPut]] = [[]]
     size = 0
     for put in puts:
         length = payload_size(put.row)
@@ -154,7 +166,7 @@ def _chunks(puts: list[_Put]) -> list[list[_Put]]:
     return chunks
 
 
-def _send_one(propose: Propose, put: _Put) -> None:
+def _send_one(propose: Propose, put: PendingPut) -> None:
     try:
         put.answer = ops.PutResult(propose(ops.queue_put_row(put.name, put.row).body))
     except OutcomeUnknown as exc:

@@ -116,6 +116,25 @@ def test_publishing_threads_share_entries_and_keep_each_thread_s_order(connect):
         queue.close()
 
 
+def test_unconfirmed_publishes_arrive_in_order_and_close_sends_what_is_still_waiting(connect):
+    """``confirm_publish=False``: a publish returns before its put commits; the channel's
+    pipeline sends them in order, batched, and closing the channel sends what is left."""
+    publisher = connect(confirm_publish=False)
+    channel = publisher.default_channel
+    queue = publisher.SimpleQueue("k-unconfirmed")
+    for n in range(300):
+        queue.put({"n": n})
+    assert channel._pipeline is not None
+    publisher.release()  # closes the channel: its pipeline flushes first
+    assert channel._pipeline.sent == 300 and channel._pipeline.failed == 0
+    consumer = connect()
+    rows = consumer.default_channel.coord.queue("k-unconfirmed").peek(1_000)
+    bodies = [json.loads(base64.b64decode(json.loads(r["payload"])["body"])) for r in rows]
+    assert [b["n"] for b in bodies] == list(range(300))
+    entries = {r["id"] // MSG_ID_STRIDE if r["id"] >= MSG_ID_STRIDE else r["id"] for r in rows}
+    assert len(entries) < 300 // 2  # batched
+
+
 def test_a_requeued_message_comes_back_marked_redelivered_and_a_rejected_one_is_dead_lettered(
     connect,
 ):
