@@ -158,6 +158,20 @@ _OPEN: weakref.WeakSet[PutPipeline] = weakref.WeakSet()
 EXIT_FLUSH_SECONDS = 10.0
 
 
+def _forget_after_fork() -> None:
+    """A forked child (a Celery prefork pool process) starts each inherited pipeline empty,
+    with a fresh lock (one a parent's thread held at the fork would never be released) and no
+    thread: the parent sends what was handed over before the fork."""
+    for pipeline in list(_OPEN):
+        pipeline._cv = threading.Condition()
+        pipeline._pid, pipeline._pending, pipeline._in_flight = os.getpid(), [], 0
+        pipeline._thread = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 @atexit.register
 def _flush_at_exit() -> None:
     """The sending thread is a daemon: without this, puts handed over just before the

@@ -451,9 +451,13 @@ class DurableStorage:
         safety: it is logged and switched off, and the write that follows decides."""
         if end <= seg.allocated or self.preallocate_bytes <= 0:
             return
+        fallocate = getattr(os, "posix_fallocate", None)  # none on macOS: files grow there
+        if fallocate is None:
+            self.preallocate_bytes = 0
+            return
         target = max(end, min(seg.allocated + self.preallocate_bytes, self.segment_bytes))
         try:
-            os.posix_fallocate(fd, seg.allocated, target - seg.allocated)
+            fallocate(fd, seg.allocated, target - seg.allocated)
         except OSError as e:
             log.warning("%s: preallocation off after %s", self.data_dir, e)
             self.preallocate_bytes = 0

@@ -6,6 +6,7 @@ failures are logged and counted, and that ``flush``/``close`` and the exit hook 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -61,9 +62,7 @@ def test_a_refused_put_is_logged_and_counted_and_the_others_still_land(
         pipeline.put("q", ops.put_row(b"x", 10, None, 0.0, None, ""))  # priority 0..9 only
         assert not pipeline.flush(timeout=5)
     assert pipeline.failed == 1 and pipeline.sent == 0
-    assert any(
-        "event=publish_failed queue=q count=1" in r.getMessage() for r in caplog.records
-    )
+    assert any("event=publish_failed queue=q count=1" in r.getMessage() for r in caplog.records)
     assert pipeline.flush(timeout=5)  # the failure was reported once
     pipeline.close(timeout=1)
 
@@ -158,3 +157,36 @@ def test_puts_handed_over_just_before_the_interpreter_exits_are_sent(tmp_path: P
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert sum(int(n) for n in out.read_text().split()) == 300
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_pipeline_empty_and_it_works() -> None:
+    """The parent's sender holds the pipeline's lock while it waits on a commit; a child forked
+    then must neither deadlock on that lock nor send the parent's puts again."""
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def propose(body: bytes) -> dict:
+        calls.append(os.getpid())
+        if os.getpid() == parent:
+            gate.wait(5)
+        return {"id": 1, "duplicate": False}
+
+    parent = os.getpid()
+    pipeline = PutPipeline(propose)
+    pipeline.put("q", row(b"parent"))
+    time.sleep(0.1)  # the parent's sender is in propose, waiting at the gate
+    pid = os.fork()
+    if pid == 0:  # the child: one put of its own, flushed, then report by exit status
+        ok = False
+        try:
+            pipeline.put("q", row(b"child"))
+            ok = pipeline.flush(timeout=5) and pipeline.sent == 1 and calls[-1] == os.getpid()
+        finally:
+            os._exit(0 if ok else 1)  # the child must never return into pytest
+    _, status = os.waitpid(pid, 0)
+    gate.set()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pipeline.flush(timeout=5)
+    assert calls.count(parent) == 1
+    pipeline.close(timeout=1)

@@ -87,7 +87,18 @@ def build_history(path: Path, **kw: object) -> tuple[PersistentState, int, int]:
     return before, size0, size1
 
 
-@pytest.mark.parametrize("preallocated", [False, True])
+@pytest.mark.parametrize(
+    "preallocated",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                not hasattr(os, "posix_fallocate"), reason="no posix_fallocate (macOS)"
+            ),
+        ),
+    ],
+)
 def test_torn_tail_at_every_byte_offset_of_the_last_record(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, preallocated: bool
 ) -> None:
@@ -558,3 +569,19 @@ def test_rotation_and_compaction_delete_old_segments(tmp_path: Path) -> None:
         expected = s.load()
     with DurableStorage(tmp_path, segment_bytes=512) as s:
         assert s.load() == expected
+
+
+def test_without_posix_fallocate_the_files_grow_and_recover_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS has no ``posix_fallocate``: the store turns preallocation off and goes on."""
+    monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    with open_store(tmp_path, segment_bytes=300) as s:
+        for i in range(1, 30):
+            s.save(HardState(1, "n1", i - 1), ents(i, i))
+        expected = s.load()
+        assert s.preallocate_bytes == 0
+    for seg in segments(tmp_path):
+        assert log_end(seg) == seg.stat().st_size  # no zero tail anywhere
+    with open_store(tmp_path, segment_bytes=300) as s:
+        assert s.load() == expected and s.recovery_report is None
