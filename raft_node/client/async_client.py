@@ -42,8 +42,9 @@ class AsyncRaftClient(ClientConfig):
         """Apply ``body`` through the log exactly once; returns the state machine's result."""
         lane = self._lanes.take()
         write = PendingWrite(lane.client_id, lane.next(), body, time.monotonic())
-        try:
-            result = await self._propose(write, timeout)
+        try:  # ``_propose``, inline: one coroutine fewer per write
+            fields = [write.client_id, write.seq, body]
+            result = await self._call(p.PROPOSE, fields, timeout, write=write)
         except OutcomeUnknown:
             raise  # the lane is retired: its id keeps this write as its latest
         except BaseException:
@@ -116,7 +117,9 @@ class AsyncRaftClient(ClientConfig):
         tries = Attempts(self._targets, call_timeout, follow_leader, self.timeout, write)
         while (budget := tries.budget()) > 0:
             try:
-                conn = await self._connection(tries.connect_wait(budget))
+                conn = self._conn  # the usual case without a coroutine of its own
+                if conn is None or conn.closed or conn.addr != self._targets.current:
+                    conn = await self._connection(tries.connect_wait(budget))
             except AuthenticationFailed as exc:
                 if "tls" not in exc.details:
                     raise tries.fatal(exc) from None  # the cluster secret: the same everywhere
