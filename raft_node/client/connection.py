@@ -118,14 +118,9 @@ class AsyncConnection:
         self._inflight[req_id] = fut
         body = encode_payload([kind, req_id, *fields])
         # Requests issued in one loop iteration leave in one write; drain only under pressure.
-        # A lone request (nothing else in flight or queued) leaves at once: no loop pass.
-        frame = encode_frame(FrameKind.CLIENT_REQUEST, body, self._max)
-        if len(self._inflight) == 1 and not self._out and not self._writer.transport.is_closing():
-            self._writer.write(frame)
-        else:
-            self._out.append(frame)
-            if len(self._out) == 1:
-                loop.call_soon(self._flush)
+        self._out.append(encode_frame(FrameKind.CLIENT_REQUEST, body, self._max))
+        if len(self._out) == 1:
+            loop.call_soon(self._flush)
         # One timer per connection, at the earliest deadline in flight, rather than one per
         # request: with 64 requests in flight, pushing, comparing (in Python) and popping a
         # timer each in the loop's heap was about a tenth of the client's CPU per write. (And
