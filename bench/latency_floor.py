@@ -87,44 +87,44 @@ async def follower(port: int, disk: Disk) -> None:
         while True:
             data = await read_frame(reader)
             disk.write(data)
-            writer.write(frame(b"k"))
+            writer.write(frame(data[:8]))  # the ack names the write: its sequence number
 
     server = await asyncio.start_server(serve, "127.0.0.1", port)
     await server.serve_forever()
 
 
 async def leader(port: int, followers: list[int], disk: Disk) -> None:
+    """Each write gets a sequence number; the answer waits for an ack *of that write* from
+    either follower (a late ack of an earlier write must not count: that would be no majority)."""
+    loop = asyncio.get_running_loop()
     peers = [await asyncio.open_connection("127.0.0.1", p) for p in followers]
-    acks: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in peers]
+    waiting: dict[int, asyncio.Future[None]] = {}
 
-    async def collect(i: int) -> None:
+    async def collect(reader: asyncio.StreamReader) -> None:
         while True:
-            await acks[i].put(await read_frame(peers[i][0]))
+            fut = waiting.get(int.from_bytes(await read_frame(reader), "little"))
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
-    for i in range(len(peers)):
-        asyncio.get_running_loop().create_task(collect(i))
+    readers = [loop.create_task(collect(peer_reader)) for peer_reader, _ in peers]
+    seq = 0
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seq
         while True:
             data = await read_frame(reader)
+            seq += 1
+            acked = waiting[seq] = loop.create_future()
+            entry = seq.to_bytes(8, "little") + data
             for _, peer_writer in peers:
-                peer_writer.write(frame(data))  # replicate first, then sync our own copy
-            disk.write(data)
-            done, pending = await _first(acks)
+                peer_writer.write(frame(entry))  # replicate first, then sync our own copy
+            disk.write(entry)
+            await acked  # our own copy is synced: one follower's makes a majority
+            del waiting[seq]
             writer.write(frame(b"ok"))
-            for task in pending:  # the other follower's ack is still owed: take it later
-                task.cancel()
-            for q in acks:  # drop acks of earlier writes that arrived late
-                while q.qsize() > 0 and done:
-                    q.get_nowait()
 
     server = await asyncio.start_server(serve, "127.0.0.1", port)
-    await server.serve_forever()
-
-
-async def _first(queues: list[asyncio.Queue[bytes]]) -> tuple[set, set]:
-    tasks = {asyncio.ensure_future(q.get()) for q in queues}
-    return await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.gather(server.serve_forever(), *readers)
 
 
 async def client(port: int, writes: int, warmup: int) -> list[float]:
