@@ -163,12 +163,12 @@ class Channel(virtual.Channel):
         delay = eta_delay(headers)
         hold = held_key(headers)  # a @once task: its key is held while the message is queued
         body = json.dumps(message).encode()
-        # Puts of this process's other publishing threads, made while one is in flight, share
-        # its next entry (``put_combiner``); a lone publisher's put goes out at once.
         row = ops.put_row(body, priority, None, delay, *(hold or (None, "")))
-        if hold is None and self._pipeline is not None:
+        if hold is None and self._pipeline is not None:  # confirm_publish=False: do not wait
             self._pipeline.put(queue, row)
             return
+        # Puts of this process's other publishing threads, made while one is in flight, share
+        # its next entry (``put_combiner``); a lone publisher's put goes out at once.
         result = combiner_for(self._cluster).put(self.coord.propose, queue, row)
         if hold is None:
             return
