@@ -114,12 +114,10 @@ class FrameChannel(asyncio.Protocol):
             return
         if self._idle_timeout is not None or self._decoder.pending or self._frame_due is not None:
             self._track(bool(frames))
-        if not frames:
-            return
-        if self._blocked:
+        if frames:
             self._backlog.extend(frames)
-            return
-        self._deliver(frames)
+            if not self._blocked:
+                self._drain()
 
     def eof_received(self) -> bool | None:
         keep_open = self._streams.eof_received()  # type: ignore[attr-defined]
@@ -144,24 +142,24 @@ class FrameChannel(asyncio.Protocol):
 
     # -- delivering -----------------------------------------------------------------------------
 
-    def _deliver(self, frames: Any) -> None:
-        """Hand ``frames`` (a list, or the backlog) to the handler in order, until one returns an
-        awaitable: the rest wait in the backlog, and reading pauses, until it completes."""
-        on_frame = self._on_frame
-        for i, (kind, body) in enumerate(frames):
+    def _drain(self) -> bool:
+        """Hand the waiting frames to the handler in order, until one returns an awaitable: the
+        rest wait, and reading pauses, until it completes. True when none is left waiting."""
+        backlog, on_frame = self._backlog, self._on_frame
+        while backlog:
+            kind, body = backlog.popleft()
             try:
                 pending = on_frame(kind, body)
             except Exception as exc:
                 self._fail(exc)
-                return
+                return False
             if self.done.done():
-                return
+                return False
             if pending is not None:
-                if frames is not self._backlog:
-                    self._backlog.extend(frames[i + 1 :])
                 self._block(pending)
-                return
+                return False
         self._batch_done()
+        return True
 
     def _block(self, pending: Awaitable[Any]) -> None:
         self._blocked = True
@@ -176,29 +174,14 @@ class FrameChannel(asyncio.Protocol):
             return
         if task.cancelled():
             self._fail(asyncio.CancelledError())
-            return
-        if exc is not None:
+        elif exc is not None:
             self._fail(exc)
-            return
-        backlog = self._backlog
-        while backlog:
-            kind, body = backlog.popleft()
-            try:
-                pending = self._on_frame(kind, body)
-            except Exception as exc:
-                self._fail(exc)
-                return
-            if self.done.done():
-                return
-            if pending is not None:
-                self._block(pending)
-                return
-        self._batch_done()
-        if self._eof:
-            self._end_of_stream()
-        else:
-            self._last_read = self._loop.time()  # waiting for a handler is not idling
-            self._resume()
+        elif self._drain():
+            if self._eof:
+                self._end_of_stream()
+            else:
+                self._last_read = self._loop.time()  # waiting for a handler is not idling
+                self._resume()
 
     def _batch_done(self) -> None:
         if self._on_batch is not None:
