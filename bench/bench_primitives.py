@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -48,7 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prim_redis
 import redis
-from bench_raft import add_run_args, fmt_ms, log, log_node_tails, run_benchmark, write_report
+from bench_raft import (
+    add_run_args,
+    fmt_ms,
+    log,
+    log_node_tails,
+    report_head,
+    run_benchmark,
+    write_report,
+)
 from benchlib import cpu_seconds
 from prim_zipf import ideal_hit_rate, simulate, workload
 
@@ -646,13 +653,7 @@ def observations(
 def render(args: argparse.Namespace, info: dict, ours: dict, theirs: dict, argv: list[str]) -> str:
     consumers = args.queue_sessions * args.queue_per_session
     lines = [
-        "# raftsync coordination-primitives benchmark",
-        "",
-        f"- command: `{shlex.join(argv)}`",
-        f"- date: {info['date']}",
-        f"- commit: {info['commit']}",
-        f"- nproc: {info['nproc']}; CPU: {info['cpu']}; load average at start: {info['loadavg']}",
-        f"- Python: {info['python']}; data directory filesystem: {info['data_fs']}",
+        *report_head("raftsync coordination-primitives benchmark", argv, info),
         f"- duration: {info.get('duration', '?')}; load average at the end:"
         f" {info.get('loadavg_end', '?')}",
         f"- windows: {args.warmup}s warm-up + {args.seconds}s measured (locks, cache latencies),"

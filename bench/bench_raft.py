@@ -570,17 +570,25 @@ def durability_peer() -> str:
     return describe_durability()
 
 
-def render(args: argparse.Namespace, info: dict, ours: dict, peer: dict, argv: list[str]) -> str:
-    table = build_table(args.levels, ours, peer)
-    o, s = ours.get("settings", {}), peer.get("settings", {})
-    lines = [
-        "# raftsync consensus benchmark",
+def report_head(title: str, argv: list[str], info: dict) -> list[str]:
+    """The first lines of every benchmark report: its title, the command, when, which commit,
+    and on what machine (``info`` as ``run_benchmark`` gathers it)."""
+    return [
+        f"# {title}",
         "",
         f"- command: `{shlex.join(argv)}`",
         f"- date: {info['date']}",
         f"- commit: {info['commit']}",
         f"- nproc: {info['nproc']}; CPU: {info['cpu']}; load average at start: {info['loadavg']}",
         f"- Python: {info['python']}; data directory filesystem: {info['data_fs']}",
+    ]
+
+
+def render(args: argparse.Namespace, info: dict, ours: dict, peer: dict, argv: list[str]) -> str:
+    table = build_table(args.levels, ours, peer)
+    o, s = ours.get("settings", {}), peer.get("settings", {})
+    lines = [
+        *report_head("raftsync consensus benchmark", argv, info),
         f"- per level: {args.warmup}s warm-up + {args.seconds}s measured; failover trials:"
         f" {args.trials}; probe every {args.probe_interval_ms} ms;"
         f" background writer: {BG_CONCURRENCY} in flight",

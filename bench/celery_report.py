@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 from collections.abc import Callable
 from typing import Any
 
-from bench_raft import fmt_ms
+from bench_raft import fmt_ms, report_head
 from benchlib import percentile
 
 # raft:// end-to-end tasks/s over the Redis broker's, per number of producer threads (issue 14:
@@ -254,13 +253,7 @@ def render(
     args: argparse.Namespace, info: dict[str, str], raft: dict, red: dict, argv: list[str]
 ) -> str:
     lines = [
-        "# raftsync Celery end-to-end benchmark",
-        "",
-        f"- command: `{shlex.join(argv)}`",
-        f"- date: {info['date']}",
-        f"- commit: {info['commit']}",
-        f"- nproc: {info['nproc']}; CPU: {info['cpu']}; load average at start: {info['loadavg']}",
-        f"- Python: {info['python']}; data directory filesystem: {info['data_fs']}",
+        *report_head("raftsync Celery end-to-end benchmark", argv, info),
         f"- duration: {info.get('duration', '?')}; load average at the end:"
         f" {info.get('loadavg_end', '?')}",
         f"- per broker: {args.warmup_tasks} warm-up tasks, then {args.reps} repetitions of"
