@@ -114,10 +114,12 @@ class FrameChannel(asyncio.Protocol):
             return
         if self._idle_timeout is not None or self._decoder.pending or self._frame_due is not None:
             self._track(bool(frames))
-        if frames:
+        if not frames:
+            return
+        if self._blocked:
             self._backlog.extend(frames)
-            if not self._blocked:
-                self._drain()
+            return
+        self._deliver(frames)
 
     def eof_received(self) -> bool | None:
         keep_open = self._streams.eof_received()  # type: ignore[attr-defined]
@@ -142,24 +144,24 @@ class FrameChannel(asyncio.Protocol):
 
     # -- delivering -----------------------------------------------------------------------------
 
-    def _drain(self) -> bool:
-        """Hand the waiting frames to the handler in order, until one returns an awaitable: the
-        rest wait, and reading pauses, until it completes. True when none is left waiting."""
-        backlog, on_frame = self._backlog, self._on_frame
-        while backlog:
-            kind, body = backlog.popleft()
+    def _deliver(self, frames: Any) -> None:
+        """Hand ``frames`` (a list, or the backlog) to the handler in order, until one returns an
+        awaitable: the rest wait in the backlog, and reading pauses, until it completes."""
+        on_frame = self._on_frame
+        for i, (kind, body) in enumerate(frames):
             try:
                 pending = on_frame(kind, body)
             except Exception as exc:
                 self._fail(exc)
-                return False
+                return
             if self.done.done():
-                return False
+                return
             if pending is not None:
+                if frames is not self._backlog:
+                    self._backlog.extend(frames[i + 1 :])
                 self._block(pending)
-                return False
+                return
         self._batch_done()
-        return True
 
     def _block(self, pending: Awaitable[Any]) -> None:
         self._blocked = True
@@ -174,14 +176,29 @@ class FrameChannel(asyncio.Protocol):
             return
         if task.cancelled():
             self._fail(asyncio.CancelledError())
-        elif exc is not None:
+            return
+        if exc is not None:
             self._fail(exc)
-        elif self._drain():
-            if self._eof:
-                self._end_of_stream()
-            else:
-                self._last_read = self._loop.time()  # waiting for a handler is not idling
-                self._resume()
+            return
+        backlog = self._backlog
+        while backlog:
+            kind, body = backlog.popleft()
+            try:
+                pending = self._on_frame(kind, body)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            if self.done.done():
+                return
+            if pending is not None:
+                self._block(pending)
+                return
+        self._batch_done()
+        if self._eof:
+            self._end_of_stream()
+        else:
+            self._last_read = self._loop.time()  # waiting for a handler is not idling
+            self._resume()
 
     def _batch_done(self) -> None:
         if self._on_batch is not None:
