@@ -171,12 +171,12 @@ class FrameChannel(asyncio.Protocol):
 
     def _unblock(self, task: asyncio.Future[Any]) -> None:
         self._blocked = False
-        exc = None if task.cancelled() else task.exception()  # retrieved even if ended
         if self.done.done():
             return
         if task.cancelled():
             self._fail(asyncio.CancelledError())
             return
+        exc = task.exception()
         if exc is not None:
             self._fail(exc)
             return
