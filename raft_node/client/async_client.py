@@ -42,7 +42,7 @@ class AsyncRaftClient(ClientConfig):
         """Apply ``body`` through the log exactly once; returns the state machine's result."""
         lane = self._lanes.take()
         write = PendingWrite(lane.client_id, lane.next(), body, time.monotonic())
-        try:  # ``_propose``, inline: one coroutine fewer per write
+        try:  # inline, not through a helper: one coroutine fewer per write
             fields = [write.client_id, write.seq, body]
             result = await self._call(p.PROPOSE, fields, timeout, write=write)
         except OutcomeUnknown:
@@ -55,11 +55,9 @@ class AsyncRaftClient(ClientConfig):
 
     async def resolve(self, unknown: OutcomeUnknown, *, timeout: float | None = None) -> Any:
         """The final outcome of the write ``unknown`` is about (as ``RaftClient.resolve``)."""
-        return await self._propose(unknown.resend(), timeout)
-
-    async def _propose(self, write: PendingWrite, timeout: float | None) -> Any:
+        write = unknown.resend()
         fields = [write.client_id, write.seq, write.body]
-        return await self._call(p.PROPOSE, fields, timeout, write=write)
+        return await self._call(p.PROPOSE, fields, timeout, write=write, in_doubt=True)
 
     async def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
         """Query the state machine; linearizable (ReadIndex) unless ``stale``."""
@@ -112,9 +110,10 @@ class AsyncRaftClient(ClientConfig):
         timeout: float | None,
         follow_leader: bool = True,
         write: PendingWrite | None = None,
+        in_doubt: bool = False,
     ) -> Any:
         call_timeout = self.timeout if timeout is None else timeout
-        tries = Attempts(self._targets, call_timeout, follow_leader, self.timeout, write)
+        tries = Attempts(self._targets, call_timeout, follow_leader, self.timeout, write, in_doubt)
         while (budget := tries.budget()) > 0:
             try:
                 conn = self._conn  # the usual case without a coroutine of its own

@@ -16,7 +16,9 @@ can map it by code without reading its text:
 - ``Timeout`` (``timeout``): a read (or status, transfer) got no answer in time.
 - ``ClusterUnavailable`` (``unavailable``): no node could be reached, or no leader was known,
   until the deadline. For a write it is *definite*: every attempt failed before the request
-  was accepted anywhere, so it was not applied and never will be.
+  was accepted anywhere, so it was not applied and never will be. A ``resolve`` never ends so:
+  its write was already in doubt, and finding no leader now says nothing about the earlier
+  attempt, so it raises ``OutcomeUnknown`` again.
 - ``NotLeader`` (``not_leader``): the node is not the leader (``leader`` names the one it knows).
 
 ``definite`` (a class attribute) says which errors mean "it did not happen": True for all but

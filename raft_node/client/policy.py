@@ -107,8 +107,9 @@ class Attempts:
 
     At the deadline, a write (``write`` given) ends ``OutcomeUnknown`` if any attempt *may*
     have put it in a log (``uncertain``: it was sent and no definite answer came back), else
-    ``ClusterUnavailable``, which for a write means "not applied". Another call ends
-    ``Timeout`` if some node was reached, else ``ClusterUnavailable``.
+    ``ClusterUnavailable``, which for a write means "not applied". A ``resolve`` (``in_doubt``)
+    starts uncertain: only the cluster's answer (a result or a rejection) ends it definite.
+    Another call ends ``Timeout`` if some node was reached, else ``ClusterUnavailable``.
 
     A node that stops answering (paused, or a one-way partition) keeps its connection open,
     so a call of the client's own timeout waits only half its budget for the first answer and
@@ -127,6 +128,7 @@ class Attempts:
         follow_leader: bool,
         patience: float,
         write: PendingWrite | None = None,
+        in_doubt: bool = False,
     ) -> None:
         self.targets = targets
         self.deadline = time.monotonic() + timeout
@@ -137,7 +139,10 @@ class Attempts:
         self.leaderless_since: float | None = None
         self.backoff = Backoff()
         self.reached = False
-        self.uncertain = False  # a write went out and no definite answer came back
+        # A write went out and no definite answer came back. ``in_doubt``: a ``resolve``, whose
+        # write an earlier call already left uncertain. A refusal of *this* attempt (no leader,
+        # nothing sent) says nothing about that earlier one, so it never ends definite.
+        self.uncertain = in_doubt and write is not None
         self.silences = 0
         self.last = "no attempt"
         self._refused: set[Address] = set()

@@ -72,11 +72,11 @@ class RaftClient(ClientConfig):
         the wire, or unpickled)."""
         write = unknown.resend()
         with self._lock:
-            return self._propose(write, timeout)
+            return self._propose(write, timeout, in_doubt=True)
 
-    def _propose(self, write: PendingWrite, timeout: float | None) -> Any:
+    def _propose(self, write: PendingWrite, timeout: float | None, in_doubt: bool = False) -> Any:
         fields = [write.client_id, write.seq, write.body]
-        return self._call(p.PROPOSE, fields, timeout, write=write)
+        return self._call(p.PROPOSE, fields, timeout, write=write, in_doubt=in_doubt)
 
     def read(self, query: bytes, *, stale: bool = False, timeout: float | None = None) -> Any:
         with self._lock:
@@ -142,9 +142,10 @@ class RaftClient(ClientConfig):
         timeout: float | None,
         follow_leader: bool = True,
         write: PendingWrite | None = None,
+        in_doubt: bool = False,
     ) -> Any:
         call_timeout = self.timeout if timeout is None else timeout
-        tries = Attempts(self._targets, call_timeout, follow_leader, self.timeout, write)
+        tries = Attempts(self._targets, call_timeout, follow_leader, self.timeout, write, in_doubt)
         while (budget := tries.budget()) > 0:
             try:
                 sock = self._socket(tries.connect_wait(budget))

@@ -111,6 +111,57 @@ def test_credentials_refused_after_an_uncertain_attempt_still_say_unknown():
     assert isinstance(error, OutcomeUnknown) and error.__cause__ is refused
 
 
+def test_a_resolve_that_reaches_no_leader_leaves_the_write_unknown():
+    """``resolve`` re-sends a write an earlier call left in doubt. If this attempt finds no
+    leader (every node unreachable, or each refusing it before its log), that says nothing
+    about the earlier one, which may have been applied: the write stays unknown. (It used to
+    end ``ClusterUnavailable``, "not applied", and a chaos run's lock history showed a release
+    so reported that had in fact been applied.)"""
+    tries = Attempts(Targets(SEEDS), 5.0, True, 5.0, _write(seq=4), in_doubt=True)
+    tries.reached = True
+    tries.answered(_answer(p.NOT_LEADER, definite=True))
+    tries.unreachable(ConnectionRefusedError())
+    error = tries.give_up()
+    assert isinstance(error, OutcomeUnknown) and not error.definite
+    assert error.request_id == ("c1", 4)
+    refused = tries.fatal(Rejected("auth", "no", {}))
+    assert isinstance(refused, OutcomeUnknown)  # credentials refused now: still unknown
+    rejection = p.parse_response(p.rejected(1, "not_holder", "no", {}))
+    with pytest.raises(Rejected):  # the cluster's own answer is the outcome
+        tries.answered(rejection)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_both_clients_resolve_to_unknown_when_no_node_answers(flavour: str):
+    import asyncio
+    import socket
+
+    from raft_node.client import AsyncRaftClient, RaftClient
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    unknown = OutcomeUnknown("lost", write=_write(seq=9))
+    if flavour == "sync":
+        with (
+            RaftClient([address], "secret", timeout=0.3) as client,
+            pytest.raises(OutcomeUnknown) as info,
+        ):
+            client.resolve(unknown)
+    else:
+
+        async def main() -> None:
+            client = AsyncRaftClient([address], "secret", timeout=0.3)
+            try:
+                await client.resolve(unknown)
+            finally:
+                await client.close()
+
+        with pytest.raises(OutcomeUnknown) as info:
+            asyncio.run(main())
+    assert info.value.request_id == ("c1", 9) and not info.value.definite
+
+
 def test_a_silent_node_gets_half_the_budget_then_the_retry_gets_the_rest():
     tries = _attempts(_write(), timeout=2.0)
     assert tries.answer_wait(2.0) == 1.0  # time left to re-send to the next leader
