@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
+PROBE_MAX_BYTES = 64 * 1024
+"""Entries one probe carries at most. Where a probing follower's log matches is unknown, so a
+probe may be rejected or duplicated; once one is accepted, replication goes on in batches of
+``max_size_per_msg``. (A megabyte probe to a follower that had been down took it long enough
+to decode that heartbeat answers asked for copies of it.)"""
+
 
 class ProposalDropped(Exception):
     """This node cannot accept a proposal now (not leader, or handing leadership over).
@@ -68,7 +74,12 @@ class LeaderRole(_Base):
             self._handle_append_response(m, pr)
         elif t == MT.HEARTBEAT_RESP:
             pr.recent_active = True
-            pr.probe_sent = False
+            # A probe may have been lost: allow another, but once per heartbeat interval.
+            # Every ReadIndex round is a heartbeat, so under reads the answers come far more
+            # often; re-probing on each sent a lagging follower hundreds of identical appends
+            # a second (up to a megabyte each) until it, and the leader, could do nothing else.
+            if pr.probe_ticks >= self.heartbeat_timeout:
+                pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.inflights.full():
                 # The window may be full of lost messages: let one more through, whose answer
                 # (accept, or reject and probe) gets replication moving again.
@@ -224,7 +235,10 @@ class LeaderRole(_Base):
             return self._send_snapshot(to, pr)
         entries: list[Entry] = []
         if pr.next <= log.last_index():
-            entries = log.slice(pr.next, log.last_index() + 1, self.max_size_per_msg)
+            limit = self.max_size_per_msg
+            if pr.state == ProgressState.PROBE:
+                limit = min(limit, PROBE_MAX_BYTES)
+            entries = log.slice(pr.next, log.last_index() + 1, limit)
         if not entries and not send_if_empty:
             return False
         self.send(

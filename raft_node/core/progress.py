@@ -3,7 +3,8 @@
 A follower is in one of three states (as in etcd/raft):
 
 - PROBE: we do not know where its log matches ours. Send one AppendEntries at ``next - 1`` and
-  wait for the answer (or a heartbeat response) before sending another.
+  wait for the answer before sending another; a heartbeat response allows another only once
+  the last probe is a heartbeat interval old (``probe_ticks``), since it may have been lost.
 - REPLICATE: its log matches up to ``match``; stream entries optimistically (``next`` runs ahead
   of ``match``), at most ``max_inflight`` messages unacknowledged.
 - SNAPSHOT: it is behind our compaction point; a snapshot is on its way and nothing else is
@@ -58,6 +59,7 @@ class Progress:
         "next",
         "pending_snapshot",
         "probe_sent",
+        "probe_ticks",
         "recent_active",
         "snapshot_ticks",
         "state",
@@ -68,6 +70,7 @@ class Progress:
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
+        self.probe_ticks = 0  # leader ticks since the last probe was sent
         self.pending_snapshot = 0
         self.snapshot_ticks = 0
         self.recent_active = False
@@ -75,6 +78,7 @@ class Progress:
 
     def _reset_state(self, state: ProgressState) -> None:
         self.probe_sent = False
+        self.probe_ticks = 0
         self.pending_snapshot = 0
         self.snapshot_ticks = 0
         self.state = state
@@ -128,6 +132,7 @@ class Progress:
                 self.inflights.add(last_index)
         elif self.state == ProgressState.PROBE:
             self.probe_sent = True
+            self.probe_ticks = 0
 
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:

@@ -208,6 +208,7 @@ class Raft(LeaderRole, MembershipRole):
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
         for pid, pr in self.prs.items():
+            pr.probe_ticks += 1
             if pr.state == ProgressState.SNAPSHOT:
                 pr.snapshot_ticks += 1
                 if pr.snapshot_ticks >= self.snapshot_retry_ticks:

@@ -38,6 +38,7 @@ class RaftState(Protocol):
     commit_unsent: bool
     lead_transferee: NodeId
     election_elapsed: int
+    heartbeat_timeout: int
     max_size_per_msg: int
     config: Any  # raft.Config
     conf_log: ConfLog

@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 
+from raft_node.core.leader import PROBE_MAX_BYTES
+from raft_node.core.messages import Message
 from raft_node.core.messages import MessageType as MT
 from raft_node.core.raft import ProposalDropped, Raft
 from raft_node.core.ready import Role
@@ -217,3 +219,54 @@ def test_restart_replays_committed_entries_from_storage():
     net.restart("b")
     net.tick("a", 2)
     assert net.sm["b"].applied == before
+
+
+def _lagging_follower_in_probe(net: Net) -> Raft:
+    """``L`` leads; ``a`` missed 40 entries of 3 KB and is being probed (as after it restarts:
+    where its log matches is unknown)."""
+    net.campaign("L")
+    net.cut("L", "a")
+    for i in range(40):
+        net.propose("L", b"%03d" % i + b"x" * 3000)
+    net.heal()
+    leader = net.raft("L")
+    leader.prs["a"].become_probe()
+    return leader
+
+
+def _appends_to_a(net: Net) -> list[Message]:
+    return [m for m in net.process("L") if m.type == MT.APP and m.to == "a"]
+
+
+def test_heartbeat_answers_re_probe_a_lagging_follower_once_per_heartbeat_interval():
+    """Every ReadIndex round is a heartbeat, so a leader serving reads gets heartbeat answers
+    far more often than it ticks. Each used to allow another probe: a follower that had been
+    down got hundreds of identical appends a second, each as big as an append may be (a chaos
+    run logged 640 in one second), and it and the leader did little else."""
+    net = Net(["L", "a", "b"])
+    leader = _lagging_follower_in_probe(net)
+    rn = net.raw("L")
+    answer = Message(type=MT.HEARTBEAT_RESP, frm="a", to="L", term=leader.term)
+    probes = _appends_to_a(net)
+    for _ in range(50):  # 50 read rounds answered within one heartbeat interval
+        rn.step(answer)
+        probes += _appends_to_a(net)
+    assert len(probes) == 1, [(m.index, len(m.entries)) for m in probes]
+    for _ in range(leader.heartbeat_timeout):
+        rn.tick()
+        net.process("L")  # (the heartbeats themselves go nowhere)
+    rn.step(answer)
+    again = _appends_to_a(net)
+    assert len(again) == 1 and again[0].index == probes[0].index  # the lost probe, once more
+
+
+def test_a_probe_carries_at_most_probe_max_bytes_then_replication_streams():
+    net = Net(["L", "a", "b"])
+    leader = _lagging_follower_in_probe(net)
+    net.raw("L").step(Message(type=MT.HEARTBEAT_RESP, frm="a", to="L", term=leader.term))
+    (probe,) = _appends_to_a(net)
+    size = sum(e.size() for e in probe.entries)
+    assert 1 <= len(probe.entries) < 40 and size <= PROBE_MAX_BYTES + 3100
+    net.deliver([probe])  # accepted: "a" is replicated to in full batches from here
+    assert net.log_terms("a") == net.log_terms("L")
+    assert leader.prs["a"].state.name == "REPLICATE"
