@@ -230,7 +230,7 @@ class Writer(threading.Thread):
             self.client._targets = Pinned(self.client._targets.seeds)
         self.prefix = prefix
         self.acked: list[tuple[str, float]] = []
-        self.attempts: list[tuple[float, bool]] = []  # (started, acked)
+        self.attempts: list[tuple[float, float | None]] = []  # (started, acked at or None)
         self.latencies: list[float] = []
         self.failed = 0
         self.halt = threading.Event()
@@ -244,10 +244,10 @@ class Writer(threading.Thread):
                 self.client.propose(c.cache_set(key, b"1", None))
                 now = time.monotonic()
                 self.acked.append((key, now))
-                self.attempts.append((started, True))
+                self.attempts.append((started, now))
                 self.latencies.append(now - started)
             except RaftError:
-                self.attempts.append((started, False))
+                self.attempts.append((started, None))
                 self.failed += 1
                 time.sleep(0.01)
             i += 1
@@ -268,10 +268,15 @@ class Writer(threading.Thread):
     def acked_after(self, t: float) -> int:
         return sum(1 for _, at in self.acked if at > t)
 
-    def started_between(self, start: float, end: float) -> tuple[int, int]:
-        """(attempts, acknowledged ones) among the writes started in ``(start, end)``."""
+    def started_between(
+        self, start: float, end: float, excused: tuple[float, float] = (0.0, 0.0)
+    ) -> tuple[int, int]:
+        """(attempts, acknowledged ones) among the writes started in ``(start, end)``; an
+        acknowledgement that arrived within ``excused`` does not count."""
         inside = [acked for at, acked in self.attempts if start < at < end]
-        return len(inside), sum(inside)
+        low, high = excused
+        late = [at for at in inside if at is not None and not low <= at <= high]
+        return len(inside), len(late)
 
     def longest_gap(self, since: float) -> float:
         """The longest time without an acknowledgement after ``since`` (the unavailability)."""

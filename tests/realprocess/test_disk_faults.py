@@ -15,10 +15,10 @@ registers, a fencing lock, a queue) before the fault, during it and after the re
 its histories the same way: linearizable, no acked write or put lost. And two checks that the
 failed node acknowledged nothing it had not synced: a client pinned to that node (it ignores
 leader hints) has no write acknowledged among those it sent after the node's ``event=fatal``
-and before its restart (restarted, it may forward a write to the leader before it fails
-again, and the leader's acknowledgement is a durable one); and for a follower, the match index
-its leader recorded for it (what it acknowledged) is no higher than the last index its disk
-really kept.
+and before the repair, except while it is restarted on the broken disk (it may then forward
+a write to the leader before it fails again, and the leader's acknowledgement is a durable
+one); and for a follower, the match index its leader recorded for it (what it acknowledged)
+is no higher than the last index its disk really kept.
 
 The faults are real ones (see ``disk_faults``); a test skips, saying why, where it cannot make
 them (no root for ``mount``, no C compiler for the fsync shim).
@@ -117,10 +117,11 @@ def fail_and_repair(
     # A supervisor (systemd, Kubernetes) restarts the node before anyone repairs the disk: it
     # must fail again, loudly, not serve with a disk it cannot write. (Until it fails it may
     # learn the leader and forward a pinned write there, which the leader then acknowledges,
-    # durably: the check of acknowledgements below ends here.)
+    # durably: the check of acknowledgements below excuses what arrives meanwhile.)
     restarted_at = time.monotonic()
     cluster.start_node(victim)
     assert wait_exit(cluster, victim) == 1, "restarted on the broken disk, it did not exit 1"
+    died_again_at = time.monotonic()
     fatal_again = cluster.log_path(victim).read_text().count("event=fatal")
     assert fatal_again == len(fatal) + 1, "the restart on the broken disk did not log event=fatal"
 
@@ -136,14 +137,16 @@ def fail_and_repair(
     assert not lost, f"{victim} after repair: {len(lost)} acked writes missing"
     lost = read_linearizable(cluster, [victim], acked[-50:])  # through the rejoined node
     assert not lost
-    tried, acked_late = pinned.started_between(failed_at, restarted_at)
+    tried, acked_late = pinned.started_between(
+        failed_at, repaired_at, excused=(restarted_at, died_again_at)
+    )
     print(
         f"\n[{error} on the {role}] victim={victim} leader_after={new_leader} "
         f"acked={len(acked)} (before fault {acked_before}, after the node died {after}) "
         f"failed_requests={writer.failed} fault->exit={dead_at - fault_at:.2f}s "
         f"longest_gap_without_acks={gap:.2f}s restart->caught_up={catch_up:.2f}s "
         f"fatal: {fatal[0].split('event=fatal', 1)[1].strip()[:160]}\n"
-        f"   writes sent to {victim} alone between its failure and its restart: {tried}, "
+        f"   writes sent to {victim} alone between its failure and the repair: {tried}, "
         f"acknowledged: {acked_late}; its log on disk ends at {durable}, the leader had "
         f"counted it acknowledged up to {acked_index}"
     )
