@@ -19,9 +19,8 @@ from raft_node.client.policy import Address
 from raft_node.transport import client_protocol as p
 from raft_node.transport.auth import AuthError, client_handshake
 from raft_node.transport.codec import decode_payload, encode_payload
-from raft_node.transport.wire import MAX_FRAME_BYTES, FrameDecoder, FrameKind, encode_frame
-
-_READ_BYTES = 256 * 1024  # one read takes every response that arrived, up to this much
+from raft_node.transport.frame_channel import FrameChannel
+from raft_node.transport.wire import MAX_FRAME_BYTES, FrameKind, encode_frame
 
 
 class NotSent(ConnectionError):
@@ -48,7 +47,6 @@ class AsyncConnection:
         self._deadlines: dict[int, float] = {}  # req_id -> loop time its answer is due by
         self._sweep: asyncio.TimerHandle | None = None  # at the earliest of them
         self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
         self._out: list[bytes] = []
         self.closed = False
 
@@ -77,29 +75,24 @@ class AsyncConnection:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writer = writer
-        self._reader_task = asyncio.create_task(self._read_loop(reader))
+        # Responses are answered from the transport's read callback (``FrameChannel``): one
+        # socket read yields every response that arrived (a node answers a batch of pipelined
+        # requests in one write), and each waiting request wakes directly, with no reader task
+        # woken in between.
+        channel = FrameChannel.attach(reader, writer, self._on_frame, max_frame_bytes=self._max)
+        channel.done.add_done_callback(self._channel_ended)
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        """Answer the waiting requests. One socket read yields every response that arrived
-        (a node answers a batch of pipelined requests in one write), decoded in one pass: one
-        await per read, not two per frame."""
-        decoder = FrameDecoder(self._max)
-        inflight = self._inflight
-        try:
-            while True:
-                data = await reader.read(_READ_BYTES)
-                if not data:
-                    where = " inside a frame" if decoder.pending else ""
-                    raise EOFError(f"connection closed{where}")
-                for kind, body in decoder.feed(data):
-                    if kind != FrameKind.CLIENT_RESPONSE:
-                        raise ConnectionError(f"unexpected frame kind {kind}")
-                    resp = p.parse_response(decode_payload(body))
-                    fut = inflight.pop(resp.req_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(resp)
-        except (Exception, asyncio.CancelledError) as exc:
-            self._fail_all(exc)
+    def _on_frame(self, kind: int, body: bytes) -> None:
+        if kind != FrameKind.CLIENT_RESPONSE:
+            raise ConnectionError(f"unexpected frame kind {kind}")
+        resp = p.parse_response(decode_payload(body))
+        fut = self._inflight.pop(resp.req_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(resp)
+
+    def _channel_ended(self, done: asyncio.Future[None]) -> None:
+        exc = None if done.cancelled() else done.exception()
+        self._fail_all(exc if exc is not None else EOFError("connection closed"))
 
     def _fail_all(self, exc: BaseException) -> None:
         self.closed = True
@@ -170,8 +163,6 @@ class AsyncConnection:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
-        if self._reader_task is not None:
-            self._reader_task.cancel()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):

@@ -31,6 +31,7 @@ from raft_node.transport.auth import (
     server_handshake,
 )
 from raft_node.transport.codec import CodecError, decode_message
+from raft_node.transport.frame_channel import FrameChannel, FrameHandler
 from raft_node.transport.protocol import ClientHandler
 from raft_node.transport.snapstream import (
     CHUNK_OVERHEAD,
@@ -38,12 +39,7 @@ from raft_node.transport.snapstream import (
     SnapshotStreamError,
     ack_frame,
 )
-from raft_node.transport.wire import (
-    FrameError,
-    FrameKind,
-    encode_frame,
-    frame_batches,
-)
+from raft_node.transport.wire import FrameError, FrameKind, encode_frame
 
 __all__ = ["Address", "InboundServer", "ProtocolViolation", "dial", "tls_version"]
 
@@ -308,68 +304,84 @@ class InboundServer:
             self.handshaking -= 1
         return None
 
-    def _batches(self, reader: asyncio.StreamReader, limit: int | None = None) -> Any:
-        return contextlib.aclosing(
-            frame_batches(
-                reader,
-                limit or self.max_frame_bytes,
-                frame_timeout=self.frame_timeout,
-                idle_timeout=self.idle_timeout,
-                chunk_size=READ_CHUNK,
-            )
+    def _channel(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_frame: FrameHandler,
+        limit: int,
+        on_batch: Callable[[], None] | None = None,
+    ) -> FrameChannel:
+        """Read the authenticated connection's frames by callback from now on."""
+        return FrameChannel.attach(
+            reader,
+            writer,
+            on_frame,
+            max_frame_bytes=limit,
+            frame_timeout=self.frame_timeout,
+            idle_timeout=self.idle_timeout,
+            on_batch=on_batch,
         )
 
     async def _serve_peer(
         self, who: Identity, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        """Deliver the peer's messages as they are read (``on_peer_batch`` after each read);
+        assemble its snapshot streams, the last chunk's read of the whole image off the loop."""
         me, peer = self.node_id, who.id
         stats = self._stats
         incoming: IncomingSnapshot | None = None
+
+        async def deliver_snapshot(done: IncomingSnapshot) -> None:
+            nonlocal incoming
+            # One read of the whole image, off the event loop: the node restores its state
+            # machine from bytes, so it needs them in memory anyway.
+            m = await asyncio.to_thread(done.take)
+            incoming = None
+            stats["snapshots_in"] += 1
+            self._deliver(m, peer)
+            if not writer.transport.is_closing():
+                writer.write(ack_frame(done.stream_id, True))
+
+        def on_frame(kind: int, body: bytes) -> Awaitable[None] | None:
+            nonlocal incoming
+            stats["frames_in"] += 1
+            stats["bytes_in"] += len(body) + FRAME_OVERHEAD
+            if kind == _RAFT:
+                m = decode_message(body)
+                if m.frm != peer or m.to != me:
+                    raise ProtocolViolation(f"message {m.frm!r}->{m.to!r} from {peer!r}")
+                self._deliver(m, peer)
+            elif kind == _SNAP_CHUNK and incoming is not None:
+                incoming.add_chunk(body)
+            elif kind == _SNAP_BEGIN and incoming is None:
+                incoming = IncomingSnapshot(
+                    body,
+                    me=me,
+                    peer=peer,
+                    directory=self.snapshot_dir,
+                    max_chunk_bytes=self.max_peer_frame_bytes - CHUNK_OVERHEAD,
+                )
+                event(
+                    logging.INFO,
+                    "snapshot_receive",
+                    peer=peer,
+                    stream=incoming.stream_id,
+                    bytes=incoming.total,
+                    index=incoming.index,
+                )
+            elif kind == _SNAP_END and incoming is not None:
+                incoming.finish(body)
+                return deliver_snapshot(incoming)
+            else:
+                raise ProtocolViolation(f"frame kind {kind} on a peer connection")
+            return None
+
+        channel = self._channel(
+            reader, writer, on_frame, self.max_peer_frame_bytes, self.on_peer_batch
+        )
         try:
-            async with self._batches(reader, self.max_peer_frame_bytes) as batches:
-                async for frames in batches:
-                    stats["frames_in"] += len(frames)
-                    for kind, body in frames:
-                        stats["bytes_in"] += len(body) + FRAME_OVERHEAD
-                        if kind == _RAFT:
-                            m = decode_message(body)
-                            if m.frm != peer or m.to != me:
-                                raise ProtocolViolation(
-                                    f"message {m.frm!r}->{m.to!r} from {peer!r}"
-                                )
-                            self._deliver(m, peer)
-                        elif kind == _SNAP_CHUNK and incoming is not None:
-                            incoming.add_chunk(body)
-                        elif kind == _SNAP_BEGIN and incoming is None:
-                            incoming = IncomingSnapshot(
-                                body,
-                                me=me,
-                                peer=peer,
-                                directory=self.snapshot_dir,
-                                max_chunk_bytes=self.max_peer_frame_bytes - CHUNK_OVERHEAD,
-                            )
-                            event(
-                                logging.INFO,
-                                "snapshot_receive",
-                                peer=peer,
-                                stream=incoming.stream_id,
-                                bytes=incoming.total,
-                                index=incoming.index,
-                            )
-                        elif kind == _SNAP_END and incoming is not None:
-                            incoming.finish(body)
-                            # One read of the whole image, off the event loop: the node restores
-                            # its state machine from bytes, so it needs them in memory anyway.
-                            m = await asyncio.to_thread(incoming.take)
-                            stream_id, incoming = incoming.stream_id, None
-                            stats["snapshots_in"] += 1
-                            self._deliver(m, peer)
-                            if not writer.transport.is_closing():
-                                writer.write(ack_frame(stream_id, True))
-                        else:
-                            raise ProtocolViolation(f"frame kind {kind} on a peer connection")
-                    if self.on_peer_batch is not None:
-                        self.on_peer_batch()
+            await channel.done
         except SnapshotStreamError as e:
             stats["snapshot_failures"] += 1
             if e.stream_id is not None and not writer.transport.is_closing():
@@ -447,8 +459,14 @@ class InboundServer:
             stats["frames_out"] += 1
             stats["bytes_out"] += len(frame)
 
-        inflight = asyncio.Semaphore(self.max_client_inflight)
+        max_inflight = self.max_client_inflight
         tasks: set[asyncio.Task[None]] = set()
+        slot_freed: list[asyncio.Future[None]] = []  # the reader, waiting for a free slot
+
+        def finished(t: asyncio.Task[None]) -> None:
+            tasks.discard(t)
+            if slot_freed and not slot_freed[0].done():
+                slot_freed[0].set_result(None)
 
         async def run(pending: Awaitable[None]) -> None:
             try:
@@ -458,30 +476,45 @@ class InboundServer:
             except Exception:
                 stats["callback_errors"] += 1
                 log.exception("event=callback_error callback=on_client_frame")
-            finally:
-                inflight.release()
+
+        def start(pending: Awaitable[None]) -> None:
+            t = loop.create_task(run(pending))
+            tasks.add(t)
+            t.add_done_callback(finished)
+
+        async def start_when_free(pending: Awaitable[None]) -> None:
+            while len(tasks) >= max_inflight:
+                slot_freed[:] = [loop.create_future()]
+                await slot_freed[0]
+            slot_freed.clear()
+            if closed:  # the connection ended while it waited: never run, never answered
+                close = getattr(pending, "close", None)
+                if close is not None:
+                    close()
+                return
+            start(pending)
+
+        def on_frame(kind: int, body: bytes) -> Awaitable[None] | None:
+            stats["frames_in"] += 1
+            stats["bytes_in"] += len(body) + FRAME_OVERHEAD
+            if kind != _CLIENT_REQUEST:
+                raise ProtocolViolation(f"frame kind {kind} on a client connection")
+            stats["client_requests"] += 1
+            try:
+                pending = handler(body, respond)
+            except Exception:
+                stats["callback_errors"] += 1
+                log.exception("event=callback_error callback=on_client_frame")
+                return None
+            if pending is None:
+                return None  # answered now, or will be via respond() later
+            if len(tasks) < max_inflight:
+                start(pending)
+                return None
+            return start_when_free(pending)  # reading pauses until a handler finishes
 
         try:
-            async with self._batches(reader) as batches:
-                async for frames in batches:
-                    stats["frames_in"] += len(frames)
-                    for kind, body in frames:
-                        stats["bytes_in"] += len(body) + FRAME_OVERHEAD
-                        if kind != _CLIENT_REQUEST:
-                            raise ProtocolViolation(f"frame kind {kind} on a client connection")
-                        stats["client_requests"] += 1
-                        try:
-                            pending = handler(body, respond)
-                        except Exception:
-                            stats["callback_errors"] += 1
-                            log.exception("event=callback_error callback=on_client_frame")
-                            continue
-                        if pending is None:
-                            continue  # answered now, or will be via respond() later
-                        await inflight.acquire()
-                        t = loop.create_task(run(pending))
-                        tasks.add(t)
-                        t.add_done_callback(tasks.discard)
+            await self._channel(reader, writer, on_frame, max_frame).done
         finally:
             closed = True
             for t in list(tasks):
