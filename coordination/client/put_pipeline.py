@@ -14,11 +14,12 @@ The price is the same: a put that fails after ``put`` returned (the cluster unav
 longer than the client's timeout, a full queue) cannot be reported to the caller. It is logged
 (``event=publish_failed``, ERROR, with the queue, the count and the error) and counted in
 ``failed``; a put whose outcome is unknown is logged as such (``event=publish_unknown``: it may
-be queued). ``flush`` waits until everything handed over is answered and says whether all of
-it was queued. The transport flushes when its channel closes, and every pipeline still open is
-flushed when the interpreter exits (``atexit``), so a management command that publishes and
-exits loses nothing to the daemon thread dying with it. Puts that need their answer (a ``@once``
-task's held key) stay confirmed.
+be queued). Every outcome is also counted in Prometheus (``publish_metrics``), where the
+``metrics`` extra is installed. ``flush`` waits until everything handed over is answered and
+says whether all of it was queued. The transport flushes when its channel closes, and every
+pipeline still open is flushed when the interpreter exits (``atexit``), so a management command
+that publishes and exits loses nothing to the daemon thread dying with it. Puts that need their
+answer (a ``@once`` task's held key) stay confirmed.
 
 ``max_pending`` bounds the puts waiting to be sent: a producer faster than the cluster then
 blocks in ``put`` (back-pressure) instead of growing memory without limit.
@@ -35,6 +36,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from coordination.client import publish_metrics
 from coordination.client.put_combiner import PendingPut, PutSender
 from raft_node.client import OutcomeUnknown
 
@@ -102,6 +104,8 @@ class PutPipeline:
         with self._cv:
             self._closed = True
             dropped, committing = len(self._pending), self._in_flight
+            for put in self._pending:
+                publish_metrics.count(put.name, "lost", 1)
             self._pending = []
             self._cv.notify_all()
         if dropped:
@@ -134,16 +138,22 @@ class PutPipeline:
     def _account(self, batch: list[PendingPut]) -> None:
         failed: dict[tuple[str, str], int] = {}
         unknown: dict[tuple[str, str], int] = {}
+        queued: dict[str, int] = {}
         for put in batch:
             if put.error is None:
+                queued[put.name] = queued.get(put.name, 0) + 1
                 continue
             into = unknown if isinstance(put.error, OutcomeUnknown) else failed
             key = (put.name, f"{type(put.error).__name__}: {put.error}")
             into[key] = into.get(key, 0) + 1
         for (queue, error), count in failed.items():
             log.error("event=publish_failed queue=%s count=%d error=%s", queue, count, error)
+            publish_metrics.count(queue, "failed", count)
         for (queue, error), count in unknown.items():
             log.error("event=publish_unknown queue=%s count=%d error=%s", queue, count, error)
+            publish_metrics.count(queue, "unknown", count)
+        for queue, count in queued.items():
+            publish_metrics.count(queue, "queued", count)
         with self._cv:
             lost, maybe = sum(failed.values()), sum(unknown.values())
             self.failed += lost

@@ -190,3 +190,41 @@ def test_a_forked_child_starts_its_pipeline_empty_and_it_works() -> None:
     assert pipeline.flush(timeout=5)
     assert calls.count(parent) == 1
     pipeline.close(timeout=1)
+
+
+def test_every_outcome_is_counted_in_prometheus_by_queue() -> None:
+    """A failure after ``put`` returned is logged, and counted where it can be alerted on: the
+    default registry's ``raftsync_unconfirmed_publishes_total{queue, outcome}``."""
+    prometheus = pytest.importorskip("prometheus_client")
+
+    def sample(queue: str, outcome: str) -> float:
+        labels = {"queue": queue, "outcome": outcome}
+        value = prometheus.REGISTRY.get_sample_value("raftsync_unconfirmed_publishes_total", labels)
+        return value or 0.0
+
+    leader = declared(SlowLeader(commit_s=0.01), "metered")
+    pipeline = PutPipeline(leader.propose)
+    for n in range(3):
+        pipeline.put("metered", row(b"%d" % n))
+    pipeline.put("metered", ops.put_row(b"x", 10, None, 0.0, None, ""))  # refused: priority
+    pipeline.flush(timeout=5)
+    assert (sample("metered", "queued"), sample("metered", "failed")) == (3.0, 1.0)
+    pipeline.close(timeout=1)
+
+    errors = iter([OutcomeUnknown("leader lost mid-commit")])
+    gate = threading.Event()
+
+    def propose(body: bytes) -> None:
+        if gate.is_set():
+            time.sleep(10)  # never answers before the close below
+        gate.set()
+        raise next(errors)
+
+    stuck = PutPipeline(propose)
+    stuck.put("metered-2", row(b"a"))
+    stuck.flush(timeout=5)
+    stuck.put("metered-2", row(b"b"))  # taken by the sender, which then hangs
+    time.sleep(0.1)
+    stuck.put("metered-2", row(b"c"))  # still waiting when the pipeline closes
+    stuck.close(timeout=0.2)
+    assert sample("metered-2", "unknown") == 1.0 and sample("metered-2", "lost") == 1.0
