@@ -654,8 +654,6 @@ def render(args: argparse.Namespace, info: dict, ours: dict, theirs: dict, argv:
     consumers = args.queue_sessions * args.queue_per_session
     lines = [
         *report_head("raftsync coordination-primitives benchmark", argv, info),
-        f"- duration: {info.get('duration', '?')}; load average at the end:"
-        f" {info.get('loadavg_end', '?')}",
         f"- windows: {args.warmup}s warm-up + {args.seconds}s measured (locks, cache latencies),"
         f" {args.queue_seconds}s (each queue phase); Zipf: {args.zipf_warmup:,} warm-up +"
         f" {args.zipf_ops:,} measured operations, seed {args.zipf_seed}",

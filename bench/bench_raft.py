@@ -572,8 +572,9 @@ def durability_peer() -> str:
 
 def report_head(title: str, argv: list[str], info: dict) -> list[str]:
     """The first lines of every benchmark report: its title, the command, when, which commit,
-    and on what machine (``info`` as ``run_benchmark`` gathers it)."""
-    return [
+    and on what machine (``info`` as ``run_benchmark`` gathers it); with ``duration`` in
+    ``info``, how long it ran and the load average at the end."""
+    lines = [
         f"# {title}",
         "",
         f"- command: `{shlex.join(argv)}`",
@@ -582,6 +583,12 @@ def report_head(title: str, argv: list[str], info: dict) -> list[str]:
         f"- nproc: {info['nproc']}; CPU: {info['cpu']}; load average at start: {info['loadavg']}",
         f"- Python: {info['python']}; data directory filesystem: {info['data_fs']}",
     ]
+    if "duration" in info:
+        lines.append(
+            f"- duration: {info['duration']}; load average at the end:"
+            f" {info.get('loadavg_end', '?')}"
+        )
+    return lines
 
 
 def render(args: argparse.Namespace, info: dict, ours: dict, peer: dict, argv: list[str]) -> str:

@@ -254,8 +254,6 @@ def render(
 ) -> str:
     lines = [
         *report_head("raftsync Celery end-to-end benchmark", argv, info),
-        f"- duration: {info.get('duration', '?')}; load average at the end:"
-        f" {info.get('loadavg_end', '?')}",
         f"- per broker: {args.warmup_tasks} warm-up tasks, then {args.reps} repetitions of"
         f" {args.tasks:,} no-op tasks; worker `--pool prefork --concurrency {CONCURRENCY}`,"
         f" acks_late, prefetch multiplier {args.prefetch_multiplier}; the no-op task ignores"
