@@ -33,6 +33,7 @@ import os
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -104,8 +105,8 @@ class PutPipeline:
         with self._cv:
             self._closed = True
             dropped, committing = len(self._pending), self._in_flight
-            for put in self._pending:
-                publish_metrics.count(put.name, "lost", 1)
+            for queue, count in Counter(put.name for put in self._pending).items():
+                publish_metrics.count(queue, "lost", count)
             self._pending = []
             self._cv.notify_all()
         if dropped:
