@@ -41,11 +41,11 @@ from typing import Any
 from coordination.errors import LIMIT, build, typed
 from coordination.primitives import commands, limits
 from coordination.primitives.history import MAX_PAGE, TOPIC, matches
-from raft_node.client import ClusterUnavailable, RaftError, Timeout
+from raft_node.client import AuthenticationFailed, ClusterUnavailable, RaftError, Timeout
 from raft_node.client.errors import raise_for
 from raft_node.client.policy import Backoff, Targets, parse_addresses
 from raft_node.transport import client_protocol as p
-from raft_node.transport.auth import client_handshake, client_handshake_sync
+from raft_node.transport.auth import AuthError, client_handshake, client_handshake_sync
 from raft_node.transport.codec import decode_payload, encode_payload
 from raft_node.transport.wire import (
     MAX_FRAME_BYTES,
@@ -119,14 +119,17 @@ class Reconnect(Exception):
         self.hint = hint
 
 
-
 def stream_handshake(sock: socket.socket, coord: Any, addr: Any, role: str) -> socket.socket:
     """TLS (when the coordinator has it) and the client handshake on a stream's own socket
     (a watch, a push stream); answers the socket to use."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if coord.ssl is not None:
         sock = coord.ssl.wrap_socket(sock, server_hostname=addr[0])
-    client_handshake_sync(sock, coord.secret, my_id=f"{coord.name}-{role}", timeout=2.0)
+    try:
+        client_handshake_sync(sock, coord.secret, my_id=f"{coord.name}-{role}", timeout=2.0)
+    except AuthError as exc:  # typed, as the clients raise it: a stream ends on it, reported
+        sock.close()
+        raise AuthenticationFailed(str(exc)) from exc
     return sock
 
 
@@ -139,6 +142,7 @@ def raise_refusal(resp: p.Response) -> None:
         raise_for(resp)
     except RaftError as exc:
         raise typed(exc) from None
+
 
 class WatchCursor:
     """What a watch has seen and what it asks for next; turns responses into events."""
