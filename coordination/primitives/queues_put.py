@@ -71,13 +71,27 @@ class QueuePuts:
         self.batched_ids = True
         base = ctx.index * MSG_ID_STRIDE
         results: list[dict[str, Any]] = []
+        q = self.queues.get(name)
+        plain = 0  # messages enqueued by the plain path
         for position, item in enumerate(items):
+            if q is not None and _plain(item) and len(q.messages) < q.max_depth:
+                mid = base + position
+                q.messages[mid] = [item[0], item[1], 0, None]
+                q.push_ready(mid)
+                plain += 1
+                results.append({"id": mid, "duplicate": False})
+                continue
             try:
                 if not isinstance(item, list) or len(item) != PUT_FIELDS:
                     reject(BAD_COMMAND, f"a put_many message is [{PUT_FIELDS} fields]")
                 results.append(self._put_one(ctx, name, item, base + position))
             except CommandRejected as exc:
                 results.append({"error": exc.code, "message": exc.message, "details": exc.details})
+            q = self.queues.get(name)  # a first put creates the queue
+        if plain:
+            assert q is not None
+            q.total_put += plain
+            self._dirty[q.name] = None
         self._flush(ctx)
         return results
 
@@ -103,6 +117,25 @@ class QueuePuts:
         self._enqueue(q, mid, ctx.now_ms, delay)
         keys.remember(q, mid, dedup_id, hold, ctx.now_ms, self._deadlines)
         return {"id": mid, "duplicate": False}
+
+
+def _plain(item: Any) -> bool:
+    """A message with nothing to check but its payload and priority, and nothing to remember:
+    no dedup id, no delay, no held key (what Celery's tasks and most producers put). Such a
+    message skips ``_put_one``'s general checks, which cost about twice as much per message in a
+    64-message batch; the outcome is the same: ``_put_one`` would enqueue it just so."""
+    return (
+        type(item) is list
+        and len(item) == PUT_FIELDS
+        and type(item[0]) is bytes
+        and len(item[0]) <= limits.PAYLOAD_MAX_BYTES
+        and type(item[1]) is int
+        and limits.PRIORITY_MIN <= item[1] <= limits.PRIORITY_MAX
+        and item[2] is None
+        and type(item[3]) is int
+        and item[3] == 0
+        and item[4] is None
+    )
 
 
 def put_arity(args: list[Any]) -> list[Any]:

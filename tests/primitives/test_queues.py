@@ -9,12 +9,12 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from search_depth import examples
 
-from coordination.primitives import errors, limits, queues_keys
+from coordination.primitives import errors, limits, queues_keys, queues_put
 from coordination.primitives.machine import CoordinationMachine
 from coordination.primitives.queues import DEFAULT_MAX_DELIVERIES, Queues
 from coordination.primitives.queues_put import MSG_ID_STRIDE
@@ -1482,3 +1482,38 @@ def test_the_id_switch_is_replicated_state() -> None:
     fresh = Node()
     fresh.m.restore(msgpack.packb(old, use_bin_type=True))
     assert fresh.put("q") == fresh.index
+
+
+_ODD_PUTS = st.lists(
+    st.just([])
+    | st.tuples(
+        st.sampled_from([b"a", b"bb", "text", b"x" * (limits.PAYLOAD_MAX_BYTES + 1)]),
+        st.sampled_from([0, 9, 10, -1, True, 1.0, None]),
+        st.sampled_from([None, None, "d1", ""]),
+        st.sampled_from([0, 0, 5, False, -1]),
+        st.sampled_from([None, None, ["h", "t"]]),
+    ).map(list),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=examples(quick=150, deep=1_000), deadline=None)
+@given(batches=st.lists(_ODD_PUTS, min_size=1, max_size=4), max_depth=st.sampled_from([None, 6]))
+def test_put_many_plain_path_changes_nothing_but_speed(
+    batches: list[list[Any]], max_depth: int | None
+) -> None:
+    """``put_many`` enqueues a plain message (no dedup id, no delay, no held key, valid fields)
+    without ``_put_one``'s general checks. Fed the same odd batches, a replica with that path
+    and one without it give the same answers and the same snapshot."""
+    fast, general = Node(), Node()
+    answers = {}
+    for node in (fast, general):
+        if max_depth is not None:  # else the first put creates the queue
+            node.do("queue.declare", "q", None, None, max_depth)
+        with pytest.MonkeyPatch.context() as patch:
+            if node is general:
+                patch.setattr(queues_put, "_plain", lambda item: False)
+            answers[id(node)] = [node.do("queue.put_many", "q", batch) for batch in batches]
+    assert answers[id(fast)] == answers[id(general)]
+    assert fast.m.snapshot() == general.m.snapshot()
