@@ -19,11 +19,12 @@ write is a plain write, and no invalidation stream or session is opened.
 A value the cluster evicted from memory is read from Redis (``redis_url``) and used only if
 Redis holds exactly the version the cluster reports.
 
-The L1 is LRU with TinyLFU-style admission (``admission``): a missed key takes a slot only if it
-has been asked for more often (recently) than the entry it would evict, so one-off reads do not
-flush popular keys. A key that would not be admitted is read from the cluster without
-registering (no fill, no lease). Evicting a registered entry releases it from one worker thread
-(``releaser``); the Redis read-back of evicted keys is ``redis_fallback``.
+The L1 evicts the least requested of its least recently used entries and admits with TinyLFU
+(``admission``): a missed key takes a slot only if it has been asked for more often (recently)
+than the entry it would evict, so one-off reads do not flush popular keys. A key that would not
+be admitted is read from the cluster without registering (no fill, no lease). Evicting a
+registered entry releases it from one worker thread (``releaser``); the Redis read-back of
+evicted keys is ``redis_fallback``.
 
 A key this process still wants does not expire from its L1 every lease: a background thread
 (``renewer``) extends, in one ``cache.renew`` entry per batch, the registered copies in the last
@@ -40,6 +41,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from coordination.client import operations as ops
@@ -159,7 +161,11 @@ class Cache:
             self._l1.move_to_end(key)
             evicted: list[tuple[str, int]] = []
             while len(self._l1) > self.l1_size:
-                old, entry = self._l1.popitem(last=False)
+                # Not the entry just remembered (the most recent), unless it is alone: it was
+                # admitted against the others.
+                older = islice(self._l1, max(len(self._l1) - 1, 1))
+                old = self._admission.victim(older)
+                entry = self._l1.pop(old)
                 if entry[3] is not None:
                     evicted.append((old, entry[3]))
         if evicted and self._evictions is not None:
@@ -231,14 +237,14 @@ class Cache:
         self._admission.record(key)
 
     def _admissible(self, key: str) -> bool:
-        """Whether ``key`` may take an L1 slot (TinyLFU: more popular than the LRU victim).
+        """Whether ``key`` may take an L1 slot (TinyLFU: more popular than the victim).
         Never without an L1 (``l1_size`` 0): there is no slot, and no victim to compare."""
         if self.l1_size <= 0:
             return False
         with self._lock:
             if len(self._l1) < self.l1_size:
                 return True
-            victim = next(iter(self._l1))
+            victim = self._admission.victim(self._l1)
         return self._admission.admits(key, victim)
 
     def get(self, key: str, default: Any = None) -> Any:

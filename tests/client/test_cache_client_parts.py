@@ -12,7 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordination.client.admission import FrequencySketch
+from coordination.client.admission import (
+    AGE_PERIOD,
+    COUNT_MAX,
+    EVICTION_SAMPLE,
+    FrequencySketch,
+)
 from coordination.client.redis_fallback import RedisFallback
 from coordination.client.releaser import BATCH, ReleaseWorker
 from coordination.node.redis_mirror import PREFIX
@@ -31,17 +36,47 @@ def test_a_candidate_is_admitted_only_when_strictly_more_popular_than_the_victim
     assert sketch.admits("warm", "never-asked")
 
 
-def test_counts_are_halved_every_ten_requests_per_slot_and_ones_forgotten():
-    sketch = FrequencySketch(l1_size=2)  # ages every 20 requests
+def test_counts_are_halved_every_age_period_requests_per_slot_and_ones_forgotten():
+    sketch = FrequencySketch(l1_size=2)  # ages every 2 * AGE_PERIOD requests
+    period = 2 * AGE_PERIOD
     for _ in range(7):
         sketch.record("a")
     sketch.record("b")
-    for _ in range(11):
-        sketch.record("c")
-    assert (sketch.frequency("a"), sketch.frequency("b"), sketch.frequency("c")) == (7, 1, 11)
-    sketch.record("c")  # the 20th request
-    assert (sketch.frequency("a"), sketch.frequency("b"), sketch.frequency("c")) == (3, 0, 6)
-    assert len(sketch) == 2  # "b" was dropped, not kept at zero
+    for _ in range(period - 9):
+        sketch.record(f"other-{_ % 40}")
+    assert (sketch.frequency("a"), sketch.frequency("b")) == (7, 1)
+    sketch.record("c")  # the period's last request
+    assert (sketch.frequency("a"), sketch.frequency("b"), sketch.frequency("c")) == (3, 0, 0)
+    assert "b" not in sketch._freq  # dropped, not kept at zero
+
+
+def test_a_count_saturates_so_a_cooled_hot_key_is_forgotten_in_a_few_halvings():
+    sketch = FrequencySketch(l1_size=1)  # ages every AGE_PERIOD requests
+    for _ in range(20 * AGE_PERIOD - 1):  # 19 halvings, then AGE_PERIOD - 1 more requests
+        sketch.record("hot")
+    assert sketch.frequency("hot") == COUNT_MAX
+    seen = []
+    for _ in range(4):  # each "new" request after the first period's end ages the counts
+        sketch.record("new")
+        seen.append(sketch.frequency("hot"))
+        for _ in range(AGE_PERIOD - 1):
+            sketch.record("new")
+    assert seen == [7, 3, 1, 0]
+
+
+def test_the_victim_is_the_least_requested_of_the_oldest_sample():
+    sketch = FrequencySketch(l1_size=100)
+    lru_order = [f"k{i}" for i in range(EVICTION_SAMPLE + 5)]
+    for i, key in enumerate(lru_order):
+        for _ in range(1 + i % 3):  # k0: 1, k1: 2, k2: 3, k3: 1, ...
+            sketch.record(key)
+    sketch.record("k0")  # k0: 2 now, so k3 (1) is the oldest of the least requested
+    assert sketch.victim(lru_order) == "k3"
+    tail = lru_order[EVICTION_SAMPLE:]  # outside the sample: never chosen
+    for key in tail:
+        sketch._freq[key] = 0
+    assert sketch.victim(lru_order) == "k3"
+    assert sketch.victim(["only"]) == "only"
 
 
 # -- releasing evicted registrations ------------------------------------------------------------
