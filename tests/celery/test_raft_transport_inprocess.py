@@ -118,7 +118,16 @@ def test_publishing_threads_share_entries_and_keep_each_thread_s_order(connect):
 
 def test_unconfirmed_publishes_arrive_in_order_and_close_sends_what_is_still_waiting(connect):
     """``confirm_publish=False``: a publish returns before its put commits; the channel's
-    pipeline sends them in order, batched, and closing the channel sends what is left."""
+    pipeline sends them in order, batched, and closing the channel sends what is left. Each put
+    is counted in Prometheus once the cluster answered it."""
+    prometheus = pytest.importorskip("prometheus_client")
+    labels = {"queue": "k-unconfirmed", "outcome": "queued"}
+
+    def queued() -> float:
+        counter = "raftsync_unconfirmed_publishes_total"
+        return prometheus.REGISTRY.get_sample_value(counter, labels) or 0.0
+
+    before = queued()
     publisher = connect(confirm_publish=False)
     channel = publisher.default_channel
     queue = publisher.SimpleQueue("k-unconfirmed")
@@ -127,6 +136,7 @@ def test_unconfirmed_publishes_arrive_in_order_and_close_sends_what_is_still_wai
     assert channel._pipeline is not None
     publisher.release()  # closes the channel: its pipeline flushes first
     assert channel._pipeline.sent == 300 and channel._pipeline.failed == 0
+    assert queued() - before == 300
     consumer = connect()
     rows = consumer.default_channel.coord.queue("k-unconfirmed").peek(1_000)
     bodies = [json.loads(base64.b64decode(json.loads(r["payload"])["body"])) for r in rows]
