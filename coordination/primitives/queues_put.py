@@ -122,8 +122,9 @@ class QueuePuts:
 def _plain(item: Any) -> bool:
     """A message with nothing to check but its payload and priority, and nothing to remember:
     no dedup id, no delay, no held key (what Celery's tasks and most producers put). Such a
-    message skips ``_put_one``'s general checks, which cost about twice as much per message in a
-    64-message batch; the outcome is the same: ``_put_one`` would enqueue it just so."""
+    message skips ``_put_one``'s general checks (a 64-message entry validates and applies in
+    0.72x the time, ``bench/apply_cost.py``); the outcome is the same: ``_put_one`` would
+    enqueue it just so."""
     return (
         type(item) is list
         and len(item) == PUT_FIELDS
