@@ -41,11 +41,12 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from coordination.client import operations as ops
-from coordination.client.admission import FrequencySketch
+from coordination.client.admission import EVICTION_SAMPLE, FrequencySketch
 from coordination.client.redis_fallback import RedisFallback
 from coordination.client.releaser import ReleaseWorker
 from coordination.client.renewer import LeaseRenewer
@@ -163,8 +164,7 @@ class Cache:
             while len(self._l1) > self.l1_size:
                 # Not the entry just remembered (the most recent), unless it is alone: it was
                 # admitted against the others.
-                older = islice(self._l1, max(len(self._l1) - 1, 1))
-                old = self._admission.victim(older)
+                old = self._victim(islice(self._l1, max(len(self._l1) - 1, 1)))
                 entry = self._l1.pop(old)
                 if entry[3] is not None:
                     evicted.append((old, entry[3]))
@@ -244,8 +244,21 @@ class Cache:
         with self._lock:
             if len(self._l1) < self.l1_size:
                 return True
-            victim = self._admission.victim(self._l1)
+            victim = self._victim(iter(self._l1))
+            if self._l1[victim][2] <= time.monotonic():
+                return True  # its copy ran out: the slot is as good as free
         return self._admission.admits(key, victim)
+
+    def _victim(self, lru_order: Iterator[str]) -> str:
+        """(Under the lock.) The entry to evict, from keys in least recently used order: among
+        the first ``EVICTION_SAMPLE``, one whose local lease ran out (worth nothing: reading it
+        is a miss), else the least requested (``admission``)."""
+        sample = list(islice(lru_order, EVICTION_SAMPLE))
+        now = time.monotonic()
+        for key in sample:
+            if self._l1[key][2] <= now:
+                return key
+        return self._admission.victim(sample)
 
     def get(self, key: str, default: Any = None) -> Any:
         found = self._read(key, strict=False)

@@ -107,6 +107,35 @@ def test_a_key_kept_in_use_is_renewed_instead_of_refilled_and_still_invalidated(
             closing.close()
 
 
+def test_the_l1_evicts_the_least_requested_of_its_oldest_entries_and_expired_ones_first(cluster):
+    """Not the least recently used alone: ``ev2:b``, the oldest, was asked for most, so a new
+    key takes the slot of ``ev2:c``, the least requested. A copy whose local lease ran out goes
+    first, however popular it was."""
+    coord, cache = _cache(cluster, l1_size=3, mode=BOUNDED, staleness=30.0)
+    coord_w, writer = _cache(cluster, mode=BOUNDED)
+    try:
+        for key in ("ev2:a", "ev2:b", "ev2:c", "ev2:d", "ev2:e"):
+            writer.set(key, b"1")
+        for key, reads in (("ev2:a", 1), ("ev2:b", 1), ("ev2:c", 1), ("ev2:b", 5), ("ev2:a", 4)):
+            for _ in range(reads):
+                assert cache.get(key) == b"1"
+        assert cache.get("ev2:c") == b"1"  # LRU order now b (6 requests), a (5), c (2)
+        assert list(cache._l1) == ["ev2:b", "ev2:a", "ev2:c"]
+        for _ in range(2):
+            cache.get("ev2:d")  # 1, then 2 requests: not more than c's 2
+        assert "ev2:d" not in cache._l1
+        cache.get("ev2:d")  # 3 > 2: admitted in c's slot, not in b's
+        assert list(cache._l1) == ["ev2:b", "ev2:a", "ev2:d"]
+        with cache._lock:  # b's copy runs out (as its local lease would)
+            value, version, _, reg = cache._l1["ev2:b"]
+            cache._l1["ev2:b"] = (value, version, time.monotonic() - 1, reg)
+        cache.get("ev2:e")  # a first request: admitted against the expired copy, which goes
+        assert list(cache._l1) == ["ev2:a", "ev2:d", "ev2:e"]
+    finally:
+        for closing in (cache, writer, coord, coord_w):
+            closing.close()
+
+
 def test_an_evicted_registration_is_released_so_writes_do_not_wait_for_its_lease(cluster):
     coord, cache = _cache(cluster, l1_size=2, lease=30.0)
     coord_w, writer = _cache(cluster, mode=BOUNDED)
