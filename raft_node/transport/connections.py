@@ -32,7 +32,7 @@ from raft_node.transport.auth import (
 )
 from raft_node.transport.codec import CodecError, decode_message
 from raft_node.transport.frame_channel import FrameChannel, FrameHandler
-from raft_node.transport.protocol import ClientHandler
+from raft_node.transport.protocol import ClientHandler, call_client_handler
 from raft_node.transport.snapstream import (
     CHUNK_OVERHEAD,
     IncomingSnapshot,
@@ -499,15 +499,9 @@ class InboundServer:
             stats["bytes_in"] += len(body) + FRAME_OVERHEAD
             if kind != _CLIENT_REQUEST:
                 raise ProtocolViolation(f"frame kind {kind} on a client connection")
-            stats["client_requests"] += 1
-            try:
-                pending = handler(body, respond)
-            except Exception:
-                stats["callback_errors"] += 1
-                log.exception("event=callback_error callback=on_client_frame")
-                return None
+            pending = call_client_handler(handler, body, respond, stats, log)
             if pending is None:
-                return None  # answered now, or will be via respond() later
+                return None  # answered now, or will be via respond() later (or it raised)
             if len(tasks) < max_inflight:
                 start(pending)
                 return None

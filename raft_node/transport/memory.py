@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raft_node.core.messages import Message, MessageType, NodeId
-from raft_node.transport.protocol import STAT_KEYS, ClientHandler
+from raft_node.transport.protocol import STAT_KEYS, ClientHandler, call_client_handler
 
 __all__ = ["MemoryClientConnection", "MemoryNetwork", "MemoryTransport"]
 
@@ -483,13 +483,7 @@ class MemoryClientConnection:
         try:
             while (body := await self._requests.get()) is not None:
                 stats["frames_in"] += 1
-                stats["client_requests"] += 1
-                try:
-                    pending = handler(body, respond)
-                except Exception:
-                    stats["callback_errors"] += 1
-                    log.exception("event=callback_error callback=on_client_frame")
-                    continue
+                pending = call_client_handler(handler, body, respond, stats, log)
                 if pending is None:
                     continue
                 await inflight.acquire()

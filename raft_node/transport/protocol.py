@@ -42,12 +42,13 @@ queued, drops, frames_out, reconnects, failures}}``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from raft_node.core.messages import Message
 
-__all__ = ["STAT_KEYS", "ClientHandler", "Transport"]
+__all__ = ["STAT_KEYS", "ClientHandler", "Transport", "call_client_handler"]
 
 ClientHandler = Callable[[bytes, Callable[[bytes], None]], Awaitable[None] | None]
 
@@ -57,6 +58,25 @@ STAT_KEYS = (  # noqa: SIM905
     "handshake_failures tls_failures protocol_errors callback_errors client_requests "
     "client_responses snapshots_out snapshots_in snapshot_failures"
 ).split()
+
+
+def call_client_handler(
+    handler: ClientHandler,
+    body: bytes,
+    respond: Callable[[bytes], None],
+    stats: dict[str, Any],
+    log: logging.Logger,
+) -> Awaitable[None] | None:
+    """Count one client request and hand it to ``handler``; what it returns (an awaitable for
+    the transport to run), or None if it answered or raised. A handler that raises is counted
+    and logged, never let out: one bad request must not end the client's connection."""
+    stats["client_requests"] += 1
+    try:
+        return handler(body, respond)
+    except Exception:
+        stats["callback_errors"] += 1
+        log.exception("event=callback_error callback=on_client_frame")
+        return None
 
 
 @runtime_checkable
