@@ -20,6 +20,7 @@ from coordination import conf as settings_conf
 from coordination.conf import INVALID, Problem, Resolved, SettingsError, setting_name
 from coordination.node import runtime
 from coordination.node.options import Option, setting_overrides
+from raft_node.host import gc_policy
 from raft_node.host.node_host import event
 from raft_node.server import NodeServer
 
@@ -97,6 +98,9 @@ def serve(server: NodeServer, event_loop: str = "asyncio", *, tls: bool = False)
     loop ``loop_factory(event_loop, tls)`` picks."""
     factory = loop_factory(event_loop, tls=tls)
     event(logging.INFO, "event_loop", node=server.id, loop=_loop_name(factory))
+    frozen = gc_policy.tune_for_node()  # the state is loaded: freeze it with the modules
+    thresholds = ",".join(map(str, gc_policy.THRESHOLDS))
+    event(logging.INFO, "gc_tuned", node=server.id, frozen=frozen, thresholds=thresholds)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(_serve(server))
     return 1 if server.fatal_error is not None else 0
