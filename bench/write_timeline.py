@@ -27,6 +27,7 @@ import asyncio
 import bisect
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -293,8 +294,6 @@ def main() -> None:
 
 
 def _commit() -> str:
-    import subprocess
-
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
