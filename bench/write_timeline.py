@@ -12,7 +12,10 @@ of a write. The client writes ``cache.set`` of 100-byte values through ``AsyncCo
   handling of the request, its appends, its own save, the first follower to answer: its read,
   save and answer, then the leader's commit, apply and answer) and prints the median and p90 of
   each segment in microseconds. The segments add up to the client's call, so the table shows
-  what a change could win, and where (one process's Python, a hop, an fsync).
+  what a change could win, and where (one process's Python, a hop, an fsync). The two hops
+  that start when a call returns (``OVERLAPPING``: appends sent, answer written) can be
+  negative: the process that the first write woke ran before the writer's call returned (four
+  processes share two cores, and the leader writes one follower's append before the other's).
 - With ``--inflight N`` it prints, per node, the share of the window each step took and the
   writes per synced save, and the machine's busy share from /proc/stat: whether the cluster
   waits on a core or on itself.
@@ -90,6 +93,9 @@ SEGMENTS = (
     ("applied", "answered", "leader: answer the client"),
     ("answered", "end", "answer written -> client call returns"),
 )
+
+# Hops measured from the end of a call whose first write may already have been read elsewhere.
+OVERLAPPING = ("appends sent -> first follower reads", "answer written -> client call returns")
 
 
 def write_stages(call: int, end: int, leader: Trace, followers: list[Trace]) -> dict[str, int]:

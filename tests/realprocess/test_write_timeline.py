@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "write_timeline.py"
+# bench/write_timeline.OVERLAPPING: the bench scripts are not an importable package.
+OVERLAPPING = ("appends sent -> first follower reads", "answer written -> client call returns")
 
 pytestmark = pytest.mark.realprocess
 
@@ -33,7 +35,9 @@ def test_one_write_in_flight_is_traced_through_every_segment() -> None:
     rows = [line for line in out.splitlines() if line.startswith("| ") and "µs" not in line]
     assert len(rows) == 15, out  # 13 segments, the leader's own save, the total
     for row in rows:
-        assert float(row.split("|")[2]) >= 0, row
+        label = row.split("|")[1].strip()
+        if label not in OVERLAPPING:  # those two can be negative (see the script's doc)
+            assert float(row.split("|")[2]) >= 0, row
     total = next(r for r in rows if "total" in r)
     assert float(total.split("|")[2]) > 0
 
