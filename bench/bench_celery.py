@@ -72,6 +72,7 @@ from celery_report import (
     observations,
     render,
     unconfirmed,
+    unsafe,
 )
 from celery_worker import Worker
 
@@ -376,7 +377,8 @@ def run_raft(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> No
     cluster = LocalCluster(
         base / "cluster",
         ROOT / "manage.py",
-        settings={"STATE_MACHINE": MACHINE, "REDIS_URL": ""},  # no Redis mirror
+        # no Redis mirror; --unsafe-no-fsync bounds what the disk path costs
+        settings={"STATE_MACHINE": MACHINE, "REDIS_URL": "", "UNSAFE_NO_FSYNC": unsafe(args)},
     )
     result["settings"] = dict(cluster.settings)
     coord: Coordinator | None = None
@@ -515,6 +517,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="threads sending tasks at once (1: one publish at a time; a threaded web server"
         " has several)",
     )
+    ap.add_argument(
+        "--unsafe-no-fsync",
+        action="store_true",
+        help="raft:// nodes skip every fsync (UNSAFE_NO_FSYNC): an upper bound, not a result",
+    )
     add_run_args(ap, "raft", "redis")
     args = ap.parse_args(argv)
     defaults = (("tasks", 1000, 300), ("reps", 5, 2), ("warmup_tasks", 200, 50))
@@ -547,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     kind = "celery" if args.producers == 1 else f"celery-p{args.producers}"
     kind += "-unconfirmed" if unconfirmed(args) else ""
+    kind += "-nofsync" if unsafe(args) else ""
     data = {"command": shlex.join(cmdline), "info": info, **details(raft, red)}
     written, latest = write_report(args.out_dir, kind, render(args, info, raft, red, cmdline), data)
     print("\n".join(build_table(args, raft, red)))

@@ -137,7 +137,11 @@ def build_table(args: argparse.Namespace, raft: dict[str, Any], red: dict[str, A
                 ),
             )
         )
-    header = ("metric", f"raft:// (3 nodes, fsync{unconfirmed_label(args)})", "redis:// (local)")
+    header = (
+        "metric",
+        f"raft:// (3 nodes, {fsync_label(args)}{unconfirmed_label(args)})",
+        "redis:// (local)",
+    )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -163,6 +167,15 @@ def unconfirmed_label(args: argparse.Namespace) -> str:
     return ", unconfirmed publish" if unconfirmed(args) else ""
 
 
+def unsafe(args: argparse.Namespace) -> bool:
+    """``--unsafe-no-fsync``: the nodes skip every fsync (``UNSAFE_NO_FSYNC``)."""
+    return bool(getattr(args, "unsafe_no_fsync", False))
+
+
+def fsync_label(args: argparse.Namespace) -> str:
+    return "NO fsync: an unsafe bound" if unsafe(args) else "fsync"
+
+
 def goal_notes(args: argparse.Namespace, raft: dict[str, Any], red: dict[str, Any]) -> list[str]:
     goal = GOAL_RATIOS.get(args.producers, GOAL_RATIO)
     a, b = summarize(raft), summarize(red)
@@ -170,11 +183,19 @@ def goal_notes(args: argparse.Namespace, raft: dict[str, Any], red: dict[str, An
         return [f"Goal (raft:// >= {goal} x redis:// tasks/s end to end): n/a (a contender failed)"]
     ratio = a["tasks_per_s"] / b["tasks_per_s"]
     verdict = "met" if ratio >= goal else "not met"
+    if unsafe(args):
+        verdict = "does not apply: the nodes did not fsync"
     notes = [
         f"raft://{unconfirmed_label(args)} / redis:// end-to-end tasks/s, {args.producers}"
         f" producer thread(s): {ratio:.2f} (goal >= {goal}: {verdict}; informational, nothing"
         " asserts on it)"
     ]
+    if unsafe(args):
+        notes.append(
+            "--unsafe-no-fsync: the nodes skipped every fsync (UNSAFE_NO_FSYNC), so a crash could"
+            " lose what they acknowledged. Not a result: the most that a faster disk path could"
+            " give this row, run to bound it."
+        )
     if unconfirmed(args):
         notes.append(
             "confirm_publish=False: send_task returns once its put is handed to the transport's"
@@ -271,7 +292,9 @@ def render(
         "## What ran",
         "",
         "- raft://: 3 `manage.py run_raft_node` processes (LocalCluster,"
-        f" {raft.get('settings', {})}), fsync before every acknowledgement, no Redis mirror;"
+        f" {raft.get('settings', {})}),"
+        + (" NO fsync (unsafe bound)," if unsafe(args) else " fsync before every acknowledgement,")
+        + " no Redis mirror;"
         " `coordination.celery.transport` with the options in the details below.",
         f"- redis://: `{args.redis_url}`, kombu's Redis transport; the run's queue name"
         f" `{args.queue}`; its keys are deleted at the end.",

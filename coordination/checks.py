@@ -233,7 +233,9 @@ def _urlconf_names(patterns: Any) -> Iterator[bool]:
 
 def check_node(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E011-E014: what a node started from this project would need (metrics, state machine,
-    TLS files, Redis), reported now rather than when the node starts."""
+    TLS files, Redis), reported now rather than when the node starts; W003: its fsync is off.
+    W003 is a warning, not an error, because a project's test suite (DEBUG off under Django's
+    test runner) is where the setting belongs."""
     from coordination.node import runtime
     from raft_node.host import metrics
 
@@ -255,6 +257,17 @@ def check_node(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         except conf.SettingsError as exc:
             messages.append(_error("E012", str(exc), "Give the dotted path of a class."))
     messages += _tls_messages(resolved, bad)
+    if resolved["UNSAFE_NO_FSYNC"] and "UNSAFE_NO_FSYNC" not in bad:
+        messages.append(
+            Warning(
+                f"{setting_name('UNSAFE_NO_FSYNC')} is on: nodes acknowledge writes they have "
+                "not synced to disk, so a crash or power loss may lose them (locks granted "
+                "twice, tasks lost)",
+                hint="Only for test suites and benchmark bounds; never in production.",
+                obj=OBJ,
+                id="coordination.W003",
+            )
+        )
     if resolved["REDIS_URL"] and "REDIS_URL" not in bad:
         try:
             import redis  # noqa: F401

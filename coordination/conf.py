@@ -162,6 +162,24 @@ def event_loop(value: Any) -> str:
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+def boolean(value: Any) -> bool:
+    """A bool, or its spelling in an environment variable (``1``/``true``/``yes``/``on``,
+    ``0``/``false``/``no``/``off`` or empty, any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise Invalid("expected true or false (1/0, yes/no, on/off)")
+
+
 def dotted_path(value: Any) -> str:
     path = non_empty_text(value)
     if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", path):
@@ -260,6 +278,12 @@ SPEC: dict[str, Setting] = {
         seconds_between(0, 3600),
         "seconds, 0-3600; 0 = REQUEST_TIMEOUT",
         "Deadline of one REST API call to the cluster (a waiting call: its wait + 5 s if longer).",
+    ),
+    "UNSAFE_NO_FSYNC": Setting(
+        False,
+        boolean,
+        "bool",
+        "Skip every fsync (test suites, benchmark bounds): a crash may lose acknowledged writes.",
     ),
 }
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
+from coordination.conf import Invalid, boolean
 
 
 def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
@@ -18,9 +17,8 @@ def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bo
     raw = environ.get(name)
     if raw is None:
         return default
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")
+    try:
+        return boolean(raw)  # the same words as the plugin's RAFTSYNC_* booleans
+    except Invalid:
+        expected = "expected one of 1/0, true/false, yes/no, on/off"
+        raise ValueError(f"{name}={raw!r}: {expected}") from None

@@ -98,6 +98,10 @@ def serve(server: NodeServer, event_loop: str = "asyncio", *, tls: bool = False)
     loop ``loop_factory(event_loop, tls)`` picks."""
     factory = loop_factory(event_loop, tls=tls)
     event(logging.INFO, "event_loop", node=server.id, loop=_loop_name(factory))
+    if not server.config.fsync:
+        # Said at every start, at WARNING: a node that acknowledges writes it never synced
+        # must not pass unnoticed in a production log.
+        event(logging.WARNING, "unsafe_no_fsync", node=server.id, setting="UNSAFE_NO_FSYNC")
     frozen = gc_policy.tune_for_node()  # the state is loaded: freeze it with the modules
     thresholds = ",".join(map(str, gc_policy.THRESHOLDS))
     event(logging.INFO, "gc_tuned", node=server.id, frozen=frozen, thresholds=thresholds)

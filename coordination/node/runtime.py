@@ -119,6 +119,7 @@ def node_config(
         max_peer_frame_bytes=conf["MAX_PEER_FRAME_BYTES"],
         request_timeout=conf["REQUEST_TIMEOUT"],
         metrics_port=conf["METRICS_PORT"] or None,
+        fsync=not conf["UNSAFE_NO_FSYNC"],
         ssl_server=server_ssl,
         ssl_client=client_ssl,
         # The same paths, re-read on SIGHUP (rotation): only the files' contents may change.

@@ -87,6 +87,12 @@ def _table(rows: list[dict[str, Any]], leaders: set[str], out: TextIO) -> None:
             f"{r['applied']:>8} {contact:>8} {lag!s:>6}\n"
         )
     out.write(f"leader: {_only(leaders) or 'NONE'}\n")
+    unsynced = [r["id"] for r in rows if r.get("fsync") is False]
+    if unsynced:
+        out.write(
+            f"WARNING: fsync is off on {', '.join(unsynced)} (UNSAFE_NO_FSYNC): "
+            "a crash may lose acknowledged writes\n"
+        )
 
 
 def _only(leaders: set[str]) -> str | None:

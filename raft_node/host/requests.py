@@ -93,7 +93,9 @@ class RequestHandler:
         return self._hint[1]
 
     def status(self) -> dict[str, Any]:
-        return self.host.status(self.address_str)
+        status = self.host.status(self.address_str)
+        status["fsync"] = self.config.fsync  # False: this node may lose acknowledged writes
+        return status
 
     # -- entry point from the transport --------------------------------------------------------
 

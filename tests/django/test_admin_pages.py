@@ -141,3 +141,17 @@ def test_display_helpers():
     assert long == "x" * inspection.PREVIEW_CHARS + "…"
     rows = [{"expires_ms": 9_000, "expires_in_ms": 4_000}]
     assert inspection.log_now(rows) == 5_000 and inspection.log_now([]) is None
+
+
+@pytest.mark.django_db
+def test_the_nodes_page_warns_of_a_node_without_fsync(monkeypatch: pytest.MonkeyPatch):
+    """A node started with UNSAFE_NO_FSYNC says so in its status; the page says it in red."""
+    row = {"id": "n1", "address": "127.0.0.1:7001", "role": "leader", "term": 2, "commit": 5}
+    row |= {"applied": 5, "last_index": 5, "snapshot_index": 0, "last_contact_ms": None}
+    nodes = [{**row, "fsync": True}, {**row, "id": "n2", "role": "follower", "fsync": False}]
+    monkeypatch.setattr(inspection, "cluster", lambda: {"leader": "n1", "nodes": nodes})
+    monkeypatch.setattr(inspection, "membership", lambda coordinator: None)
+    page = _client(is_staff=True).get(BASE).content.decode()
+    assert 'data-unsafe-no-fsync="n2"' in page
+    assert 'data-unsafe-no-fsync="n1"' not in page
+    assert "fsync is off on n2 (UNSAFE_NO_FSYNC)" in page

@@ -178,6 +178,12 @@ def test_w001_even_cluster(settings) -> None:
     _fails("W001", "2 members", "HINT: Use 3 or 5 nodes.", level="WARNING")
 
 
+def test_w003_no_fsync(settings) -> None:
+    _coordination(settings, UNSAFE_NO_FSYNC=True)
+    _fails("W003", "UNSAFE_NO_FSYNC", "HINT: Only for test suites", level="WARNING")
+    call_command("check")  # a warning: a test suite (DEBUG off) may still run with it
+
+
 # -- in a real `manage.py check` process: a non-zero exit, with the id and the hint --------------
 
 

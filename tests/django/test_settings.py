@@ -142,6 +142,24 @@ def test_settings_doc_lists_every_key_with_its_env_var() -> None:
     assert all(key == env for key, env in rows)
 
 
+def test_unsafe_no_fsync_is_off_unless_clearly_asked_for() -> None:
+    assert resolve()["UNSAFE_NO_FSYNC"] is False
+    for word, expected in (("1", True), (" TRUE ", True), ("on", True), ("no", False), ("", False)):
+        assert resolve({}, {"RAFTSYNC_UNSAFE_NO_FSYNC": word})["UNSAFE_NO_FSYNC"] is expected
+    assert resolve({"UNSAFE_NO_FSYNC": True})["UNSAFE_NO_FSYNC"] is True
+    for bad in ("maybe", 1, None):
+        with pytest.raises(SettingsError, match=r"UNSAFE_NO_FSYNC.*expected true or false"):
+            resolve({"UNSAFE_NO_FSYNC": bad})
+
+
+def test_unsafe_no_fsync_reaches_the_node_config() -> None:
+    from coordination.node.runtime import node_config
+
+    secret = b"s" * 32
+    assert node_config(resolve(), secret).fsync is True
+    assert node_config(resolve({"UNSAFE_NO_FSYNC": "yes"}), secret).fsync is False
+
+
 def test_env_bool() -> None:
     assert env_bool({"X": "yes"}, "X") is True
     assert env_bool({"X": "0"}, "X") is False

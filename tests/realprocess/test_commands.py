@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from coordination.primitives.commands import session_open
+from raft_node import kvstore
 from raft_node.client import RaftClient, RaftError
 from raft_node.testing.launcher import LocalCluster
 
@@ -49,8 +50,10 @@ def test_raft_status_reports_leader_and_fails_without_quorum(tmp_path: Path):
         assert {n["id"] for n in report["nodes"]} == set(c.ids)
         leader_row = next(n for n in report["nodes"] if n["id"] == report["leader"])
         assert set(leader_row["peers"]) == set(c.ids) - {report["leader"]}
+        assert all(n["fsync"] is True for n in report["nodes"])
         table = _manage("raft_status", "--cluster", spec, env=env)
         assert table.returncode == 0 and "leader:" in table.stdout
+        assert "WARNING" not in table.stdout
         for node in c.ids[:2]:
             c.kill(node)
         survivor = c.ids[2]
@@ -59,6 +62,27 @@ def test_raft_status_reports_leader_and_fails_without_quorum(tmp_path: Path):
         done = _manage("raft_status", "--cluster", spec, "--timeout", "0.5", env=env)
         assert done.returncode == 1
         assert "unreachable" in done.stdout
+
+
+def test_a_cluster_without_fsync_says_so_everywhere(tmp_path: Path):
+    """UNSAFE_NO_FSYNC (test suites, benchmark bounds): the nodes still serve writes, and the
+    operator cannot miss it: a WARNING event in each node's log, ``"fsync": false`` per node in
+    ``raft_status --json`` and a warning line under its table."""
+    with LocalCluster(tmp_path, MANAGE, settings={"UNSAFE_NO_FSYNC": True}) as c:
+        c.wait_for_leader()
+        with RaftClient(list(c.addresses.values()), c.secret, timeout=20) as client:
+            client.propose(kvstore.put("k", b"v"))
+            assert client.read(kvstore.get("k")) == b"v"
+        spec = ",".join(f"{n}={h}:{p}" for n, (h, p) in c.addresses.items())
+        env = {"RAFTSYNC_CLUSTER_SECRET": c.secret}
+        report = json.loads(_manage("raft_status", "--cluster", spec, "--json", env=env).stdout)
+        assert [n["fsync"] for n in report["nodes"]] == [False] * 3
+        table = _manage("raft_status", "--cluster", spec, env=env).stdout
+        assert "WARNING: fsync is off on n1, n2, n3 (UNSAFE_NO_FSYNC)" in table, table
+        for node in c.ids:
+            log = c.log_path(node).read_text(errors="replace")
+            assert f"event=unsafe_no_fsync node={node}" in log, log[-2000:]
+            assert "fsync disabled" in log, log[-2000:]  # the log storage itself was told
 
 
 def _free_run(count: int) -> int:
