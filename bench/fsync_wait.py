@@ -45,7 +45,7 @@ from raft_node.testing.launcher import LocalCluster
 ROOT = Path(__file__).resolve().parent.parent
 
 STRACE = shutil.which("strace")
-ATTACH_S = 1.0  # strace attaches to every thread of the process before the writes start
+ATTACH_S = 10.0  # at most this long for strace to attach to every thread of the process
 ELECTION_MS = 2000  # well above any delay asked for: no election while a sync is held back
 
 Write = Callable[[int], object]
@@ -74,14 +74,28 @@ def slow_syncs(pid: int, delay_ms: float) -> Iterator[None]:
         ],
         stderr=subprocess.PIPE,
     )
-    time.sleep(ATTACH_S)
-    if tracer.poll() is not None:
-        raise RuntimeError(f"strace could not attach to {pid}: {tracer.stderr.read().decode()}")
+    deadline = time.monotonic() + ATTACH_S
+    while not _all_threads_traced(pid):
+        if tracer.poll() is not None or time.monotonic() > deadline:
+            tracer.kill()
+            error = tracer.stderr.read().decode() if tracer.stderr else ""
+            raise RuntimeError(f"strace did not attach to every thread of {pid}: {error}")
+        time.sleep(0.02)
     try:
         yield
     finally:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=30)
+
+
+def _all_threads_traced(pid: int) -> bool:
+    """Is every thread of ``pid`` traced (``TracerPid`` set in its ``/proc`` status)?"""
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+            if fields.get("TracerPid", "0").strip() == "0":
+                return False
+    return True
 
 
 def three_cases(write: Write, roles: Roles, args: argparse.Namespace) -> dict[str, tuple]:
