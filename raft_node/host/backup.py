@@ -2,7 +2,7 @@
 
 The request shapes are ``raft_node.transport.backup_protocol``'s. ``begin`` runs a ReadIndex
 barrier (``NodeHost.read(None, wait)``: the same rounds as a linearizable read), and when this
-node has applied the read index, takes ``NodeHost.backup_snapshot()`` in that same step, so the
+node has applied the read index, takes ``backup_image(host)`` in that same step, so the
 image holds every write acknowledged before the request and its index is exact. The image and
 its SHA-256 stay in memory under a random token until the client has read the last chunk, says
 ``end``, or is silent for ``IDLE_S``; ``MAX_HELD`` bounds how many a node holds.
@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from raft_node.core.messages import Snapshot, SnapshotMeta
 from raft_node.host import waiters as w
 from raft_node.host.node_host import NodeHost, event
 from raft_node.transport import backup_protocol as bp
@@ -38,6 +39,21 @@ from raft_node.transport.codec import encode_payload
 Respond = Callable[[bytes], None]
 CHUNK_BYTES = 2 << 20
 _WIRE_CODE = {w.NOT_LEADER: p.NOT_LEADER, w.TIMEOUT: p.TIMEOUT, w.UNAVAILABLE: p.UNAVAILABLE}
+
+
+def backup_image(host: NodeHost) -> Snapshot:
+    """The state at ``host``'s applied index, for a backup: the same bytes a log snapshot holds,
+    with the configuration in force at that index, taken now on this thread; neither stored nor
+    compacted into the log. It costs one ``Applier.snapshot()`` (the state machine's
+    ``snapshot()``, proportional to its state), during which the node serves nothing else."""
+    applied = host.applier.applied_index
+    raft = host.raw.raft
+    term = raft.log.term(applied)
+    if not applied or term is None:
+        raise ValueError(f"nothing to back up at applied index {applied}")
+    conf = raft.conf_log.at(applied)
+    meta = SnapshotMeta(applied, term, conf.voters, conf.learners, conf.context)
+    return Snapshot(meta, host.applier.snapshot())
 
 
 @dataclass(slots=True)
@@ -111,7 +127,7 @@ class BackupService:
         host = self.host
         started = time.perf_counter()
         try:
-            snap = host.backup_snapshot()
+            snap = backup_image(host)
         except ValueError as exc:
             respond(encode_payload(p.err(req.req_id, p.UNAVAILABLE, str(exc))))
             return

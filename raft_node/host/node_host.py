@@ -40,13 +40,14 @@ from typing import Any, Protocol
 from raft_node.core.conf import ConfChange, ConfState
 from raft_node.core.fsm import CommandRejected, StateMachine
 from raft_node.core.leader import ProposalDropped
-from raft_node.core.messages import NONE, Entry, Message, NodeId, Snapshot, SnapshotMeta
+from raft_node.core.messages import NONE, Entry, Message, NodeId, Snapshot
 from raft_node.core.raft import Config, Raft
 from raft_node.core.rawnode import RawNode
 from raft_node.core.ready import Ready, Role
 from raft_node.host.applier import SYSTEM, Applier, Outcome, encode_command
 from raft_node.host.log_clock import LeaderClock
 from raft_node.host.metrics import NodeMetrics
+from raft_node.host.node_status import node_status
 from raft_node.host.waiters import NOT_LEADER, Subscriber, Wait, Waiters, fail
 from raft_node.storage.protocol import PersistentState, Storage
 
@@ -612,55 +613,10 @@ class NodeHost:
         self.save_snapshot(snap)
         return snap
 
-    def backup_snapshot(self) -> Snapshot:
-        """The state at the applied index, for a backup (``raft_node.host.backup``): the same
-        bytes a log snapshot holds, with the configuration in force at that index, taken now on
-        this thread; neither stored nor compacted into the log. It costs one
-        ``Applier.snapshot()`` (the state machine's ``snapshot()``, proportional to its state),
-        during which the node serves nothing else."""
-        applied = self.applier.applied_index
-        raft = self.raw.raft
-        term = raft.log.term(applied)
-        if not applied or term is None:
-            raise ValueError(f"nothing to back up at applied index {applied}")
-        conf = raft.conf_log.at(applied)
-        meta = SnapshotMeta(applied, term, conf.voters, conf.learners, conf.context)
-        return Snapshot(meta, self.applier.snapshot())
-
     # -- status --------------------------------------------------------------------------------
 
     def status(self, address: Callable[[NodeId], str]) -> dict[str, Any]:
         """This node's Raft status; ``address`` turns a node id into ``host:port`` ("")."""
-        raft = self.raw.raft
+        lag = self.metrics.follower_lag
         now = self.clock.monotonic()
-        last_index = raft.log.last_index()
-        status: dict[str, Any] = {
-            "id": self.id,
-            "address": address(self.id),
-            "role": raft.role.name.lower(),
-            "term": raft.term,
-            "leader": raft.lead,
-            "leader_address": address(raft.lead),
-            "commit": raft.log.committed,
-            "applied": raft.log.applied,
-            "last_index": last_index,
-            "snapshot_index": raft.log.snapshot.index,
-            "last_contact_ms": None,
-            "peers": {},
-        }
-        if raft.lead and raft.lead != self.id and raft.lead in self.last_contact:
-            status["last_contact_ms"] = round((now - self.last_contact[raft.lead]) * 1000)
-        if raft.role == Role.LEADER:
-            for peer, pr in raft.prs.items():
-                if peer == self.id:
-                    continue
-                seen = self.last_contact.get(peer)
-                lag = max(0, last_index - pr.match)
-                self.metrics.follower_lag.labels(peer=peer).set(lag)
-                status["peers"][peer] = {
-                    "match": pr.match,
-                    "lag": lag,
-                    "state": pr.state.name.lower(),
-                    "last_contact_ms": None if seen is None else round((now - seen) * 1000),
-                }
-        return status
+        return node_status(self.raw.raft, now, self.last_contact, lag, address)
