@@ -105,6 +105,7 @@ class NodeServer:
             storage = DurableStorage(config.data_dir, fsync=config.fsync)
         self.storage = storage
         self.metrics = NodeMetrics(self.id)
+        self.metrics.fsync_enabled.set(1 if config.fsync else 0)
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         outbound = _Outbound()

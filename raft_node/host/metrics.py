@@ -199,6 +199,11 @@ class NodeMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             **labels,
         )
+        self.fsync_enabled = gauge(
+            "raft_fsync_enabled",
+            "1 if the node syncs its log before it answers; 0 with UNSAFE_NO_FSYNC (tests only)",
+            **labels,
+        )
         self.follower_lag = gauge(
             "raft_follower_lag_entries", "Leader: entries a follower is behind", ["peer"], **labels
         )

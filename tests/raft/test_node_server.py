@@ -156,11 +156,12 @@ def test_leadership_transfer_via_client():
     asyncio.run(main())
 
 
-def test_metrics_endpoint_serves_raft_gauges():
+@pytest.mark.parametrize("fsync", [True, False])
+def test_metrics_endpoint_serves_raft_gauges(fsync: bool):
     async def main():
         cluster = _cluster(1)
         port = free_port()
-        servers = await _start(cluster, metrics_port=port)
+        servers = await _start(cluster, metrics_port=port, fsync=fsync)
         try:
             await _leader(servers)
             async with AsyncRaftClient(list(cluster.values()), SECRET) as client:
@@ -177,6 +178,7 @@ def test_metrics_endpoint_serves_raft_gauges():
             "raft_fsync_seconds",
             "raft_proposals_total 1.0",
             "raft_commit_seconds",
+            f"raft_fsync_enabled {float(fsync)}",  # 0.0 under UNSAFE_NO_FSYNC: alert on it
         ):
             assert name in body, name
 
