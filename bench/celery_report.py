@@ -169,7 +169,7 @@ def unconfirmed_label(args: argparse.Namespace) -> str:
 
 def unsafe(args: argparse.Namespace) -> bool:
     """``--unsafe-no-fsync``: the nodes skip every fsync (``UNSAFE_NO_FSYNC``)."""
-    return bool(getattr(args, "unsafe_no_fsync", False))
+    return bool(args.unsafe_no_fsync)
 
 
 def fsync_label(args: argparse.Namespace) -> str:
