@@ -47,9 +47,11 @@ from raft_node.core.fsm import StateMachine
 from raft_node.core.messages import Message
 from raft_node.core.raft import Config
 from raft_node.host.config import NodeConfig, parse_address
+from raft_node.host.events import event
+from raft_node.host.inputs import SYSTEM_CLOCK, HostSettings
 from raft_node.host.members import addresses_of
 from raft_node.host.metrics import NodeMetrics
-from raft_node.host.node_host import SYSTEM_CLOCK, HostSettings, NodeHost, event
+from raft_node.host.node_host import NodeHost
 from raft_node.host.requests import RequestHandler
 from raft_node.host.waiters import UNAVAILABLE
 from raft_node.storage.protocol import Storage

@@ -21,7 +21,7 @@ from coordination.conf import INVALID, Problem, Resolved, SettingsError, setting
 from coordination.node import runtime
 from coordination.node.options import Option, setting_overrides
 from raft_node.host import gc_policy
-from raft_node.host.node_host import event
+from raft_node.host.events import event
 from raft_node.server import NodeServer
 
 OPTIONS = (

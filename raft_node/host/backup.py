@@ -31,7 +31,8 @@ from typing import Any
 
 from raft_node.core.messages import Snapshot, SnapshotMeta
 from raft_node.host import waiters as w
-from raft_node.host.node_host import NodeHost, event
+from raft_node.host.events import event
+from raft_node.host.node_host import NodeHost
 from raft_node.transport import backup_protocol as bp
 from raft_node.transport import client_protocol as p
 from raft_node.transport.codec import encode_payload

@@ -33,94 +33,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from raft_node.core.conf import ConfChange, ConfState
 from raft_node.core.fsm import CommandRejected, StateMachine
 from raft_node.core.leader import ProposalDropped
-from raft_node.core.messages import NONE, Entry, Message, NodeId, Snapshot
+from raft_node.core.messages import NONE, Message, NodeId, Snapshot
 from raft_node.core.raft import Config, Raft
 from raft_node.core.rawnode import RawNode
 from raft_node.core.ready import Ready, Role
 from raft_node.host.applier import SYSTEM, Applier, Outcome, encode_command
+from raft_node.host.events import event, log
+from raft_node.host.inputs import SYSTEM_CLOCK, Clock, HostSettings, ReadyHooks, Transport
 from raft_node.host.log_clock import LeaderClock
 from raft_node.host.metrics import NodeMetrics
 from raft_node.host.node_status import node_status
 from raft_node.host.waiters import NOT_LEADER, Subscriber, Wait, Waiters, fail
 from raft_node.storage.protocol import PersistentState, Storage
 
-__all__ = [
-    "SYSTEM_CLOCK",
-    "Clock",
-    "HostSettings",
-    "NodeHost",
-    "ProposalDropped",
-    "ReadyHooks",
-    "Transport",
-    "event",
-]
-
-log = logging.getLogger("raft_node.server")  # the node's event log, whoever drives the host
-
-
-def event(level: int, name: str, **fields: Any) -> None:
-    """One structured log line: ``event=name key=value ...`` (fields also in ``extra``)."""
-    if not log.isEnabledFor(level):
-        return  # the simulator runs thousands of nodes with these lines off: build nothing
-    text = " ".join(f"{k}={v}" for k, v in fields.items())
-    log.log(level, "event=%s %s", name, text, extra={"event": name, **fields})
-
-
-class Transport(Protocol):
-    """Where the host's messages go. Delivery is best effort (Raft retries); the transport
-    reports what it learns back through ``NodeHost.step``/``report_unreachable``/
-    ``report_snapshot``."""
-
-    def send(self, messages: Sequence[Message]) -> None: ...
-
-
-@dataclass(frozen=True)
-class Clock:
-    """The host's two clocks. ``wall_ms`` seeds the log clock that leases and TTLs run on when a
-    leader wins, ``monotonic`` (seconds) advances it (``log_clock``) and times request deadlines
-    and peer contact."""
-
-    wall_ms: Callable[[], int]
-    monotonic: Callable[[], float]
-
-
-SYSTEM_CLOCK = Clock(lambda: time.time_ns() // 1_000_000, time.monotonic)
-
-
-@dataclass(frozen=True)
-class HostSettings:
-    """Host policy knobs (the core's own are in ``raft_node.core.raft.Config``)."""
-
-    snapshot_every: int = 100_000  # applied entries between snapshots
-    snapshot_keep: int = 5_000  # entries kept behind a snapshot for slightly lagging followers
-    request_timeout: float = 5.0  # seconds a client request may wait on this node
-
-
-class ReadyHooks:
-    """Observation points between the steps of Ready handling; the default does nothing.
-
-    The simulator overrides them to check Raft's invariants at each step and to crash a node
-    between two steps (by raising). Production passes no hooks at all.
-    """
-
-    def before_save(self, rd: Ready) -> None:
-        """``messages_early`` are sent; nothing of ``rd`` is persisted yet."""
-
-    def after_save(self, rd: Ready) -> None:
-        """``rd`` is persisted; ``messages`` are not sent yet."""
-
-    def after_send(self, rd: Ready) -> None:
-        """``messages`` are sent; nothing of ``rd`` is applied yet."""
-
-    def applied(self, entry: Entry, outcomes: list[Outcome]) -> None:
-        """``entry`` was applied (and its events published); ``outcomes`` are not answered yet."""
+__all__ = ["NodeHost", "ProposalDropped"]
 
 
 class _Preloaded:

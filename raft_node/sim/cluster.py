@@ -35,7 +35,8 @@ from raft_node.core.messages import MessageType as MT
 from raft_node.core.raft import Config, Raft
 from raft_node.core.ready import Ready, Role
 from raft_node.host.applier import Outcome
-from raft_node.host.node_host import Clock, HostSettings, NodeHost, ReadyHooks
+from raft_node.host.inputs import Clock, HostSettings, ReadyHooks
+from raft_node.host.node_host import NodeHost
 from raft_node.host.waiters import UNAVAILABLE
 from raft_node.sim.disk import SimDisk
 from raft_node.sim.engine import Entry, SimNode, SimulationFailure, Workload

@@ -15,7 +15,8 @@ from raft_node.core.messages import Entry, HardState, Message, Snapshot
 from raft_node.core.messages import MessageType as MT
 from raft_node.core.raft import Config
 from raft_node.host.applier import SYSTEM, decode_command
-from raft_node.host.node_host import Clock, HostSettings, NodeHost, ProposalDropped
+from raft_node.host.inputs import Clock, HostSettings
+from raft_node.host.node_host import NodeHost, ProposalDropped
 from raft_node.host.waiters import NOT_LEADER, TIMEOUT, UNAVAILABLE, Wait
 from raft_node.kvstore import KVStore, get, incr, put
 from raft_node.storage.memory import MemoryStorage
