@@ -3,6 +3,7 @@
 - ``operations`` and ``core``: the sans-I/O client core (every call as data; locks' and
   sessions' bookkeeping), shared by the two clients below so they cannot drift apart;
 - ``coordinator``: ``Coordinator`` (blocking: locks, sessions, queues, cache, results);
+- ``queue_handles``: the blocking client's ``Queue`` and ``Message`` (``coord.queue(name)``);
 - ``aio``: ``AsyncCoordinator``, the same operations for asyncio code (it only waits otherwise);
 - ``semaphores``: the semaphore handles of both clients (``coord.semaphore(name, limit)``);
 - ``cache``: ``Cache``, the replicated cache with a per-process L1 and optional Redis reads;
