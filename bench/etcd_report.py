@@ -218,7 +218,10 @@ def acceptance(rows: list[dict[str, Any]]) -> list[str]:
         if x is None:
             return f"- {label}: not measured"
         met = x <= bound if at_most else x >= bound
-        return f"- {label}: {x:.2f} ({'met' if met else 'not met'})"
+        digits = 2  # more where the rounded figure would print as the bound ("0.70 (not met)")
+        while digits < 5 and x != bound and round(x, digits) == bound:
+            digits += 1
+        return f"- {label}: {x:.{digits}f} ({'met' if met else 'not met'})"
 
     return [
         "Issue 14 acceptance bounds, this run:",
