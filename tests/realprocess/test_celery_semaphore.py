@@ -28,6 +28,12 @@ def _peak(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+def _term(cluster) -> int:
+    """The highest term any live node reports: it grows when a leader is elected."""
+    statuses = [cluster.status(n) for n in cluster.ids if cluster.alive(n)]
+    return max(s["term"] for s in statuses if s)
+
+
 def _started(markers, tag: str) -> list[list[str]]:
     return [e for e in cw._events(markers) if e[0] == "start" and e[1] == tag]
 
@@ -69,12 +75,20 @@ def test_limit_3_across_4_worker_processes_then_a_killed_worker_frees_its_slot_i
         cw._wait_for(lambda: _started(tmp_path, "long"), 60, "the long run")
         app.send_task("sem_test.hold_one", args=("kill", "next", 0.2), queue="w2")
         cw._wait_for(lambda: coord.inspect_semaphore("one:kill")["waiters"], 60, "the waiting run")
+        term_at_kill = _term(coordination_cluster)
         os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool, mid-task
         killed_at = time.time()
         cw._wait_for(lambda: _started(tmp_path, "next"), 30, "the slot's reuse")
         reused_after = float(_started(tmp_path, "next")[0][5]) - killed_at
-        print(f"slot reused {reused_after:.3f} s after kill -9 (session TTL {TTL} s)")
-        assert 1.0 < reused_after <= TTL + 0.5, reused_after  # the session's expiry, not at once
+        # The session's expiry, not at once: within one TTL of the kill. A leader elected
+        # meanwhile (a loaded machine) first gives every live session one more TTL (the grace
+        # period, ``primitives.sessions``), so then the bound is two TTLs and the election.
+        # (CI once measured 4.9 s, against 2.2-2.5 s here; whether a leader changed then was
+        # not recorded, and now is, in the message.)
+        elected = _term(coordination_cluster) > term_at_kill
+        bound = 2 * TTL + 1.5 if elected else TTL + 0.5
+        print(f"slot reused {reused_after:.3f} s after kill -9 (session TTL {TTL} s, {elected=})")
+        assert 1.0 < reused_after <= bound, (reused_after, elected)
         long_token = int(_started(tmp_path, "long")[0][3])
         assert int(_started(tmp_path, "next")[0][3]) > long_token
     finally:
